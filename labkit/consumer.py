@@ -1,0 +1,279 @@
+"""The consumer service: events out of Kafka, pushed over WebSocket to every watcher.
+
+It is a fan-out service: it reads every partition of the topic with ``assign()``
+and no consumer group, so every replica sees every event (two replicas in one
+group would split the partitions between them and each watcher would see only
+part of the stream).
+
+A thread polls Kafka and hands batches of records to the event loop. There each
+record is validated once (a record that is not a labkit event is counted and
+skipped), its watcher frame is encoded once, and the same bytes go into the
+bounded queue of every watcher whose filter matches. Each watcher has its own
+writer task, so a slow watcher never delays the others. A watcher whose queue
+overflows is disconnected with close code 1013 (try again later) and counted:
+the service never drops an event silently from a stream it is still sending.
+
+Query parameters: ``types=a,b`` (only these types), ``replay=N`` (first the N
+most recent events the service holds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+
+from .events import delivered_frame, now_ms, parse_record
+from .service import BrokerProbe, ServiceMetrics, json_response, make_process_request, run_service
+from .settings import Settings
+
+__all__ = ["ConsumerService", "WatchOptions", "parse_watch_query", "main"]
+
+log = logging.getLogger("labkit.consumer")
+
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "client.id": "labkit-consumer",
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "fetch.wait.max.ms": 10,  # an idle fetch returns quickly, so a new event does not wait for it
+    "enable.partition.eof": False,
+}
+# At start the consumer reads back this far, to fill the replay buffer.
+REPLAY_LOOKBACK_MS = 10 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class WatchOptions:
+    types: frozenset[str] | None = None
+    replay: int = 0
+
+
+def parse_watch_query(path: str, replay_limit: int) -> WatchOptions:
+    """Read ``types`` and ``replay`` from a watcher's request path; ValueError says what is wrong."""
+    query = parse_qs(urlsplit(path).query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"types", "replay", "apikey"})
+    if unknown:
+        raise ValueError(f"unknown query parameter {unknown[0]!r}: use types=a,b and replay=N")
+    types = None
+    if "types" in query:
+        names = {name.strip() for value in query["types"] for name in value.split(",") if name.strip()}
+        if not names:
+            raise ValueError("types is empty: give event types separated by commas, e.g. types=click,view")
+        types = frozenset(names)
+    replay = 0
+    if "replay" in query:
+        raw = query["replay"][-1]
+        if not raw.isdigit() or int(raw) > replay_limit:
+            raise ValueError(f"replay must be a whole number from 0 to {replay_limit}, not {raw!r}")
+        replay = int(raw)
+    return WatchOptions(types, replay)
+
+
+class Watcher:
+    """One connected client: its filter, its bounded queue of frames and its writer."""
+
+    __slots__ = ("ws", "types", "frames", "ready", "limit", "closed")
+
+    def __init__(self, ws: ServerConnection, types: frozenset[str] | None, limit: int) -> None:
+        self.ws = ws
+        self.types = types
+        self.frames: deque[bytes] = deque()
+        self.ready = asyncio.Event()
+        self.limit = limit
+        self.closed = False
+
+    def push(self, frame: bytes) -> bool:
+        """Queue a frame; False when the queue is full."""
+        if len(self.frames) >= self.limit:
+            return False
+        self.frames.append(frame)
+        self.ready.set()
+        return True
+
+    async def write(self, metrics: ServiceMetrics) -> None:
+        frames = self.frames
+        try:
+            while not self.closed:
+                if not frames:
+                    self.ready.clear()
+                    await self.ready.wait()
+                    continue
+                await self.ws.send(frames.popleft(), text=True)
+                metrics.events_out.inc()
+        except ConnectionClosed:
+            pass
+
+
+class ConsumerService:
+    """One Kafka consumer, many watchers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.invalid_records = self.metrics.errors.labels("invalid_record")
+        config = {**CONSUMER_DEFAULTS, **settings.kafka_config(), "group.id": f"labkit-fanout-{id(self):x}"}
+        self.kafka = Consumer(config)
+        self.probe = BrokerProbe(self.kafka, settings.topic)
+        self.watchers: set[Watcher] = set()
+        self.recent: deque[tuple[str, bytes]] = deque(maxlen=settings.replay_buffer or 1)
+        self.assigned: list[int] = []
+        self.started_at_ms = now_ms()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = threading.Event()
+        self._reader = threading.Thread(target=self._read_kafka, name="kafka-read", daemon=True)
+
+    # -- Kafka side (reader thread) ---------------------------------------------
+
+    def _assign(self) -> None:
+        """Assign every partition, starting a little in the past to fill the replay buffer."""
+        topic = self.settings.topic
+        while not self._stopped.is_set():
+            try:
+                meta = self.kafka.list_topics(topic, timeout=5).topics[topic]
+                if meta.error is None and meta.partitions:
+                    break
+                log.info("waiting for topic %r to exist (%s)", topic, meta.error)
+            except KafkaException as exc:
+                log.warning("waiting for the broker at %s: %s", self.settings.bootstrap_servers, exc)
+            time.sleep(0.5)
+        else:
+            return
+        since = int(self.started_at_ms) - REPLAY_LOOKBACK_MS
+        wanted = [TopicPartition(topic, p, since) for p in sorted(meta.partitions)]
+        try:
+            starts = self.kafka.offsets_for_times(wanted, timeout=10)
+        except KafkaException as exc:
+            log.warning("could not look up recent offsets (%s); starting at the end", exc)
+            starts = [TopicPartition(topic, tp.partition, OFFSET_END) for tp in wanted]
+        starts = [tp if tp.offset >= 0 else TopicPartition(topic, tp.partition, OFFSET_END) for tp in starts]
+        self.kafka.assign(starts)
+        self.assigned = [tp.partition for tp in starts]
+        log.info("reading %s partitions %s", topic, self.assigned)
+
+    def _read_kafka(self) -> None:
+        assert self.loop is not None
+        self._assign()
+        kafka = self.kafka
+        while not self._stopped.is_set():
+            first = kafka.poll(0.1)  # returns as soon as one record is there
+            if first is None:
+                continue
+            batch = [first, *kafka.consume(num_messages=999, timeout=0)]
+            self.loop.call_soon_threadsafe(self._dispatch, batch)
+
+    # -- event loop side ---------------------------------------------------------
+
+    def _dispatch(self, batch: list[Any]) -> None:
+        now = now_ms()
+        metrics = self.metrics
+        for msg in batch:
+            error = msg.error()
+            if error is not None:
+                metrics.errors.labels("kafka_error").inc()
+                log.warning("Kafka: %s", error.str())
+                continue
+            value = msg.value()
+            record = parse_record(value)
+            if record is None:
+                self.invalid_records.inc()
+                log.warning("skipped a record that is not a labkit event at %s/%s@%s", msg.topic(), msg.partition(), msg.offset())
+                continue
+            metrics.events_in.inc()
+            self.probe.saw_broker()
+            kafka_ts = msg.timestamp()[1]
+            frame = delivered_frame(value, msg.topic(), msg.partition(), msg.offset(), kafka_ts, now)
+            self.recent.append((record.type, frame))
+            if kafka_ts >= self.started_at_ms:  # records read back at start are not live deliveries
+                metrics.latency.observe(max(0.0, now - record.received_at) / 1000.0)
+            for watcher in tuple(self.watchers):
+                if watcher.types is None or record.type in watcher.types:
+                    if not watcher.push(frame):
+                        self._overflow(watcher)
+
+    def _overflow(self, watcher: Watcher) -> None:
+        self.metrics.overflows.inc()
+        self.watchers.discard(watcher)
+        watcher.closed = True
+        watcher.ready.set()
+        reason = f"too slow: more than {watcher.limit} events queued; reconnect to continue"
+        asyncio.ensure_future(watcher.ws.close(CloseCode.TRY_AGAIN_LATER, reason))
+
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            connection.watch_options = parse_watch_query(request.path, self.settings.replay_buffer)  # type: ignore[attr-defined]
+        except ValueError as exc:
+            self.metrics.errors.labels("bad_query").inc()
+            return json_response(HTTPStatus.BAD_REQUEST, {"error": "bad_query", "detail": str(exc)})
+        return None
+
+    async def handle(self, ws: ServerConnection) -> None:
+        options: WatchOptions = ws.watch_options  # type: ignore[attr-defined]
+        watcher = Watcher(ws, options.types, self.settings.watcher_queue)
+        if options.replay:
+            # Taken and registered with no await in between: no gap, no duplicate.
+            matching = [frame for kind, frame in reversed(self.recent) if watcher.types is None or kind in watcher.types]
+            watcher.frames.extend(reversed(matching[: options.replay]))
+        self.watchers.add(watcher)
+        self.metrics.clients.inc()
+        writer = asyncio.create_task(watcher.write(self.metrics))
+        try:
+            # Watchers only listen; reading keeps pings answered and notices the close.
+            async for _ in ws:
+                pass
+        except ConnectionClosed:
+            pass
+        finally:
+            self.watchers.discard(watcher)
+            self.metrics.clients.dec()
+            watcher.closed = True
+            writer.cancel()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "service": "consumer",
+            "status": "ok",
+            "broker": self.probe.state,
+            "topic": self.settings.topic,
+            "partitions": self.assigned,
+            "watchers": len(self.watchers),
+            "replay_buffer": len(self.recent),
+        }
+
+    async def started(self, _server: Any) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._reader.start()
+        self.probe.start()
+
+    async def stopping(self) -> None:
+        await self.probe.stop()
+        self._stopped.set()
+        await asyncio.to_thread(self._reader.join, 5)
+        self.kafka.close()
+
+    async def run(self) -> None:
+        await run_service(
+            "consumer",
+            self.settings,
+            self.settings.consumer_port,
+            self.handle,
+            make_process_request(self.health, self.metrics, self._check_request),
+            started=self.started,
+            stopping=self.stopping,
+            max_size=4096,  # watchers have nothing to say beyond pings and the close
+        )
+
+
+def main(settings: Settings | None = None) -> None:
+    asyncio.run(ConsumerService(settings or Settings()).run())

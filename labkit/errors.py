@@ -1,0 +1,36 @@
+"""labkit's exceptions: each message says what happened and what to do next."""
+
+from __future__ import annotations
+
+__all__ = ["LabkitError", "PortInUse", "ComponentFailed", "BrokerUnavailable", "NotRunning"]
+
+
+class LabkitError(Exception):
+    """Base of every error labkit raises on purpose."""
+
+
+class PortInUse(LabkitError):
+    def __init__(self, component: str, host: str, port: int, setting: str) -> None:
+        super().__init__(
+            f"port {port} ({component}) is in use on {host}: stop what uses it, "
+            f"or choose another port with LABKIT_{setting.upper()} or --{setting.replace('_', '-')}"
+        )
+        self.port = port
+
+
+class ComponentFailed(LabkitError):
+    """A component exited or did not answer in time; carries the end of its log."""
+
+    def __init__(self, component: str, problem: str, log_tail: str = "", log_path: str = "") -> None:
+        message = f"{component} {problem}"
+        if log_tail:
+            message += f"\n--- last lines of {log_path} ---\n{log_tail}"
+        super().__init__(message)
+
+
+class BrokerUnavailable(LabkitError):
+    pass
+
+
+class NotRunning(LabkitError):
+    pass

@@ -1,0 +1,156 @@
+"""What the producer and the consumer share: metrics, /healthz and /metrics, serving.
+
+Each service is a WebSocket server that also answers two plain HTTP paths on the
+same port, so one address tells everything about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from .events import encode
+from .settings import Settings
+
+__all__ = ["BrokerProbe", "ServiceMetrics", "make_process_request", "run_service", "http_response", "json_response"]
+
+log = logging.getLogger("labkit")
+
+# Delivery latencies of a local lab sit between a tenth of a millisecond and a few seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class ServiceMetrics:
+    """The Prometheus metrics every service exposes, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events_in = Counter(
+            "labkit_events_in", "Events the service took in", registry=self.registry
+        )
+        self.events_out = Counter(
+            "labkit_events_out", "Events the service passed on (acked or delivered)", registry=self.registry
+        )
+        self.errors = Counter("labkit_errors", "Errors by code", ["code"], registry=self.registry)
+        self.clients = Gauge("labkit_clients", "Connected WebSocket clients", registry=self.registry)
+        self.overflows = Counter(
+            "labkit_queue_overflows", "Clients disconnected because their queue was full", registry=self.registry
+        )
+        self.latency = Histogram(
+            "labkit_delivery_latency_seconds",
+            "Producer: receipt to Kafka ack. Consumer: producer receipt to delivery.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def http_response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+    return Response(status.value, status.phrase, headers, body)
+
+
+def json_response(status: HTTPStatus, payload: Any) -> Response:
+    return http_response(status, encode(payload) + b"\n", "application/json")
+
+
+def make_process_request(
+    health: Callable[[], dict[str, Any]],
+    metrics: ServiceMetrics,
+    check_websocket: Callable[[ServerConnection, Request], Response | None] | None = None,
+) -> Callable[[ServerConnection, Request], Response | None]:
+    """Answer /healthz and /metrics over plain HTTP; let other paths upgrade."""
+
+    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return json_response(HTTPStatus.OK, health())
+        if path == "/metrics":
+            return http_response(HTTPStatus.OK, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        if "upgrade" not in request.headers.get("Connection", "").lower():
+            return json_response(
+                HTTPStatus.UPGRADE_REQUIRED,
+                {"error": "upgrade_required", "detail": "connect with a WebSocket client; HTTP paths: /healthz, /metrics"},
+            )
+        if check_websocket is not None:
+            return check_websocket(connection, request)
+        return None
+
+    return process_request
+
+
+async def run_service(
+    name: str,
+    settings: Settings,
+    port: int,
+    handler: Callable[[ServerConnection], Awaitable[None]],
+    process_request: Callable[[ServerConnection, Request], Response | None],
+    started: Callable[[Server], Awaitable[None]] | None = None,
+    stopping: Callable[[], Awaitable[None]] | None = None,
+    **serve_options: Any,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then close connections and call ``stopping``."""
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    async with serve(
+        handler,
+        settings.host,
+        port,
+        process_request=process_request,
+        compression=None,  # per-message deflate costs CPU per frame and per client
+        **serve_options,
+    ) as server:
+        log.info("%s listening on ws://%s:%s", name, settings.host, port)
+        if started is not None:
+            await started(server)
+        await stop
+        log.info("%s stopping", name)
+        server.close(close_connections=True)
+        await server.wait_closed()
+    if stopping is not None:
+        await stopping()
+
+
+class BrokerProbe:
+    """Tracks whether the broker answers, for /healthz, without touching the event loop."""
+
+    INTERVAL_S = 3.0
+
+    def __init__(self, client: Any, topic: str) -> None:
+        self.client = client
+        self.topic = topic
+        self.state = "unknown"
+        self._task: asyncio.Task[None] | None = None
+
+    def saw_broker(self) -> None:
+        self.state = "up"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.client.list_topics, self.topic, timeout=2.0)
+                self.state = "up"
+            except Exception as exc:  # any failure to get metadata means the broker is not answering
+                log.debug("broker probe failed: %s", exc)
+                self.state = "down"
+            await asyncio.sleep(self.INTERVAL_S)

@@ -1,0 +1,113 @@
+"""The one settings object of labkit.
+
+Every part of the lab (services, stack, gateway, clients, CLI, notebooks, tests)
+reads its ports, hosts, topic and limits from :class:`Settings`. Values come from
+keyword arguments (CLI flags), then ``LABKIT_*`` environment variables, then the
+defaults below, which are the seed's ports.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "REPO_ROOT", "free_port"]
+
+#: The checkout labkit runs from; kong/kong.yml and the state folder live here.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+Mode = Literal["embedded", "compose", "external"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that was free on ``host`` a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class Settings(BaseSettings):
+    """Ports, hosts, topic, limits and mode of one lab stack."""
+
+    model_config = SettingsConfigDict(env_prefix="LABKIT_", extra="forbid", frozen=True)
+
+    mode: Mode = "embedded"
+    host: str = Field("127.0.0.1", description="Address every component binds and clients connect to.")
+
+    producer_port: int = Field(6789, ge=0, le=65535)
+    consumer_port: int = Field(6788, ge=0, le=65535)
+    gateway_port: int = Field(8000, ge=0, le=65535)
+    kafka_port: int = Field(9092, ge=0, le=65535)
+    kafka_bootstrap: str | None = Field(
+        None, description="Bootstrap servers of an external cluster; default: the embedded broker."
+    )
+    kafka_properties: dict[str, str] = Field(
+        default_factory=dict, description="Extra librdkafka properties for both services (SASL, SSL, tuning)."
+    )
+
+    topic: str = Field("events", min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(3, ge=1, le=1000)
+
+    max_frame_bytes: int = Field(64 * 1024, ge=256, description="Largest WebSocket frame a sender may send.")
+    max_batch: int = Field(1000, ge=1, description="Most events in one JSON array frame.")
+    sender_rate_limit: float = Field(
+        2000, ge=0, description="WebSocket messages per second per sender connection (0: unlimited)."
+    )
+    watcher_queue: int = Field(10_000, ge=1, description="Frames buffered per watcher before it is disconnected.")
+    replay_buffer: int = Field(10_000, ge=0, description="Recent events the consumer keeps for ?replay=N.")
+
+    kong_config: Path = Field(REPO_ROOT / "kong" / "kong.yml", description="Kong declarative config (routes, plugins).")
+    state_dir: Path = Field(REPO_ROOT / ".labkit", description="Logs, pid files and the stack record.")
+    api_key: str | None = Field(None, description="key-auth key for the gateway; default: the lab key in kong.yml.")
+
+    @field_validator("kafka_properties", mode="before")
+    @classmethod
+    def _split_properties(cls, value: object) -> object:
+        # LABKIT_KAFKA_PROPERTIES may be JSON (pydantic's default) or "k=v,k=v".
+        if isinstance(value, str) and not value.lstrip().startswith("{"):
+            pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+            bad = [item for item in pairs if len(item) != 2]
+            if bad:
+                raise ValueError("expected key=value pairs separated by commas")
+            return {k.strip(): v.strip() for k, v in pairs}
+        return value
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or f"{self.host}:{self.kafka_port}"
+
+    def url(self, port: int, path: str = "/", scheme: str = "ws") -> str:
+        return f"{scheme}://{self.host}:{port}{path}"
+
+    @property
+    def produce_url(self) -> str:
+        """Where senders connect: the gateway's /produce-events route."""
+        return self.url(self.gateway_port, "/produce-events")
+
+    @property
+    def consume_url(self) -> str:
+        """Where watchers connect: the gateway's /consume-events route."""
+        return self.url(self.gateway_port, "/consume-events")
+
+    def kafka_config(self, **overrides: object) -> dict[str, object]:
+        """librdkafka properties shared by every Kafka client of the lab."""
+        config: dict[str, object] = {"bootstrap.servers": self.bootstrap_servers, "socket.nagle.disable": True}
+        config.update(self.kafka_properties)
+        config.update(overrides)
+        return config
+
+    def with_free_ports(self, **changes: object) -> Settings:
+        """A copy on ports that are free now (for tests and benchmarks)."""
+        ports = {
+            name: free_port(self.host)
+            for name in ("producer_port", "consumer_port", "gateway_port", "kafka_port")
+        }
+        return self.model_copy(update={**ports, **changes})
+
+    def replace(self, **changes: object) -> Settings:
+        """A validated copy with some fields changed."""
+        return type(self)(**{**self.model_dump(), **changes})
