@@ -125,7 +125,7 @@ class ConsumerService:
         self.invalid_records = self.metrics.errors.labels("invalid_record")
         config = {**CONSUMER_DEFAULTS, **settings.kafka_config(), "group.id": f"labkit-fanout-{id(self):x}"}
         self.kafka = Consumer(config)
-        self.probe = BrokerProbe(self.kafka, settings.topic)
+        self.probe = BrokerProbe(self.kafka)
         self.watchers: set[Watcher] = set()
         self.recent: deque[tuple[str, bytes]] = deque(maxlen=settings.replay_buffer or 1)
         self.assigned: list[int] = []
@@ -141,10 +141,11 @@ class ConsumerService:
         topic = self.settings.topic
         while not self._stopped.is_set():
             try:
-                meta = self.kafka.list_topics(topic, timeout=5).topics[topic]
-                if meta.error is None and meta.partitions:
+                # All topics: naming one would let the broker auto-create it with its defaults.
+                meta = self.kafka.list_topics(timeout=5).topics.get(topic)
+                if meta is not None and meta.error is None and meta.partitions:
                     break
-                log.info("waiting for topic %r to exist (%s)", topic, meta.error)
+                log.info("waiting for topic %r to exist", topic)
             except KafkaException as exc:
                 log.warning("waiting for the broker at %s: %s", self.settings.bootstrap_servers, exc)
             time.sleep(0.5)

@@ -73,7 +73,7 @@ class ProducerService:
         self.metrics = ServiceMetrics()
         config = {**PRODUCER_DEFAULTS, **settings.kafka_config()}
         self.kafka = Producer(config)
-        self.probe = BrokerProbe(self.kafka, settings.topic)
+        self.probe = BrokerProbe(self.kafka)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.senders = 0
         # Delivery reports gathered by the poll thread, handed to the loop in one call.
@@ -135,6 +135,16 @@ class ProducerService:
         self.metrics.errors.labels(error.code).inc()
         outbox.put_nowait(error.frame())
 
+    def _refuse_frame(self, outbox: asyncio.Queue[bytes], message: str | bytes, error: EventError) -> None:
+        """Refuse every event of a frame, one reply per event id, so a sender knows which were not taken."""
+        try:
+            items = list(parse_frame(message, self.settings.max_batch))
+        except FrameError:
+            items = []
+        ids = [item.id if item.id is not UNSET else None for item in items]
+        for event_id in ids or [None]:
+            self._refuse(outbox, EventError(error.code, error.detail, event_id))
+
     async def handle(self, ws: ServerConnection) -> None:
         outbox: asyncio.Queue[bytes] = asyncio.Queue()
         writer = asyncio.create_task(self._write_replies(ws, outbox))
@@ -144,7 +154,7 @@ class ProducerService:
         try:
             async for message in ws:
                 if not limiter.allow():
-                    self._refuse(outbox, RATE_LIMITED(self.settings.sender_rate_limit))
+                    self._refuse_frame(outbox, message, RATE_LIMITED(self.settings.sender_rate_limit))
                     continue
                 if isinstance(message, bytes):
                     self._refuse(outbox, BINARY_FRAME)

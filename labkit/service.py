@@ -129,9 +129,8 @@ class BrokerProbe:
 
     INTERVAL_S = 3.0
 
-    def __init__(self, client: Any, topic: str) -> None:
+    def __init__(self, client: Any) -> None:
         self.client = client
-        self.topic = topic
         self.state = "unknown"
         self._task: asyncio.Task[None] | None = None
 
@@ -148,7 +147,8 @@ class BrokerProbe:
     async def _watch(self) -> None:
         while True:
             try:
-                await asyncio.to_thread(self.client.list_topics, self.topic, timeout=2.0)
+                # All topics: naming one would let the broker auto-create it.
+                await asyncio.to_thread(self.client.list_topics, timeout=2.0)
                 self.state = "up"
             except Exception as exc:  # any failure to get metadata means the broker is not answering
                 log.debug("broker probe failed: %s", exc)

@@ -1,0 +1,287 @@
+"""The ``labkit`` command: run the stack, send events, watch them arrive.
+
+Every command builds the one :class:`~labkit.settings.Settings` from its flags
+and the ``LABKIT_*`` environment, and uses :class:`~labkit.stack.Stack` and the
+client API; nothing here knows more about the services than a user would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import msgspec
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .client import Sender, SendError, watch
+from .errors import LabkitError
+from .events import Event
+from .settings import Settings
+from .stack import Stack, running_settings
+
+app = typer.Typer(
+    help="labkit: a lab for real-time event delivery (WebSocket -> Kafka -> WebSocket, behind a gateway).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+Port = Annotated[Optional[int], typer.Option(min=0, max=65535, show_default=False)]
+
+
+def build_settings(**flags: Any) -> Settings:
+    """Settings from the flags given (None: not given) over LABKIT_* and defaults."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise typer.BadParameter(problems) from None
+
+
+def status_table(stack: Stack) -> Table:
+    table = Table(title=f"labkit stack ({stack.settings.mode}, state in {stack.state_dir})")
+    for column in ("component", "state", "pid", "url"):
+        table.add_column(column)
+    colours = {"running": "green", "stopped": "red"}
+    for row in stack.status():
+        colour = colours.get(row["state"], "yellow")
+        table.add_row(row["component"], f"[{colour}]{row['state']}[/]", str(row["pid"] or "-"), row["url"])
+    return table
+
+
+def _run_up(stack: Stack, restart: bool = False) -> None:
+    if not restart and stack.is_running():
+        out.print("[yellow]The stack is already running; nothing to start.[/]")
+        out.print(status_table(stack))
+        return
+    began = time.monotonic()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def on_step(text: str, step: int, steps: int) -> None:
+            progress.update(task, description=text, completed=step - 1, total=steps)
+
+        (stack.restart if restart else stack.up)(on_step)
+    out.print(status_table(stack))
+    out.print(f"Ready in {time.monotonic() - began:.1f} s. Try: [bold]labkit watch[/] in one terminal, "
+              "[bold]labkit send --type click --value 1[/] in another; [bold]labkit down[/] stops it all.")
+
+
+@app.command()
+def up(
+    mode: Annotated[Optional[str], typer.Option(help="embedded (default), compose or external.")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to bind and connect to.")] = None,
+    producer_port: Port = None,
+    consumer_port: Port = None,
+    gateway_port: Port = None,
+    kafka_port: Port = None,
+    kafka: Annotated[Optional[str], typer.Option(help="Bootstrap servers of an existing Kafka cluster (HOST:PORT[,...]).")] = None,
+    topic: Annotated[Optional[str], typer.Option()] = None,
+    partitions: Annotated[Optional[int], typer.Option(min=1)] = None,
+    state_dir: Annotated[Optional[Path], typer.Option(help="Folder for logs, pids and the stack record.")] = None,
+) -> None:
+    """Start broker, producer, consumer and gateway; return with them running in the background."""
+    settings = build_settings(
+        mode=mode, host=host, producer_port=producer_port, consumer_port=consumer_port, gateway_port=gateway_port,
+        kafka_port=kafka_port, kafka_bootstrap=kafka, topic=topic, partitions=partitions, state_dir=state_dir,
+    )
+    _run_up(Stack(settings))
+
+
+@app.command()
+def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+    """Stop the stack and start it again with the same settings."""
+    stack = Stack(build_settings(state_dir=state_dir))
+    stack.is_running()
+    _run_up(stack, restart=True)
+
+
+@app.command()
+def down(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+    """Stop exactly the processes `labkit up` started."""
+    stopped = Stack(build_settings(state_dir=state_dir)).down()
+    out.print(f"Stopped: {', '.join(stopped)}." if stopped else "Nothing was running.")
+
+
+@app.command()
+def status(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+    """Show each component, whether it answers, and its URL."""
+    stack = Stack(build_settings(state_dir=state_dir))
+    out.print(status_table(stack))
+    if stack.is_running():
+        for name in ("producer", "consumer"):
+            try:
+                out.print(f"{name}: {json.dumps(stack.health(name))}", highlight=False)
+            except OSError as exc:
+                out.print(f"{name}: no health answer ({exc})")
+
+
+@app.command()
+def logs(
+    component: Annotated[Optional[str], typer.Argument(help="broker, producer, consumer or gateway; all when omitted.")] = None,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=1)] = 40,
+    state_dir: Annotated[Optional[Path], typer.Option()] = None,
+) -> None:
+    """Print the end of the components' logs."""
+    stack = Stack(build_settings(state_dir=state_dir))
+    names = [part.name for part in stack.components()]
+    if component is not None and component not in names:
+        raise typer.BadParameter(f"{component!r} is not a component; choose from {', '.join(names)}", param_hint="COMPONENT")
+    for name in [component] if component else names:
+        out.rule(f"{name}  ({stack.log_path(name)})")
+        out.print(stack.log_tail(name, lines) or "(no log yet)", highlight=False, markup=False)
+
+
+def _parse_data(data: str | None) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    try:
+        parsed = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter("must be a JSON object, e.g. '{\"page\": \"home\"}'", param_hint="--data")
+    return parsed
+
+
+def _stdin_events() -> list[dict[str, Any]]:
+    events = []
+    for number, line in enumerate(sys.stdin, 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(msgspec.to_builtins(msgspec.json.decode(line, type=Event)))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise typer.BadParameter(f"line {number} of stdin is not a valid event: {exc}", param_hint="stdin") from None
+    return events
+
+
+def _generated(kind: str, count: int) -> list[dict[str, Any]]:
+    return [{"type": kind, "value": float(i % 100), "key": f"{kind}-{i % 8}"} for i in range(count)]
+
+
+async def _send(settings: Settings, events: list[dict[str, Any]], rate: float | None, quiet: bool) -> tuple[int, int]:
+    ok = failed = 0
+    async with Sender(settings=settings) as sender:
+        futures = []
+        began = time.monotonic()
+        with Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=len(events) < 2) as progress:
+            task = progress.add_task("send", total=len(events))
+            for index, event in enumerate(events):
+                if rate:
+                    # Open loop: each event has its own time, so a slow reply does not slow the sending.
+                    delay = began + index / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                futures += await sender.submit([event])
+                progress.advance(task)
+        replies = await sender.replies(futures, raise_on_error=False)
+    for reply in replies:
+        if reply.ok:
+            ok += 1
+        else:
+            failed += 1
+        if not quiet or not reply.ok:
+            out.print(msgspec.json.encode(reply).decode(), highlight=False, soft_wrap=True)
+    return ok, failed
+
+
+@app.command()
+def send(
+    type: Annotated[Optional[str], typer.Option("--type", "-t", help="Event type (one event from flags).")] = None,
+    value: Annotated[Optional[float], typer.Option("--value", "-v", help="Event value.")] = None,
+    key: Annotated[Optional[str], typer.Option(help="Kafka key (default: the type).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="JSON object attached to the event.")] = None,
+    count: Annotated[Optional[int], typer.Option("--count", "-n", min=1, help="Send this many generated events.")] = None,
+    rate: Annotated[Optional[float], typer.Option(min=0.001, help="Events per second for generated events.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the summary.")] = False,
+    state_dir: Annotated[Optional[Path], typer.Option()] = None,
+) -> None:
+    """Send events through the gateway and print Kafka's acks.
+
+    One event from --type/--value, COUNT generated events with --count (and --rate),
+    or JSON lines from stdin when neither is given.
+    """
+    if count is not None:
+        events = _generated(type or "tick", count)
+    elif type is not None:
+        if value is None:
+            raise typer.BadParameter("give --value with --type", param_hint="--value")
+        event: dict[str, Any] = {"type": type, "value": value}
+        if key is not None:
+            event["key"] = key
+        if (parsed := _parse_data(data)) is not None:
+            event["data"] = parsed
+        events = [event]
+    elif not sys.stdin.isatty():
+        events = _stdin_events()
+    else:
+        raise typer.BadParameter("give --type and --value, --count N, or JSON lines on stdin")
+    settings = running_settings(build_settings(state_dir=state_dir))
+    ok, failed = asyncio.run(_send(settings, events, rate, quiet))
+    if len(events) > 1 or failed:
+        err.print(f"{ok} acknowledged, {failed} refused")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("watch")
+def watch_command(
+    types: Annotated[Optional[str], typer.Option(help="Only these event types, comma-separated.")] = None,
+    replay: Annotated[int, typer.Option(min=0, help="First show up to N recent events.")] = 0,
+    count: Annotated[Optional[int], typer.Option("--count", "-n", min=1, help="Stop after N events.")] = None,
+    state_dir: Annotated[Optional[Path], typer.Option()] = None,
+) -> None:
+    """Print events as they arrive through the gateway, one JSON object per line."""
+    settings = running_settings(build_settings(state_dir=state_dir))
+    kinds = [t.strip() for t in types.split(",") if t.strip()] if types else None
+
+    async def run() -> None:
+        async for event in watch(types=kinds, replay=replay, count=count, settings=settings):
+            out.print(msgspec.json.encode(event).decode(), highlight=False, soft_wrap=True)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command(hidden=True)
+def serve(component: Annotated[str, typer.Argument(help="producer or consumer")]) -> None:
+    """Run one service in the foreground (what `labkit up` and the containers run)."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = build_settings()
+    if component == "producer":
+        from .producer import main
+    elif component == "consumer":
+        from .consumer import main
+    else:
+        raise typer.BadParameter("choose producer or consumer", param_hint="COMPONENT")
+    main(settings)
+
+
+def main() -> None:
+    """Entry point: labkit's own errors and unreachable services become one clear line, not a traceback."""
+    try:
+        app()
+    except (LabkitError, SendError) as exc:
+        problem = str(exc)
+    except OSError as exc:
+        problem = f"{exc}. Is the stack running? Check with `labkit status`; start it with `labkit up`."
+    else:
+        return
+    err.print(f"[bold red]error:[/] {problem}", highlight=False)
+    sys.exit(1)

@@ -1,0 +1,216 @@
+"""The one client API of labkit: send events and watch them arrive, over WebSocket.
+
+The CLI, the notebook widgets, the live chart, the benchmark and the tests all
+use these two things::
+
+    async with Sender() as sender:          # the gateway's /produce-events
+        ack = await sender.send({"type": "click", "value": 1})
+
+    async for event in watch(types=["click"], count=10):   # /consume-events
+        print(event.type, event.value)
+
+URLs default to the gateway of the running stack; the key-auth key defaults to
+the lab key in kong/kong.yml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from .events import Ack, Delivered, Event, decode_delivered, decode_reply, encode, new_id, now_ms
+from .settings import Settings
+
+__all__ = ["Sender", "SendError", "watch", "lab_api_key"]
+
+ACK_TIMEOUT_S = 60.0  # longer than the producer's message.timeout.ms, so Kafka's verdict arrives first
+
+
+class SendError(Exception):
+    """The producer refused an event or never answered; ``ack`` holds its reply when there is one."""
+
+    def __init__(self, message: str, ack: Ack | None = None) -> None:
+        super().__init__(message)
+        self.ack = ack
+
+
+def lab_api_key(settings: Settings) -> str | None:
+    """settings.api_key, else the first key-auth credential in kong.yml (the lab key)."""
+    if settings.api_key:
+        return settings.api_key
+    from .gateway import load_kong_config
+
+    try:
+        kong = load_kong_config(settings.kong_config)
+    except Exception:
+        return None
+    for consumer in kong.get("consumers") or []:
+        for credential in consumer.get("keyauth_credentials") or []:
+            if credential.get("key"):
+                return credential["key"]
+    return None
+
+
+def _settings(settings: Settings | None) -> Settings:
+    from .stack import running_settings
+
+    return running_settings(settings)
+
+
+def _as_event(event: Event | Mapping[str, Any]) -> Event:
+    if isinstance(event, Event):
+        return event
+    return msgspec.convert(dict(event), Event)
+
+
+class Sender:
+    """A WebSocket connection to the producer that matches every ack to its event.
+
+    Every event gets an ``id`` (a new one when it has none) and a ``sent_at``
+    stamp; ``send`` waits for Kafka's acknowledgment, ``send_many`` pipelines.
+    """
+
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None, api_key: str | None = None) -> None:
+        self.settings = _settings(settings)
+        self.url = url or self.settings.produce_url
+        self.api_key = api_key if api_key is not None else lab_api_key(self.settings)
+        self.ws: ClientConnection | None = None
+        self._pending: dict[str, asyncio.Future[Ack]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Sender:
+        headers = {"apikey": self.api_key} if self.api_key else None
+        self.ws = await websockets.connect(
+            self.url, additional_headers=headers, compression=None, max_size=None, open_timeout=10
+        )
+        self._reader = asyncio.create_task(self._read_replies())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def _read_replies(self) -> None:
+        assert self.ws is not None
+        problem: BaseException = SendError("the connection to the producer closed before Kafka acknowledged")
+        try:
+            async for frame in self.ws:
+                reply = decode_reply(frame)
+                future = self._pending.pop(reply.ack or reply.id or "", None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        except websockets.ConnectionClosed as exc:
+            problem = SendError(f"the connection to the producer closed ({exc}) before Kafka acknowledged")
+        finally:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(problem)
+            self._pending.clear()
+
+    def _prepare(self, event: Event | Mapping[str, Any]) -> tuple[Event, asyncio.Future[Ack]]:
+        item = _as_event(event)
+        if item.id is msgspec.UNSET:
+            item.id = new_id()
+        if item.sent_at is msgspec.UNSET:
+            item.sent_at = now_ms()
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._pending[item.id] = future
+        return item, future
+
+    async def send(self, event: Event | Mapping[str, Any], timeout: float = ACK_TIMEOUT_S) -> Ack:
+        """Send one event and return Kafka's ack; raises SendError when it is refused."""
+        acks = await self.send_many([event], timeout=timeout)
+        return acks[0]
+
+    async def send_many(
+        self,
+        events: Iterable[Event | Mapping[str, Any]],
+        *,
+        batch: int = 1,
+        timeout: float = ACK_TIMEOUT_S,
+        raise_on_error: bool = True,
+    ) -> list[Ack]:
+        """Send events (``batch`` per frame) without waiting in between; return the replies in order."""
+        futures: list[asyncio.Future[Ack]] = []
+        chunk: list[Event | Mapping[str, Any]] = []
+        for event in events:
+            chunk.append(event)
+            if len(chunk) >= batch:
+                futures += await self.submit(chunk)
+                chunk = []
+        if chunk:
+            futures += await self.submit(chunk)
+        return await self.replies(futures, timeout=timeout, raise_on_error=raise_on_error)
+
+    async def submit(self, events: list[Event | Mapping[str, Any]]) -> list[asyncio.Future[Ack]]:
+        """Send events in one frame now; each future resolves to its reply."""
+        if self.ws is None:
+            raise RuntimeError("use 'async with Sender() as sender:' before sending")
+        prepared = [self._prepare(event) for event in events]
+        items = [item for item, _ in prepared]
+        payload = encode(items[0]) if len(items) == 1 else encode(items)
+        await self.ws.send(payload, text=True)
+        return [future for _, future in prepared]
+
+    @staticmethod
+    async def replies(
+        futures: list[asyncio.Future[Ack]], *, timeout: float = ACK_TIMEOUT_S, raise_on_error: bool = True
+    ) -> list[Ack]:
+        """Wait for submitted events' replies; raises SendError on the first refusal if asked to."""
+        try:
+            replies = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        except TimeoutError:
+            raise SendError(f"no reply from the producer within {timeout:g} s; is the stack running? (labkit status)") from None
+        if raise_on_error:
+            for reply in replies:
+                if not reply.ok:
+                    raise SendError(f"{reply.error}: {reply.detail}", reply)
+        return list(replies)
+
+
+def watch_url(settings: Settings, url: str | None, types: Iterable[str] | None, replay: int) -> str:
+    base = url or settings.consume_url
+    query = {}
+    if types:
+        query["types"] = ",".join(types)
+    if replay:
+        query["replay"] = str(replay)
+    return f"{base}{'&' if '?' in base else '?'}{urlencode(query)}" if query else base
+
+
+async def watch(
+    url: str | None = None,
+    *,
+    types: Iterable[str] | None = None,
+    replay: int = 0,
+    count: int | None = None,
+    settings: Settings | None = None,
+    opened: asyncio.Event | None = None,
+) -> AsyncIterator[Delivered]:
+    """Yield events as the consumer delivers them (through the gateway by default).
+
+    ``count`` stops after that many; ``opened`` is set once the connection is up,
+    so a caller can start sending only when nothing can be missed.
+    """
+    resolved = _settings(settings)
+    target = watch_url(resolved, url, types, replay)
+    seen = 0
+    async with websockets.connect(target, compression=None, max_size=None, open_timeout=10) as ws:
+        if opened is not None:
+            opened.set()
+        async for frame in ws:
+            yield decode_delivered(frame)
+            seen += 1
+            if count is not None and seen >= count:
+                return

@@ -1,0 +1,319 @@
+"""Stack orchestration: start broker, services and gateway in order, and stop exactly them.
+
+A running stack is recorded in ``<state_dir>/stack.json`` (the settings it runs
+with, and each component's pid and start time), next to one log file per
+component under ``<state_dir>/logs``. Any later ``labkit`` command, notebook or
+test reads that record, so a second ``up`` finds the running stack and leaves it
+alone, and ``down`` stops only processes it started (a pid reused by another
+program does not match the recorded start time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .broker import broker_command, ensure_topic
+from .errors import ComponentFailed, PortInUse
+from .gateway import gateway_command, load_kong_config, routes_table, write_nginx_conf
+from .settings import Settings
+
+__all__ = ["Stack", "Component", "running_settings"]
+
+StepCallback = Callable[[str, int, int], None]
+RECORD = "stack.json"
+READY_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Component:
+    """One process of the stack and how to tell it is ready."""
+
+    name: str
+    port: int
+    port_setting: str
+    url: str
+    command: list[str]
+    health_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None
+    started_at: float | None = None
+
+    def process(self) -> psutil.Process | None:
+        """The recorded process, if it still runs (same pid and same start time)."""
+        if self.pid is None:
+            return None
+        try:
+            proc = psutil.Process(self.pid)
+            if self.started_at is not None and abs(proc.create_time() - self.started_at) > 0.01:
+                return None
+            return proc if proc.status() != psutil.STATUS_ZOMBIE else None
+        except psutil.NoSuchProcess:
+            return None
+
+    def answers(self, host: str) -> bool:
+        if self.health_url is not None:
+            try:
+                with urllib.request.urlopen(self.health_url, timeout=1) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+        try:
+            with socket.create_connection((host, self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+
+def _settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as LABKIT_* variables, so a child process builds the same Settings."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        env[f"LABKIT_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Stack:
+    """The lab's processes: ``Stack(settings).up()``, ``.down()``, or ``with Stack() as stack:``.
+
+    ``up()`` on a state folder whose stack already runs adopts it; leaving a ``with``
+    block stops the stack only if this object started it.
+    """
+
+    def __init__(self, settings: Settings | None = None, **changes: Any) -> None:
+        base = settings or Settings()
+        self.settings = base.replace(**changes) if changes else base
+        self.started_here = False
+
+    # -- layout ------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.state_dir
+
+    @property
+    def record_path(self) -> Path:
+        return self.state_dir / RECORD
+
+    def log_path(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    def components(self, settings: Settings | None = None) -> list[Component]:
+        s = settings or self.settings
+        serve = [sys.executable, "-m", "labkit", "serve"]
+        parts: list[Component] = []
+        if s.mode == "embedded" and s.kafka_bootstrap is None:
+            parts.append(Component("broker", s.kafka_port, "kafka_port", f"{s.host}:{s.kafka_port}", broker_command(s)))
+        for name, port, setting in (("producer", s.producer_port, "producer_port"), ("consumer", s.consumer_port, "consumer_port")):
+            parts.append(
+                Component(name, port, setting, s.url(port), [*serve, name], s.url(port, "/healthz", "http"), _settings_env(s))
+            )
+        gateway_url = f"{s.produce_url}  {s.consume_url}"
+        parts.append(Component("gateway", s.gateway_port, "gateway_port", gateway_url, []))
+        return parts
+
+    # -- record ------------------------------------------------------------------
+
+    def _load_record(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.record_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write_record(self, parts: list[Component]) -> None:
+        record = {
+            "settings": self.settings.model_dump(mode="json"),
+            "components": {p.name: {"pid": p.pid, "started_at": p.started_at, "port": p.port} for p in parts},
+        }
+        self.record_path.write_text(json.dumps(record, indent=2))
+
+    def _recorded_components(self) -> tuple[Settings, list[Component]]:
+        record = self._load_record()
+        if record is None:
+            return self.settings, []
+        settings = Settings(**record["settings"])
+        parts = self.components(settings)
+        for part in parts:
+            saved = record["components"].get(part.name, {})
+            part.pid, part.started_at = saved.get("pid"), saved.get("started_at")
+        return settings, [p for p in parts if p.pid is not None]
+
+    def is_running(self) -> bool:
+        """True when every recorded component still runs; then this object takes its settings."""
+        settings, parts = self._recorded_components()
+        if parts and len(parts) == len(self.components(settings)) and all(p.process() for p in parts):
+            self.settings = settings
+            return True
+        return False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def up(self, on_step: StepCallback | None = None) -> Stack:
+        """Start everything and wait until it answers; adopt a stack that already runs."""
+        if self.is_running():
+            return self
+        self.down()  # a half-dead stack from before: stop what is left of it
+        parts = self.components()
+        for part in parts:
+            if not _port_free(self.settings.host, part.port):
+                raise PortInUse(part.name, self.settings.host, part.port, part.port_setting)
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        steps = len(parts) + 1
+        step = 0
+
+        def report(text: str) -> None:
+            nonlocal step
+            step += 1
+            if on_step is not None:
+                on_step(text, step, steps)
+
+        started: list[Component] = []
+        try:
+            for part in parts:
+                if part.name == "producer":
+                    report(f"creating topic {self.settings.topic} on {self.settings.bootstrap_servers}")
+                    ensure_topic(self.settings)
+                if part.name == "gateway":
+                    conf = write_nginx_conf(self.settings, self.state_dir)
+                    part.command = gateway_command(conf, self.state_dir)
+                report(f"starting {part.name}")
+                self._start(part)
+                started.append(part)
+                self._write_record(started)
+                self._wait_ready(part)
+        except BaseException:
+            self._stop(started)
+            self.record_path.unlink(missing_ok=True)
+            raise
+        self.started_here = True
+        return self
+
+    def _start(self, part: Component) -> None:
+        log = self.log_path(part.name)
+        with log.open("ab") as out:
+            out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {part.name}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(
+                part.command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **part.env},
+                cwd=self.state_dir,
+                start_new_session=True,  # the stack outlives the terminal or kernel that started it
+            )
+        part.pid = proc.pid
+        part.started_at = psutil.Process(proc.pid).create_time()
+
+    def _wait_ready(self, part: Component) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            proc = part.process()
+            if proc is None:
+                raise ComponentFailed(part.name, "exited during start-up", self.log_tail(part.name), str(self.log_path(part.name)))
+            if part.answers(self.settings.host):
+                return
+            time.sleep(0.05)
+        raise ComponentFailed(
+            part.name, f"did not answer on port {part.port} within {READY_TIMEOUT_S:.0f} s",
+            self.log_tail(part.name), str(self.log_path(part.name)),
+        )
+
+    def down(self) -> list[str]:
+        """Stop the recorded components (gateway first, broker last); returns their names."""
+        _, parts = self._recorded_components()
+        stopped = self._stop(parts)
+        self.record_path.unlink(missing_ok=True)
+        self.started_here = False
+        return stopped
+
+    @staticmethod
+    def _stop(parts: list[Component]) -> list[str]:
+        stopped = []
+        for part in reversed(parts):
+            proc = part.process()
+            if proc is None:
+                continue
+            family = [proc, *proc.children(recursive=True)]
+            for member in family:
+                try:
+                    member.terminate()
+                except psutil.NoSuchProcess:
+                    pass
+            _, alive = psutil.wait_procs(family, timeout=10)
+            for member in alive:
+                member.kill()
+            psutil.wait_procs(alive, timeout=5)
+            stopped.append(part.name)
+        return stopped
+
+    def restart(self, on_step: StepCallback | None = None) -> Stack:
+        self.down()
+        return self.up(on_step)
+
+    # -- looking at it ---------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        """One row per component: name, state, pid, url."""
+        self.is_running()  # adopt the running stack's settings, if any
+        recorded = {p.name: p for p in self._recorded_components()[1]}
+        rows = []
+        for part in self.components():
+            seen = recorded.get(part.name)
+            proc = seen.process() if seen else None
+            if proc is None:
+                state = "stopped"
+            else:
+                state = "running" if part.answers(self.settings.host) else "not answering"
+            rows.append({"component": part.name, "state": state, "pid": proc.pid if proc else None, "url": part.url})
+        return rows
+
+    def routes(self) -> list[dict[str, Any]]:
+        return routes_table(load_kong_config(self.settings.kong_config))
+
+    def health(self, component: str) -> dict[str, Any]:
+        port = {"producer": self.settings.producer_port, "consumer": self.settings.consumer_port}[component]
+        with urllib.request.urlopen(self.settings.url(port, "/healthz", "http"), timeout=2) as response:
+            return json.loads(response.read())
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> Stack:
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started_here:
+            self.down()
+
+
+def running_settings(settings: Settings | None = None) -> Settings:
+    """The settings of the stack running from ``settings.state_dir``, else ``settings``."""
+    stack = Stack(settings)
+    return stack.settings if stack.is_running() else (settings or Settings())
