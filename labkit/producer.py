@@ -39,7 +39,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "client.id": "labkit-producer",
     "enable.idempotence": True,
     "acks": "all",
-    "linger.ms": 1,
+    "linger.ms": 0,  # librdkafka still batches what queues up while a request is in flight
     "message.timeout.ms": 30_000,
     "queue.buffering.max.messages": 100_000,
 }

@@ -8,6 +8,7 @@ defaults below, which are the seed's ports.
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Literal
@@ -67,8 +68,10 @@ class Settings(BaseSettings):
     @field_validator("kafka_properties", mode="before")
     @classmethod
     def _split_properties(cls, value: object) -> object:
-        # LABKIT_KAFKA_PROPERTIES may be JSON (pydantic's default) or "k=v,k=v".
-        if isinstance(value, str) and not value.lstrip().startswith("{"):
+        # LABKIT_KAFKA_PROPERTIES (or a flag) may be a JSON object or "k=v,k=v".
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            return json.loads(value)
+        if isinstance(value, str):
             pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
             bad = [item for item in pairs if len(item) != 2]
             if bad:
@@ -106,7 +109,7 @@ class Settings(BaseSettings):
             name: free_port(self.host)
             for name in ("producer_port", "consumer_port", "gateway_port", "kafka_port")
         }
-        return self.model_copy(update={**ports, **changes})
+        return self.replace(**ports, **changes)
 
     def replace(self, **changes: object) -> Settings:
         """A validated copy with some fields changed."""
