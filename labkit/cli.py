@@ -218,7 +218,7 @@ def send(
     elif type is not None:
         if value is None:
             raise typer.BadParameter("give --value with --type", param_hint="--value")
-        event: dict[str, Any] = {"type": type, "value": value}
+        event: dict[str, Any] = {"type": type, "value": int(value) if value.is_integer() else value}
         if key is not None:
             event["key"] = key
         if (parsed := _parse_data(data)) is not None:

@@ -1,0 +1,110 @@
+"""The labkit command against a running stack, and its answers to bad flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from labkit import Stack
+
+
+def labkit(stack: Stack | None, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    if stack is not None:
+        env["LABKIT_STATE_DIR"] = str(stack.state_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "labkit", *args], input=stdin, capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def test_send_is_seen_by_watch(stack: Stack, event_type: str):
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "labkit", "watch", "--types", event_type, "--count", "1"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "LABKIT_STATE_DIR": str(stack.state_dir)},
+    )
+    try:
+        # The watcher may still be connecting: send until it has seen one.
+        for _ in range(50):
+            sent = labkit(stack, "send", "--type", event_type, "--value", "1", "--data", '{"page": "home"}')
+            assert sent.returncode == 0, sent.stderr
+            try:
+                watcher.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        out, _ = watcher.communicate(timeout=10)
+    finally:
+        watcher.kill()
+    ack = json.loads(sent.stdout)
+    assert set(ack) == {"ack", "partition", "offset"}
+    event = json.loads(out.splitlines()[0])
+    assert event["type"] == event_type and event["value"] == 1 and event["data"] == {"page": "home"}
+
+
+def test_send_json_lines_from_stdin_and_generated(stack: Stack, event_type: str):
+    lines = "\n".join(json.dumps({"type": event_type, "value": i}) for i in range(3))
+    piped = labkit(stack, "send", stdin=lines)
+    assert piped.returncode == 0, piped.stderr
+    assert len([json.loads(line)["ack"] for line in piped.stdout.splitlines()]) == 3
+    generated = labkit(stack, "send", "--type", event_type, "--count", "50", "--rate", "500", "--quiet")
+    assert generated.returncode == 0, generated.stderr
+    assert "50 acknowledged, 0 refused" in generated.stderr
+
+
+def test_replay_through_watch(stack: Stack, event_type: str):
+    assert labkit(stack, "send", "--type", event_type, "--value", "7").returncode == 0
+    watched = labkit(stack, "watch", "--types", event_type, "--replay", "1", "--count", "1", timeout=20)
+    assert json.loads(watched.stdout)["value"] == 7
+
+
+def test_status_and_logs(stack: Stack):
+    status = labkit(stack, "status")
+    assert status.returncode == 0
+    assert status.stdout.count("running") == 4 and '"broker": "up"' in status.stdout
+    logs = labkit(stack, "logs", "producer", "-n", "5")
+    assert logs.returncode == 0 and "producer" in logs.stdout
+
+
+@pytest.mark.parametrize(
+    "args, complaint",
+    [
+        (["send", "--type", "click"], "--value"),
+        (["send", "--type", "click", "--value", "abc"], "--value"),
+        (["send", "--type", "click", "--value", "1", "--data", "[1]"], "JSON object"),
+        (["send", "--type", "click", "--value", "1", "--data", "{oops"], "not valid JSON"),
+        (["send", "--count", "0"], "--count"),
+        (["watch", "--replay", "-1"], "--replay"),
+        (["up", "--gateway-port", "70000"], "--gateway-port"),
+        (["up", "--mode", "cloud"], "mode"),
+        (["up", "--topic", "no spaces"], "topic"),
+        (["logs", "nonsense"], "nonsense"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
+def test_bad_flags_give_a_usage_error_not_a_traceback(tmp_path, args, complaint):
+    result = labkit(None, *args, "--state-dir", str(tmp_path)) if args[0] in {"up", "logs", "watch"} else labkit(None, *args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert complaint in result.stderr
+
+
+def test_bad_stdin_line_is_named(stack: Stack):
+    result = labkit(stack, "send", stdin='{"type": "a", "value": 1}\n{"type": "a"}\n')
+    assert result.returncode == 2 and "line 2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_nothing_running_is_a_clear_error(tmp_path):
+    result = labkit(None, "send", "--type", "a", "--value", "1", "--state-dir", str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "labkit up" in result.stderr
+
+
+def test_port_in_use_is_named(stack: Stack, tmp_path):
+    result = labkit(None, "up", "--state-dir", str(tmp_path), "--gateway-port", str(stack.settings.gateway_port),
+                    "--producer-port", "0", "--consumer-port", "0", "--kafka-port", "0")
+    assert result.returncode == 1
+    assert f"port {stack.settings.gateway_port} (gateway) is in use" in result.stderr
