@@ -1,0 +1,305 @@
+"""kong/kong.yml and the embedded gateway's configuration, checked without running any service.
+
+The gateway's live behaviour (401/429/403 answers, WebSocket traffic) is tested
+against the real labkit services elsewhere; here: the file is valid Kong config,
+it renders, nginx accepts what it renders, and what cannot be rendered is refused
+with a message that names it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from labkit import gateway
+from labkit.gateway import GatewayConfigError
+from labkit.settings import REPO_ROOT, Settings
+
+KONG_YML = REPO_ROOT / "kong" / "kong.yml"
+KONG_SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "kong_json_schema.json"
+
+
+@pytest.fixture
+def kong() -> dict:
+    return gateway.load_kong_config(KONG_YML)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings().with_free_ports(state_dir=tmp_path / "state")
+
+
+def write_kong(tmp_path: Path, kong: dict) -> Path:
+    path = tmp_path / "kong.yml"
+    path.write_text(yaml.safe_dump(kong), encoding="utf-8")
+    return path
+
+
+def nginx_test(conf: Path, state_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*gateway.gateway_command(conf, state_dir), "-t"], capture_output=True, text=True, timeout=60)
+
+
+def route_plugins(kong: dict, route: str) -> list[dict]:
+    for service in kong["services"]:
+        for candidate in service.get("routes", []):
+            if candidate["name"] == route:
+                return candidate.setdefault("plugins", [])
+    raise KeyError(route)
+
+
+def plugin(kong: dict, route: str, name: str) -> dict:
+    return next(p for p in route_plugins(kong, route) if p["name"] == name)
+
+
+# --------------------------------------------------------------------------- kong.yml itself
+
+
+@pytest.mark.skipif(not KONG_SCHEMA.exists(), reason="shared/schemas is beside the checkout in dev and CI")
+def test_kong_yml_validates_against_kongs_schema():
+    schema = json.loads(KONG_SCHEMA.read_text(encoding="utf-8"))
+    document = yaml.safe_load(KONG_YML.read_text(encoding="utf-8"))
+    validator_class = jsonschema.validators.validator_for(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator_class(schema).iter_errors(document)]
+    assert errors == []
+
+
+def test_kong_yml_describes_the_lab(kong):
+    assert gateway.routes_table(kong) == [
+        {
+            "route": "produce-events",
+            "paths": ["/produce-events"],
+            "service": "producer",
+            "upstream": "http://producer:6789",
+            "plugins": ["cors", "key-auth", "rate-limiting"],
+        },
+        {
+            "route": "consume-events",
+            "paths": ["/consume-events"],
+            "service": "consumer",
+            "upstream": "http://consumer:6788",
+            "plugins": ["cors"],
+        },
+    ]
+    key_auth = plugin(kong, "produce-events", "key-auth")["config"]
+    assert key_auth["key_names"] == ["apikey"] and key_auth["key_in_header"] and key_auth["key_in_query"]
+    rate = plugin(kong, "produce-events", "rate-limiting")["config"]
+    assert rate["minute"] == 600 and rate["policy"] == "local"
+    assert kong["consumers"][0]["keyauth_credentials"][0]["key"] == "labkit-lab-key"
+    assert "lab key, for local use only" in KONG_YML.read_text(encoding="utf-8")
+
+
+def test_cors_origins_are_jupyterlab_and_loopback_only(kong):
+    origins = kong["plugins"][0]["config"]["origins"]
+    assert "http://localhost:8888" in origins and "http://127.0.0.1:8888" in origins
+    assert "null" not in origins and "*" not in origins
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def test_rendered_conf_is_accepted_by_nginx(settings, tmp_path):
+    conf = gateway.write_nginx_conf(settings, tmp_path / "state")
+    assert conf == (tmp_path / "state" / "nginx.conf").resolve()
+    result = nginx_test(conf, tmp_path / "state")
+    assert result.returncode == 0, result.stderr
+
+
+def test_rendered_conf_runs_unprivileged_with_everything_in_state_dir(kong, settings, tmp_path):
+    state_dir = (tmp_path / "state").resolve()
+    text = gateway.render_nginx_conf(kong, settings, state_dir)
+    for directive in ("daemon off;", "master_process on;", "worker_processes 1;", "access_log off;"):
+        assert directive in text
+    assert f"pid '{state_dir}/nginx.pid';" in text
+    assert f"error_log '{state_dir}/nginx-error.log' warn;" in text
+    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        assert f"{kind}_temp_path '{state_dir}/nginx-temp/{kind}';" in text
+    assert f"listen {settings.host}:{settings.gateway_port};" in text
+
+
+def test_embedded_services_are_reached_on_the_settings_ports(kong, settings, tmp_path):
+    text = gateway.render_nginx_conf(kong, settings, tmp_path)
+    assert f"proxy_pass http://{settings.host}:{settings.producer_port};" in text
+    assert f"proxy_pass http://{settings.host}:{settings.consumer_port};" in text
+    assert "producer:6789" not in text
+
+
+def test_rendered_conf_carries_kongs_answers(kong, settings, tmp_path):
+    text = gateway.render_nginx_conf(kong, settings, tmp_path)
+    for message in (
+        "No API key found in request",
+        "Unauthorized",
+        "API rate limit exceeded",
+        "no Route matched with those values",
+        "Origin not allowed",
+    ):
+        assert f'"message":"{message}"' in text
+    assert "limit_req zone=lk_rate_produce_events_minute burst=599 nodelay;" in text
+    assert "rate=600r/m" in text
+    assert "proxy_http_version 1.1;" in text and "proxy_set_header Connection $connection_upgrade;" in text
+
+
+def test_api_keys_are_matched_exactly_with_case(kong, settings, tmp_path):
+    # nginx compares plain map keys without case; the key must be a case-sensitive, anchored regex.
+    text = gateway.render_nginx_conf(kong, settings, tmp_path)
+    assert "'~^labkit-lab-key$' 'lab';" in text
+
+
+def test_awkward_keys_and_messages_survive_nginx_quoting(kong, settings, tmp_path):
+    kong["consumers"][0]["keyauth_credentials"][0]["key"] = "k'e\"y$x\\y{;}#"
+    plugin(kong, "produce-events", "rate-limiting")["config"]["error_message"] = "slow down, $USER \\ 'now'"
+    state_dir = tmp_path / "state"
+    conf = gateway.write_nginx_conf(settings.replace(kong_config=write_kong(tmp_path, kong)), state_dir)
+    assert nginx_test(conf, state_dir).returncode == 0
+
+
+def test_route_plugin_overrides_global_plugin(kong):
+    route_plugins(kong, "consume-events").append({"name": "cors", "config": {"origins": ["http://app.example"]}})
+    rows = {row["route"]: row for row in gateway.routes_table(kong)}
+    assert rows["consume-events"]["plugins"] == ["cors"]
+
+
+def test_top_level_routes_and_scoped_plugins_are_read(kong):
+    consume = kong["services"][1].pop("routes")[0]
+    kong["routes"] = [{**consume, "service": {"name": "consumer"}}]
+    kong["plugins"].append({"name": "rate-limiting", "service": "consumer", "config": {"second": 5}})
+    kong["plugins"].append({"name": "key-auth", "route": "consume-events"})
+    rows = {row["route"]: row for row in gateway.routes_table(kong)}
+    assert rows["consume-events"]["plugins"] == ["cors", "key-auth", "rate-limiting"]
+    assert rows["produce-events"]["plugins"] == ["cors", "key-auth", "rate-limiting"]
+    kong["plugins"].append({"name": "cors", "route": "no-such-route"})
+    with pytest.raises(GatewayConfigError, match="route 'no-such-route' is not defined"):
+        gateway.routes_table(kong)
+
+
+def test_disabled_plugin_is_skipped(kong):
+    plugin(kong, "produce-events", "rate-limiting")["enabled"] = False
+    rows = {row["route"]: row for row in gateway.routes_table(kong)}
+    assert rows["produce-events"]["plugins"] == ["cors", "key-auth"]
+
+
+def test_gateway_command_runs_nginx_with_the_state_dir_as_prefix(tmp_path):
+    argv = gateway.gateway_command(tmp_path / "nginx.conf", tmp_path)
+    assert Path(argv[0]).name == "nginx" and Path(argv[0]).exists()
+    assert argv[1:] == ["-p", f"{tmp_path.resolve()}/", "-c", str((tmp_path / "nginx.conf").resolve())]
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("name", ["jwt", "acl", "basic-auth", "request-termination"])
+def test_unsupported_plugin_is_refused_by_name(kong, name):
+    route_plugins(kong, "produce-events").append({"name": name, "config": {}})
+    with pytest.raises(GatewayConfigError, match=rf"plugin '{name}' \(route 'produce-events'\)"):
+        gateway.routes_table(kong)
+
+
+def test_unsupported_global_plugin_is_refused(kong):
+    kong["plugins"].append({"name": "ip-restriction", "config": {"allow": ["127.0.0.1"]}})
+    with pytest.raises(GatewayConfigError, match=r"plugin 'ip-restriction' \(global\)"):
+        gateway.routes_table(kong)
+
+
+@pytest.mark.parametrize(
+    ("plugin_name", "change", "named"),
+    [
+        ("rate-limiting", {"hour": 10_000}, "'hour'"),
+        ("rate-limiting", {"day": 100_000}, "'day'"),
+        ("rate-limiting", {"policy": "redis"}, "policy 'redis'"),
+        ("rate-limiting", {"policy": "cluster"}, "policy 'cluster'"),
+        ("rate-limiting", {"limit_by": "path", "path": "/x"}, "limit_by 'path'"),
+        ("rate-limiting", {"minute": 0.5}, "'minute'"),
+        ("rate-limiting", {"no_such_field": 1}, "'no_such_field'"),
+        ("key-auth", {"key_in_body": True}, "key_in_body"),
+        ("key-auth", {"anonymous": "4e8c6e4f-27b6-4f2e-8f0a-2a0f0a0b0c0d"}, "anonymous"),
+        ("key-auth", {"run_on_preflight": False}, None),  # supported: cors answers preflights first
+    ],
+)
+def test_unsupported_plugin_field_is_refused_by_name(kong, settings, tmp_path, plugin_name, change, named):
+    plugin(kong, "produce-events", plugin_name)["config"].update(change)
+    if named is None:
+        gateway.render_nginx_conf(kong, settings, tmp_path)
+        return
+    with pytest.raises(GatewayConfigError, match=f"plugin '{plugin_name}' \\(route 'produce-events'\\).*{named}"):
+        gateway.render_nginx_conf(kong, settings, tmp_path)
+
+
+def test_run_on_preflight_false_without_cors_is_refused(kong, settings, tmp_path):
+    kong["plugins"] = []
+    plugin(kong, "produce-events", "key-auth")["config"]["run_on_preflight"] = False
+    with pytest.raises(GatewayConfigError, match="run_on_preflight"):
+        gateway.render_nginx_conf(kong, settings, tmp_path)
+
+
+def test_regex_path_is_refused(kong):
+    kong["services"][0]["routes"][0]["paths"] = ["~/produce-events/(?<id>\\d+)$"]
+    with pytest.raises(GatewayConfigError, match="route 'produce-events'.*regex path"):
+        gateway.routes_table(kong)
+
+
+@pytest.mark.parametrize("field", ["headers", "snis", "sources"])
+def test_unsupported_route_field_is_refused(kong, field):
+    kong["services"][0]["routes"][0][field] = {"x-a": ["b"]} if field == "headers" else ["example.com"]
+    with pytest.raises(GatewayConfigError, match=f"route 'produce-events': field '{field}'"):
+        gateway.routes_table(kong)
+
+
+def test_upstreams_are_refused(kong):
+    kong["upstreams"] = [{"name": "producer", "targets": [{"target": "127.0.0.1:6789"}]}]
+    with pytest.raises(GatewayConfigError, match="field 'upstreams'"):
+        gateway.routes_table(kong)
+
+
+def test_consumer_plugins_are_refused(kong):
+    kong["consumers"][0]["plugins"] = [{"name": "rate-limiting", "config": {"minute": 5}}]
+    with pytest.raises(GatewayConfigError, match="consumer 'lab': field 'plugins'"):
+        gateway.routes_table(kong)
+
+
+def test_regex_origin_without_scheme_is_refused(kong):
+    kong["plugins"][0]["config"]["origins"].append(r"([a-z]+\.)?example\.com")
+    with pytest.raises(GatewayConfigError, match=r"plugin 'cors' \(global\).*without ':'"):
+        gateway.routes_table(kong)
+
+
+def test_two_routes_on_one_path_are_refused(kong):
+    kong["services"][1]["routes"][0]["paths"] = ["/produce-events"]
+    with pytest.raises(GatewayConfigError, match="'produce-events' and 'consume-events' both use path"):
+        gateway.routes_table(kong)
+
+
+def test_nginx_refusal_is_reported_with_nginxs_message(kong, settings, tmp_path):
+    bad = copy.deepcopy(kong)
+    bad["services"].append(
+        {"name": "elsewhere", "url": "http://127.0.0.1:0", "routes": [{"name": "x", "paths": ["/x"]}]}
+    )
+    with pytest.raises(GatewayConfigError, match=r"(?s)nginx refused.*\[emerg\].*port"):
+        gateway.write_nginx_conf(settings.replace(kong_config=write_kong(tmp_path, bad)), tmp_path / "state")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(GatewayConfigError, match="Kong config not found: .*nope.yml"):
+        gateway.load_kong_config(tmp_path / "nope.yml")
+
+
+def test_bad_yaml_is_a_clear_error(tmp_path):
+    path = tmp_path / "kong.yml"
+    path.write_text('_format_version: "3.0"\nservices: [\n  - name: x\n', encoding="utf-8")
+    with pytest.raises(GatewayConfigError, match="kong.yml is not valid YAML"):
+        gateway.load_kong_config(path)
+
+
+@pytest.mark.parametrize("text", ["_format_version: 3.0\n", "services: []\n", "- a list\n"])
+def test_wrong_format_version_is_a_clear_error(tmp_path, text):
+    path = tmp_path / "kong.yml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(GatewayConfigError, match="_format_version|mapping"):
+        gateway.load_kong_config(path)
