@@ -16,6 +16,9 @@ the lab key in kong/kong.yml.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -30,6 +33,11 @@ from .settings import Settings
 __all__ = ["Sender", "SendError", "watch", "lab_api_key"]
 
 ACK_TIMEOUT_S = 60.0  # longer than the producer's message.timeout.ms, so Kafka's verdict arrives first
+RECONNECT_FIRST_S = 0.05
+RECONNECT_MAX_S = 2.0
+RECONNECT_GIVE_UP_S = 120.0
+
+log = logging.getLogger("labkit.client")
 
 
 class SendError(Exception):
@@ -179,14 +187,49 @@ class Sender:
         return list(replies)
 
 
-def watch_url(settings: Settings, url: str | None, types: Iterable[str] | None, replay: int) -> str:
+def watch_url(
+    settings: Settings,
+    url: str | None,
+    types: Iterable[str] | None,
+    replay: int = 0,
+    resume: Mapping[int, int] | None = None,
+    since_ms: float | None = None,
+) -> str:
     base = url or settings.consume_url
     query = {}
     if types:
         query["types"] = ",".join(types)
     if replay:
         query["replay"] = str(replay)
-    return f"{base}{'&' if '?' in base else '?'}{urlencode(query)}" if query else base
+    if since_ms is not None:
+        query["resume"] = ",".join(f"{p}:{o}" for p, o in sorted((resume or {}).items()))
+        query["since"] = f"{since_ms:.0f}"
+    return f"{base}{'&' if '?' in base else '?'}{urlencode(query, safe=',:')}" if query else base
+
+
+class _RecentIds:
+    """The last ``size`` event ids seen, to drop duplicates after a resume."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.order: deque[str] = deque()
+        self.ids: set[str] = set()
+        self.size = size
+
+    def add(self, event_id: str) -> bool:
+        """False when the id was already seen."""
+        if event_id in self.ids:
+            return False
+        self.ids.add(event_id)
+        self.order.append(event_id)
+        if len(self.order) > self.size:
+            self.ids.discard(self.order.popleft())
+        return True
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, websockets.InvalidStatus):
+        return exc.response.status_code >= 500  # the gateway answers 502 while the consumer restarts
+    return isinstance(exc, OSError | websockets.ConnectionClosed | websockets.InvalidHandshake | TimeoutError)
 
 
 async def watch(
@@ -197,20 +240,55 @@ async def watch(
     count: int | None = None,
     settings: Settings | None = None,
     opened: asyncio.Event | None = None,
+    reconnect: bool = True,
+    give_up_after: float = RECONNECT_GIVE_UP_S,
 ) -> AsyncIterator[Delivered]:
     """Yield events as the consumer delivers them (through the gateway by default).
 
-    ``count`` stops after that many; ``opened`` is set once the connection is up,
-    so a caller can start sending only when nothing can be missed.
+    ``count`` stops after that many; ``opened`` is set once the first connection is
+    up, so a caller can start sending only when nothing can be missed. When the
+    connection drops (a consumer or gateway restart, a network fault) it reconnects
+    with backoff and resumes from the last offset it saw per partition, so every
+    acknowledged event arrives; duplicates are dropped by ``id``. It gives up after
+    ``give_up_after`` seconds without a connection; the first connection is not retried.
     """
     resolved = _settings(settings)
-    target = watch_url(resolved, url, types, replay)
-    seen = 0
-    async with websockets.connect(target, compression=None, max_size=None, open_timeout=10) as ws:
-        if opened is not None:
-            opened.set()
-        async for frame in ws:
-            yield decode_delivered(frame)
-            seen += 1
-            if count is not None and seen >= count:
-                return
+    kinds = list(types) if types else None
+    positions: dict[int, int] = {}
+    recent = _RecentIds()
+    since_ms: float | None = None
+    delivered = 0
+    failing_since: float | None = None
+    backoff = RECONNECT_FIRST_S
+    while True:
+        target = watch_url(resolved, url, kinds, replay if since_ms is None else 0, positions, since_ms)
+        try:
+            async with websockets.connect(target, compression=None, max_size=None, open_timeout=10) as ws:
+                if since_ms is None:
+                    # Partitions it sees nothing on resume from here (a second early, for clock steps).
+                    since_ms = now_ms() - 1000
+                failing_since, backoff = None, RECONNECT_FIRST_S
+                if opened is not None:
+                    opened.set()
+                async for frame in ws:
+                    event = decode_delivered(frame)
+                    if event.offset > positions.get(event.partition, -1):
+                        positions[event.partition] = event.offset
+                    if not recent.add(event.id):
+                        continue
+                    yield event
+                    delivered += 1
+                    if count is not None and delivered >= count:
+                        return
+        except Exception as exc:
+            if since_ms is None or not reconnect or not _retryable(exc):
+                raise
+            log.info("watch: connection lost (%s); resuming", exc)
+        if not reconnect:
+            return
+        now = time.monotonic()
+        failing_since = failing_since or now
+        if now - failing_since > give_up_after:
+            raise ConnectionError(f"no connection to {target.split('?')[0]} for {give_up_after:.0f} s; is the stack running? (labkit status)")
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, RECONNECT_MAX_S)

@@ -13,8 +13,9 @@ writer task, so a slow watcher never delays the others. A watcher whose queue
 overflows is disconnected with close code 1013 (try again later) and counted:
 the service never drops an event silently from a stream it is still sending.
 
-Query parameters: ``types=a,b`` (only these types), ``replay=N`` (first the N
-most recent events the service holds).
+What a watcher may ask for (``types``, ``replay``, ``resume``) is in
+:mod:`labkit.watchers`; reading back what a resuming watcher missed is in
+:mod:`labkit.catchup`.
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 from websockets.asyncio.server import ServerConnection
@@ -35,11 +34,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
+from .catchup import read_missed
 from .events import delivered_frame, now_ms, parse_record
 from .service import BrokerProbe, ServiceMetrics, json_response, make_process_request, run_service
 from .settings import Settings
+from .watchers import Frame, Watcher, WatchOptions, parse_watch_query
 
-__all__ = ["ConsumerService", "WatchOptions", "parse_watch_query", "main"]
+__all__ = ["ConsumerService", "CONSUMER_DEFAULTS", "main"]
 
 log = logging.getLogger("labkit.consumer")
 
@@ -55,68 +56,6 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 REPLAY_LOOKBACK_MS = 10 * 60 * 1000
 
 
-@dataclass(frozen=True, slots=True)
-class WatchOptions:
-    types: frozenset[str] | None = None
-    replay: int = 0
-
-
-def parse_watch_query(path: str, replay_limit: int) -> WatchOptions:
-    """Read ``types`` and ``replay`` from a watcher's request path; ValueError says what is wrong."""
-    query = parse_qs(urlsplit(path).query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"types", "replay", "apikey"})
-    if unknown:
-        raise ValueError(f"unknown query parameter {unknown[0]!r}: use types=a,b and replay=N")
-    types = None
-    if "types" in query:
-        names = {name.strip() for value in query["types"] for name in value.split(",") if name.strip()}
-        if not names:
-            raise ValueError("types is empty: give event types separated by commas, e.g. types=click,view")
-        types = frozenset(names)
-    replay = 0
-    if "replay" in query:
-        raw = query["replay"][-1]
-        if not raw.isdigit() or int(raw) > replay_limit:
-            raise ValueError(f"replay must be a whole number from 0 to {replay_limit}, not {raw!r}")
-        replay = int(raw)
-    return WatchOptions(types, replay)
-
-
-class Watcher:
-    """One connected client: its filter, its bounded queue of frames and its writer."""
-
-    __slots__ = ("ws", "types", "frames", "ready", "limit", "closed")
-
-    def __init__(self, ws: ServerConnection, types: frozenset[str] | None, limit: int) -> None:
-        self.ws = ws
-        self.types = types
-        self.frames: deque[bytes] = deque()
-        self.ready = asyncio.Event()
-        self.limit = limit
-        self.closed = False
-
-    def push(self, frame: bytes) -> bool:
-        """Queue a frame; False when the queue is full."""
-        if len(self.frames) >= self.limit:
-            return False
-        self.frames.append(frame)
-        self.ready.set()
-        return True
-
-    async def write(self, metrics: ServiceMetrics) -> None:
-        frames = self.frames
-        try:
-            while not self.closed:
-                if not frames:
-                    self.ready.clear()
-                    await self.ready.wait()
-                    continue
-                await self.ws.send(frames.popleft(), text=True)
-                metrics.events_out.inc()
-        except ConnectionClosed:
-            pass
-
-
 class ConsumerService:
     """One Kafka consumer, many watchers."""
 
@@ -128,7 +67,7 @@ class ConsumerService:
         self.kafka = Consumer(config)
         self.probe = BrokerProbe(self.kafka)
         self.watchers: set[Watcher] = set()
-        self.recent: deque[tuple[str, bytes]] = deque(maxlen=settings.replay_buffer or 1)
+        self.recent: deque[Frame] = deque(maxlen=settings.replay_buffer or 1)
         self.assigned: list[int] = []
         self.started_at_ms = now_ms()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -195,14 +134,15 @@ class ConsumerService:
             metrics.events_in.inc()
             self.probe.saw_broker()
             kafka_ts = msg.timestamp()[1]
-            frame = delivered_frame(value, msg.topic(), msg.partition(), msg.offset(), kafka_ts, now)
-            self.recent.append((record.type, frame))
-            if kafka_ts >= self.started_at_ms:  # records read back at start are not live deliveries
-                metrics.latency.observe(max(0.0, now - record.received_at) / 1000.0)
+            partition, offset = msg.partition(), msg.offset()
+            frame = (partition, offset, record.type, delivered_frame(value, msg.topic(), partition, offset, kafka_ts, now))
+            self.recent.append(frame)
+            if kafka_ts < self.started_at_ms:
+                continue  # read back at start for the replay buffer; not a live delivery
+            metrics.latency.observe(max(0.0, now - record.received_at) / 1000.0)
             for watcher in tuple(self.watchers):
-                if watcher.types is None or record.type in watcher.types:
-                    if not watcher.push(frame):
-                        self._overflow(watcher)
+                if watcher.wants(record.type) and not watcher.push(frame):
+                    self._overflow(watcher)
 
     def _overflow(self, watcher: Watcher) -> None:
         self.metrics.overflows.inc()
@@ -222,12 +162,20 @@ class ConsumerService:
 
     async def handle(self, ws: ServerConnection) -> None:
         options: WatchOptions = ws.watch_options  # type: ignore[attr-defined]
-        watcher = Watcher(ws, options.types, self.settings.watcher_queue)
+        watcher = Watcher(ws, options, self.settings.watcher_queue)
+        # Replay is taken and the watcher registered with no await in between: no gap, no duplicate.
         if options.replay:
-            # Taken and registered with no await in between: no gap, no duplicate.
-            matching = [frame for kind, frame in reversed(self.recent) if watcher.types is None or kind in watcher.types]
-            watcher.frames.extend(reversed(matching[: options.replay]))
+            matching = [frame for frame in reversed(self.recent) if watcher.wants(frame[2])]
+            watcher.preload(reversed(matching[: options.replay]))
         self.watchers.add(watcher)
+        if options.resuming:
+            # Read back from Kafka what it missed; live frames queue up meanwhile and
+            # the watcher skips any offset it has already sent.
+            watcher.catching_up = asyncio.ensure_future(
+                asyncio.to_thread(
+                    read_missed, self.settings, options.resume or {}, options.since_ms, watcher.first_live
+                )
+            )
         self.metrics.clients.inc()
         writer = asyncio.create_task(watcher.write(self.metrics))
         try:
