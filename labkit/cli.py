@@ -25,7 +25,7 @@ from .client import Sender, SendError, watch
 from .errors import LabkitError
 from .events import Event
 from .settings import Settings
-from .stack import Stack, running_settings
+from .stack import Stack, open_stack, running_settings
 
 app = typer.Typer(
     help="labkit: a lab for real-time event delivery (WebSocket -> Kafka -> WebSocket, behind a gateway).",
@@ -87,22 +87,45 @@ def up(
     gateway_port: Port = None,
     kafka_port: Port = None,
     kafka: Annotated[Optional[str], typer.Option(help="Bootstrap servers of an existing Kafka cluster (HOST:PORT[,...]).")] = None,
+    kafka_config: Annotated[
+        Optional[Path],
+        typer.Option(help="librdkafka properties file (key=value lines) for the cluster: SASL, SSL.", exists=True, dir_okay=False),
+    ] = None,
     topic: Annotated[Optional[str], typer.Option()] = None,
     partitions: Annotated[Optional[int], typer.Option(min=1)] = None,
     state_dir: Annotated[Optional[Path], typer.Option(help="Folder for logs, pids and the stack record.")] = None,
 ) -> None:
-    """Start broker, producer, consumer and gateway; return with them running in the background."""
+    """Start broker, producer, consumer and gateway; return with them running in the background.
+
+    With --kafka, the services run against an existing cluster instead of the embedded broker.
+    """
     settings = build_settings(
-        mode=mode, host=host, producer_port=producer_port, consumer_port=consumer_port, gateway_port=gateway_port,
-        kafka_port=kafka_port, kafka_bootstrap=kafka, topic=topic, partitions=partitions, state_dir=state_dir,
+        mode=mode or ("external" if kafka else None), host=host, producer_port=producer_port,
+        consumer_port=consumer_port, gateway_port=gateway_port, kafka_port=kafka_port, kafka_bootstrap=kafka,
+        kafka_properties=_read_properties(kafka_config) if kafka_config else None,
+        topic=topic, partitions=partitions, state_dir=state_dir,
     )
-    _run_up(Stack(settings))
+    _run_up(open_stack(settings))
+
+
+def _read_properties(path: Path) -> dict[str, str]:
+    """A librdkafka/Java-style properties file: key=value lines, # comments."""
+    properties = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"line {number} of {path} is not key=value", param_hint="--kafka-config")
+        properties[key.strip()] = value.strip()
+    return properties
 
 
 @app.command()
 def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
     """Stop the stack and start it again with the same settings."""
-    stack = Stack(build_settings(state_dir=state_dir))
+    stack = open_stack(build_settings(state_dir=state_dir))
     stack.is_running()
     _run_up(stack, restart=True)
 
@@ -110,14 +133,14 @@ def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None
 @app.command()
 def down(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
     """Stop exactly the processes `labkit up` started."""
-    stopped = Stack(build_settings(state_dir=state_dir)).down()
+    stopped = open_stack(build_settings(state_dir=state_dir)).down()
     out.print(f"Stopped: {', '.join(stopped)}." if stopped else "Nothing was running.")
 
 
 @app.command()
 def status(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
     """Show each component, whether it answers, and its URL."""
-    stack = Stack(build_settings(state_dir=state_dir))
+    stack = open_stack(build_settings(state_dir=state_dir))
     out.print(status_table(stack))
     if stack.is_running():
         for name in ("producer", "consumer"):
@@ -134,7 +157,10 @@ def logs(
     state_dir: Annotated[Optional[Path], typer.Option()] = None,
 ) -> None:
     """Print the end of the components' logs."""
-    stack = Stack(build_settings(state_dir=state_dir))
+    stack = open_stack(build_settings(state_dir=state_dir))
+    if not isinstance(stack, Stack):
+        out.print(stack.logs(component, lines), highlight=False, markup=False)
+        return
     names = [part.name for part in stack.components()]
     if component is not None and component not in names:
         raise typer.BadParameter(f"{component!r} is not a component; choose from {', '.join(names)}", param_hint="COMPONENT")

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "REPO_ROOT", "free_port"]
@@ -78,6 +78,16 @@ class Settings(BaseSettings):
                 raise ValueError("expected key=value pairs separated by commas")
             return {k.strip(): v.strip() for k, v in pairs}
         return value
+
+    @model_validator(mode="after")
+    def _external_needs_servers(self) -> Settings:
+        if self.mode == "external" and not self.kafka_bootstrap:
+            raise ValueError("external mode needs the cluster's bootstrap servers: --kafka HOST:PORT or LABKIT_KAFKA_BOOTSTRAP")
+        return self
+
+    def __repr_args__(self):  # keep credentials in kafka_properties out of reprs and logs
+        for name, value in super().__repr_args__():
+            yield name, ({key: "***" for key in value} if name == "kafka_properties" and value else value)
 
     @property
     def bootstrap_servers(self) -> str:

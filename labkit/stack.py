@@ -25,11 +25,11 @@ from typing import Any
 import psutil
 
 from .broker import broker_command, ensure_topic
-from .errors import ComponentFailed, PortInUse
+from .errors import ComponentFailed, LabkitError, PortInUse
 from .gateway import gateway_command, load_kong_config, routes_table, write_nginx_conf
 from .settings import Settings
 
-__all__ = ["Stack", "Component", "running_settings"]
+__all__ = ["Stack", "Component", "open_stack", "running_settings"]
 
 StepCallback = Callable[[str, int, int], None]
 RECORD = "stack.json"
@@ -125,7 +125,7 @@ class Stack:
         s = settings or self.settings
         serve = [sys.executable, "-m", "labkit", "serve"]
         parts: list[Component] = []
-        if s.mode == "embedded" and s.kafka_bootstrap is None:
+        if s.kafka_bootstrap is None:
             parts.append(Component("broker", s.kafka_port, "kafka_port", f"{s.host}:{s.kafka_port}", broker_command(s)))
         for name, port, setting in (("producer", s.producer_port, "producer_port"), ("consumer", s.consumer_port, "consumer_port")):
             parts.append(
@@ -148,6 +148,8 @@ class Stack:
             "settings": self.settings.model_dump(mode="json"),
             "components": {p.name: {"pid": p.pid, "started_at": p.started_at, "port": p.port} for p in parts},
         }
+        # The settings may hold Kafka credentials (kafka_properties): readable by this user only.
+        self.record_path.touch(mode=0o600)
         self.record_path.write_text(json.dumps(record, indent=2))
 
     def _recorded_components(self) -> tuple[Settings, list[Component]]:
@@ -173,6 +175,8 @@ class Stack:
 
     def up(self, on_step: StepCallback | None = None) -> Stack:
         """Start everything and wait until it answers; adopt a stack that already runs."""
+        if self.settings.mode == "compose":
+            raise LabkitError("compose mode runs under Docker Compose: use labkit.compose.ComposeStack (or open_stack)")
         if self.is_running():
             return self
         self.down()  # a half-dead stack from before: stop what is left of it
@@ -313,7 +317,18 @@ class Stack:
             self.down()
 
 
+def open_stack(settings: Settings | None = None) -> Any:
+    """The stack for these settings: a ComposeStack in compose mode (or where one runs), else a Stack."""
+    from .compose import RECORD as COMPOSE_RECORD
+    from .compose import ComposeStack
+
+    resolved = settings or Settings()
+    if resolved.mode == "compose" or (resolved.state_dir / COMPOSE_RECORD).exists():
+        return ComposeStack(resolved)
+    return Stack(resolved)
+
+
 def running_settings(settings: Settings | None = None) -> Settings:
     """The settings of the stack running from ``settings.state_dir``, else ``settings``."""
-    stack = Stack(settings)
+    stack = open_stack(settings)
     return stack.settings if stack.is_running() else (settings or Settings())

@@ -1,0 +1,58 @@
+"""External mode: the services and gateway against a Kafka cluster labkit did not start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import psutil
+
+from labkit import Sender, Settings, Stack, watch
+from labkit.broker import broker_command
+from labkit.settings import free_port
+
+
+async def test_up_with_kafka_runs_against_an_existing_cluster(tmp_path):
+    cluster = Settings(kafka_port=free_port())
+    broker = subprocess.Popen(broker_command(cluster), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "state"
+    ports = {f"LABKIT_{name.upper()}": str(free_port()) for name in ("producer_port", "consumer_port", "gateway_port")}
+    env = {**os.environ, **ports, "LABKIT_STATE_DIR": str(state), "COLUMNS": "200"}
+    properties = tmp_path / "client.properties"
+    properties.write_text("# a client setting passed through to librdkafka\nclient.rack=lab-rack\n")
+    try:
+        started = subprocess.run(
+            [sys.executable, "-m", "labkit", "up", "--kafka", cluster.bootstrap_servers, "--kafka-config", str(properties),
+             "--topic", "external-events"],
+            capture_output=True, text=True, env=env, timeout=120,
+        )
+        assert started.returncode == 0, started.stderr
+        assert "broker" not in started.stdout and "external" in started.stdout
+        assert "lab-rack" not in started.stdout + started.stderr
+        stack = Stack(Settings(state_dir=state))
+        assert stack.is_running() and stack.settings.mode == "external"
+        assert stack.settings.kafka_properties == {"client.rack": "lab-rack"}
+
+        opened = asyncio.Event()
+        received = []
+
+        async def collect():
+            async for event in watch(settings=stack.settings, opened=opened, count=3):
+                received.append(event)
+
+        task = asyncio.create_task(collect())
+        await opened.wait()
+        async with Sender(settings=stack.settings) as sender:
+            acks = await sender.send_many([{"type": "ext", "value": i} for i in range(3)])
+        await asyncio.wait_for(task, 20)
+        assert [e.id for e in received] == [a.ack for a in acks]
+        assert {e.topic for e in received} == {"external-events"}
+        stack.down()
+        assert broker.poll() is None  # down stops only what labkit started
+        assert psutil.pid_exists(broker.pid)
+    finally:
+        subprocess.run([sys.executable, "-m", "labkit", "down"], env=env, capture_output=True, timeout=60)
+        broker.terminate()
+        broker.wait(10)
