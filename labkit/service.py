@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -16,6 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from .events import encode
@@ -90,6 +93,33 @@ def make_process_request(
     return process_request
 
 
+def _raise_open_files_limit() -> None:
+    # Each watcher is a socket; the usual soft limit of 1024 would cap a service below max_connections.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def limit_connections(
+    handler: Callable[[ServerConnection], Awaitable[None]], limit: int
+) -> Callable[[ServerConnection], Awaitable[None]]:
+    """Close connections past ``limit`` with 1013 (try again later), so a flood cannot exhaust the service."""
+    active = 0
+
+    async def guarded(ws: ServerConnection) -> None:
+        nonlocal active
+        if active >= limit:
+            await ws.close(CloseCode.TRY_AGAIN_LATER, f"too many connections (limit {limit}); try again later")
+            return
+        active += 1
+        try:
+            await handler(ws)
+        finally:
+            active -= 1
+
+    return guarded
+
+
 async def run_service(
     name: str,
     settings: Settings,
@@ -105,11 +135,14 @@ async def run_service(
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    _raise_open_files_limit()
+    origins = [None, *(re.compile(pattern) for pattern in settings.allowed_origins)]
     async with serve(
-        handler,
+        limit_connections(handler, settings.max_connections),
         settings.host,
         port,
         process_request=process_request,
+        origins=origins,  # a browser page from elsewhere gets 403
         compression=None,  # per-message deflate costs CPU per frame and per client
         **serve_options,
     ) as server:

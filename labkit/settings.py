@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     watcher_queue: int = Field(10_000, ge=1, description="Frames buffered per watcher before it is disconnected.")
     replay_buffer: int = Field(10_000, ge=0, description="Recent events the consumer keeps for ?replay=N.")
 
+    max_connections: int = Field(4096, ge=1, description="WebSocket connections per service; more are closed with 1013.")
+    allowed_origins: list[str] = Field(
+        default_factory=lambda: [r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"],
+        description="Origin headers the services accept (regular expressions); requests without Origin always pass.",
+    )
+
     kong_config: Path = Field(REPO_ROOT / "kong" / "kong.yml", description="Kong declarative config (routes, plugins).")
     state_dir: Path = Field(REPO_ROOT / ".labkit", description="Logs, pid files and the stack record.")
     api_key: str | None = Field(None, description="key-auth key for the gateway; default: the lab key in kong.yml.")
