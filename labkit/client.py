@@ -272,8 +272,7 @@ async def watch(
                     opened.set()
                 async for frame in ws:
                     event = decode_delivered(frame)
-                    if event.offset > positions.get(event.partition, -1):
-                        positions[event.partition] = event.offset
+                    positions[event.partition] = event.offset  # in order per partition: the last is the furthest
                     if not recent.add(event.id):
                         continue
                     yield event

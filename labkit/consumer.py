@@ -51,6 +51,7 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # Tansu answers a fetch when this wait ends, not when data arrives: it bounds the delay.
     "fetch.wait.max.ms": 5,
     "enable.partition.eof": False,
+    "auto.offset.reset": "earliest",  # a position past the log's end (a broker that lost its log): skip nothing
 }
 # At start the consumer reads back this far, to fill the replay buffer.
 REPLAY_LOOKBACK_MS = 10 * 60 * 1000
@@ -65,7 +66,7 @@ class ConsumerService:
         self.invalid_records = self.metrics.errors.labels("invalid_record")
         config = {**CONSUMER_DEFAULTS, **settings.kafka_config(), "group.id": f"labkit-fanout-{id(self):x}"}
         self.kafka = Consumer(config)
-        self.probe = BrokerProbe(self.kafka)
+        self.probe = BrokerProbe(settings)
         self.watchers: set[Watcher] = set()
         self.recent: deque[Frame] = deque(maxlen=settings.replay_buffer or 1)
         self.assigned: list[int] = []

@@ -43,6 +43,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "message.timeout.ms": 30_000,
     "queue.buffering.max.messages": 100_000,
 }
+RENEW_INTERVAL_S = 5.0
 
 
 class RateLimiter:
@@ -71,9 +72,12 @@ class ProducerService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
-        config = {**PRODUCER_DEFAULTS, **settings.kafka_config()}
-        self.kafka = Producer(config)
-        self.probe = BrokerProbe(self.kafka)
+        self.config = {**PRODUCER_DEFAULTS, **settings.kafka_config(), "error_cb": self._on_kafka_error}
+        self.kafka = Producer(self.config)
+        # Producers replaced after a fatal error, polled until their last reports are out.
+        self.retiring: list[Producer] = []
+        self.renewed_at = 0.0
+        self.probe = BrokerProbe(settings)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.senders = 0
         # Delivery reports gathered by the poll thread, handed to the loop in one call.
@@ -86,8 +90,33 @@ class ProducerService:
     def _poll_kafka(self) -> None:
         assert self.loop is not None
         while not self._stopped.is_set():
-            if self.kafka.poll(0.05) and self._reports:
+            served = self.kafka.poll(0.05)
+            for old in list(self.retiring):
+                served += old.poll(0)
+                if len(old) == 0:
+                    self.retiring.remove(old)
+            if served and self._reports:
                 self.loop.call_soon_threadsafe(self._deliver_reports)
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            log.error("Kafka producer failed for good: %s", err.str())
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self._renew_producer, err.str())
+
+    def _renew_producer(self, why: str) -> None:
+        """Start a new idempotent producer (a new producer id) in place of a stuck one.
+
+        A broker that lost its state (Tansu keeps it in memory) no longer knows the
+        producer's id and refuses its writes forever; events already queued on the old
+        producer still get their error replies.
+        """
+        if time.monotonic() - self.renewed_at < RENEW_INTERVAL_S:
+            return
+        self.renewed_at = time.monotonic()
+        log.warning("starting a new Kafka producer (%s)", why)
+        self.retiring.append(self.kafka)
+        self.kafka = Producer(self.config)
 
     def _on_delivery(
         self, outbox: asyncio.Queue[bytes], event_id: str, received_at: float, err: KafkaError | None, msg: Any
@@ -110,6 +139,9 @@ class ProducerService:
             else:
                 metrics.errors.labels("kafka_error").inc()
                 outbox.put_nowait(EventError("kafka_error", f"Kafka did not store the event: {err.str()}", event_id).frame())
+                if err.code() == KafkaError._MSG_TIMED_OUT and self.probe.state == "up":
+                    # The broker answers yet takes nothing from this producer: it forgot us.
+                    self._renew_producer(err.str())
 
     async def _produce(self, event: Event, outbox: asyncio.Queue[bytes]) -> None:
         if event.id is UNSET:
@@ -191,7 +223,7 @@ class ProducerService:
             "broker": self.probe.state,
             "topic": self.settings.topic,
             "senders": self.senders,
-            "in_flight": len(self.kafka),
+            "in_flight": len(self.kafka) + sum(len(old) for old in self.retiring),
         }
 
     async def started(self, _server: Any) -> None:

@@ -278,6 +278,24 @@ class Stack:
         self.down()
         return self.up(on_step)
 
+    def stop_component(self, name: str) -> None:
+        """Stop one component of the running stack (the others keep running), e.g. to see a fault."""
+        self.is_running()
+        _, parts = self._recorded_components()
+        self._stop([p for p in parts if p.name == name])
+
+    def start_component(self, name: str) -> None:
+        """Start one stopped component again with the stack's settings, and wait until it answers."""
+        _, parts = self._recorded_components()
+        fresh = next(p for p in self.components() if p.name == name)
+        if name == "gateway":
+            fresh.command = gateway_command(write_nginx_conf(self.settings, self.state_dir), self.state_dir)
+        self._start(fresh)
+        self._write_record([fresh if p.name == name else p for p in parts])
+        self._wait_ready(fresh)
+        if name == "broker":
+            ensure_topic(self.settings)
+
     # -- looking at it ---------------------------------------------------------------
 
     def status(self) -> list[dict[str, Any]]:

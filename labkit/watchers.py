@@ -96,8 +96,12 @@ class Watcher:
         self.frames: deque[Frame] = deque()
         self.ready = asyncio.Event()
         self.closed = False
-        # The highest offset sent per partition: frames at or below it are not sent again.
+        # The highest offset sent per partition: where read-back and live frames overlap,
+        # frames at or below it are not sent again.
         self.sent_upto: dict[int, int] = dict(options.resume or {})
+        # Partitions whose live frames are past the overlap; from there on, every frame goes
+        # out (an offset going backwards then means the broker's log restarted).
+        self.merged: set[int] = set()
         # The first live offset queued per partition: catching up can stop there.
         self.first_live: dict[int, int] = {}
         self.catching_up: asyncio.Future[tuple[list[Frame], bool]] | None = None
@@ -118,10 +122,13 @@ class Watcher:
         self.frames.extend(frames)
         self.ready.set()
 
-    async def _send(self, frame: Frame, metrics: ServiceMetrics) -> None:
+    async def _send(self, frame: Frame, metrics: ServiceMetrics, live: bool = True) -> None:
         partition, offset, _, data = frame
-        if offset <= self.sent_upto.get(partition, -1):
-            return
+        if partition not in self.merged:
+            if offset <= self.sent_upto.get(partition, -1):
+                return
+            if live:
+                self.merged.add(partition)
         self.sent_upto[partition] = offset
         await self.ws.send(data, text=True)
         metrics.events_out.inc()
@@ -134,7 +141,7 @@ class Watcher:
                 missed, complete = await self.catching_up
                 for frame in missed:
                     if self.wants(frame[2]):
-                        await self._send(frame, metrics)
+                        await self._send(frame, metrics, live=False)
                 if not complete:
                     await self.ws.close(CloseCode.TRY_AGAIN_LATER, "could not read back all missed events; resume again")
                     return
