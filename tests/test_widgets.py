@@ -1,0 +1,105 @@
+"""The notebook widgets against the real stack: what they refuse, what they count, what they leave behind."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from labkit import Sender, Stack
+from labkit.live import LiveChart
+from labkit.widgets import EventSender
+
+
+def own_tasks() -> set[asyncio.Task]:
+    return {task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()}
+
+
+async def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_form_refuses_bad_input_inline_and_sends_nothing(stack: Stack, event_type: str):
+    form = EventSender(stack.settings)
+    try:
+        form.type_box.value = "  "
+        assert await form.send() is None
+        assert form.problem == "type is empty: choose one or type a name" and "color" in form.message.value
+        form.type_box.value = event_type
+        for data, problem in [("{oops", "data is not valid JSON"), ("[1, 2]", "data must be a JSON object")]:
+            form.data_box.value = data
+            assert form.problem.startswith(problem)  # shown while typing, before any send
+            assert await form.send() is None and await form.send_burst(5, rate=100) == 0
+        assert (form.sent, form.acked, form.errors, form.sender) == (0, 0, 0, None)
+        form.data_box.value = '{"page": "/home"}'
+        assert form.problem is None and form.message.value == ""
+        ack = await form.send()
+        assert ack is not None and ack.ok and (form.sent, form.acked, form.errors) == (1, 1, 0)
+    finally:
+        await form.aclose()
+
+
+async def test_form_keeps_one_connection_and_reopens_it(stack: Stack, event_type: str):
+    form = EventSender(stack.settings)
+    form.type_box.value = event_type
+    try:
+        await form.send()
+        first = form.sender
+        await form.send_burst(30, rate=1000)
+        assert form.sender is first and (form.sent, form.acked, form.errors) == (31, 31, 0)
+        await first.ws.close()  # as if the gateway had restarted
+        assert (await form.send()).ok
+        assert form.sender is not first and form.connected
+    finally:
+        await form.aclose()
+
+
+async def test_stop_ends_a_burst_and_close_leaves_nothing(stack: Stack, event_type: str):
+    before = own_tasks()
+    form = EventSender(stack.settings)
+    form.type_box.value = event_type
+    form.burst_count.value, form.burst_rate.value = 1000, 50
+    form.burst_button.click()  # what a click in the browser does: a task on the kernel's loop
+    await wait_until(lambda: form.acked >= 5)
+    form.stop_button.click()
+    await wait_until(lambda: not form.busy)
+    assert 5 <= form.sent < 1000 and form.acked == form.sent and form.progress.bar_style == "warning"
+    connection = form.sender
+    await form.aclose()
+    assert not form.connected and connection.ws.state.name == "CLOSED"
+    assert own_tasks() <= before
+
+
+async def test_chart_counts_throttles_pauses_and_closes_cleanly(stack: Stack, event_type: str):
+    before = own_tasks()
+    watchers = stack.health("consumer")["watchers"]
+    chart = LiveChart(stack.settings, types=[event_type])
+    await chart.ready()
+    began = time.monotonic()
+    async with Sender(settings=stack.settings) as sender:
+        await sender.send_many(({"type": event_type, "value": i} for i in range(3000)), batch=100)
+    await chart.wait_for(3000, event_type)
+    elapsed = time.monotonic() - began
+    assert chart.received == chart.counts[event_type] == 3000
+    assert chart.redraws <= elapsed * chart.fps + 3, (chart.redraws, elapsed)  # not one redraw per event
+    latency = chart.latency_percentiles()
+    assert 0 <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    scatter = next(trace for trace in chart.figure.data if trace.name == event_type)
+    assert len(scatter.x) == 3000 and list(scatter.y[:3]) == [0, 1, 2]
+
+    chart.pause()
+    frozen = chart.redraws
+    async with Sender(settings=stack.settings) as sender:
+        await sender.send_many([{"type": event_type, "value": -1}] * 5)
+    await chart.wait_for(3005, event_type)
+    await asyncio.sleep(0.3)
+    assert chart.redraws == frozen and len(scatter.x) == 3000
+    chart.resume()
+    assert len(scatter.x) == 3005
+
+    assert stack.health("consumer")["watchers"] == watchers + 1
+    await chart.aclose()
+    assert not chart.running and own_tasks() <= before
+    await wait_until(lambda: stack.health("consumer")["watchers"] == watchers)
