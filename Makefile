@@ -5,6 +5,7 @@ PYTHON ?= python3
 MODE   ?= embedded
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.labkit-installed
+CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: init up down restart status logs lab test bench clean
 
@@ -36,8 +37,17 @@ logs: $(STAMP)
 lab: init
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest
+
+# The browser test drives Debian's Chromium (Playwright cannot download its own browser here).
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "The browser test needs Chromium at $(CHROMIUM): sudo apt-get install chromium" >&2; exit 1; \
+	fi
 
 clean: down
 	rm -rf .labkit
