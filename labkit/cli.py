@@ -283,6 +283,29 @@ def watch_command(
         pass
 
 
+gateway_app = typer.Typer(help="The gateway configured from kong/kong.yml.", no_args_is_help=True)
+app.add_typer(gateway_app, name="gateway")
+
+
+@gateway_app.command("reload")
+def gateway_reload(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+    """Apply an edited kong/kong.yml without dropping open connections; a broken file is refused."""
+    stack = open_stack(build_settings(state_dir=state_dir))
+    if not isinstance(stack, Stack):
+        raise LabkitError("in compose mode Kong reads kong.yml: `docker compose restart kong` applies an edit")
+    stack.reload_gateway()
+    out.print(f"Gateway reloaded from {stack.settings.kong_config}.")
+    for row in stack.routes():
+        out.print(f"  {', '.join(row['paths'])} -> {row['upstream']}  [{', '.join(row['plugins']) or 'no plugins'}]")
+
+
+@gateway_app.command("routes")
+def gateway_routes(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+    """Show the routes and plugins kong/kong.yml defines."""
+    for row in open_stack(build_settings(state_dir=state_dir)).routes():
+        out.print(f"{', '.join(row['paths'])} -> {row['upstream']}  [{', '.join(row['plugins']) or 'no plugins'}]")
+
+
 @app.command(hidden=True)
 def serve(component: Annotated[str, typer.Argument(help="producer or consumer")]) -> None:
     """Run one service in the foreground (what `labkit up` and the containers run)."""

@@ -25,8 +25,8 @@ from typing import Any
 import psutil
 
 from .broker import broker_command, ensure_topic
-from .errors import ComponentFailed, LabkitError, PortInUse
-from .gateway import gateway_command, load_kong_config, routes_table, write_nginx_conf
+from .errors import ComponentFailed, LabkitError, NotRunning, PortInUse
+from .gateway import gateway_command, load_kong_config, reload, routes_table, write_nginx_conf
 from .settings import Settings
 
 __all__ = ["Stack", "Component", "open_stack", "running_settings"]
@@ -277,6 +277,24 @@ class Stack:
     def restart(self, on_step: StepCallback | None = None) -> Stack:
         self.down()
         return self.up(on_step)
+
+    def reload_gateway(self) -> None:
+        """Apply an edited kong.yml to the running gateway; established connections stay open.
+
+        A file the gateway cannot honour raises GatewayConfigError and the old
+        configuration keeps running.
+        """
+        if not self.is_running():
+            raise NotRunning(f"no stack runs from {self.state_dir}: start it with `labkit up`")
+        master = next(p for p in self._recorded_components()[1] if p.name == "gateway").process()
+        assert master is not None
+        before = {child.pid for child in master.children()}
+        reload(self.settings, self.state_dir)
+        # nginx answers the signal at once but starts new workers a moment later; old workers
+        # stay only for the connections they hold.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not {c.pid for c in master.children()} - before:
+            time.sleep(0.02)
 
     def stop_component(self, name: str) -> None:
         """Stop one component of the running stack (the others keep running), e.g. to see a fault."""

@@ -13,8 +13,10 @@ import time
 import urllib.request
 
 import pytest
+import websockets
 
-from labkit import Sender, SendError, Settings, Stack, watch
+from labkit import Sender, SendError, Settings, Stack
+from labkit.gateway import GatewayConfigError
 from conftest import Collector
 
 
@@ -127,3 +129,38 @@ async def test_broker_down_gives_errors_not_false_acks_and_recovers(short_timeou
     assert {e.id for e in await watcher.until(len(acked), timeout=30)} >= set(acked)
     assert health(own_stack, "producer")["broker"] == "up"
     await watcher.stop()
+
+
+async def test_gateway_reload_keeps_connections_and_refuses_a_broken_file(tmp_path, event_type):
+    import yaml
+
+    kong_path = tmp_path / "kong.yml"
+    kong = yaml.safe_load(Settings().kong_config.read_text())
+    kong_path.write_text(yaml.safe_dump(kong))
+    settings = Settings(kong_config=kong_path).with_free_ports(state_dir=tmp_path / "state")
+    with Stack(settings) as stack:
+        watcher = Collector(settings, types=[event_type])
+        await asyncio.wait_for(watcher.opened.wait(), 10)
+        feed_url = settings.url(settings.gateway_port, "/events-feed")
+
+        # An edit: a second path to the consumer.
+        consumer = next(s for s in kong["services"] if s["name"] == "consumer")
+        consumer["routes"][0]["paths"].append("/events-feed")
+        kong_path.write_text(yaml.safe_dump(kong))
+        await asyncio.to_thread(stack.reload_gateway)
+        async with websockets.connect(feed_url):
+            pass
+
+        # A broken edit: refused, and the configuration in force stays.
+        consumer["routes"][0]["plugins"] = [{"name": "jwt"}]
+        kong_path.write_text(yaml.safe_dump(kong))
+        with pytest.raises(GatewayConfigError, match="jwt"):
+            await asyncio.to_thread(stack.reload_gateway)
+        async with websockets.connect(feed_url):
+            pass
+
+        # The watcher connected before both reloads still receives, on the same connection.
+        async with Sender(settings=settings) as sender:
+            acks = await sender.send_many([{"type": event_type, "value": i} for i in range(3)])
+        assert [e.id for e in await watcher.until(3)] == [a.ack for a in acks]
+        await watcher.stop()

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from labkit.errors import LabkitError
+
 #: Services that labkit runs itself in embedded mode, and the Settings field holding their port.
 EMBEDDED_SERVICE_PORTS = {"producer": "producer_port", "consumer": "consumer_port"}
 
@@ -28,7 +30,7 @@ _METHOD_RE = re.compile(r"[A-Z]+")
 _LITERAL_ORIGIN_RE = re.compile(r"[A-Za-z0-9.:/-]+")
 
 
-class GatewayConfigError(ValueError):
+class GatewayConfigError(LabkitError, ValueError):
     """kong.yml cannot be loaded, or asks for something the embedded gateway cannot do faithfully.
 
     The message names the entity (route, service, plugin, consumer) and the

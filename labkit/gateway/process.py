@@ -35,8 +35,15 @@ def write_nginx_conf(settings: Settings, state_dir: Path) -> Path:
     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (state_dir / "nginx-temp" / kind).mkdir(parents=True, exist_ok=True)
     conf_path = state_dir / "nginx.conf"
-    conf_path.write_text(text, encoding="utf-8")
-    _nginx_check(conf_path, state_dir)
+    # Checked under another name first: a refused file never replaces one that works.
+    candidate = state_dir / "nginx.conf.new"
+    candidate.write_text(text, encoding="utf-8")
+    try:
+        _nginx_check(candidate, state_dir)
+    except GatewayConfigError:
+        candidate.unlink(missing_ok=True)
+        raise
+    candidate.replace(conf_path)
     return conf_path
 
 
