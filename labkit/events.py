@@ -145,14 +145,20 @@ def _validate(raw: bytes, where: str) -> Event | EventError:
         return EventError("invalid_event", detail, _id_of(raw))
 
 
-def parse_frame(frame: str | bytes, max_batch: int) -> Iterator[Event | EventError]:
+def parse_frame(frame: str | bytes, max_batch: int) -> list[Event | EventError]:
     """Read one text frame: one event object or a JSON array of them.
 
-    Yields each event, or an :class:`EventError` for each one that is invalid, so
+    Returns each event, or an :class:`EventError` for each one that is invalid, so
     one bad event in a batch does not cost the others. Raises :class:`FrameError`
     when the frame as a whole is unreadable.
     """
-    data = frame.encode() if isinstance(frame, str) else frame
+    try:
+        return list(_parse_frame(frame.encode() if isinstance(frame, str) else frame, max_batch))
+    except RecursionError:
+        raise FrameError("too_deep", "JSON nested too deeply: keep data objects a few levels deep") from None
+
+
+def _parse_frame(data: bytes, max_batch: int) -> Iterator[Event | EventError]:
     first = _first_byte(data)
     if first == ord("{"):
         try:

@@ -143,6 +143,10 @@ async def run_service(
         port,
         process_request=process_request,
         origins=origins,  # a browser page from elsewhere gets 403
+        ping_interval=settings.ping_interval_s,
+        ping_timeout=settings.ping_timeout_s,
+        close_timeout=settings.ping_timeout_s,  # a peer that ignores pings ignores the close too
+        open_timeout=settings.handshake_timeout_s,
         compression=None,  # per-message deflate costs CPU per frame and per client
         **serve_options,
     ) as server:

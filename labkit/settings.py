@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     watcher_queue: int = Field(10_000, ge=1, description="Frames buffered per watcher before it is disconnected.")
     replay_buffer: int = Field(10_000, ge=0, description="Recent events the consumer keeps for ?replay=N.")
 
+    ping_interval_s: float = Field(20, gt=0, description="Services ping idle clients this often (keeps gateways from timing out).")
+    ping_timeout_s: float = Field(20, gt=0, description="A client that does not answer a ping this long is dropped (half-open).")
+    handshake_timeout_s: float = Field(10, gt=0, description="A connection that does not finish its WebSocket handshake is dropped.")
     max_connections: int = Field(4096, ge=1, description="WebSocket connections per service; more are closed with 1013.")
     allowed_origins: list[str] = Field(
         default_factory=lambda: [r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"],
