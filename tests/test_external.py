@@ -56,3 +56,22 @@ async def test_up_with_kafka_runs_against_an_existing_cluster(tmp_path):
         subprocess.run([sys.executable, "-m", "labkit", "down"], env=env, capture_output=True, timeout=60)
         broker.terminate()
         broker.wait(10)
+
+
+async def test_credentials_stay_out_of_logs_status_and_frames(tmp_path, event_type):
+    secret = "hunter2-not-for-logs"
+    properties = {"sasl.username": "lab", "sasl.password": secret}  # unused on a plaintext broker, but passed through
+    settings = Settings(kafka_properties=properties).with_free_ports(state_dir=tmp_path)
+    with Stack(settings) as stack:
+        env = {**os.environ, "LABKIT_STATE_DIR": str(tmp_path), "COLUMNS": "200"}
+        status = subprocess.run([sys.executable, "-m", "labkit", "status"], capture_output=True, text=True, env=env, timeout=60)
+        assert status.returncode == 0 and secret not in status.stdout + status.stderr
+        async with Sender(settings=stack.settings) as sender:
+            assert (await sender.send({"type": event_type, "value": 1})).ok
+            await sender.ws.send('{"type": "a", "value": "x"}')  # past the client's own check
+            await asyncio.sleep(0.2)
+        assert secret not in repr(stack.settings) and secret not in str(stack.settings)
+        assert oct((tmp_path / "stack.json").stat().st_mode & 0o777) == "0o600"
+    logs = "".join(path.read_text(errors="replace") for path in (tmp_path / "logs").iterdir())
+    assert logs and secret not in logs
+    assert "lab-key" not in logs  # nor the gateway's key
