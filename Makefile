@@ -35,7 +35,7 @@ logs: $(STAMP)
 
 # JupyterLab on the notebooks, with the stack running.
 lab: init
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest
