@@ -40,6 +40,11 @@ lab: init
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
+# The benchmark: baseline, direct and full paths, then fan-out, each on a fresh stack on free ports.
+# Results (JSON, HTML and PNG plot) go to bench-results/. Options: make bench BENCH_ARGS="--rates 1000 --no-ramp".
+bench: $(STAMP)
+	$(BIN)/python -m labkit.bench $(BENCH_ARGS)
+
 # The browser test drives Debian's Chromium (Playwright cannot download its own browser here).
 $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then \

@@ -1,0 +1,129 @@
+"""The benchmark: the whole path against a Kafka-only baseline, measured in one run.
+
+Three paths, side by side, at fixed offered rates and up a ramp to the highest
+rate carried with zero loss:
+
+- ``baseline``: a confluent-kafka producer and consumer on the same broker;
+- ``direct``: WebSocket to the producer's port, watcher on the consumer's port;
+- ``full``: through the gateway (``/produce-events``, ``/consume-events``);
+
+then fan-out (1 to 1,000 watchers through the gateway). Load is open-loop: each
+event carries its scheduled send time, and latency counts from it. Results go to
+the terminal (rich tables), to ``bench-results/bench-<time>.json`` and to a
+plotly plot (HTML, and PNG where Chromium is installed).
+
+    from labkit.bench import BenchConfig, run_bench
+    result, files = run_bench(BenchConfig.quick(Path("bench-results")))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from ..errors import LabkitError
+from ..settings import Settings
+from ..stack import Stack
+from .config import PATHS, BenchConfig
+from .results import BenchResult, build_result, write_json
+from .runner import BenchRunner, ProgressHook, StackSource
+
+__all__ = ["BenchConfig", "BenchResult", "run_bench", "fresh_stacks", "the_running_stack", "PATHS"]
+
+NOTES = [
+    "Open loop: each event's sent_at is its scheduled send time; every latency counts from it.",
+    "Sending: events due together go in one frame (a JSON array), at most one frame per millisecond per connection, "
+    "so a sender stays under the producer's per-connection limit (sender_rate_limit, 2000 frames/s by default) "
+    "at any event rate; the bench's own stack keeps that default.",
+    "The gateway rate-limits new sender connections (kong.yml: 600/min): the bench opens one sender per phase.",
+    "producer->Kafka uses the record's CreateTime, which librdkafka sets in whole milliseconds when produce() is "
+    "called: that hop reads about 0 and the broker's time shows in Kafka->consumer.",
+    "send lag: the measuring client's own delay from schedule to send (included in every latency, on every path).",
+]
+FRESH_NOTE = (
+    "Every phase ran on a stack of its own, freshly started: the embedded broker (Tansu, memory storage) answers "
+    "each fetch that returns records in a time that grows with the record batches stored in the topic, so a stack "
+    "that has already carried traffic is slower, and phases run one after the other on one stack would not compare."
+)
+RUNNING_NOTE = (
+    "Measured on the running stack: the embedded broker gets slower as its topic fills (each fetch that returns "
+    "records costs time in proportion to the batches stored), so figures depend on what the stack carried before."
+)
+
+
+def _raise_open_files_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # inherited by the stack this process starts: a thousand watchers need the sockets
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def fresh_stacks(settings: Settings | None, on_stack_step: Callable[[str, int, int], None] | None = None) -> StackSource:
+    """Stacks on free ports with a temporary state folder, one per phase, stopped and removed after it.
+
+    A folder whose stack failed is kept, and the error says where, for its logs.
+    """
+
+    @asynccontextmanager
+    async def fresh() -> AsyncIterator[Stack]:
+        temporary = Path(tempfile.mkdtemp(prefix="labkit-bench-"))
+        stack = Stack((settings or Settings()).with_free_ports(state_dir=temporary))
+        try:
+            await asyncio.to_thread(stack.up, on_stack_step)
+            yield stack
+        except BaseException as exc:
+            exc.add_note(f"the bench's stack logs are kept in {temporary / 'logs'}")
+            raise
+        finally:
+            await asyncio.to_thread(stack.down)  # before the folder goes: it holds the record of what to stop
+        shutil.rmtree(temporary, ignore_errors=True)
+
+    return fresh
+
+
+def the_running_stack(stack: Stack) -> StackSource:
+    """The same running stack for every phase."""
+
+    @asynccontextmanager
+    async def running() -> AsyncIterator[Stack]:
+        yield stack
+
+    return running
+
+
+def run_bench(
+    config: BenchConfig,
+    *,
+    settings: Settings | None = None,
+    use_running: bool = False,
+    on_progress: ProgressHook | None = None,
+    on_stack_step: Callable[[str, int, int], None] | None = None,
+) -> tuple[BenchResult, dict[str, Path]]:
+    """Run the benchmark and write its JSON; returns the result and the files written.
+
+    By default every phase runs on a stack of its own, started on free ports with a
+    temporary state folder and stopped after it: the embedded broker gets slower as
+    its topic fills, so each phase starts from the same state. With ``use_running``
+    everything runs on the stack that ``labkit up`` started.
+    """
+    config.validate()
+    started = time.time()
+    if use_running:
+        stack = Stack(settings)
+        if not stack.is_running():
+            raise LabkitError(f"no stack runs from {stack.state_dir}: start one with `labkit up`, or drop --use-running")
+        stacks = the_running_stack(stack)
+    else:
+        _raise_open_files_limit()
+        stacks = fresh_stacks(settings, on_stack_step)
+    runner = BenchRunner(config, stacks, on_progress)
+    asyncio.run(runner.run())
+    used = runner.last_stack.settings if runner.last_stack is not None else (settings or Settings())
+    notes = list(NOTES) + ([RUNNING_NOTE] if use_running else [FRESH_NOTE])
+    result = build_result(runner, config, used, not use_running, started, notes)
+    return result, {"json": write_json(result, config.out_dir, started)}

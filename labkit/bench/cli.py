@@ -1,0 +1,111 @@
+"""``labkit bench``: the command (a typer sub-app, added to the labkit CLI as ``bench``).
+
+    labkit bench                          # fresh stack on free ports, default rates, ramp, fan-out
+    labkit bench --use-running            # the stack `labkit up` started
+    labkit bench --rates 1000 --no-ramp --fanout 1000 --profile
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .config import BenchConfig
+from .plot import render_png, write_plot
+from .report import print_report
+
+__all__ = ["bench_app"]
+
+bench_app = typer.Typer(help="Benchmark the whole path against a Kafka-only baseline.", add_completion=False,
+                        pretty_exceptions_enable=False)
+out = Console()
+if not out.is_terminal:  # a file or a pipe: wide enough for the tables
+    out = Console(width=170)
+err = Console(stderr=True)
+
+
+def _numbers(text: str, name: str, kind: type = float) -> tuple:
+    try:
+        values = tuple(kind(item.replace("_", "")) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected numbers separated by commas, e.g. 100,1000: got {text!r}", param_hint=name) from None
+    if not values:
+        raise typer.BadParameter("give at least one value", param_hint=name)
+    return values
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    rates: Annotated[str, typer.Option(help="Fixed offered rates, events/s, comma-separated.")] = "100,1000,10000",
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds per fixed rate.")] = 3.0,
+    paths: Annotated[str, typer.Option(help="Paths to measure: baseline, direct, full.")] = "baseline,direct,full",
+    ramp: Annotated[bool, typer.Option(help="Ramp up to the highest rate carried with zero loss.")] = True,
+    ramp_factor: Annotated[float, typer.Option(min=1.01)] = 1.5,
+    ramp_max: Annotated[float, typer.Option(help="Highest rate the ramp tries.")] = 100_000.0,
+    ramp_p99_limit: Annotated[float, typer.Option(help="A ramp step is carried when p99 stays under this (ms).")] = 500.0,
+    fanout: Annotated[str, typer.Option(help="Watcher counts for fan-out (gateway); 'none' to skip.")] = "1,10,100,1000",
+    fanout_rate: Annotated[float, typer.Option(min=0.1)] = 100.0,
+    fanout_duration: Annotated[float, typer.Option(min=0.1)] = 3.0,
+    watcher_processes: Annotated[int, typer.Option(min=1, help="Processes the fan-out watchers are spread over.")] = 1,
+    use_running: Annotated[bool, typer.Option(help="Measure the running stack instead of starting one.")] = False,
+    state_dir: Annotated[Optional[Path], typer.Option(help="State folder of the running stack (--use-running).")] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where the JSON and the plot go.")] = Path("bench-results"),
+    png: Annotated[bool, typer.Option(help="Also render the plot as PNG (needs Chromium).")] = True,
+    profile: Annotated[bool, typer.Option(help="Record the services with py-spy and show what costs.")] = False,
+    quick: Annotated[bool, typer.Option(help="A short low-rate run (1 s at 50 ev/s, 2 watchers).")] = False,
+) -> None:
+    """Measure baseline, direct and full paths side by side, then fan-out; write JSON and a plot."""
+    from ..settings import Settings
+    from . import run_bench
+
+    config = BenchConfig(
+        paths=tuple(p.strip() for p in paths.split(",") if p.strip()), rates=_numbers(rates, "--rates"),
+        duration_s=duration, ramp=ramp, ramp_factor=ramp_factor, ramp_max_rate=ramp_max,
+        ramp_p99_limit_ms=ramp_p99_limit,
+        fanout=() if fanout.strip().lower() == "none" else _numbers(fanout, "--fanout", int),
+        fanout_rate=fanout_rate, fanout_duration_s=fanout_duration, watcher_processes=watcher_processes,
+        out_dir=out_dir, png=png, profile=profile,
+    )
+    if quick:
+        config = BenchConfig.quick(out_dir, paths=config.paths, png=png, profile=profile)
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    settings = Settings(state_dir=state_dir) if state_dir is not None else None
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, refresh_per_second=4) as progress:
+        planned = len(config.paths) * len(config.rates) + len(config.fanout)
+        overall = progress.add_task("phases", total=planned)
+        current = progress.add_task("starting the stack", total=None)
+        seen: set[str] = set()
+
+        def on_stack_step(text: str, step: int, steps: int) -> None:
+            progress.update(current, description=text, completed=step - 1, total=steps)
+
+        def on_progress(label: str, total: int | None, done: int) -> None:
+            base = label.split(":")[0]
+            if base not in seen and not label.startswith("fan-out: connecting"):
+                seen.add(base)
+                if len(seen) > 1:
+                    progress.advance(overall)
+                if len(seen) > (progress.tasks[overall].total or 0):
+                    progress.update(overall, total=len(seen))
+            progress.update(current, description=label, total=total, completed=done)
+
+        result, files = run_bench(config, settings=settings, use_running=use_running, on_progress=on_progress,
+                                  on_stack_step=on_stack_step)
+        progress.update(overall, completed=progress.tasks[overall].total)
+
+    print_report(result, out)
+    html = write_plot(result, files["json"].with_suffix(".html"))
+    out.print(f"results: {files['json']}\nplot: {html}", highlight=False)
+    if config.png:
+        problem = render_png(html, html.with_suffix(".png"))
+        out.print(f"note: {problem}" if problem else f"plot (PNG): {html.with_suffix('.png')}", highlight=False)
+

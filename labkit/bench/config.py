@@ -1,0 +1,82 @@
+"""What one benchmark run measures: offered rates, durations, fan-out sizes, the ramp.
+
+Plain data with defaults, so the CLI, the tests and a notebook build the same
+thing; :func:`BenchConfig.quick` is the small run the tests use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+__all__ = ["BenchConfig", "PATHS", "BASELINE", "DIRECT", "FULL"]
+
+BASELINE = "baseline"  # confluent-kafka producer and consumer on the same broker
+DIRECT = "direct"  # WebSocket to the producer's port, watcher on the consumer's port
+FULL = "full"  # through the gateway: /produce-events and /consume-events
+PATHS = (BASELINE, DIRECT, FULL)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything a run does; every field has a CLI flag."""
+
+    paths: tuple[str, ...] = PATHS
+    rates: tuple[float, ...] = (100.0, 1_000.0, 10_000.0)
+    duration_s: float = 3.0
+
+    # Ramp: from the highest fixed rate carried, up by `ramp_factor` until a step fails,
+    # then bisect `ramp_refine` times between the last step carried and the first that was not.
+    ramp: bool = True
+    ramp_factor: float = 1.5
+    ramp_max_rate: float = 100_000.0
+    ramp_refine: int = 2
+    ramp_duration_s: float = 3.0
+    # A step is carried when nothing is lost or refused and p99 stays under this: an open-loop
+    # system that does not keep up has a latency that grows with every second it runs.
+    ramp_p99_limit_ms: float = 500.0
+
+    fanout: tuple[int, ...] = (1, 10, 100, 1_000)
+    fanout_rate: float = 100.0
+    fanout_duration_s: float = 3.0
+    watcher_processes: int = 1
+
+    # Sending: events due together go in one frame (a JSON array), at most one frame per
+    # `frame_interval_s` per connection, which keeps a sender under the producer's
+    # per-connection message limit (2000/s by default) at any event rate.
+    frame_interval_s: float = 0.001
+    max_batch: int = 1000
+    keys: int = 16
+
+    drain_quiet_s: float = 5.0  # stop waiting for missing events after this long with no arrival
+    drain_limit_s: float = 60.0
+    ack_timeout_s: float = 60.0
+
+    out_dir: Path = field(default_factory=lambda: Path("bench-results"))
+    png: bool = True
+    profile: bool = False  # py-spy record the services (needs py-spy on PATH)
+
+    @classmethod
+    def quick(cls, out_dir: Path, **changes: object) -> BenchConfig:
+        """A short, low-rate run that exercises every part (what the tests run)."""
+        base = cls(
+            rates=(50.0,), duration_s=1.0, ramp=False, fanout=(2,), fanout_rate=50.0, fanout_duration_s=1.0,
+            drain_quiet_s=2.0, out_dir=out_dir, png=False,
+        )
+        return replace(base, **changes)
+
+    def validate(self) -> BenchConfig:
+        unknown = [p for p in self.paths if p not in PATHS]
+        if unknown:
+            raise ValueError(f"unknown path {unknown[0]!r}: choose from {', '.join(PATHS)}")
+        if any(rate <= 0 for rate in (*self.rates, self.fanout_rate)):
+            raise ValueError("rates must be above 0 events per second")
+        if any(count < 1 for count in self.fanout):
+            raise ValueError("fan-out watcher counts must be at least 1")
+        if self.duration_s <= 0 or self.fanout_duration_s <= 0 or self.ramp_duration_s <= 0:
+            raise ValueError("durations must be above 0 seconds")
+        if self.ramp_factor <= 1:
+            raise ValueError("ramp_factor must be above 1")
+        if self.watcher_processes < 1:
+            raise ValueError("watcher_processes must be at least 1")
+        return self

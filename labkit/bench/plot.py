@@ -1,0 +1,93 @@
+"""The result as a picture: latency percentiles against offered rate for each path, and fan-out.
+
+Written as a self-contained plotly HTML file (plotly.js inline, so it opens
+offline), and as PNG by screenshotting that file in Chromium through Playwright
+when ``/usr/bin/chromium`` (or ``LABKIT_CHROMIUM``) is there; kaleido is not needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .config import BASELINE, DIRECT, FULL
+from .results import BenchResult
+
+__all__ = ["write_plot", "render_png", "chromium_path"]
+
+COLOURS = {BASELINE: "#636efa", DIRECT: "#00cc96", FULL: "#ef553b"}
+PERCENTILES = (("p50", "solid"), ("p99", "dash"), ("p999", "dot"))
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run", "--disable-sync", "--disable-quic"]
+WIDTH, HEIGHT = 1400, 600
+
+
+def figure(result: BenchResult) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], subplot_titles=(
+        "Latency against offered rate (scheduled send -> watcher)", "Fan-out through the gateway"))
+    for path in (BASELINE, DIRECT, FULL):
+        runs = sorted((p for p in result.phases if p.path == path and p.phase in ("fixed", "ramp") and p.latency.count),
+                      key=lambda p: p.offered_rate)
+        if not runs:
+            continue
+        for name, dash in PERCENTILES:
+            fig.add_trace(go.Scatter(
+                x=[r.offered_rate for r in runs], y=[getattr(r.latency, name) for r in runs], mode="lines+markers",
+                name=f"{path} {name.replace('p999', 'p99.9')}", line={"color": COLOURS[path], "dash": dash},
+                marker={"symbol": ["circle" if r.carried else "x" for r in runs], "size": 8},
+                legendgroup=path,
+            ), row=1, col=1)
+    fan = sorted((p for p in result.phases if p.phase == "fanout" and p.latency.count), key=lambda p: p.watchers)
+    for name, dash in PERCENTILES:
+        if fan:
+            fig.add_trace(go.Scatter(
+                x=[r.watchers for r in fan], y=[getattr(r.latency, name) for r in fan], mode="lines+markers",
+                name=f"fan-out {name.replace('p999', 'p99.9')}", line={"color": "#ab63fa", "dash": dash},
+                marker={"symbol": ["circle" if r.clean else "x" for r in fan], "size": 8}, legendgroup="fanout",
+            ), row=1, col=2)
+    fig.update_xaxes(type="log", title_text="offered rate (events/s); x: not carried", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="latency (ms)", row=1, col=1)
+    fig.update_xaxes(type="log", title_text="watchers", row=1, col=2)
+    fig.update_yaxes(type="log", title_text="latency (ms)", row=1, col=2)
+    machine = result.machine
+    fig.update_layout(
+        title=f"labkit bench {result.started}: {machine.get('cpus')} CPUs, {machine.get('cpu_model', '')}",
+        width=WIDTH, height=HEIGHT, template="plotly_white",
+    )
+    return fig
+
+
+def write_plot(result: BenchResult, html_path: Path) -> Path:
+    figure(result).write_html(html_path, include_plotlyjs=True, full_html=True)
+    return html_path
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("LABKIT_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def render_png(html_path: Path, png_path: Path) -> str | None:
+    """Screenshot the HTML plot; returns why not when there is no browser."""
+    browser_path = chromium_path()
+    if browser_path is None:
+        return "no Chromium found (/usr/bin/chromium or LABKIT_CHROMIUM): the plot is HTML only"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return "Playwright is not installed: the plot is HTML only"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": WIDTH + 40, "height": HEIGHT + 40})
+            page.goto(html_path.resolve().as_uri())
+            page.wait_for_selector(".main-svg", timeout=30_000)
+            page.locator(".plotly-graph-div").first.screenshot(path=str(png_path))
+        finally:
+            browser.close()
+    return None

@@ -1,0 +1,224 @@
+"""The bench's receiving side, in a process of its own: watchers, or a plain Kafka consumer.
+
+Run as ``python -m labkit.bench.receiver SPEC`` (SPEC: a JSON :class:`ReceiverSpec`),
+so the measuring client does not share a core's event loop with the senders. It
+opens ``connections`` watchers with :func:`labkit.client.watch` (kind
+``websocket``), or one confluent-kafka consumer that ``assign()``s every
+partition from the end with the consumer service's settings (kind ``kafka``).
+Every arrival is stamped on receipt and filed by its phase tag (the id is
+``<tag>.<seq>``).
+
+It speaks JSON lines: it prints ``{"ready": N}`` once connected, then answers
+commands read from stdin:
+
+- ``{"cmd": "prime", "tag": T, "partitions": P, "timeout_s": S}``: wait until every
+  connection has seen events of tag T from all P partitions; ``{"primed": bool}``.
+- ``{"cmd": "drain", "tag": T, "expect": N, "quiet_s": Q, "limit_s": L}``: wait until
+  every connection has N events of tag T (or nothing arrived for Q s, or L s
+  passed); answer a :class:`TagReport` and forget the tag.
+- ``{"cmd": "quit"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import sys
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+import msgspec
+
+from ..events import now_ms
+from .wire import ConnectionReport, ReceiverSpec, TagReport
+
+__all__ = ["main"]
+
+log = logging.getLogger("labkit.bench.receiver")
+
+
+@dataclass
+class Tally:
+    seqs: list[int] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    partitions: set[int] = field(default_factory=set)
+
+
+class Arrivals:
+    """Every arrival, by tag and connection."""
+
+    def __init__(self, connections: int) -> None:
+        self.connections = connections
+        self.tags: dict[str, list[Tally]] = {}
+        self.stamps: dict[str, list[tuple[int, float, float, float, float, float]]] = {}
+        self.last_arrival = 0.0
+        self.closed: list[str] = []
+
+    def record(self, index: int, event_id: str, sent_at: float, received_at: float, kafka_ts: float,
+               delivered_at: float, partition: int, arrival: float) -> None:
+        tag, _, seq_text = event_id.rpartition(".")
+        tallies = self.tags.get(tag)
+        if tallies is None:
+            tallies = self.tags[tag] = [Tally() for _ in range(self.connections)]
+            self.stamps[tag] = []
+        tally = tallies[index]
+        seq = int(seq_text)
+        tally.seqs.append(seq)
+        tally.latency_ms.append(arrival - sent_at)
+        tally.partitions.add(partition)
+        if index == 0:
+            self.stamps[tag].append((seq, sent_at, received_at, kafka_ts, delivered_at, arrival))
+        self.last_arrival = arrival
+
+    def counts(self, tag: str) -> list[int]:
+        return [len(t.seqs) for t in self.tags.get(tag, [])] or [0] * self.connections
+
+    def partitions_seen(self, tag: str) -> list[int]:
+        return [len(t.partitions) for t in self.tags.get(tag, [])] or [0] * self.connections
+
+    def take(self, tag: str) -> TagReport:
+        tallies = self.tags.pop(tag, None) or [Tally() for _ in range(self.connections)]
+        return TagReport(
+            tag, [ConnectionReport(t.seqs, t.latency_ms) for t in tallies], self.stamps.pop(tag, []), list(self.closed)
+        )
+
+
+async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> list[asyncio.Task[None]]:
+    from ..client import watch
+    from ..settings import Settings
+
+    settings = Settings()
+    gate = asyncio.Semaphore(spec.open_concurrency)
+
+    async def release_when(opened: asyncio.Event) -> None:
+        await opened.wait()
+        gate.release()
+
+    async def one(index: int, opened: asyncio.Event) -> None:
+        record = arrivals.record
+        await gate.acquire()  # at most `open_concurrency` handshakes at once
+        releaser = asyncio.create_task(release_when(opened))
+        try:
+            # No reconnection: a watcher the consumer closes must show as closed, with its losses.
+            async for event in watch(spec.url, types=spec.types or None, settings=settings, opened=opened,
+                                     reconnect=False):
+                record(index, event.id, event.sent_at, event.received_at, event.kafka_ts, event.delivered_at,
+                       event.partition, now_ms())
+            arrivals.closed.append(f"{index}: the stream ended")
+        except Exception as exc:  # a closed connection is a result, not a crash
+            arrivals.closed.append(f"{index}: {type(exc).__name__}: {exc}")
+        finally:
+            opened.set()
+            await releaser
+
+    openings = [asyncio.Event() for _ in range(spec.connections)]
+    tasks = [asyncio.create_task(one(i, opened)) for i, opened in enumerate(openings)]
+    await asyncio.gather(*(opened.wait() for opened in openings))
+    return tasks
+
+
+def _read_kafka(spec: ReceiverSpec, arrivals: Arrivals, loop: asyncio.AbstractEventLoop,
+                assigned: threading.Event, stop: threading.Event) -> None:
+    """In a thread: the consumer service's read loop, on a plain consumer."""
+    from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+    from ..consumer import CONSUMER_DEFAULTS
+    from ..events import parse_record
+
+    config = {**CONSUMER_DEFAULTS, **spec.kafka_config, "client.id": "labkit-bench-baseline",
+              "group.id": f"labkit-bench-{uuid.uuid4().hex[:8]}"}
+    consumer = Consumer(config)
+    partitions = consumer.list_topics(timeout=10).topics[spec.topic].partitions
+    consumer.assign([TopicPartition(spec.topic, p, OFFSET_END) for p in sorted(partitions)])
+    assigned.set()
+
+    def file(batch: list) -> None:
+        arrival = now_ms()
+        for msg in batch:
+            if msg.error() is not None:
+                continue
+            record = parse_record(msg.value())
+            if record is None or not isinstance(record.id, str):
+                continue
+            arrivals.record(0, record.id, record.sent_at, record.received_at, msg.timestamp()[1], arrival,
+                            msg.partition(), arrival)
+
+    try:
+        while not stop.is_set():
+            first = consumer.poll(0.1)  # as the consumer service reads: one record, then what is there
+            if first is None:
+                continue
+            batch = [first, *consumer.consume(num_messages=999, timeout=0)]
+            loop.call_soon_threadsafe(file, batch)
+    finally:
+        consumer.close()
+
+
+async def _wait(condition, quiet_s: float, limit_s: float, arrivals: Arrivals) -> bool:
+    began = now_ms()
+    while not condition():
+        now = now_ms()
+        if now - began > limit_s * 1000 or now - max(arrivals.last_arrival, began) > quiet_s * 1000:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def serve(spec: ReceiverSpec) -> None:
+    loop = asyncio.get_running_loop()
+    arrivals = Arrivals(spec.connections if spec.kind == "websocket" else 1)
+    stop = threading.Event()
+    reader: threading.Thread | None = None
+    tasks: list[asyncio.Task[None]] = []
+    if spec.kind == "websocket":
+        tasks = await _open_watchers(spec, arrivals)
+    else:
+        assigned = threading.Event()
+        reader = threading.Thread(target=_read_kafka, args=(spec, arrivals, loop, assigned, stop), daemon=True)
+        reader.start()
+        await asyncio.to_thread(assigned.wait, 30)
+    out = sys.stdout.buffer
+    out.write(msgspec.json.encode({"ready": arrivals.connections, "closed": arrivals.closed}) + b"\n")
+    out.flush()
+
+    commands = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
+    while line := await commands.readline():
+        command = msgspec.json.decode(line)
+        tag = command.get("tag", "")
+        if command["cmd"] == "prime":
+            wanted = command["partitions"]
+            primed = await _wait(lambda: min(arrivals.partitions_seen(tag)) >= wanted, command["timeout_s"],
+                                 command["timeout_s"], arrivals)
+            if primed:
+                arrivals.take(tag)
+            reply = msgspec.json.encode({"primed": primed, "closed": arrivals.closed})
+        elif command["cmd"] == "drain":
+            expect = command["expect"]
+            await _wait(lambda: min(arrivals.counts(tag)) >= expect, command["quiet_s"], command["limit_s"], arrivals)
+            reply = msgspec.json.encode(arrivals.take(tag))
+        else:
+            break
+        out.write(reply + b"\n")
+        out.flush()
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if reader is not None:
+        await asyncio.to_thread(reader.join, 5)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # a thousand watchers need a thousand sockets
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    spec = msgspec.json.decode(sys.argv[1], type=ReceiverSpec)
+    asyncio.run(serve(spec))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""One benchmark run: each path at fixed offered rates and up a ramp, then fan-out.
+
+Every phase (one path at one rate, or one fan-out size) runs on a stack of its
+own when the bench starts the stacks: the embedded broker answers fetches more
+slowly as its topic fills, so phases measured one after the other on one stack
+would each start from a different state. A phase opens one sender and one
+receiver process, primes them (events on every partition until every watcher
+has seen them all, which also proves the baseline consumer's ``assign()`` took
+effect), sends the open-loop plan, waits for every ack, waits for every
+acknowledged event at every watcher, and sums it up. Phases run one after the
+other, so each has the machine to itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from ..broker import ensure_topic
+from ..client import lab_api_key
+from ..events import encode, now_ms
+from ..stack import Stack
+from .config import BASELINE, DIRECT, FULL, BenchConfig
+from .load import BENCH_TYPE, LoadPlan
+from .profile import ServiceProfiler
+from .receivers import Receivers
+from .resources import ResourceSampler
+from .senders import KafkaLoad, WebSocketLoad
+from .stats import PhaseResult, summarize
+from .wire import ReceiverSpec
+
+__all__ = ["BenchRunner", "RampResult", "BASELINE_TOPIC", "StackSource"]
+
+BASELINE_TOPIC = "labkit-bench-baseline"
+PRIME_ROUNDS = 10
+PRIME_WAIT_S = 3.0
+START_AHEAD_MS = 50.0  # the first event of a phase is due this long after the plan is made
+
+ProgressHook = Callable[[str, int | None, int], None]  # description, total events (None: unknown), done
+StackSource = Callable[[], AbstractAsyncContextManager[Stack]]  # a running stack for one phase
+
+
+@dataclass
+class RampResult:
+    path: str
+    max_rate_carried: float
+    steps: list[float] = field(default_factory=list)  # offered rates tried, in order
+    stopped_because: str = ""
+
+
+class BenchRunner:
+    """Runs the phases of a :class:`BenchConfig`, each on a stack from ``stacks``."""
+
+    def __init__(self, config: BenchConfig, stacks: StackSource, on_progress: ProgressHook | None = None) -> None:
+        self.config = config
+        self.stacks = stacks
+        self.on_progress = on_progress or (lambda *_: None)
+        self.phases: list[PhaseResult] = []
+        self.ramps: dict[str, RampResult] = {}
+        self.profiles: dict[str, Any] = {}
+        self.last_stack: Stack | None = None
+        self._tags = itertools.count()
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _attach(self, stack: Stack) -> None:
+        self.last_stack = stack
+        self.settings = stack.settings
+        self.status_rows = stack.status()
+        self.log_dir = stack.settings.state_dir / "logs"
+        self.api_key = lab_api_key(stack.settings)
+        self.sampler = ResourceSampler.for_stack(self.status_rows, os.getpid())
+
+    def _partitions(self, topic: str) -> int:
+        meta = AdminClient(self.settings.kafka_config()).list_topics(timeout=10).topics.get(topic)
+        return len(meta.partitions) if meta is not None and meta.partitions else self.settings.partitions
+
+    def _receiver_spec(self, path: str, connections: int) -> ReceiverSpec:
+        s = self.settings
+        if path == BASELINE:
+            return ReceiverSpec("kafka", kafka_config=s.kafka_config(), topic=BASELINE_TOPIC)
+        url = s.url(s.consumer_port) if path == DIRECT else s.consume_url
+        return ReceiverSpec("websocket", connections=connections, url=url, types=[BENCH_TYPE])
+
+    def _sender(self, path: str) -> KafkaLoad | WebSocketLoad:
+        s = self.settings
+        if path == BASELINE:
+            return KafkaLoad(s, BASELINE_TOPIC)
+        return WebSocketLoad(s.url(s.producer_port) if path == DIRECT else s.produce_url, s, self.api_key)
+
+    def _events_per_frame(self, plan: LoadPlan) -> int:
+        """As many events as fit the producer's frame limit (max_frame_bytes) and batch limit (max_batch)."""
+        # The longest id, +8 for sent_at's decimals (a stamp may print with fewer than 3), +1 for the comma.
+        largest = len(encode(plan.event(plan.total - 1))) + 9
+        fit = (self.settings.max_frame_bytes - 2) // largest
+        return max(1, min(self.config.max_batch, self.settings.max_batch, fit))
+
+    async def _prime(self, sender: KafkaLoad | WebSocketLoad, receivers: Receivers, partitions: int) -> None:
+        """Send one event on every key, round after round, until every watcher has seen every partition."""
+        tag = f"prime-{next(self._tags)}"
+        plan = LoadPlan(tag, 1000.0, 1.0, now_ms(), self.config.keys)
+        for round_ in range(PRIME_ROUNDS):
+            keys = self.config.keys
+            await sender.send_now([plan.event(seq) for seq in range(round_ * keys, (round_ + 1) * keys)])
+            if await receivers.prime(tag, partitions, timeout_s=PRIME_WAIT_S):
+                return
+        raise RuntimeError(
+            f"after {PRIME_ROUNDS} rounds the watchers had not seen events on all {partitions} partitions; "
+            f"see the logs in {self.log_dir}"
+        )
+
+    async def _phase(self, path: str, phase: str, sender: KafkaLoad | WebSocketLoad, receivers: Receivers,
+                     rate: float, duration_s: float) -> PhaseResult:
+        cfg = self.config
+        watchers = receivers.spec.connections
+        label = f"{path} @ {rate:,.0f} ev/s" + (f", {watchers} watchers" if phase == "fanout" else f" ({phase})")
+        plan = LoadPlan(f"{path}-{next(self._tags)}", rate, duration_s, now_ms() + START_AHEAD_MS, cfg.keys)
+        self.on_progress(label, plan.total, 0)
+        self.sampler.begin()
+        outcome = await sender.run(
+            plan, max_batch=self._events_per_frame(plan), frame_interval_s=cfg.frame_interval_s,
+            ack_timeout_s=cfg.ack_timeout_s, on_progress=lambda done: self.on_progress(label, plan.total, done),
+        )
+        self.on_progress(f"{label}: waiting for deliveries", plan.total, plan.total)
+        report = await receivers.drain(plan.tag, len(outcome.acked), cfg.drain_quiet_s, cfg.drain_limit_s)
+        elapsed_s, resources = self.sampler.end()
+        result = summarize(path, phase, plan, outcome.stats, outcome.acked, outcome.refused, outcome.ack_latency_ms,
+                           report, kafka_only=path == BASELINE)
+        result.resources = resources
+        if outcome.closed_because:
+            result.closed.append(f"sender: {outcome.closed_because}")
+        result.elapsed_s = round(elapsed_s, 2)
+        result.carried = result.clean and (result.latency.p99 or 0.0) <= cfg.ramp_p99_limit_ms
+        self.phases.append(result)
+        return result
+
+    async def _measure(self, path: str, phase: str, rate: float, duration_s: float, watchers: int = 1) -> PhaseResult:
+        """One phase on a stack of its own: connect, prime, send, drain, sum up."""
+        cfg = self.config
+        if phase == "fanout":
+            self.on_progress(f"fan-out: starting a stack and {watchers} watchers", None, 0)
+        async with self.stacks() as stack:
+            self._attach(stack)
+            topic = BASELINE_TOPIC if path == BASELINE else self.settings.topic
+            if path == BASELINE:
+                await asyncio.to_thread(ensure_topic, self.settings.replace(topic=BASELINE_TOPIC))
+            spec = self._receiver_spec(path, watchers)
+            processes = cfg.watcher_processes if phase == "fanout" else 1
+            async with Receivers(spec, processes, self.log_dir) as receivers, self._sender(path) as sender:
+                self.sampler.set_processes("bench watchers", receivers.pids)
+                await self._prime(sender, receivers, await asyncio.to_thread(self._partitions, topic))
+                profiler = None
+                if cfg.profile and phase == "fixed":
+                    profiler = ServiceProfiler(self.status_rows, cfg.out_dir / "profiles", f"{path}-{rate:.0f}")
+                    profiler.start()
+                self.sampler.start()
+                try:
+                    return await self._phase(path, phase, sender, receivers, rate, duration_s)
+                finally:
+                    self.sampler.stop()
+                    if profiler is not None:
+                        self.profiles[f"{path} @ {rate:,.0f} ev/s"] = await asyncio.to_thread(profiler.stop)
+
+    # -- sections --------------------------------------------------------------------
+
+    async def _ramp(self, path: str, fixed: list[PhaseResult]) -> RampResult:
+        cfg = self.config
+        good = max((r.offered_rate for r in fixed if r.carried), default=0.0)
+        ramp = RampResult(path, good)
+        if not good:
+            ramp.stopped_because = "no fixed rate was carried"
+            return ramp
+        bad: float | None = None
+        rate = good * cfg.ramp_factor
+        while rate <= cfg.ramp_max_rate:
+            step = await self._measure(path, "ramp", rate, cfg.ramp_duration_s)
+            ramp.steps.append(rate)
+            if not step.carried:
+                bad = rate
+                break
+            good, rate = rate, rate * cfg.ramp_factor
+        else:
+            ramp.stopped_because = f"reached the ramp's ceiling ({cfg.ramp_max_rate:,.0f} ev/s)"
+        for _ in range(cfg.ramp_refine if bad is not None else 0):
+            rate = round((good + bad) / 2, -1)
+            step = await self._measure(path, "ramp", rate, cfg.ramp_duration_s)
+            ramp.steps.append(rate)
+            good, bad = (rate, bad) if step.carried else (good, rate)
+        if bad is not None:
+            ramp.stopped_because = f"not carried at {bad:,.0f} ev/s"
+        ramp.max_rate_carried = good
+        return ramp
+
+    async def run_path(self, path: str) -> None:
+        """Every fixed rate of one path, then its ramp."""
+        cfg = self.config
+        fixed = [await self._measure(path, "fixed", rate, cfg.duration_s) for rate in cfg.rates]
+        if cfg.ramp:
+            self.ramps[path] = await self._ramp(path, fixed)
+
+    async def run_fanout(self) -> None:
+        """Each fan-out size in turn, through the gateway."""
+        for watchers in self.config.fanout:
+            await self._measure(FULL, "fanout", self.config.fanout_rate, self.config.fanout_duration_s, watchers)
+
+    async def run(self) -> None:
+        """Everything the config asks for."""
+        for path in self.config.paths:
+            await self.run_path(path)
+        if self.config.fanout:
+            await self.run_fanout()

@@ -1,0 +1,179 @@
+"""The sending side of each path: the labkit Sender over WebSocket, or a plain Kafka producer.
+
+Both run an open-loop plan (:mod:`labkit.bench.load`) and report which events were
+acknowledged, which were refused and why, and how long each ack took from the
+event's scheduled time. The Kafka producer of the baseline has exactly the
+producer service's librdkafka settings, so the baseline differs from the other
+paths only by what they add: WebSocket, the services and the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import websockets
+from confluent_kafka import Producer
+
+from ..client import Sender
+from ..events import Ack, Event, encode, now_ms
+from ..producer import PRODUCER_DEFAULTS
+from ..settings import Settings
+from .load import LoadPlan, SendStats, run_open_loop, split_id
+
+__all__ = ["SendOutcome", "WebSocketLoad", "KafkaLoad"]
+
+
+@dataclass
+class SendOutcome:
+    """What the sending side knows about one phase."""
+
+    stats: SendStats
+    acked: list[int] = field(default_factory=list)  # seqs Kafka acknowledged
+    refused: Counter[str] = field(default_factory=Counter)  # error code -> events
+    ack_latency_ms: list[float] = field(default_factory=list)  # ack arrival - scheduled time
+    closed_because: str = ""  # the sender's connection closed during the phase
+
+
+class WebSocketLoad:
+    """A labkit Sender on one connection (to the gateway or to the producer's own port).
+
+    A connection the producer closed (a frame too big, a restart) ends the phase: the
+    events not sent count as refused (``connection_closed``), and the next phase opens
+    a new connection.
+    """
+
+    def __init__(self, url: str, settings: Settings, api_key: str | None) -> None:
+        self.url, self.settings, self.api_key = url, settings, api_key
+        self.sender: Sender | None = None
+
+    async def _connected(self) -> Sender:
+        if self.sender is None or self.sender.ws is None or self.sender.ws.close_code is not None:
+            if self.sender is not None:
+                await self.sender.close()
+            self.sender = Sender(self.url, settings=self.settings, api_key=self.api_key)
+            await self.sender.__aenter__()
+        return self.sender
+
+    async def __aenter__(self) -> WebSocketLoad:
+        await self._connected()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.sender is not None:
+            await self.sender.close()
+
+    async def send_now(self, events: list[Event]) -> None:
+        """Send without keeping track (priming)."""
+        for future in await (await self._connected()).submit(events):
+            future.add_done_callback(_retrieve)
+
+    async def run(self, plan: LoadPlan, *, max_batch: int, frame_interval_s: float, ack_timeout_s: float,
+                  on_progress: Any = None) -> SendOutcome:
+        sender = await self._connected()
+        futures: list[asyncio.Future[Ack]] = []
+        ack_latency: list[float] = []
+
+        def on_reply(sent_at: float, future: asyncio.Future[Ack]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                ack_latency.append(now_ms() - sent_at)
+
+        async def send_batch(events: list[Event]) -> None:
+            submitted = await sender.submit(events)
+            for event, future in zip(events, submitted):
+                future.add_done_callback(partial(on_reply, event.sent_at))
+            futures.extend(submitted)
+
+        outcome = SendOutcome(SendStats(), ack_latency_ms=ack_latency)
+        try:
+            outcome.stats = await run_open_loop(plan, send_batch, max_batch=max_batch, frame_interval_s=frame_interval_s,
+                                                on_progress=on_progress)
+        except websockets.ConnectionClosed as exc:
+            outcome.stats.sent = len(futures)
+            outcome.refused["connection_closed"] += plan.total - len(futures)
+            outcome.closed_because = f"the producer closed the connection: {exc}"
+        if futures:
+            await asyncio.wait(futures, timeout=ack_timeout_s)
+        for future in futures:
+            if not future.done():
+                outcome.refused["no_reply"] += 1
+            elif future.exception() is not None:
+                outcome.refused["connection_closed"] += 1
+            elif future.result().ok:
+                outcome.acked.append(split_id(future.result().ack or "")[1])
+            else:
+                outcome.refused[future.result().error or "unknown"] += 1
+        return outcome
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # a reply nobody waits for: keep asyncio from logging it as lost
+
+
+class KafkaLoad:
+    """The baseline's sender: a confluent-kafka producer with the producer service's settings."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.topic = topic
+        self.producer = Producer({**PRODUCER_DEFAULTS, **settings.kafka_config(), "client.id": "labkit-bench-baseline"})
+        self._stopped = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="bench-kafka-poll", daemon=True)
+        self._outcome: SendOutcome | None = None
+
+    def _poll(self) -> None:
+        # Delivery reports are handled here, as in the producer service, so acks are seen when they come.
+        while not self._stopped.is_set():
+            self.producer.poll(0.05)
+
+    async def __aenter__(self) -> KafkaLoad:
+        self._poller.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.producer.flush, 10)
+        self._stopped.set()
+        await asyncio.to_thread(self._poller.join)
+
+    def _on_delivery(self, outcome: SendOutcome, seq: int, sent_at: float, err: Any, _msg: Any) -> None:
+        if err is None:
+            outcome.acked.append(seq)
+            outcome.ack_latency_ms.append(now_ms() - sent_at)
+        else:
+            outcome.refused[f"kafka_error: {err.name()}"] += 1
+
+    async def send_now(self, events: list[Event]) -> None:
+        """Send without keeping track (priming)."""
+        for event in events:
+            self.producer.produce(self.topic, b'%s,"received_at":%.3f}' % (encode(event)[:-1], now_ms()), event.key)
+
+    async def run(self, plan: LoadPlan, *, max_batch: int, frame_interval_s: float, ack_timeout_s: float,
+                  on_progress: Any = None) -> SendOutcome:
+        outcome = SendOutcome(SendStats())
+        produce, topic = self.producer.produce, self.topic
+
+        async def send_batch(events: list[Event]) -> None:
+            for event in events:
+                # What the producer service writes: the event plus its arrival time.
+                value = b'%s,"received_at":%.3f}' % (encode(event)[:-1], now_ms())
+                report = partial(self._on_delivery, outcome, split_id(event.id)[1], event.sent_at)
+                while True:
+                    try:
+                        produce(topic, value, event.key, on_delivery=report)
+                        break
+                    except BufferError:  # librdkafka's queue is full: wait, as the producer service does
+                        await asyncio.sleep(0.002)
+
+        outcome.stats = await run_open_loop(plan, send_batch, max_batch=max_batch, frame_interval_s=frame_interval_s,
+                                            on_progress=on_progress)
+        deadline = now_ms() + ack_timeout_s * 1000
+        while len(outcome.acked) + sum(outcome.refused.values()) < outcome.stats.sent and now_ms() < deadline:
+            await asyncio.sleep(0.01)
+        missing = outcome.stats.sent - len(outcome.acked) - sum(outcome.refused.values())
+        if missing > 0:
+            outcome.refused["no_reply"] += missing
+        return outcome

@@ -1,0 +1,140 @@
+"""From arrivals and acks to figures: percentiles, losses, throughput, hops.
+
+Pure functions over numbers (numpy), no sockets: one phase's sender outcome and
+receiver report in, one :class:`PhaseResult` out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .load import LoadPlan, SendStats
+from .wire import TagReport
+
+__all__ = ["Latency", "PhaseResult", "summarize", "HOPS"]
+
+# The path of one event, from the stamps it carries (all epoch ms on one machine's clock).
+HOPS = ("sender→producer", "producer→Kafka", "Kafka→consumer", "consumer→watcher")
+
+
+@dataclass
+class Latency:
+    """Milliseconds; None where nothing was measured."""
+
+    count: int = 0
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    p999: float | None = None
+    max: float | None = None
+    mean: float | None = None
+
+    @classmethod
+    def of(cls, values: np.ndarray | list[float]) -> Latency:
+        data = np.asarray(values, dtype=np.float64)
+        if data.size == 0:
+            return cls()
+        p50, p90, p99, p999 = np.percentile(data, [50, 90, 99, 99.9])
+        return cls(int(data.size), *(round(float(v), 3) for v in (p50, p90, p99, p999, data.max(), data.mean())))
+
+
+@dataclass
+class PhaseResult:
+    """One path at one offered rate (or one fan-out size): what went in, what came out, how fast."""
+
+    path: str
+    phase: str  # "fixed", "ramp" or "fanout"
+    offered_rate: float
+    duration_s: float
+    watchers: int
+    sent: int = 0
+    acked: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    delivered: int = 0  # distinct (watcher, event) arrivals
+    lost: int = 0  # acknowledged events a watcher never received, summed over watchers
+    watchers_with_loss: int = 0
+    duplicates: int = 0
+    unexpected: int = 0  # arrivals of events that were not acknowledged
+    throughput: float = 0.0  # events per second reaching one watcher (the mean over watchers)
+    frames_per_s: float = 0.0  # events per second reaching all watchers together
+    latency: Latency = field(default_factory=Latency)  # scheduled send -> arrival at the watcher
+    ack_latency: Latency = field(default_factory=Latency)  # scheduled send -> ack at the sender
+    hops: dict[str, Latency] = field(default_factory=dict)
+    send_lag_mean_ms: float = 0.0  # the client's own delay between schedule and send
+    send_lag_max_ms: float = 0.0
+    frames_sent: int = 0
+    closed: list[str] = field(default_factory=list)  # watchers that were disconnected, and why
+    elapsed_s: float = 0.0  # wall time of the phase, sending and draining: what CPU seconds compare to
+    resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    carried: bool = False
+
+    def cores(self) -> dict[str, float]:
+        """Each component's CPU seconds over the phase's wall time: the share of a core it kept busy."""
+        wall = self.elapsed_s or 1.0
+        return {name: round(figures["cpu_s"] / wall, 2) for name, figures in self.resources.items()}
+
+    def cpu_us_per_delivery(self) -> dict[str, float]:
+        """Each component's CPU microseconds per event delivered to one watcher."""
+        if not self.delivered:
+            return {}
+        return {name: round(f["cpu_s"] * 1e6 / self.delivered, 1) for name, f in self.resources.items()}
+
+    @property
+    def clean(self) -> bool:
+        """Nothing lost, nothing refused, no watcher closed."""
+        return self.lost == 0 and not self.refused and not self.closed and self.acked == self.sent
+
+
+def _hops(report: TagReport, kafka_only: bool) -> dict[str, Latency]:
+    if not report.stamps:
+        return {}
+    stamps = np.asarray(report.stamps, dtype=np.float64)
+    sent_at, received_at, kafka_ts, delivered_at, arrival = (stamps[:, i] for i in range(1, 6))
+    spans = {
+        HOPS[0]: received_at - sent_at,
+        HOPS[1]: kafka_ts - received_at,
+        HOPS[2]: delivered_at - kafka_ts,
+        HOPS[3]: arrival - delivered_at,
+    }
+    if kafka_only:  # the bench's own consumer is the watcher: there is no last hop
+        del spans[HOPS[3]]
+    return {name: Latency.of(values) for name, values in spans.items()}
+
+
+def summarize(
+    path: str, phase: str, plan: LoadPlan, stats: SendStats, acked: list[int], refused: dict[str, int],
+    ack_latency_ms: list[float], report: TagReport, *, kafka_only: bool = False,
+) -> PhaseResult:
+    acked_seqs = np.unique(np.asarray(acked, dtype=np.int64))
+    result = PhaseResult(
+        path, phase, plan.rate, plan.duration_s, len(report.connections), sent=stats.sent, acked=int(acked_seqs.size),
+        refused={code: n for code, n in refused.items() if n}, send_lag_mean_ms=round(stats.lag_mean_ms, 3),
+        send_lag_max_ms=round(stats.lag_max_ms, 3), frames_sent=stats.frames, closed=list(report.closed),
+    )
+    latencies: list[np.ndarray] = []
+    last_arrival = plan.start_ms
+    per_watcher: list[int] = []
+    for connection in report.connections:
+        seqs = np.asarray(connection.seqs, dtype=np.int64)
+        latency = np.asarray(connection.latency_ms, dtype=np.float64)
+        distinct = np.unique(seqs)
+        missing = np.setdiff1d(acked_seqs, distinct, assume_unique=True).size
+        result.lost += int(missing)
+        result.watchers_with_loss += int(missing > 0)
+        result.duplicates += int(seqs.size - distinct.size)
+        result.unexpected += int(np.setdiff1d(distinct, acked_seqs, assume_unique=True).size)
+        result.delivered += int(distinct.size)
+        per_watcher.append(int(distinct.size))
+        latencies.append(latency)
+        if seqs.size:
+            arrivals = plan.start_ms + seqs * (1000.0 / plan.rate) + latency
+            last_arrival = max(last_arrival, float(arrivals.max()))
+    window_s = max((last_arrival - plan.start_ms) / 1000.0, plan.duration_s, 1e-9)
+    result.throughput = round(float(np.mean(per_watcher)) / window_s if per_watcher else 0.0, 1)
+    result.frames_per_s = round(result.delivered / window_s, 1)
+    result.latency = Latency.of(np.concatenate(latencies) if latencies else [])
+    result.ack_latency = Latency.of(ack_latency_ms)
+    result.hops = _hops(report, kafka_only)
+    return result
