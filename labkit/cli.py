@@ -8,6 +8,7 @@ client API; nothing here knows more about the services than a user would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -306,12 +307,61 @@ def gateway_routes(state_dir: Annotated[Optional[Path], typer.Option()] = None) 
         out.print(f"{', '.join(row['paths'])} -> {row['upstream']}  [{', '.join(row['plugins']) or 'no plugins'}]")
 
 
+from .bench.cli import bench_app  # noqa: E402 - the sub-app defines its own options
+
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("soak")
+def bench_soak(
+    minutes: Annotated[float, typer.Option(min=0.05, help="How long to run.")] = 10.0,
+    rate: Annotated[float, typer.Option(min=1, help="Events per second through the gateway.")] = 200.0,
+    watchers: Annotated[int, typer.Option(min=1, max=100)] = 2,
+    sample_every: Annotated[float, typer.Option(min=0.5, help="Seconds between memory samples.")] = 10.0,
+    use_running: Annotated[bool, typer.Option(help="Soak the stack `labkit up` started instead of a fresh one.")] = False,
+    out_dir: Annotated[Path, typer.Option(help="Where the JSON and the memory plot go.")] = Path("bench-results"),
+) -> None:
+    """Steady load for MINUTES: losses per watcher and each component's memory over time."""
+    import tempfile
+
+    from .soak import run_soak, write_soak
+
+    settings = running_settings(build_settings()) if use_running else Settings().with_free_ports(
+        state_dir=Path(tempfile.mkdtemp(prefix="labkit-soak-"))
+    )
+    stack = Stack(settings)
+    if use_running and not stack.is_running():
+        raise LabkitError("no stack is running: start one with `labkit up`, or leave out --use-running")
+    with stack if not use_running else contextlib.nullcontext(stack):
+        with Progress(TextColumn("soak"), BarColumn(), TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=err) as progress:
+            task = progress.add_task("soak", total=minutes * 60, counts="")
+
+            def on_progress(elapsed: float, sent: int, received: int) -> None:
+                progress.update(task, completed=elapsed, counts=f"sent {sent:,}  received {received:,}")
+
+            result = asyncio.run(run_soak(stack, minutes, rate, watchers, sample_every, on_progress))
+    table = Table(title=f"soak: {result.minutes:g} min at {result.rate:g} events/s, {result.watchers} watchers")
+    components = sorted(result.memory[-1][1]) if result.memory else []
+    table.add_column("seconds", justify="right")
+    for name in components:
+        table.add_column(f"{name} MB", justify="right")
+    for seconds, sizes in result.memory:
+        table.add_row(f"{seconds:g}", *(f"{sizes.get(name, 0):.1f}" for name in components))
+    out.print(table)
+    out.print(
+        f"sent {result.sent:,}, acknowledged {result.acked:,}, refused {result.refused:,}; "
+        f"lost per watcher {result.lost_per_watcher}, duplicates {result.duplicates_per_watcher}; "
+        f"latency {result.latency_ms}; memory growth MB {result.memory_growth_mb()}"
+    )
+    for path in write_soak(result, out_dir):
+        out.print(f"wrote {path}")
+    if result.lost or result.refused:
+        raise typer.Exit(1)
+
+
 @app.command(hidden=True)
 def serve(component: Annotated[str, typer.Argument(help="producer or consumer")]) -> None:
     """Run one service in the foreground (what `labkit up` and the containers run)."""
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = build_settings()
     if component == "producer":
         from .producer import main

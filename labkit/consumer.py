@@ -36,7 +36,7 @@ from websockets.http11 import Request, Response
 
 from .catchup import read_missed
 from .events import delivered_frame, now_ms, parse_record
-from .service import BrokerProbe, ServiceMetrics, json_response, make_process_request, run_service
+from .service import BrokerProbe, ServiceMetrics, configure_logging, json_response, make_process_request, run_service
 from .settings import Settings
 from .watchers import Frame, Watcher, WatchOptions, parse_watch_query
 
@@ -227,4 +227,10 @@ class ConsumerService:
 
 
 def main(settings: Settings | None = None) -> None:
+    """Run the consumer in the foreground until SIGTERM (``python -m labkit.consumer``)."""
+    configure_logging()
     asyncio.run(ConsumerService(settings or Settings()).run())
+
+
+if __name__ == "__main__":
+    main()

@@ -27,7 +27,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from .events import UNSET, Event, EventError, FrameError, encode, new_id, now_ms, parse_frame
-from .service import BrokerProbe, ServiceMetrics, make_process_request, run_service
+from .service import BrokerProbe, ServiceMetrics, configure_logging, make_process_request, run_service
 from .settings import Settings
 
 __all__ = ["ProducerService", "RateLimiter", "main"]
@@ -262,4 +262,10 @@ def RATE_LIMITED(rate: float) -> EventError:  # noqa: N802 - reads as the error 
 
 
 def main(settings: Settings | None = None) -> None:
+    """Run the producer in the foreground until SIGTERM (``python -m labkit.producer``)."""
+    configure_logging()
     asyncio.run(ProducerService(settings or Settings()).run())
+
+
+if __name__ == "__main__":
+    main()

@@ -32,6 +32,11 @@ log = logging.getLogger("labkit")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
+def configure_logging() -> None:
+    """One line per record, with time and source, on stderr (the stack sends it to the log file)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
 class ServiceMetrics:
     """The Prometheus metrics every service exposes, in a registry of its own."""
 

@@ -123,13 +123,14 @@ class Stack:
 
     def components(self, settings: Settings | None = None) -> list[Component]:
         s = settings or self.settings
-        serve = [sys.executable, "-m", "labkit", "serve"]
+        # Each service runs its own module: lighter than the CLI, which loads the benchmark and plots.
+        serve = [sys.executable, "-m"]
         parts: list[Component] = []
         if s.kafka_bootstrap is None:
             parts.append(Component("broker", s.kafka_port, "kafka_port", f"{s.host}:{s.kafka_port}", broker_command(s)))
         for name, port, setting in (("producer", s.producer_port, "producer_port"), ("consumer", s.consumer_port, "consumer_port")):
             parts.append(
-                Component(name, port, setting, s.url(port), [*serve, name], s.url(port, "/healthz", "http"), _settings_env(s))
+                Component(name, port, setting, s.url(port), [*serve, f"labkit.{name}"], s.url(port, "/healthz", "http"), _settings_env(s))
             )
         gateway_url = f"{s.produce_url}  {s.consume_url}"
         parts.append(Component("gateway", s.gateway_port, "gateway_port", gateway_url, []))

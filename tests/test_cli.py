@@ -108,3 +108,11 @@ def test_port_in_use_is_named(stack: Stack, tmp_path):
                     "--producer-port", "0", "--consumer-port", "0", "--kafka-port", "0")
     assert result.returncode == 1
     assert f"port {stack.settings.gateway_port} (gateway) is in use" in result.stderr
+
+
+def test_bench_soak_command_reports_losses_and_memory(stack: Stack, tmp_path):
+    result = labkit(stack, "bench", "soak", "--use-running", "--minutes", "0.05", "--rate", "50",
+                    "--sample-every", "1", "--out-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "lost per watcher [0, 0]" in result.stdout and "producer MB" in result.stdout
+    assert len(list(tmp_path.glob("soak-*.json"))) == 1

@@ -15,8 +15,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .config import BenchConfig
-from .plot import render_png, write_plot
-from .report import print_report
 
 __all__ = ["bench_app"]
 
@@ -40,6 +38,7 @@ def _numbers(text: str, name: str, kind: type = float) -> tuple:
 
 @bench_app.callback(invoke_without_command=True)
 def bench(
+    ctx: typer.Context,
     rates: Annotated[str, typer.Option(help="Fixed offered rates, events/s, comma-separated.")] = "100,1000,10000",
     duration: Annotated[float, typer.Option(min=0.1, help="Seconds per fixed rate.")] = 3.0,
     paths: Annotated[str, typer.Option(help="Paths to measure: baseline, direct, full.")] = "baseline,direct,full",
@@ -59,6 +58,8 @@ def bench(
     quick: Annotated[bool, typer.Option(help="A short low-rate run (1 s at 50 ev/s, 2 watchers).")] = False,
 ) -> None:
     """Measure baseline, direct and full paths side by side, then fan-out; write JSON and a plot."""
+    if ctx.invoked_subcommand is not None:  # `labkit bench soak`: only the subcommand runs
+        return
     from ..settings import Settings
     from . import run_bench
 
@@ -101,6 +102,9 @@ def bench(
         result, files = run_bench(config, settings=settings, use_running=use_running, on_progress=on_progress,
                                   on_stack_step=on_stack_step)
         progress.update(overall, completed=progress.tasks[overall].total)
+
+    from .plot import render_png, write_plot  # plotly loads only when a plot is drawn
+    from .report import print_report
 
     print_report(result, out)
     html = write_plot(result, files["json"].with_suffix(".html"))
