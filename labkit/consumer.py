@@ -146,6 +146,8 @@ class ConsumerService:
                     self._overflow(watcher)
 
     def _overflow(self, watcher: Watcher) -> None:
+        if watcher.closed:  # already cut off earlier in this batch
+            return
         self.metrics.overflows.inc()
         self.watchers.discard(watcher)
         watcher.closed = True

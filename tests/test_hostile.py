@@ -10,6 +10,7 @@ import json
 import os
 import random
 import socket
+import urllib.request
 
 import pytest
 import websockets
@@ -177,3 +178,37 @@ async def test_connection_flood_idle_and_half_open(strict_stack: Stack, collecto
     async with Sender(settings=settings) as sender:
         ack = await sender.send({"type": event_type, "value": 1})
     assert [e.id for e in await watcher.until(1)] == [ack.ack]
+
+
+async def test_a_slow_watcher_is_cut_off_without_delaying_the_others(tmp_path, collectors, event_type):
+    settings = Settings(watcher_queue=1000).with_free_ports(state_dir=tmp_path)
+    with Stack(settings) as stack:
+        slow = await websockets.connect(settings.url(settings.consumer_port, f"/?types={event_type}"), max_size=None)
+        slow.transport.pause_reading()  # a client that stops reading: its queue fills up
+        fast = Collector(settings, types=[event_type])
+        collectors.append(fast)
+        await asyncio.wait_for(fast.opened.wait(), 10)
+        padding = "x" * 4000
+
+        def overflows() -> float:
+            metrics = urllib.request.urlopen(settings.url(settings.consumer_port, "/metrics", "http")).read().decode()
+            return float(next(line for line in metrics.splitlines() if line.startswith("labkit_queue_overflows_total")).split()[1])
+
+        acks = []
+        async with Sender(settings=settings) as sender:
+            # Until the kernel's socket buffers are full and the slow watcher's queue overflows.
+            for _ in range(20):
+                acks += await sender.send_many(
+                    [{"type": event_type, "value": i, "data": {"pad": padding}} for i in range(1000)], batch=10
+                )
+                if await asyncio.to_thread(overflows) >= 1:
+                    break
+        assert await asyncio.to_thread(overflows) >= 1
+        # The watcher that keeps reading got everything, once (had it been cut off too, it resumed).
+        events = await fast.until(len(acks), timeout=60)
+        assert sorted(e.id for e in events) == sorted(a.ack for a in acks)
+        slow.transport.resume_reading()
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await slow.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.TRY_AGAIN_LATER
