@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "REPO_ROOT", "free_port"]
 
@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         None, description="Bootstrap servers of an external cluster; default: the embedded broker."
     )
-    kafka_properties: dict[str, str] = Field(
+    kafka_properties: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description="Extra librdkafka properties for both services (SASL, SSL, tuning)."
     )
 

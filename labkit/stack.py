@@ -86,6 +86,14 @@ def _settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _listening(pid: int) -> bool:
+    """Whether a process still holds a listening socket (an old nginx worker still taking new clients)."""
+    try:
+        return any(c.status == psutil.CONN_LISTEN for c in psutil.Process(pid).net_connections("tcp"))
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -294,7 +302,9 @@ class Stack:
         # nginx answers the signal at once but starts new workers a moment later; old workers
         # stay only for the connections they hold.
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not {c.pid for c in master.children()} - before:
+        while time.monotonic() < deadline and not (
+            {c.pid for c in master.children()} - before and not any(_listening(pid) for pid in before)
+        ):
             time.sleep(0.02)
 
     def stop_component(self, name: str) -> None:

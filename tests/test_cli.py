@@ -116,3 +116,14 @@ def test_bench_soak_command_reports_losses_and_memory(stack: Stack, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "lost per watcher [0, 0]" in result.stdout and "producer MB" in result.stdout
     assert len(list(tmp_path.glob("soak-*.json"))) == 1
+
+
+def test_kafka_properties_from_the_environment_in_both_forms():
+    from labkit import Settings
+
+    for text in ("linger.ms=3,client.rack=lab", '{"linger.ms": "3", "client.rack": "lab"}'):
+        os.environ["LABKIT_KAFKA_PROPERTIES"] = text
+        try:
+            assert Settings().kafka_properties == {"linger.ms": "3", "client.rack": "lab"}
+        finally:
+            del os.environ["LABKIT_KAFKA_PROPERTIES"]

@@ -138,6 +138,7 @@ class KafkaLoad:
         await asyncio.to_thread(self.producer.flush, 10)
         self._stopped.set()
         await asyncio.to_thread(self._poller.join)
+        self.producer.close()  # else its threads outlive the phase's broker, retrying and logging
 
     def _on_delivery(self, outcome: SendOutcome, seq: int, sent_at: float, err: Any, _msg: Any) -> None:
         if err is None:
