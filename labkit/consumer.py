@@ -36,7 +36,9 @@ from websockets.http11 import Request, Response
 
 from .catchup import read_missed
 from .events import delivered_frame, now_ms, parse_record
-from .service import BrokerProbe, ServiceMetrics, configure_logging, json_response, make_process_request, run_service
+from .service import (
+    BrokerProbe, ServiceMetrics, configure_logging, json_response, make_process_request, run_service, text_frame,
+)
 from .settings import Settings
 from .watchers import Frame, Watcher, WatchOptions, parse_watch_query
 
@@ -120,6 +122,7 @@ class ConsumerService:
     def _dispatch(self, batch: list[Any]) -> None:
         now = now_ms()
         metrics = self.metrics
+        sent = 0
         for msg in batch:
             error = msg.error()
             if error is not None:
@@ -141,9 +144,19 @@ class ConsumerService:
             if kafka_ts < self.started_at_ms:
                 continue  # read back at start for the replay buffer; not a live delivery
             metrics.latency.observe(max(0.0, now - record.received_at) / 1000.0)
+            wire = None
             for watcher in tuple(self.watchers):
-                if watcher.wants(record.type) and not watcher.push(frame):
+                if not watcher.wants(record.type):
+                    continue
+                if watcher.idle:
+                    wire = wire or text_frame(frame[3])  # encoded once, the same bytes for every watcher
+                    if watcher.send_now(frame, wire):
+                        sent += 1
+                        continue
+                if not watcher.push(frame):
                     self._overflow(watcher)
+        if sent:
+            metrics.events_out.inc(sent)
 
     def _overflow(self, watcher: Watcher) -> None:
         if watcher.closed:  # already cut off earlier in this batch

@@ -27,7 +27,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from .events import UNSET, Event, EventError, FrameError, encode, new_id, now_ms, parse_frame
-from .service import BrokerProbe, ServiceMetrics, configure_logging, make_process_request, run_service
+from .service import (
+    BrokerProbe, ServiceMetrics, can_write_now, configure_logging, make_process_request, run_service, text_frame,
+)
 from .settings import Settings
 
 __all__ = ["ProducerService", "RateLimiter", "main"]
@@ -129,11 +131,12 @@ class ProducerService:
         now = now_ms()
         reports = self._reports
         metrics = self.metrics
+        acked = 0
         while reports:
             outbox, event_id, received_at, err, partition, offset = reports.popleft()
             if err is None:
                 outbox.put_nowait(encode({"ack": event_id, "partition": partition, "offset": offset}))
-                metrics.events_out.inc()
+                acked += 1
                 metrics.latency.observe((now - received_at) / 1000.0)
                 self.probe.saw_broker()
             else:
@@ -142,6 +145,8 @@ class ProducerService:
                 if err.code() == KafkaError._MSG_TIMED_OUT and self.probe.state == "up":
                     # The broker answers yet takes nothing from this producer: it forgot us.
                     self._renew_producer(err.str())
+        if acked:
+            metrics.events_out.inc(acked)  # once per batch: a counter's lock per event showed in profiles
 
     async def _produce(self, event: Event, outbox: asyncio.Queue[bytes]) -> None:
         if event.id is UNSET:
@@ -210,9 +215,20 @@ class ProducerService:
 
     @staticmethod
     async def _write_replies(ws: ServerConnection, outbox: asyncio.Queue[bytes]) -> None:
+        """Send the replies in order, one frame each; all the replies ready at once go in one socket write.
+
+        A write per reply was a third of the producer's CPU at 10,000 events/s (py-spy).
+        """
         try:
             while True:
-                await ws.send(await outbox.get(), text=True)
+                replies = [await outbox.get()]
+                while not outbox.empty():
+                    replies.append(outbox.get_nowait())
+                if can_write_now(ws):
+                    ws.transport.write(b"".join(map(text_frame, replies)))
+                    continue
+                for reply in replies:  # a slow reader, or a closing connection: websockets waits for it
+                    await ws.send(reply, text=True)
         except ConnectionClosed:
             pass
 

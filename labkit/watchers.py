@@ -26,7 +26,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from .service import ServiceMetrics
+from .service import ServiceMetrics, can_write_now
 
 __all__ = ["WatchOptions", "parse_watch_query", "Watcher", "Frame"]
 
@@ -105,6 +105,8 @@ class Watcher:
         # The first live offset queued per partition: catching up can stop there.
         self.first_live: dict[int, int] = {}
         self.catching_up: asyncio.Future[tuple[list[Frame], bool]] | None = None
+        # The writer waits with nothing queued: a live frame may go straight to the socket.
+        self.idle = False
 
     def wants(self, event_type: str) -> bool:
         return self.types is None or event_type in self.types
@@ -116,6 +118,24 @@ class Watcher:
         self.first_live.setdefault(frame[0], frame[1])
         self.frames.append(frame)
         self.ready.set()
+        return True
+
+    def send_now(self, frame: Frame, wire: bytes) -> bool:
+        """Write a live frame straight to the socket, when nothing waits before it and the socket keeps up.
+
+        ``wire`` is the frame's WebSocket bytes, built once for every watcher. False: queue it (``push``).
+        A thousand watchers cost a task switch and a websockets send each per event without this.
+        """
+        if self.closed or not self.idle or self.frames or not can_write_now(self.ws):
+            return False
+        partition, offset = frame[0], frame[1]
+        if partition not in self.merged:
+            if offset <= self.sent_upto.get(partition, -1):
+                return True  # sent while catching up
+            self.merged.add(partition)
+        self.sent_upto[partition] = offset
+        self.first_live.setdefault(partition, offset)
+        self.ws.transport.write(wire)
         return True
 
     def preload(self, frames: Iterable[Frame]) -> None:
@@ -148,7 +168,11 @@ class Watcher:
             while not self.closed:
                 if not frames:
                     self.ready.clear()
-                    await self.ready.wait()
+                    self.idle = True
+                    try:
+                        await self.ready.wait()
+                    finally:
+                        self.idle = False
                     continue
                 await self._send(frames.popleft(), metrics)
         except ConnectionClosed:
