@@ -52,8 +52,10 @@ async def test_every_acknowledged_event_reaches_every_watcher_once_in_order(stac
 
 async def test_types_filter_and_replay(stack: Stack, collect, event_type: str):
     other = event_type + "-other"
+    live = await collect(types=[event_type, other])
     async with Sender(settings=stack.settings) as sender:
         await sender.send_many([{"type": event_type, "value": i} for i in range(5)] + [{"type": other, "value": 0}])
+    await live.until(6)  # the consumer holds them all now (an ack comes from Kafka, before the consumer reads)
     replayed = await collect(types=[event_type], replay=3)
     events = await replayed.until(3)
     assert [e.value for e in events] == [2, 3, 4]
