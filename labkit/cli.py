@@ -253,6 +253,8 @@ def send(
         events = [event]
     elif not sys.stdin.isatty():
         events = _stdin_events()
+        if not events:
+            raise typer.BadParameter("stdin held no event: one JSON object per line", param_hint="stdin")
     else:
         raise typer.BadParameter("give --type and --value, --count N, or JSON lines on stdin")
     settings = running_settings(build_settings(state_dir=state_dir))

@@ -92,6 +92,11 @@ def test_bad_flags_give_a_usage_error_not_a_traceback(tmp_path, args, complaint)
     assert complaint in result.stderr
 
 
+def test_empty_stdin_is_a_usage_error(stack: Stack):
+    result = labkit(stack, "send", stdin="\n")
+    assert result.returncode == 2 and "no event" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_bad_stdin_line_is_named(stack: Stack):
     result = labkit(stack, "send", stdin='{"type": "a", "value": 1}\n{"type": "a"}\n')
     assert result.returncode == 2 and "line 2" in result.stderr and "Traceback" not in result.stderr

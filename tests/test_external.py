@@ -8,9 +8,11 @@ import subprocess
 import sys
 
 import psutil
+import websockets
 
 from labkit import Sender, Settings, Stack, watch
 from labkit.broker import broker_command
+from labkit.client import lab_api_key
 from labkit.settings import free_port
 
 
@@ -68,8 +70,11 @@ async def test_credentials_stay_out_of_logs_status_and_frames(tmp_path, event_ty
         assert status.returncode == 0 and secret not in status.stdout + status.stderr
         async with Sender(settings=stack.settings) as sender:
             assert (await sender.send({"type": event_type, "value": 1})).ok
-            await sender.ws.send('{"type": "a", "value": "x"}')  # past the client's own check
-            await asyncio.sleep(0.2)
+        headers = {"apikey": lab_api_key(stack.settings)}
+        async with websockets.connect(stack.settings.produce_url, additional_headers=headers) as raw:
+            await raw.send('{"type": "a", "value": "x"}')  # refused: the error frame carries no setting
+            error = await raw.recv()
+        assert '"invalid_event"' in error and secret not in error
         assert secret not in repr(stack.settings) and secret not in str(stack.settings)
         assert oct((tmp_path / "stack.json").stat().st_mode & 0o777) == "0o600"
     logs = "".join(path.read_text(errors="replace") for path in (tmp_path / "logs").iterdir())
