@@ -50,14 +50,18 @@ def build_settings(**flags: Any) -> Settings:
         raise typer.BadParameter(problems) from None
 
 
-def status_table(stack: Stack) -> Table:
-    table = Table(title=f"labkit stack ({stack.settings.mode}, state in {stack.state_dir})")
-    for column in ("component", "state", "pid", "url"):
+def status_table(stack: Stack, cpu_sample_s: float = 0.0) -> Table:
+    table = Table(title=f"labkit stack ({stack.settings.mode}, broker {stack.settings.broker}, state in {stack.state_dir})")
+    rows = stack.status(cpu_sample_s) if cpu_sample_s and isinstance(stack, Stack) else stack.status()
+    with_cpu = any("cpu" in row for row in rows)
+    for column in ("component", "state", "pid", "url", *(["cpu (cores)"] if with_cpu else []), "detail"):
         table.add_column(column)
     colours = {"running": "green", "stopped": "red"}
-    for row in stack.status():
+    for row in rows:
         colour = colours.get(row["state"], "yellow")
-        table.add_row(row["component"], f"[{colour}]{row['state']}[/]", str(row["pid"] or "-"), row["url"])
+        cpu = [f"{row['cpu']:.3f}" if row.get("cpu") is not None else "-"] if with_cpu else []
+        table.add_row(row["component"], f"[{colour}]{row['state']}[/]", str(row["pid"] or "-"), row["url"], *cpu,
+                      row.get("detail", ""))
     return table
 
 
@@ -74,8 +78,12 @@ def _run_up(stack: Stack, restart: bool = False) -> None:
             progress.update(task, description=text, completed=step - 1, total=steps)
 
         (stack.restart if restart else stack.up)(on_step)
+    for action in getattr(stack, "actions", []):
+        out.print(f"  {action}", highlight=False)
     out.print(status_table(stack))
-    out.print(f"Ready in {time.monotonic() - began:.1f} s. Try: [bold]labkit watch[/] in one terminal, "
+    ready_ms = getattr(stack, "ready_ms", None)
+    through = f" (a probe event went through end to end in {ready_ms:.0f} ms)" if ready_ms is not None else ""
+    out.print(f"Ready in {time.monotonic() - began:.1f} s{through}. Try: [bold]labkit watch[/] in one terminal, "
               "[bold]labkit send --type click --value 1[/] in another; [bold]labkit down[/] stops it all.")
 
 
@@ -87,6 +95,7 @@ def up(
     consumer_port: Port = None,
     gateway_port: Port = None,
     kafka_port: Port = None,
+    broker: Annotated[Optional[str], typer.Option(help="Embedded broker: noida (default) or tansu; external with --kafka.")] = None,
     kafka: Annotated[Optional[str], typer.Option(help="Bootstrap servers of an existing Kafka cluster (HOST:PORT[,...]).")] = None,
     kafka_config: Annotated[
         Optional[Path],
@@ -102,7 +111,7 @@ def up(
     """
     settings = build_settings(
         mode=mode or ("external" if kafka else None), host=host, producer_port=producer_port,
-        consumer_port=consumer_port, gateway_port=gateway_port, kafka_port=kafka_port, kafka_bootstrap=kafka,
+        consumer_port=consumer_port, gateway_port=gateway_port, kafka_port=kafka_port, kafka_bootstrap=kafka, broker=broker,
         kafka_properties=_read_properties(kafka_config) if kafka_config else None,
         topic=topic, partitions=partitions, state_dir=state_dir,
     )
@@ -128,6 +137,12 @@ def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None
     """Stop the stack and start it again with the same settings."""
     stack = open_stack(build_settings(state_dir=state_dir))
     stack.is_running()
+    if isinstance(stack, Stack) and stack.settings.broker != "external":
+        from .brokers import broker_kind
+
+        if not broker_kind(stack.settings).keeps_data:
+            err.print(f"[yellow]Restarting the broker: it keeps events in memory, so the ones it holds are lost "
+                      f"({broker_kind(stack.settings).describe(stack.settings)}).[/]")
     _run_up(stack, restart=True)
 
 
@@ -139,10 +154,13 @@ def down(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
 
 
 @app.command()
-def status(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
-    """Show each component, whether it answers, and its URL."""
+def status(
+    state_dir: Annotated[Optional[Path], typer.Option()] = None,
+    cpu_sample: Annotated[float, typer.Option(min=0, max=60, help="Seconds over which to measure each component's CPU (0: skip).")] = 1.0,
+) -> None:
+    """Show each component, whether it answers, its URL, the CPU it uses, and which broker runs."""
     stack = open_stack(build_settings(state_dir=state_dir))
-    out.print(status_table(stack))
+    out.print(status_table(stack, cpu_sample))
     if stack.is_running():
         for name in ("producer", "consumer"):
             try:

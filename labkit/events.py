@@ -33,7 +33,18 @@ __all__ = [
     "decode_reply",
     "now_ms",
     "new_id",
+    "PROBE_TYPE",
+    "is_reserved",
 ]
+
+#: Event types starting with this are labkit's own (the stack's readiness probe): a watcher
+#: receives them only when it names them in ``types``, and replay never holds them.
+RESERVED_PREFIX = "labkit."
+PROBE_TYPE = "labkit.ready"
+
+
+def is_reserved(event_type: str) -> bool:
+    return event_type.startswith(RESERVED_PREFIX)
 
 Text = Annotated[str, Meta(min_length=1, max_length=256)]
 Number = int | float
