@@ -37,6 +37,8 @@ from websockets.http11 import Request, Response
 from .catchup import read_missed
 from .events import delivered_frame, is_reserved, now_ms, parse_record
 from .kafka import CONSUMER_DEFAULTS, TailReader
+from .retention import INTERVAL_S as RETENTION_INTERVAL_S
+from .retention import trim_topic
 from .service import (
     BrokerProbe, ServiceMetrics, configure_logging, json_response, make_process_request, run_service, text_frame,
 )
@@ -66,6 +68,8 @@ class ConsumerService:
         self.recent: deque[Frame] = deque(maxlen=settings.replay_buffer or 1)
         self.assigned: list[int] = []
         self.started_at_ms = now_ms()
+        self.kept_from: dict[int, int] = {}  # per partition, where the topic starts after trimming
+        self._retention: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stopped = threading.Event()
         self._reader = threading.Thread(target=self._read_kafka, name="kafka-read", daemon=True)
@@ -206,14 +210,35 @@ class ConsumerService:
             "partitions": self.assigned,
             "watchers": len(self.watchers),
             "replay_buffer": len(self.recent),
+            "kept_from": self.kept_from,
+            "idle_fetch_cycles": self.reader.idle_cycles,
         }
+
+    async def _keep_topic_bounded(self) -> None:
+        """Every few seconds, delete what the retention settings do not keep (one task, not one per watcher)."""
+        trimmed = self.metrics.errors.labels("retention_failed")
+        while True:
+            await asyncio.sleep(RETENTION_INTERVAL_S)  # a period, not synchronisation
+            try:
+                moved = await asyncio.to_thread(trim_topic, self.probe.admin, self.settings, list(self.assigned))
+            except Exception as exc:  # a broker that is down now is retried next period
+                trimmed.inc()
+                log.warning("could not trim the topic: %s", exc)
+                continue
+            if moved:
+                self.kept_from.update(moved)
+                log.info("trimmed %s: partitions now start at %s", self.settings.topic, moved)
 
     async def started(self, _server: Any) -> None:
         self.loop = asyncio.get_running_loop()
         self._reader.start()
         self.probe.start()
+        if self.settings.retain_events or self.settings.retain_minutes:
+            self._retention = asyncio.create_task(self._keep_topic_bounded())
 
     async def stopping(self) -> None:
+        if self._retention is not None:
+            self._retention.cancel()
         await self.probe.stop()
         self._stopped.set()
         await asyncio.to_thread(self._reader.join, 5)
