@@ -3,7 +3,8 @@
 A watcher that reconnects says where it stopped: the last offset it saw per
 partition, and since when it was connected (for partitions it saw nothing on).
 The consumer registers it for live events at once, then reads the gap from Kafka
-with a short-lived consumer of its own, in a thread. Reading stops per partition
+with a short-lived consumer of its own, in a thread, and streams it to the
+watcher in chunks through a small bounded queue. Reading stops per partition
 where the watcher's live queue begins, or where the broker says the partition ends; the
 watcher skips any offset it already sent, so the two overlap without duplicates.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -51,32 +52,41 @@ def _starts(consumer: Consumer, topic: str, resume: Mapping[int, int], since_ms:
     return starts
 
 
+CHUNK = 500  # frames handed to the watcher at once
+#: What read_missed hands over, in order: the offsets counted as sent, chunks of frames, and whether it read all.
+Floor = dict[int, int]
+Deliver = Callable[["Floor | list[Frame] | bool"], bool]
+
+
 def read_missed(
-    settings: Settings, resume: Mapping[int, int], since_ms: float | None, first_live: Mapping[int, int]
-) -> tuple[list[Frame], bool, dict[int, int]]:
-    """Frames after each resume position (or since ``since_ms``) up to where live delivery took over.
+    settings: Settings, resume: Mapping[int, int], since_ms: float | None, first_live: Mapping[int, int],
+    deliver: Deliver, limit_s: float = LIMIT_S,
+) -> bool:
+    """Stream the frames after each resume position (or since ``since_ms``) up to where live delivery took over.
+
+    Runs in a thread. ``deliver`` gets, in order: the offsets the watcher counts as sent per
+    resumed partition (its resume offset, or less where that lies outside the log), chunks
+    of frames, and finally True when the gap was read whole. It blocks while the watcher's
+    queue of missed frames is full (a watcher that does not read holds only that much in
+    memory) and returns False when the watcher is gone or too slow: reading stops.
 
     A partition is read when its reading reaches the watcher's first live offset, or the
-    broker says it is read to its end (an EOF): never because the broker was slow. The
-    flag is False when the gap could not be read whole (Kafka failed, or it took longer
-    than LIMIT_S): the watcher then gets what was read and is asked to resume again.
-    The mapping gives, per resumed partition, the offset the watcher counts as sent:
-    its resume offset, or less where that offset lies outside the log.
+    broker says it is read to its end (an EOF): never because the broker was slow. Past
+    ``limit_s`` the gap counts as not read whole: the watcher is asked to resume again.
     """
     config = {**CONSUMER_DEFAULTS, **settings.kafka_config(), "group.id": f"labkit-resume-{uuid.uuid4().hex[:8]}"}
     reader = TailReader(config, pause_when_idle=False)
-    frames: list[Frame] = []
     complete = False
-    sent_upto = dict(resume)
+    began = time.monotonic()
     try:
         starts = _starts(reader.consumer, settings.topic, resume, since_ms)
-        sent_upto.update({p: starts[p] - 1 for p in resume if p in starts})
-        if not starts:
-            return frames, True, sent_upto
-        reader.assign(settings.topic, starts)
+        if not deliver({**resume, **{p: starts[p] - 1 for p in resume if p in starts}}):
+            return False
+        if starts:
+            reader.assign(settings.topic, starts)
         pending = set(starts)
-        began = time.monotonic()
-        while pending and time.monotonic() - began < LIMIT_S:
+        chunk: list[Frame] = []
+        while pending and time.monotonic() - began < limit_s:
             for msg in reader.read(0.1):
                 if msg.error() is not None or msg.partition() not in pending:
                     continue
@@ -84,14 +94,19 @@ def read_missed(
                 record = parse_record(value)
                 if record is not None:
                     frame = delivered_frame(value, msg.topic(), partition, offset, msg.timestamp()[1], now_ms())
-                    frames.append((partition, offset, record.type, frame))
+                    chunk.append(Frame(partition, offset, record.type, frame))
                 live = first_live.get(partition)
                 if live is not None and offset >= live - 1:
                     pending.discard(partition)
             pending -= reader.at_end
+            if len(chunk) >= CHUNK or (chunk and not pending):
+                if not deliver(chunk):
+                    return False
+                chunk = []
         complete = not pending
     except KafkaException as exc:
         log.warning("could not read back what a resuming watcher missed: %s", exc)
     finally:
         reader.close()
-    return frames, complete, sent_upto
+    deliver(complete)
+    return complete

@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import Any
 
@@ -34,6 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
+from .catchup import LIMIT_S as READ_BACK_LIMIT_S
 from .catchup import read_missed
 from .events import delivered_frame, is_reserved, now_ms, parse_record
 from .kafka import CONSUMER_DEFAULTS, TailReader
@@ -69,6 +71,10 @@ class ConsumerService:
         self.assigned: list[int] = []
         self.started_at_ms = now_ms()
         self.kept_from: dict[int, int] = {}  # per partition, where the topic starts after trimming
+        # Read-backs for resuming watchers run on a pool of their own, bounded: each holds a Kafka
+        # consumer and up to MISSED_CHUNKS chunks of frames; past the bound, resumes are refused.
+        self.read_backs = ThreadPoolExecutor(settings.max_resumes, thread_name_prefix="read-back")
+        self.resuming = 0
         self._retention: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stopped = threading.Event()
@@ -133,7 +139,7 @@ class ConsumerService:
             self.probe.saw_broker()
             kafka_ts = msg.timestamp()[1]
             partition, offset = msg.partition(), msg.offset()
-            frame = (partition, offset, record.type, delivered_frame(value, msg.topic(), partition, offset, kafka_ts, now))
+            frame = Frame(partition, offset, record.type, delivered_frame(value, msg.topic(), partition, offset, kafka_ts, now))
             if not is_reserved(record.type):
                 self.recent.append(frame)  # the stack's readiness probes are not replayed
             if kafka_ts < self.started_at_ms:
@@ -144,7 +150,7 @@ class ConsumerService:
                 if not watcher.wants(record.type):
                     continue
                 if watcher.idle:
-                    wire = wire or text_frame(frame[3])  # encoded once, the same bytes for every watcher
+                    wire = wire or text_frame(frame.data)  # encoded once, the same bytes for every watcher
                     if watcher.send_now(frame, wire):
                         sent += 1
                         continue
@@ -176,17 +182,15 @@ class ConsumerService:
         watcher = Watcher(ws, options, self.settings.watcher_queue)
         # Replay is taken and the watcher registered with no await in between: no gap, no duplicate.
         if options.replay:
-            matching = [frame for frame in reversed(self.recent) if watcher.wants(frame[2])]
+            matching = [frame for frame in reversed(self.recent) if watcher.wants(frame.type)]
             watcher.preload(reversed(matching[: options.replay]))
         self.watchers.add(watcher)
-        if options.resuming:
-            # Read back from Kafka what it missed; live frames queue up meanwhile and
-            # the watcher skips any offset it has already sent.
-            watcher.catching_up = asyncio.ensure_future(
-                asyncio.to_thread(
-                    read_missed, self.settings, options.resume or {}, options.since_ms, watcher.first_live
-                )
-            )
+        if options.resuming and not self._start_read_back(watcher, options):
+            self.watchers.discard(watcher)
+            self.metrics.errors.labels("resume_refused").inc()
+            limit = self.settings.max_resumes
+            await ws.close(CloseCode.TRY_AGAIN_LATER, f"too many resumes in progress (limit {limit}); try again shortly")
+            return
         self.metrics.clients.inc()
         writer = asyncio.create_task(watcher.write(self.metrics))
         try:
@@ -201,6 +205,35 @@ class ConsumerService:
             watcher.closed = True
             writer.cancel()
 
+    def _start_read_back(self, watcher: Watcher, options: WatchOptions) -> bool:
+        """Read back from Kafka what a resuming watcher missed, on the bounded pool; False when it is full.
+
+        Live frames queue up meanwhile and the watcher skips any offset it has already sent.
+        """
+        if self.resuming >= self.settings.max_resumes:
+            return False
+        self.resuming += 1
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + READ_BACK_LIMIT_S
+
+        def hand_over(item: Any) -> bool:
+            return watcher.hand_over(item, loop, deadline)
+
+        job = loop.run_in_executor(
+            self.read_backs, read_missed, self.settings, options.resume or {}, options.since_ms, watcher.first_live,
+            hand_over, READ_BACK_LIMIT_S,
+        )
+
+        def finished(done: asyncio.Future[bool]) -> None:
+            self.resuming -= 1
+            if not watcher.closed and (done.cancelled() or done.exception() is not None or not done.result()):
+                watcher.closed = True
+                asyncio.ensure_future(watcher.ws.close(
+                    CloseCode.TRY_AGAIN_LATER, "could not read back all missed events in time; resume again"))
+
+        job.add_done_callback(finished)
+        return True
+
     def health(self) -> dict[str, Any]:
         return {
             "service": "consumer",
@@ -211,6 +244,7 @@ class ConsumerService:
             "watchers": len(self.watchers),
             "replay_buffer": len(self.recent),
             "kept_from": self.kept_from,
+            "resuming": self.resuming,
             "idle_fetch_cycles": self.reader.idle_cycles,
         }
 

@@ -105,7 +105,7 @@ class TailReader:
         if records:
             self.tick = IDLE_TICK_MIN_S
         if self.pause_when_idle and self._assigned and self.at_end.issuperset(self.partitions):
-            self.consumer.pause(self._assigned)
+            self.consumer.incremental_unassign(self._assigned)
             self.paused = True
         return records
 
@@ -114,12 +114,13 @@ class TailReader:
         return partition in self.at_end
 
     def _wake(self) -> None:
-        self.consumer.resume(self._assigned)
-        # A resume alone waits for librdkafka's broker thread to wake (up to about a second); a seek
-        # wakes it at once, but only for a partition whose position it changes, so every partition
-        # is sought (seeking one was cheaper and stalled up to 0.5 s). Each has a known next offset.
-        for tp in self._assigned:
-            self.consumer.seek(TopicPartition(self.topic, tp.partition, self.next.get(tp.partition, OFFSET_END)))
+        # Assigning again at the next offsets starts a fetch at once. pause() and resume() did not:
+        # a resumed partition waits for librdkafka's broker thread to wake by itself (up to a second),
+        # and a seek to the same offset woke it only some of the time. Every partition has a known
+        # next offset here: its EOF gave it.
+        self.consumer.incremental_assign(
+            [TopicPartition(self.topic, tp.partition, self.next.get(tp.partition, OFFSET_END)) for tp in self._assigned]
+        )
         self.at_end.clear()
         self.paused = False
         self.idle_cycles += 1

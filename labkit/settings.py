@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     )
     watcher_queue: int = Field(10_000, ge=1, description="Frames buffered per watcher before it is disconnected.")
     replay_buffer: int = Field(10_000, ge=0, description="Recent events the consumer keeps for ?replay=N.")
+    max_resumes: int = Field(
+        8, ge=1, le=64, description="Read-backs for resuming watchers at once per consumer; more are refused with 1013."
+    )
     retain_events: int = Field(
         100_000, ge=0, description="Records kept per partition; older ones are deleted (0: no limit)."
     )

@@ -16,10 +16,13 @@ same (partition, offset) twice on one connection.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import re
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -31,8 +34,17 @@ from .service import ServiceMetrics, can_write_now
 
 __all__ = ["WatchOptions", "parse_watch_query", "Watcher", "Frame"]
 
-#: One delivery: partition, offset, event type and the encoded frame.
-Frame = tuple[int, int, str, bytes]
+class Frame(NamedTuple):
+    """One delivery: where Kafka put it, its event type, and the encoded watcher frame."""
+
+    partition: int
+    offset: int
+    type: str
+    data: bytes
+
+
+#: Chunks of read-back frames queued per resuming watcher: what a watcher that does not read can hold.
+MISSED_CHUNKS = 4
 
 _RESUME_ITEM = re.compile(r"^(\d{1,6}):(-1|\d{1,19})$")
 KNOWN_PARAMETERS = {"types", "replay", "resume", "since", "apikey"}
@@ -105,7 +117,11 @@ class Watcher:
         self.merged: set[int] = set()
         # The first live offset queued per partition: catching up can stop there.
         self.first_live: dict[int, int] = {}
-        self.catching_up: asyncio.Future[tuple[list[Frame], bool, dict[int, int]]] | None = None
+        # While resuming: what the read-back hands over (offsets counted as sent, chunks of frames,
+        # then whether it read all), through a small bounded queue.
+        self.missed: asyncio.Queue[dict[int, int] | list[Frame] | bool] | None = (
+            asyncio.Queue(MISSED_CHUNKS) if options.resuming else None
+        )
         # The writer waits with nothing queued: a live frame may go straight to the socket.
         self.idle = False
 
@@ -118,7 +134,7 @@ class Watcher:
         """Queue a live frame; False when the queue is full."""
         if len(self.frames) >= self.limit:
             return False
-        self.first_live.setdefault(frame[0], frame[1])
+        self.first_live.setdefault(frame.partition, frame.offset)
         self.frames.append(frame)
         self.ready.set()
         return True
@@ -131,7 +147,7 @@ class Watcher:
         """
         if self.closed or not self.idle or self.frames or not can_write_now(self.ws):
             return False
-        partition, offset = frame[0], frame[1]
+        partition, offset = frame.partition, frame.offset
         if partition not in self.merged:
             if offset <= self.sent_upto.get(partition, -1):
                 return True  # sent while catching up
@@ -140,6 +156,22 @@ class Watcher:
         self.first_live.setdefault(partition, offset)
         self.ws.transport.write(wire)
         return True
+
+    def hand_over(self, item: dict[int, int] | list[Frame] | bool, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
+        """From the read-back thread: queue an item for the writer, waiting while the queue is full.
+
+        False when the watcher is gone, or has not made room by ``deadline`` (monotonic): stop reading.
+        """
+        assert self.missed is not None
+        if self.closed:
+            return False
+        put = asyncio.run_coroutine_threadsafe(self.missed.put(item), loop)
+        try:
+            put.result(timeout=max(0.0, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            put.cancel()
+            return False
+        return not self.closed
 
     def preload(self, frames: Iterable[Frame]) -> None:
         self.frames.extend(frames)
@@ -160,13 +192,15 @@ class Watcher:
         """Send what was missed (when resuming), then the live frames, in order."""
         frames = self.frames
         try:
-            if self.catching_up is not None:
-                missed, complete, sent_upto = await self.catching_up
-                self.sent_upto.update(sent_upto)  # a resume offset from an older log skips nothing
-                for frame in missed:
-                    if self.wants(frame[2]):
-                        await self._send(frame, metrics, live=False)
-                if not complete:
+            if self.missed is not None:
+                while not isinstance(item := await self.missed.get(), bool):
+                    if isinstance(item, dict):
+                        self.sent_upto.update(item)  # a resume offset from an older log skips nothing
+                        continue
+                    for frame in item:
+                        if self.wants(frame.type):
+                            await self._send(frame, metrics, live=False)
+                if not item:
                     await self.ws.close(CloseCode.TRY_AGAIN_LATER, "could not read back all missed events; resume again")
                     return
             while not self.closed:
