@@ -6,6 +6,7 @@ MODE   ?= embedded
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.labkit-installed
 CHROMIUM ?= /usr/bin/chromium
+KCAT     ?= /usr/bin/kcat
 
 .PHONY: init up down restart status logs lab test bench clean
 
@@ -37,7 +38,7 @@ logs: $(STAMP)
 lab: init
 	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) $(KCAT)
 	$(BIN)/python -m pytest
 
 # The benchmark: baseline, direct and full paths, then fan-out, each on a fresh stack on free ports.
@@ -52,6 +53,15 @@ $(CHROMIUM):
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else \
 		echo "The browser test needs Chromium at $(CHROMIUM): sudo apt-get install chromium" >&2; exit 1; \
+	fi
+
+# The broker conformance test drives Debian's kcat (librdkafka 2.0.2) against each broker.
+$(KCAT):
+	@if [ "$$(id -u)" = 0 ]; then \
+		echo "installing kcat for the broker conformance test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; \
+	else \
+		echo "The broker conformance test needs kcat at $(KCAT): sudo apt-get install kcat" >&2; exit 1; \
 	fi
 
 clean: down
