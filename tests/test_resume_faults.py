@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 import websockets
 from confluent_kafka import Producer
 
@@ -76,3 +77,46 @@ async def test_a_deeply_nested_foreign_record_costs_only_itself(stack: Stack, co
     assert sorted(e.value for e in events) == list(range(51))
     replayed = await frames(stack, f"types={event_type}&replay=51", 51)
     assert sorted(f["value"] for f in replayed) == list(range(51))
+
+
+async def test_resumes_that_do_not_read_hold_little_memory_and_past_the_pool_are_refused(tmp_path, event_type):
+    """A resume over a large topic by a client that never reads: bounded memory, and a bounded pool."""
+    import psutil
+
+    from labkit import Settings
+
+    settings = Settings(max_resumes=2).with_free_ports(state_dir=tmp_path)
+    with Stack(settings) as stack:
+        padding = "x" * 900
+        async with Sender(settings=settings) as sender:
+            acks = await sender.send_many(
+                [{"type": event_type, "value": i, "key": "one", "data": {"pad": padding}} for i in range(20_000)],
+                batch=50,  # 50 events of 1 KB: under the 64 KiB frame limit
+            )
+        partition = acks[0].partition
+        consumer = psutil.Process({r["component"]: r["pid"] for r in stack.status()}["consumer"])
+        before = consumer.memory_info().rss
+        key = lab_api_key(settings)
+        query = f"{settings.consume_url}?types={event_type}&resume={partition}:{acks[0].offset - 1}&since=0"
+        # websockets stops reading the socket once 16 frames wait unread: these two never read.
+        stalled = [await websockets.connect(query, additional_headers={"apikey": key}, max_size=None) for _ in range(2)]
+        try:
+            async with websockets.connect(query, additional_headers={"apikey": key}) as third:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(third.recv(), 10)
+            assert closed.value.rcvd.code == 1013 and "too many resumes" in closed.value.rcvd.reason
+            grown_mb = (consumer.memory_info().rss - before) / 2**20
+            assert grown_mb < 30, f"the consumer grew {grown_mb:.0f} MB for two stalled resumes of 20 MB each"
+        finally:
+            for ws in stalled:
+                await ws.close()
+        # With the stalled ones gone, a resume that reads gets everything.
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            try:
+                got = await frames(stack, query.split("?", 1)[1], 20_000, timeout=60)
+                break
+            except websockets.ConnectionClosed as exc:  # the pool frees a slot when the stalled read-backs notice
+                assert exc.rcvd is not None and exc.rcvd.code == 1013, exc
+                assert asyncio.get_running_loop().time() < deadline, "the pool never freed its slots"
+        assert [f["value"] for f in got] == list(range(20_000))
