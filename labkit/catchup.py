@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from .events import delivered_frame, now_ms, parse_record
 from .kafka import CONSUMER_DEFAULTS, TailReader
 from .settings import Settings
-from .watchers import Frame
+from .watchers import Frame, Recovery
 
 __all__ = ["read_missed"]
 
@@ -30,43 +30,51 @@ log = logging.getLogger("labkit.consumer")
 LIMIT_S = 30.0  # a gap that takes longer is cut short; the watcher is asked to resume again
 
 
-def _starts(consumer: Consumer, topic: str, resume: Mapping[int, int], since_ms: float | None) -> dict[int, int]:
-    """Where to read back from, per partition: after the resume offset, or from ``since_ms``.
+def _starts(
+    consumer: Consumer, topic: str, resume: Mapping[int, int], since_ms: float | None
+) -> tuple[dict[int, int], list[str]]:
+    """Where to read back from, per partition: after the resume offset, or from ``since_ms``; and what is lost.
 
-    A resume offset at or past the partition's end (a broker whose log restarted, or a
-    made-up offset) reads from the start of what the partition holds now.
+    A resume offset past the partition's end (a broker whose log restarted, or a made-up
+    offset) reads from the start of what the partition holds now; so does one before
+    that start (trimmed by retention). Each such case is named in the list.
     """
     meta = consumer.list_topics(timeout=5).topics.get(topic)
     partitions = sorted(meta.partitions) if meta is not None and meta.partitions else sorted(resume)
     starts: dict[int, int] = {}
+    lost: list[str] = []
     for p in partitions:
         if p not in resume:
             continue
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
         after = resume[p] + 1
         starts[p] = after if low <= after <= high else low
+        if after > high:
+            lost.append(f"partition {p} ends at offset {high}, before the resume point {resume[p]}: its log restarted")
+        elif after < low:
+            lost.append(f"partition {p} now starts at offset {low}: events {after} to {low - 1} were trimmed")
     unseen = [TopicPartition(topic, p, int(since_ms)) for p in partitions if p not in resume and since_ms is not None]
     if unseen:
         found = consumer.offsets_for_times(unseen, timeout=10)
         starts.update({tp.partition: tp.offset for tp in found if tp.offset >= 0})  # -1: nothing stored since then
-    return starts
+    return starts, lost
 
 
 CHUNK = 500  # frames handed to the watcher at once
-#: What read_missed hands over, in order: the offsets counted as sent, chunks of frames, and whether it read all.
-Floor = dict[int, int]
-Deliver = Callable[["Floor | list[Frame] | bool"], bool]
+#: What read_missed hands over, in order: a Recovery, chunks of frames, and whether it read all.
+Deliver = Callable[["Recovery | list[Frame] | bool"], bool]
 
 
 def read_missed(
     settings: Settings, resume: Mapping[int, int], since_ms: float | None, first_live: Mapping[int, int],
-    deliver: Deliver, limit_s: float = LIMIT_S,
+    deliver: Deliver, limit_s: float = LIMIT_S, known_loss: str | None = None, epoch: str = "",
 ) -> bool:
     """Stream the frames after each resume position (or since ``since_ms``) up to where live delivery took over.
 
-    Runs in a thread. ``deliver`` gets, in order: the offsets the watcher counts as sent per
-    resumed partition (its resume offset, or less where that lies outside the log), chunks
-    of frames, and finally True when the gap was read whole. It blocks while the watcher's
+    Runs in a thread. ``deliver`` gets, in order: a Recovery (the offsets the watcher counts
+    as sent per resumed partition, its resume offset or less where that lies outside the
+    log; and whether nothing was lost, else why: ``known_loss`` or what the watermarks
+    show), chunks of frames, and finally True when the gap was read whole. It blocks while the watcher's
     queue of missed frames is full (a watcher that does not read holds only that much in
     memory) and returns False when the watcher is gone or too slow: reading stops.
 
@@ -79,8 +87,10 @@ def read_missed(
     complete = False
     began = time.monotonic()
     try:
-        starts = _starts(reader.consumer, settings.topic, resume, since_ms)
-        if not deliver({**resume, **{p: starts[p] - 1 for p in resume if p in starts}}):
+        starts, lost = _starts(reader.consumer, settings.topic, resume, since_ms)
+        problems = [*([known_loss] if known_loss else []), *lost]
+        floor = {**resume, **{p: starts[p] - 1 for p in resume if p in starts}}
+        if not deliver(Recovery(floor, not problems, "; ".join(problems) or None)):
             return False
         if starts:
             reader.assign(settings.topic, starts)
@@ -93,7 +103,7 @@ def read_missed(
                 partition, offset, value = msg.partition(), msg.offset(), msg.value()
                 record = parse_record(value)
                 if record is not None:
-                    frame = delivered_frame(value, msg.topic(), partition, offset, msg.timestamp()[1], now_ms())
+                    frame = delivered_frame(value, msg.topic(), partition, offset, msg.timestamp()[1], now_ms(), epoch)
                     chunk.append(Frame(partition, offset, record.type, frame))
                 live = first_live.get(partition)
                 if live is not None and offset >= live - 1:

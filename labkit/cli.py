@@ -140,9 +140,9 @@ def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None
     if isinstance(stack, Stack) and stack.settings.broker != "external":
         from .brokers import broker_kind
 
-        if not broker_kind(stack.settings).keeps_data:
-            err.print(f"[yellow]Restarting the broker: it keeps events in memory, so the ones it holds are lost "
-                      f"({broker_kind(stack.settings).describe(stack.settings)}).[/]")
+        kind = broker_kind(stack.settings)
+        if not kind.keeps_data:
+            err.print(f"[yellow]Restarting the broker loses the events it holds ({kind.describe(stack.settings)}).[/]")
     _run_up(stack, restart=True)
 
 

@@ -38,6 +38,7 @@ RECONNECT_MAX_S = 2.0
 RECONNECT_GIVE_UP_S = 120.0
 
 log = logging.getLogger("labkit.client")
+RECOVERED_PREFIX = '{"recovered"'  # the first frame of a resumed watch
 
 
 class SendError(Exception):
@@ -194,6 +195,7 @@ def watch_url(
     replay: int = 0,
     resume: Mapping[int, int] | None = None,
     since_ms: float | None = None,
+    epoch: str | None = None,
 ) -> str:
     base = url or settings.consume_url
     query = {}
@@ -204,6 +206,8 @@ def watch_url(
     if since_ms is not None:
         query["resume"] = ",".join(f"{p}:{o}" for p, o in sorted((resume or {}).items()))
         query["since"] = f"{since_ms:.0f}"
+        if epoch:
+            query["epoch"] = epoch
     return f"{base}{'&' if '?' in base else '?'}{urlencode(query, safe=',:')}" if query else base
 
 
@@ -257,11 +261,12 @@ async def watch(
     positions: dict[int, int] = {}
     recent = _RecentIds()
     since_ms: float | None = None
+    epoch: str | None = None
     delivered = 0
     failing_since: float | None = None
     backoff = RECONNECT_FIRST_S
     while True:
-        target = watch_url(resolved, url, kinds, replay if since_ms is None else 0, positions, since_ms)
+        target = watch_url(resolved, url, kinds, replay if since_ms is None else 0, positions, since_ms, epoch)
         try:
             async with websockets.connect(target, compression=None, max_size=None, open_timeout=10) as ws:
                 if since_ms is None:
@@ -271,7 +276,13 @@ async def watch(
                 if opened is not None:
                     opened.set()
                 async for frame in ws:
+                    if frame.startswith(RECOVERED_PREFIX):
+                        recovery = msgspec.json.decode(frame)
+                        if not recovery["recovered"]:
+                            log.warning("watch: resumed with a gap: %s", recovery.get("reason"))
+                        continue
                     event = decode_delivered(frame)
+                    epoch = event.epoch or epoch
                     positions[event.partition] = event.offset  # in order per partition: the last is the furthest
                     if not recent.add(event.id):
                         continue

@@ -36,6 +36,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from .catchup import LIMIT_S as READ_BACK_LIMIT_S
+from .epoch import epoch_is_kept, log_epoch
 from .catchup import read_missed
 from .events import delivered_frame, is_reserved, now_ms, parse_record
 from .kafka import CONSUMER_DEFAULTS, TailReader
@@ -71,11 +72,12 @@ class ConsumerService:
         self.assigned: list[int] = []
         self.started_at_ms = now_ms()
         self.kept_from: dict[int, int] = {}  # per partition, where the topic starts after trimming
+        self.epoch = ""  # the broker log's identity (labkit.epoch), stamped on every delivery
         # Read-backs for resuming watchers run on a pool of their own, bounded: each holds a Kafka
         # consumer and up to MISSED_CHUNKS chunks of frames; past the bound, resumes are refused.
         self.read_backs = ThreadPoolExecutor(settings.max_resumes, thread_name_prefix="read-back")
         self.resuming = 0
-        self._retention: asyncio.Task[None] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stopped = threading.Event()
         self._reader = threading.Thread(target=self._read_kafka, name="kafka-read", daemon=True)
@@ -97,6 +99,7 @@ class ConsumerService:
             time.sleep(0.5)
         else:
             return
+        self._check_epoch()
         since = int(self.started_at_ms) - REPLAY_LOOKBACK_MS
         wanted = [TopicPartition(topic, p, since) for p in sorted(meta.partitions)]
         try:
@@ -139,7 +142,7 @@ class ConsumerService:
             self.probe.saw_broker()
             kafka_ts = msg.timestamp()[1]
             partition, offset = msg.partition(), msg.offset()
-            frame = Frame(partition, offset, record.type, delivered_frame(value, msg.topic(), partition, offset, kafka_ts, now))
+            frame = Frame(partition, offset, record.type, delivered_frame(value, msg.topic(), partition, offset, kafka_ts, now, self.epoch))
             if not is_reserved(record.type):
                 self.recent.append(frame)  # the stack's readiness probes are not replayed
             if kafka_ts < self.started_at_ms:
@@ -215,13 +218,20 @@ class ConsumerService:
         self.resuming += 1
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + READ_BACK_LIMIT_S
+        resume, since_ms, known_loss = options.resume or {}, options.since_ms, None
+        if options.epoch is not None and self.epoch and options.epoch != self.epoch:
+            # Its offsets belong to a log that is gone: everything in the new one is news to it.
+            resume, since_ms = {}, 0.0
+            watcher.sent_upto.clear()
+            known_loss = (f"the broker's log restarted since epoch {options.epoch} (now {self.epoch}): "
+                          "events stored before are gone; what follows is everything since")
 
         def hand_over(item: Any) -> bool:
             return watcher.hand_over(item, loop, deadline)
 
         job = loop.run_in_executor(
-            self.read_backs, read_missed, self.settings, options.resume or {}, options.since_ms, watcher.first_live,
-            hand_over, READ_BACK_LIMIT_S,
+            self.read_backs, read_missed, self.settings, resume, since_ms, watcher.first_live,
+            hand_over, READ_BACK_LIMIT_S, known_loss, self.epoch,
         )
 
         def finished(done: asyncio.Future[bool]) -> None:
@@ -244,35 +254,53 @@ class ConsumerService:
             "watchers": len(self.watchers),
             "replay_buffer": len(self.recent),
             "kept_from": self.kept_from,
+            "epoch": self.epoch,
             "resuming": self.resuming,
             "idle_fetch_cycles": self.reader.idle_cycles,
         }
 
-    async def _keep_topic_bounded(self) -> None:
-        """Every few seconds, delete what the retention settings do not keep (one task, not one per watcher)."""
-        trimmed = self.metrics.errors.labels("retention_failed")
+    def _check_epoch(self) -> None:
+        try:
+            epoch = log_epoch(self.settings)
+        except KafkaException as exc:
+            log.warning("could not read the log's epoch: %s", exc)
+            return
+        if self.epoch and epoch != self.epoch:
+            log.warning("the broker's log restarted (epoch %s, before %s): offsets from before mean nothing now",
+                        epoch, self.epoch)
+        self.epoch = epoch
+
+    async def _maintain(self) -> None:
+        """Every few seconds: a new epoch after the broker comes back, and the retention (one task for all)."""
         while True:
             await asyncio.sleep(RETENTION_INTERVAL_S)  # a period, not synchronisation
-            try:
-                moved = await asyncio.to_thread(trim_topic, self.probe.admin, self.settings, list(self.assigned))
-            except Exception as exc:  # a broker that is down now is retried next period
-                trimmed.inc()
-                log.warning("could not trim the topic: %s", exc)
-                continue
-            if moved:
-                self.kept_from.update(moved)
-                log.info("trimmed %s: partitions now start at %s", self.settings.topic, moved)
+            # A broker that lost its log lost the epoch record too: a new log, a new epoch.
+            if self.probe.state == "up" and not await asyncio.to_thread(epoch_is_kept, self.probe.admin, self.settings):
+                await asyncio.to_thread(self._check_epoch)
+            if self.settings.retain_events or self.settings.retain_minutes:
+                await self._keep_topic_bounded()
+
+    async def _keep_topic_bounded(self) -> None:
+        """Delete what the retention settings do not keep."""
+        try:
+            moved = await asyncio.to_thread(trim_topic, self.probe.admin, self.settings, list(self.assigned))
+        except Exception as exc:  # a broker that is down now is retried next period
+            self.metrics.errors.labels("retention_failed").inc()
+            log.warning("could not trim the topic: %s", exc)
+            return
+        if moved:
+            self.kept_from.update(moved)
+            log.info("trimmed %s: partitions now start at %s", self.settings.topic, moved)
 
     async def started(self, _server: Any) -> None:
         self.loop = asyncio.get_running_loop()
         self._reader.start()
         self.probe.start()
-        if self.settings.retain_events or self.settings.retain_minutes:
-            self._retention = asyncio.create_task(self._keep_topic_bounded())
+        self._maintenance = asyncio.create_task(self._maintain())
 
     async def stopping(self) -> None:
-        if self._retention is not None:
-            self._retention.cancel()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
         await self.probe.stop()
         self._stopped.set()
         await asyncio.to_thread(self._reader.join, 5)

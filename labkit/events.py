@@ -75,6 +75,7 @@ class Delivered(Recorded, forbid_unknown_fields=True, omit_defaults=True):
     offset: int = -1
     kafka_ts: Number = 0
     delivered_at: Number = 0
+    epoch: str = ""  # the broker log's identity (labkit.epoch): offsets only mean something within one
 
 
 class Ack(msgspec.Struct, omit_defaults=True):
@@ -211,7 +212,9 @@ def parse_record(value: bytes | None) -> Recorded | None:
         return None
 
 
-def delivered_frame(value: bytes, topic: str, partition: int, offset: int, kafka_ts: int, delivered_at: float) -> bytes:
+def delivered_frame(
+    value: bytes, topic: str, partition: int, offset: int, kafka_ts: int, delivered_at: float, epoch: str = ""
+) -> bytes:
     """The watcher frame for a validated record, built by extending its JSON once.
 
     ``value`` has passed :func:`parse_record`, so it is a JSON object whose fields
@@ -219,7 +222,8 @@ def delivered_frame(value: bytes, topic: str, partition: int, offset: int, kafka
     """
     body = value.rstrip()
     tail = encode(
-        {"topic": topic, "partition": partition, "offset": offset, "kafka_ts": kafka_ts, "delivered_at": delivered_at}
+        {"topic": topic, "partition": partition, "offset": offset, "kafka_ts": kafka_ts, "delivered_at": delivered_at,
+         "epoch": epoch}
     )
     return body[:-1] + b"," + tail[1:]
 

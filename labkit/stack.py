@@ -254,7 +254,10 @@ class Stack:
                 self._write_record(list(alive.values()))
             raise
         if recorded and "broker" not in alive and any(p.name == "broker" for p in missing):
-            self.actions.append("the broker had stopped: the new one starts empty (events it held are gone)")
+            self.actions.append(
+                f"the broker had stopped and was started again ({broker_kind(self.settings).keeps}): "
+                "watchers that resume are told if events were lost"
+            )
         self.started_here = not alive
         return self
 

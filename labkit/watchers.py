@@ -4,10 +4,13 @@ A watcher connects with optional query parameters:
 
 - ``types=a,b``: only events of these types;
 - ``replay=N``: first, up to N recent events the service holds in memory;
-- ``resume=P:O,P:O`` and ``since=MS``: continue after a disconnection. For each
-  partition P the watcher saw, it receives the events after offset O; for the
-  partitions it saw nothing on, the events stored since epoch milliseconds MS.
-  The labkit client sends these by itself when it reconnects.
+- ``resume=P:O,P:O``, ``since=MS`` and ``epoch=E``: continue after a disconnection.
+  For each partition P the watcher saw, it receives the events after offset O; for
+  the partitions it saw nothing on, the events stored since epoch milliseconds MS.
+  Its first frame says whether that was whole: ``{"recovered": true}``, or
+  ``{"recovered": false, "reason": ...}`` when the log restarted since (the epoch E
+  of its last event is gone) or events it missed were trimmed; then it gets
+  everything that remains. The labkit client sends these by itself when it reconnects.
 
 Each watcher has a bounded queue and its own writer task, and never receives the
 same (partition, offset) twice on one connection.
@@ -29,10 +32,10 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from .events import is_reserved
+from .events import encode, is_reserved
 from .service import ServiceMetrics, can_write_now
 
-__all__ = ["WatchOptions", "parse_watch_query", "Watcher", "Frame"]
+__all__ = ["WatchOptions", "parse_watch_query", "Watcher", "Frame", "Recovery", "recovery_frame"]
 
 class Frame(NamedTuple):
     """One delivery: where Kafka put it, its event type, and the encoded watcher frame."""
@@ -46,8 +49,17 @@ class Frame(NamedTuple):
 #: Chunks of read-back frames queued per resuming watcher: what a watcher that does not read can hold.
 MISSED_CHUNKS = 4
 
+
+class Recovery(NamedTuple):
+    """What a read-back found first: the offsets to count as sent, and whether the resume is whole."""
+
+    sent_upto: dict[int, int]
+    recovered: bool
+    reason: str | None = None
+
 _RESUME_ITEM = re.compile(r"^(\d{1,6}):(-1|\d{1,19})$")
-KNOWN_PARAMETERS = {"types", "replay", "resume", "since", "apikey"}
+KNOWN_PARAMETERS = {"types", "replay", "resume", "since", "epoch", "apikey"}
+_EPOCH = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +68,7 @@ class WatchOptions:
     replay: int = 0
     resume: dict[int, int] | None = field(default=None)
     since_ms: float | None = None
+    epoch: str | None = None
 
     @property
     def resuming(self) -> bool:
@@ -67,7 +80,7 @@ def parse_watch_query(path: str, replay_limit: int) -> WatchOptions:
     query = parse_qs(urlsplit(path).query, keep_blank_values=True)
     unknown = sorted(set(query) - KNOWN_PARAMETERS)
     if unknown:
-        raise ValueError(f"unknown query parameter {unknown[0]!r}: use types=a,b, replay=N, resume=P:O,... and since=MS")
+        raise ValueError(f"unknown query parameter {unknown[0]!r}: use types=a,b, replay=N, resume=P:O,..., since=MS and epoch=E")
     types = None
     if "types" in query:
         names = {name.strip() for value in query["types"] for name in value.split(",") if name.strip()}
@@ -96,7 +109,20 @@ def parse_watch_query(path: str, replay_limit: int) -> WatchOptions:
             raise ValueError(f"since must be epoch milliseconds, not {query['since'][-1]!r}") from None
         if not 0 <= since_ms < 1e14:
             raise ValueError(f"since must be epoch milliseconds, not {query['since'][-1]!r}")
-    return WatchOptions(types, replay, resume, since_ms)
+    epoch = None
+    if "epoch" in query:
+        epoch = query["epoch"][-1]
+        if not _EPOCH.match(epoch):
+            raise ValueError(f"epoch is the value of a delivered event's epoch field, not {epoch!r}")
+    return WatchOptions(types, replay, resume, since_ms, epoch)
+
+
+def recovery_frame(recovery: Recovery) -> bytes:
+    """The first frame a resuming watcher gets: ``{"recovered": true}``, or false with the reason."""
+    body: dict[str, object] = {"recovered": recovery.recovered}
+    if recovery.reason:
+        body["reason"] = recovery.reason
+    return encode(body)
 
 
 class Watcher:
@@ -119,7 +145,7 @@ class Watcher:
         self.first_live: dict[int, int] = {}
         # While resuming: what the read-back hands over (offsets counted as sent, chunks of frames,
         # then whether it read all), through a small bounded queue.
-        self.missed: asyncio.Queue[dict[int, int] | list[Frame] | bool] | None = (
+        self.missed: asyncio.Queue[Recovery | list[Frame] | bool] | None = (
             asyncio.Queue(MISSED_CHUNKS) if options.resuming else None
         )
         # The writer waits with nothing queued: a live frame may go straight to the socket.
@@ -157,7 +183,7 @@ class Watcher:
         self.ws.transport.write(wire)
         return True
 
-    def hand_over(self, item: dict[int, int] | list[Frame] | bool, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
+    def hand_over(self, item: Recovery | list[Frame] | bool, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
         """From the read-back thread: queue an item for the writer, waiting while the queue is full.
 
         False when the watcher is gone, or has not made room by ``deadline`` (monotonic): stop reading.
@@ -194,8 +220,9 @@ class Watcher:
         try:
             if self.missed is not None:
                 while not isinstance(item := await self.missed.get(), bool):
-                    if isinstance(item, dict):
-                        self.sent_upto.update(item)  # a resume offset from an older log skips nothing
+                    if isinstance(item, Recovery):
+                        self.sent_upto.update(item.sent_upto)  # a resume offset from an older log skips nothing
+                        await self.ws.send(recovery_frame(item), text=True)
                         continue
                     for frame in item:
                         if self.wants(frame.type):

@@ -133,10 +133,12 @@ async def test_the_topic_stays_bounded_and_a_late_resume_gets_what_remains(small
     key = lab_api_key(stack.settings)
     url = f"{stack.settings.consume_url}?types={event_type}&resume={partition}:{acks[0].offset}&since=0"
     async with websockets.connect(url, additional_headers={"apikey": key}) as ws:
+        recovery = json.loads(await asyncio.wait_for(ws.recv(), 10))
         values = []
         while len(values) < 50:
             values.append(json.loads(await asyncio.wait_for(ws.recv(), 10))["value"])
     assert values == list(range(250, 300))
+    assert recovery["recovered"] is False and "trimmed" in recovery["reason"]
     watermarks.close()
 
 

@@ -20,15 +20,24 @@ from labkit.client import lab_api_key
 
 
 async def frames(stack: Stack, query: str, count: int, timeout: float = 30) -> list[dict]:
-    """``count`` frames from a plain websockets watcher through the gateway."""
+    """``count`` event frames from a plain websockets watcher through the gateway (after a resume's first frame)."""
+    recovery, got = await resumed(stack, query, count, timeout)
+    return got
+
+
+async def resumed(stack: Stack, query: str, count: int, timeout: float = 30) -> tuple[dict | None, list[dict]]:
+    """The recovery frame (a resume's first; None without resume) and ``count`` event frames after it."""
     key = lab_api_key(stack.settings)
     async with websockets.connect(f"{stack.settings.consume_url}?{query}", additional_headers={"apikey": key},
                                   max_size=None) as ws:
-        got = []
+        recovery, got = None, []
         async with asyncio.timeout(timeout):
+            if "resume=" in query or "since=" in query:
+                recovery = json.loads(await ws.recv())
+                assert set(recovery) <= {"recovered", "reason"}, f"a resume's first frame is its recovery: {recovery}"
             while len(got) < count:
                 got.append(json.loads(await ws.recv()))
-        return got
+        return recovery, got
 
 
 async def send(stack: Stack, event_type: str, count: int, key: str = "one", batch: int = 100):
@@ -41,11 +50,12 @@ async def test_a_resume_point_past_the_log_end_does_not_stall_the_watcher(stack:
     acks_before = await send(stack, event_type, 1)
     partition = acks_before[0].partition
     query = f"types={event_type}&resume={partition}:{2**63 - 1}&since=0"
-    watcher = asyncio.create_task(frames(stack, query, 3))
+    watcher = asyncio.create_task(resumed(stack, query, 3))
     acks = await send(stack, event_type, 3)
-    got = await watcher
+    recovery, got = await watcher
     assert {f["id"] for f in got} <= {a.ack for a in acks_before + acks}
     assert len(got) == 3, "new events were skipped as already sent"
+    assert recovery["recovered"] is False and "restarted" in recovery["reason"]
 
 
 async def test_a_long_read_back_is_read_whole(stack: Stack, event_type):
@@ -53,15 +63,17 @@ async def test_a_long_read_back_is_read_whole(stack: Stack, event_type):
     partition = acks[0].partition
     for wanted in (1000, 3000, 5000):
         start = acks[-wanted - 1].offset  # resume after this offset: the last `wanted` events
-        got = await frames(stack, f"types={event_type}&resume={partition}:{start}&since=0", wanted, timeout=60)
+        recovery, got = await resumed(stack, f"types={event_type}&resume={partition}:{start}&since=0", wanted, 60)
         assert [f["value"] for f in got] == list(range(6000 - wanted, 6000)), wanted
+        assert recovery == {"recovered": True}
 
 
 async def test_resume_without_since_reads_back_the_named_partitions(stack: Stack, event_type):
     acks = await send(stack, event_type, 10)
     partition = acks[0].partition
-    got = await frames(stack, f"types={event_type}&resume={partition}:{acks[4].offset}", 5)
+    recovery, got = await resumed(stack, f"types={event_type}&resume={partition}:{acks[4].offset}", 5)
     assert [f["value"] for f in got] == [5, 6, 7, 8, 9]
+    assert recovery == {"recovered": True}
 
 
 async def test_a_deeply_nested_foreign_record_costs_only_itself(stack: Stack, collect, event_type):
@@ -120,3 +132,45 @@ async def test_resumes_that_do_not_read_hold_little_memory_and_past_the_pool_are
                 assert exc.rcvd is not None and exc.rcvd.code == 1013, exc
                 assert asyncio.get_running_loop().time() < deadline, "the pool never freed its slots"
         assert [f["value"] for f in got] == list(range(20_000))
+
+
+async def test_a_broker_restart_changes_the_epoch_and_a_resume_from_before_says_so(tmp_path, event_type):
+    import urllib.request
+
+    from labkit import Settings
+
+    settings = Settings().with_free_ports(state_dir=tmp_path)
+    with Stack(settings) as stack:
+        await send(stack, event_type, 5)
+        last = (await frames(stack, f"types={event_type}&replay=5", 5))[-1]
+        old_epoch, partition, offset = last["epoch"], last["partition"], last["offset"]
+        assert old_epoch
+        # A consumer restart keeps the log, and so the epoch: the resume is whole.
+        stack.stop_component("consumer")
+        stack.start_component("consumer")
+        recovery, got = await resumed(stack, f"types={event_type}&resume={partition}:{offset - 1}&since=0&epoch={old_epoch}", 1)
+        assert recovery == {"recovered": True} and got[0]["offset"] == offset
+
+        # A broker crash (noida-db saves only on a clean stop) starts a new log: a resume from the old one
+        # says so, then gets the new events.
+        import os
+        import signal
+
+        broker = {r["component"]: r["pid"] for r in stack.status()}["broker"]
+        os.kill(broker, signal.SIGKILL)
+        stack.start_component("broker")
+        health_url = settings.url(settings.consumer_port, "/healthz", "http")
+
+        def epoch_now() -> str:
+            with urllib.request.urlopen(health_url, timeout=5) as response:
+                return json.loads(response.read())["epoch"]
+
+        async with asyncio.timeout(60):
+            while epoch_now() == old_epoch:
+                await asyncio.sleep(0.1)  # polling the health answer until the consumer has seen the new log
+        await send(stack, event_type, 3)
+        query = f"types={event_type}&resume={partition}:{offset}&since=0&epoch={old_epoch}"
+        recovery, got = await resumed(stack, query, 3)
+        assert recovery["recovered"] is False and "restarted" in recovery["reason"], recovery
+        assert [f["value"] for f in got] == [0, 1, 2]
+        assert {f["epoch"] for f in got} == {epoch_now()} != {old_epoch}
