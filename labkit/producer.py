@@ -11,7 +11,8 @@ hands them to the event loop in batches, so the loop never blocks on Kafka. When
 librdkafka's queue is full the handler stops reading the socket until there is
 room again (backpressure) instead of dropping events. The Kafka side, and how a
 failed Kafka producer is replaced, is in :mod:`labkit.producer_flights`; each
-sender's replies in :mod:`labkit.producer_replies`.
+sender's replies, and closing only after them, in
+:mod:`labkit.producer_replies`.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import time
 from typing import Any
 
 from confluent_kafka import KafkaException
-from websockets.asyncio.server import ServerConnection
+from prometheus_client import Counter
 from websockets.exceptions import ConnectionClosed
 
 from .events import UNSET, Event, EventError, FrameError, encode, new_id, now_ms, parse_frame
 from .producer_flights import Flights
-from .producer_replies import Replies
+from .producer_replies import InputRefused, Replies, SenderConnection
 from .service import BrokerProbe, ServiceMetrics, configure_logging, make_process_request, run_service
 from .settings import Settings
 
@@ -72,6 +73,12 @@ class ProducerService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
+        self.refused_frames = Counter(
+            "labkit_refused_frames",
+            "Connections closed for a frame too big (1009) or not UTF-8 (1007), after their replies",
+            ["close_code"],
+            registry=self.metrics.registry,
+        )
         self.probe = BrokerProbe(settings)
         self.flights = Flights(
             {**PRODUCER_DEFAULTS, **settings.kafka_config()},
@@ -115,13 +122,18 @@ class ProducerService:
         for event_id in ids or [None]:
             self._refuse(replies, EventError(error.code, error.detail, event_id))
 
-    async def handle(self, ws: ServerConnection) -> None:
+    async def handle(self, ws: SenderConnection) -> None:
         replies = Replies(ws)
         limiter = RateLimiter(self.settings.sender_rate_limit)
         self.senders += 1
         self.metrics.clients.inc()
         try:
-            async for message in ws:
+            while True:
+                try:
+                    message = await ws.recv()
+                except InputRefused as refused:
+                    await self._close_after_replies(ws, replies, refused)
+                    return
                 if not limiter.allow():
                     self._refuse_frame(replies, message, RATE_LIMITED(self.settings.sender_rate_limit))
                 elif isinstance(message, bytes):
@@ -144,6 +156,13 @@ class ProducerService:
                     await self._produce(item, replies)
         except FrameError as exc:
             self._refuse(replies, exc.error)
+
+    async def _close_after_replies(self, ws: SenderConnection, replies: Replies, refused: InputRefused) -> None:
+        """Every event taken before the refused frame gets its reply (Kafka's verdict comes within its timeout)."""
+        self.refused_frames.labels(str(refused.close.code)).inc()
+        if not await replies.settle(self.flights.message_timeout_s + self.settings.ping_timeout_s):
+            log.warning("closing a sender (%s) with %d replies not written", refused, replies.owed)
+        await ws.close_after_replies()
 
     def health(self) -> dict[str, Any]:
         broker, producer = self.probe.state, self.flights.state()
@@ -178,6 +197,7 @@ class ProducerService:
             started=self.started,
             stopping=self.stopping,
             max_size=self.settings.max_frame_bytes,
+            create_connection=SenderConnection,
         )
 
 
