@@ -11,7 +11,7 @@ hands them to the event loop in batches, so the loop never blocks on Kafka. When
 librdkafka's queue is full the handler stops reading the socket until there is
 room again (backpressure) instead of dropping events. The Kafka side, and how a
 failed Kafka producer is replaced, is in :mod:`labkit.producer_flights`; each
-sender's replies, and closing only after them, in
+sender's replies (bounded), and closing only after them, in
 :mod:`labkit.producer_replies`.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 from prometheus_client import Counter
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
 from .events import UNSET, Event, EventError, FrameError, encode, new_id, now_ms, parse_frame
 from .producer_flights import Flights
@@ -45,6 +46,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "message.timeout.ms": 30_000,
     "queue.buffering.max.messages": 100_000,
 }
+# Replies owed to one sender (events taken, replies not yet written) before its frames stop being
+# read: about 1.5 MB of replies at most per sender (settings.sender_reply_backlog once it exists).
+SENDER_REPLY_BACKLOG = 10_000
 
 
 class RateLimiter:
@@ -73,12 +77,19 @@ class ProducerService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
+        self.backlog_full = Counter(
+            "labkit_sender_backlog_full",
+            "Times the producer stopped reading a sender's frames because its replies were not being read",
+            registry=self.metrics.registry,
+        )
         self.refused_frames = Counter(
             "labkit_refused_frames",
             "Connections closed for a frame too big (1009) or not UTF-8 (1007), after their replies",
             ["close_code"],
             registry=self.metrics.registry,
         )
+        self.reply_limit = getattr(settings, "sender_reply_backlog", SENDER_REPLY_BACKLOG)
+        self.reply_stall_s = getattr(settings, "sender_reply_stall_s", settings.ping_timeout_s)
         self.probe = BrokerProbe(settings)
         self.flights = Flights(
             {**PRODUCER_DEFAULTS, **settings.kafka_config()},
@@ -123,12 +134,18 @@ class ProducerService:
             self._refuse(replies, EventError(error.code, error.detail, event_id))
 
     async def handle(self, ws: SenderConnection) -> None:
-        replies = Replies(ws)
+        replies = Replies(ws, self.reply_limit, self.reply_stall_s)
         limiter = RateLimiter(self.settings.sender_rate_limit)
         self.senders += 1
         self.metrics.clients.inc()
         try:
             while True:
+                if replies.owed >= replies.limit:
+                    self.backlog_full.inc()
+                    if not await replies.wait_for_room():
+                        self.metrics.overflows.inc()
+                        await ws.close(CloseCode.TRY_AGAIN_LATER, "replies not read: read them, then send more")
+                        return
                 try:
                     message = await ws.recv()
                 except InputRefused as refused:
@@ -160,7 +177,7 @@ class ProducerService:
     async def _close_after_replies(self, ws: SenderConnection, replies: Replies, refused: InputRefused) -> None:
         """Every event taken before the refused frame gets its reply (Kafka's verdict comes within its timeout)."""
         self.refused_frames.labels(str(refused.close.code)).inc()
-        if not await replies.settle(self.flights.message_timeout_s + self.settings.ping_timeout_s):
+        if not await replies.settle(self.flights.message_timeout_s + self.reply_stall_s):
             log.warning("closing a sender (%s) with %d replies not written", refused, replies.owed)
         await ws.close_after_replies()
 

@@ -1,4 +1,13 @@
-"""A sender's side of the producer: its replies, in order, and a close that waits for them.
+"""A sender's side of the producer: its replies, bounded, and a close that waits for them.
+
+Policy for replies (one per event, in order):
+
+- A sender owes nothing for its replies, but the producer holds each one until it
+  is written. ``Replies`` counts the replies owed to a sender (events taken, not yet
+  answered on the socket); at ``limit`` the producer stops reading that sender's
+  frames (backpressure: TCP then slows the sender down) until its replies are read.
+- A sender still at the limit whose replies have not moved for ``stall_s`` is closed
+  with 1013 (try again later). Both are counted in /metrics.
 
 websockets closes a connection at once for a frame over ``max_size`` (1009) or a
 text frame that is not UTF-8 (1007). Events the sender sent before that frame
@@ -9,6 +18,7 @@ the handler has written every reply it owes (``close_after_replies``).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Any
 
@@ -100,11 +110,16 @@ class SenderConnection(ServerConnection):
 class Replies:
     """One sender's replies: queued in order, written in batches by one task, counted until written."""
 
-    def __init__(self, ws: SenderConnection) -> None:
+    def __init__(self, ws: SenderConnection, limit: int, stall_s: float) -> None:
         self.ws = ws
+        self.limit = limit
+        self.stall_s = stall_s
         self.owed = 0  # replies promised (an event taken) and not yet written to the socket
+        self.last_written = time.monotonic()
         self._queue: deque[bytes] = deque()
         self._ready = asyncio.Event()
+        self._room = asyncio.Event()  # set while owed < limit
+        self._room.set()
         self._settled = asyncio.Event()  # set while owed == 0
         self._settled.set()
         self.writer = asyncio.create_task(self._write())
@@ -113,6 +128,8 @@ class Replies:
         """One more reply will come (an event was taken)."""
         self.owed += 1
         self._settled.clear()
+        if self.owed >= self.limit:
+            self._room.clear()
 
     def put(self, frame: bytes) -> None:
         """A promised reply, ready to write."""
@@ -138,10 +155,25 @@ class Replies:
                     self._queue.clear()
                     await self.ws.write_frames(b"".join(map(text_frame, batch)))
                     self.owed -= len(batch)
+                    self.last_written = time.monotonic()
+                    if self.owed < self.limit:
+                        self._room.set()
                     if self.owed == 0:
                         self._settled.set()
         except ConnectionClosed:
             pass
+
+    async def wait_for_room(self) -> bool:
+        """Wait until fewer than ``limit`` replies are owed; False if the sender stopped reading them."""
+        while self.owed >= self.limit:
+            try:
+                await asyncio.wait_for(self._room.wait(), self.stall_s)
+            except TimeoutError:
+                # Replies ready but not written for stall_s: the sender does not read. (Replies still
+                # waiting for Kafka are not the sender's fault: keep waiting for those.)
+                if self._queue and time.monotonic() - self.last_written >= self.stall_s:
+                    return False
+        return True
 
     async def settle(self, timeout: float) -> bool:
         """Wait until every promised reply is written; False after ``timeout``."""
