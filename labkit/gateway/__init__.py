@@ -13,7 +13,9 @@ What is understood (everything else is refused):
 - services: ``url`` (or protocol/host/port/path), connect/read/write timeouts;
   in embedded mode the services named ``producer`` and ``consumer`` are reached
   at ``settings.host`` on ``settings.producer_port`` / ``consumer_port``;
-- routes: prefix ``paths``, ``strip_path`` (Kong's "v0" path handling),
+- routes: prefix ``paths`` (a string prefix, as Kong matches them: ``/a`` also takes
+  ``/ab``) and exact ones written as Kong regex paths ``~/a$`` (``location =``),
+  ``strip_path`` (Kong's "v0" path handling),
   ``methods``, ``hosts``, ``preserve_host``, request/response buffering;
 - plugins ``cors``, ``key-auth``, ``rate-limiting`` (policy ``local``, limits
   per ``second`` or ``minute``), on a route, a service or globally, with

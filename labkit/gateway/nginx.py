@@ -11,7 +11,7 @@ from pathlib import Path
 from labkit.settings import Settings
 
 from .config import _read_gateway
-from .model import EMBEDDED_SERVICE_PORTS, _Gateway, _Plugin, _Route, _Service
+from .model import EMBEDDED_SERVICE_PORTS, _Gateway, _Plugin, _Route, _Service, exact_path
 from .nginx_plugins import (
     _PLUGIN_LOCATION,
     _PLUGIN_MAPS,
@@ -212,6 +212,7 @@ def _upstream(service: _Service, settings: Settings) -> str:
 def _route_location(route: _Route, path: str, gateway: _Gateway, settings: Settings) -> list[str]:
     service = route.service
     target = _upstream(service, settings)
+    prefix = exact_path(path) or path
     embedded = " (labkit's own, in embedded mode)" if service.name in EMBEDDED_SERVICE_PORTS else ""
     body = _comment(f"route '{route.name}' -> service '{service.name}' at {target}{embedded}")
     body += _route_matching(route)
@@ -231,7 +232,7 @@ def _route_location(route: _Route, path: str, gateway: _Gateway, settings: Setti
         "proxy_set_header X-Forwarded-Host $host;",
         "proxy_set_header X-Forwarded-Port $server_port;",
         "proxy_set_header X-Forwarded-Path $lk_request_path;",
-        *([f"proxy_set_header X-Forwarded-Prefix {path.rstrip('/')};"] if route.strip_path and path != "/" else []),
+        *([f"proxy_set_header X-Forwarded-Prefix {prefix.rstrip('/')};"] if route.strip_path and prefix != "/" else []),
     ]
     if "key-auth" in route.plugins:
         body += _key_auth_proxy_headers(route.plugins["key-auth"], gateway)
@@ -252,7 +253,8 @@ def _route_location(route: _Route, path: str, gateway: _Gateway, settings: Setti
         body.append("add_header WWW-Authenticate $lk_www_authenticate always;")
     if "rate-limiting" in route.plugins:
         body += _rate_limit_headers(route.plugins["rate-limiting"], limited=False)
-    return _block(f"location {path}", body)
+    # An exact path takes that one request path (any query string), nothing under or after it.
+    return _block(f"location = {prefix}" if prefix != path else f"location {path}", body)
 
 
 def _route_matching(route: _Route) -> list[str]:
@@ -273,6 +275,13 @@ def _path_rewrite(route: _Route, path: str) -> list[str]:
     service_path = route.service.path
     base = service_path.rstrip("/")  # "" for "/"
     literal = path.replace(".", r"\.")
+    exact = exact_path(path)
+    if exact is not None:
+        # Kong strips the whole regex match: the service path alone goes upstream.
+        if route.strip_path:
+            return [*_comment(f"strip_path: the service path ({service_path}) replaces {exact}."),
+                    f"rewrite ^ {service_path} break;"]  # fmt: skip
+        return [f"rewrite ^(.*)$ {base}$1 break;"] if base else []
     if not route.strip_path:
         if not base:
             return []  # the request path goes on unchanged
