@@ -43,6 +43,13 @@ def test_service_health_and_metrics_are_not_reachable_through_the_gateway(stack:
             assert json.loads(body)["message"] == "no Route matched with those values"
 
 
+def test_the_gateways_internal_locations_are_no_route_from_outside(stack: Stack):
+    settings = stack.settings
+    for path in ("/.lk-key-auth-failed/produce_events", "/.lk-key-auth-failed/consume_events"):
+        status, body = get(settings.url(settings.gateway_port, path, "http"), {})
+        assert status == 404 and json.loads(body)["message"] == "no Route matched with those values", (path, body)
+
+
 async def test_the_routes_own_websockets_still_work(stack: Stack):
     key = lab_api_key(stack.settings)
     async with websockets.connect(f"{stack.settings.produce_url}?apikey={key}") as ws:
