@@ -152,7 +152,9 @@ class Flights:
 
     # -- event loop -------------------------------------------------------------------
 
-    def produce(self, topic: str, value: bytes, key: str, target: ReplyTarget, event_id: str, received_at: float) -> None:
+    def produce(
+        self, topic: str, value: bytes, key: str, target: ReplyTarget, event_id: str, received_at: float
+    ) -> None:
         """Hand one event to the current producer; its reply goes to ``target`` later.
 
         Raises BufferError when librdkafka's queue is full, KafkaException when it refuses the event.

@@ -23,10 +23,10 @@ from .model import (
     GatewayConfigError,
     _Consumer,
     _Gateway,
+    _ident,
     _Plugin,
     _Route,
     _Service,
-    _ident,
     exact_path,
     request_path,
 )

@@ -58,7 +58,8 @@ def connection_budget(routes: int, settings: Settings) -> ConnectionBudget:
     fits = max(1, (nofile - FILES_OVERHEAD - HEADROOM) // (2 * routes))
     per_route = min(settings.max_connections, fits)
     worker_connections = 2 * per_route * routes + HEADROOM
-    return ConnectionBudget(per_route, settings.max_connections, worker_connections, worker_connections + FILES_OVERHEAD)
+    nginx_files = worker_connections + FILES_OVERHEAD
+    return ConnectionBudget(per_route, settings.max_connections, worker_connections, nginx_files)
 
 
 def budget_comment(budget: ConnectionBudget, routes: int) -> list[str]:
@@ -110,7 +111,9 @@ def server_limits() -> list[str]:
     return [
         "",
         *_comment("A route past its connection budget (labkit's rule): 503, come back later."),
-        *_block("location @lk_route_full", ["add_header Retry-After 1 always;", f"return 503 {_error_body(ROUTE_FULL)};"]),
+        *_block(
+            "location @lk_route_full", ["add_header Retry-After 1 always;", f"return 503 {_error_body(ROUTE_FULL)};"]
+        ),
         *_block("location @lk_no_route", [f"return 404 {_error_body(NO_ROUTE)};"]),
     ]
 
