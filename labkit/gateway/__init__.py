@@ -13,7 +13,9 @@ What is understood (everything else is refused):
 - services: ``url`` (or protocol/host/port/path), connect/read/write timeouts;
   in embedded mode the services named ``producer`` and ``consumer`` are reached
   at ``settings.host`` on ``settings.producer_port`` / ``consumer_port``;
-- routes: prefix ``paths``, ``strip_path`` (Kong's "v0" path handling),
+- routes: prefix ``paths`` (a string prefix, as Kong matches them: ``/a`` also takes
+  ``/ab``) and exact ones written as Kong regex paths ``~/a$`` (``location =``),
+  ``strip_path`` (Kong's "v0" path handling),
   ``methods``, ``hosts``, ``preserve_host``, request/response buffering;
 - plugins ``cors``, ``key-auth``, ``rate-limiting`` (policy ``local``, limits
   per ``second`` or ``minute``), on a route, a service or globally, with
@@ -22,7 +24,10 @@ What is understood (everything else is refused):
 
 labkit adds one rule of its own to ``cors``: browsers do not apply CORS to
 WebSockets, so a WebSocket upgrade whose ``Origin`` is not allowed is refused
-with 403. Clients that send no ``Origin`` (CLI, Python) are not affected.
+with 403. Clients that send no ``Origin`` (CLI, Python) are not affected. And two limits of
+its own (:mod:`.nginx_limits`): each route admits as many connections as its
+service accepts (``settings.max_connections``), and key-auth refusals are counted
+per client address, with 429 past a bound.
 
 Nothing here starts long-lived processes: the stack runs
 :func:`gateway_command` in the background and waits for the port.
@@ -34,6 +39,7 @@ One module per step:
 - :mod:`.plugins`: reading each plugin's config, with Kong's defaults;
 - :mod:`.nginx`: rendering nginx.conf (main context, maps, server, locations);
 - :mod:`.nginx_plugins`: what key-auth, rate-limiting and cors add to it;
+- :mod:`.nginx_limits`: labkit's limits: connection budgets per route, refused keys per address;
 - :mod:`.nginx_text`: nginx quoting and Kong's error answers;
 - :mod:`.process`: the nginx binary and command, writing, checking and reloading nginx.conf.
 """

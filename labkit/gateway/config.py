@@ -27,6 +27,8 @@ from .model import (
     _Plugin,
     _Route,
     _Service,
+    exact_path,
+    request_path,
 )
 from .plugins import _read_plugin
 
@@ -201,12 +203,12 @@ def _read_route(raw: dict, service: _Service, taken_idents: set[str]) -> _Route:
         )
     paths = raw.get("paths") or ["/"]
     for path in paths:
-        if path.startswith("~"):
+        if path.startswith("~") and exact_path(path) is None:
             raise GatewayConfigError(
-                f"{where}: path {path!r} is a regex path; the embedded gateway supports prefix paths only: "
-                "use a prefix path, or the compose mode."
+                f"{where}: path {path!r} is a regex path; the embedded gateway supports prefix paths and "
+                "exact ones written '~/path$' only: use one of those, or the compose mode."
             )
-        if not _PATH_RE.fullmatch(path):
+        if not _PATH_RE.fullmatch(request_path(path)):
             raise GatewayConfigError(
                 f"{where}: path {path!r} has characters the embedded gateway does not accept "
                 "(letters, digits and ._~!&,=:@/- are accepted)."
@@ -290,7 +292,7 @@ def _check_unique_keys(consumers: list[_Consumer]) -> None:
 def _check_unique_paths(routes: list[_Route]) -> None:
     seen: dict[str, str] = {}
     for route in routes:
-        for path in route.paths:
+        for path in map(request_path, route.paths):  # "/a" and "~/a$" both take the request /a
             if path in seen:
                 raise GatewayConfigError(
                     f"routes '{seen[path]}' and '{route.name}' both use path {path!r}; the embedded gateway "
@@ -303,11 +305,14 @@ def _check_unique_paths(routes: list[_Route]) -> None:
 
 
 def routes_table(kong: dict) -> list[dict]:
-    """One row per route, for status tables and notebooks: where each path goes, through which plugins."""
+    """One row per route, for status tables and notebooks: where each path goes, through which plugins.
+
+    An exact path ("~/produce-events$" in kong.yml) reads as the path a client uses ("/produce-events").
+    """
     return [
         {
             "route": route.name,
-            "paths": list(route.paths),
+            "paths": [request_path(path) for path in route.paths],
             "service": route.service.name,
             "upstream": route.service.url,
             "plugins": list(route.plugins),

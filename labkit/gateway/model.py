@@ -26,6 +26,9 @@ _HEADER_VALUE_RE = re.compile(r"[\x20-\x7e]*")
 _API_KEY_RE = re.compile(r"[\x21-\x7e]+")
 _HOST_RE = re.compile(r"[A-Za-z0-9.*-]+")
 _METHOD_RE = re.compile(r"[A-Z]+")
+# A Kong regex path that matches one path exactly: "~/produce-events$" (Kong 3 anchors regex paths
+# at the start; "^" may be written too). Only literal characters, and "\." for a dot.
+_EXACT_PATH_RE = re.compile(r"~\^?(/(?:[A-Za-z0-9_~!&,=:@/-]|\\\.)*)\$")
 # Kong treats an origin with any other character as a regular expression.
 _LITERAL_ORIGIN_RE = re.compile(r"[A-Za-z0-9.:/-]+")
 
@@ -90,6 +93,17 @@ class _Consumer:
 class _Gateway:
     routes: list[_Route]
     consumers: list[_Consumer]
+
+
+def exact_path(path: str) -> str | None:
+    """The one request path a Kong path matches exactly ("~/a$" -> "/a"), or None for a prefix path."""
+    match = _EXACT_PATH_RE.fullmatch(path)
+    return match.group(1).replace("\\.", ".") if match else None
+
+
+def request_path(path: str) -> str:
+    """How a Kong path reads for people and for telling routes apart: the exact path, else the prefix."""
+    return exact_path(path) or path
 
 
 def _ident(name: str) -> str:

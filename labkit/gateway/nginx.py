@@ -5,13 +5,21 @@ What each plugin adds to the maps and locations is in :mod:`.nginx_plugins`.
 
 from __future__ import annotations
 
-import resource
 from pathlib import Path
 
 from labkit.settings import Settings
 
 from .config import _read_gateway
-from .model import EMBEDDED_SERVICE_PORTS, _Gateway, _Plugin, _Route, _Service
+from .model import EMBEDDED_SERVICE_PORTS, _Gateway, _Plugin, _Route, _Service, exact_path
+from .nginx_limits import (
+    ConnectionBudget,
+    budget_comment,
+    connection_budget,
+    http_limits,
+    key_auth_failure_locations,
+    route_connection_limit,
+    server_limits,
+)
 from .nginx_plugins import (
     _PLUGIN_LOCATION,
     _PLUGIN_MAPS,
@@ -37,10 +45,11 @@ def render_nginx_conf(kong: dict, settings: Settings, state_dir: Path) -> str:
     """The nginx configuration that does what ``kong`` asks, listening on settings.host:gateway_port."""
     gateway = _read_gateway(kong)
     state_dir = Path(state_dir).resolve()
-    http = [*_http_basics(state_dir), *_global_maps(gateway)]
+    budget = connection_budget(len(gateway.routes), settings)
+    http = [*_http_basics(state_dir), *_global_maps(gateway), "", *http_limits(_uses(gateway, "key-auth"), settings)]
     for plugin in _plugin_instances(gateway):
         http += ["", *_PLUGIN_MAPS[plugin.name](plugin, gateway)]
-    http += ["", *_server(gateway, settings)]
+    http += ["", *_server(gateway, settings, budget)]
     lines = [
         *_comment(
             f"""
@@ -50,7 +59,7 @@ Names starting with lk_ are labkit's.
 """
         ),
         "",
-        *_main_context(state_dir),
+        *_main_context(state_dir, budget, len(gateway.routes)),
         "",
         *_block("http", http),
         "",
@@ -58,30 +67,17 @@ Names starting with lk_ are labkit's.
     return "\n".join(lines)
 
 
-def _main_context(state_dir: Path) -> list[str]:
-    nofile = _open_files_limit()
+def _main_context(state_dir: Path, budget: ConnectionBudget, routes: int) -> list[str]:
     return [
         "daemon off;",
         "master_process on;",
         "worker_processes 1;",
-        f"worker_rlimit_nofile {nofile};",
+        f"worker_rlimit_nofile {budget.worker_rlimit_nofile};",
         f"pid {_q(str(state_dir / 'nginx.pid'))};",
         f"error_log {_q(str(state_dir / 'nginx-error.log'))} warn;",
         "",
-        *_block(
-            "events",
-            [
-                "# A proxied WebSocket holds two connections: the client's and the service's.",
-                f"worker_connections {nofile // 2};",
-            ],
-        ),
+        *_block("events", [*budget_comment(budget, routes), f"worker_connections {budget.worker_connections};"]),
     ]
-
-
-def _open_files_limit() -> int:
-    """Open files nginx may use: 8192, or less where the hard limit is lower (no root needed)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return 8192 if hard == resource.RLIM_INFINITY else max(256, min(8192, hard))
 
 
 def _http_basics(state_dir: Path) -> list[str]:
@@ -176,16 +172,18 @@ location from its own plugin's key names). Regexes, because plain map keys compa
 # ---- server and routes
 
 
-def _server(gateway: _Gateway, settings: Settings) -> list[str]:
-    body = [f"listen {_host_port(settings.host, settings.gateway_port)};"]
+def _server(gateway: _Gateway, settings: Settings, budget: ConnectionBudget) -> list[str]:
+    body = [f"listen {_host_port(settings.host, settings.gateway_port)};", "set $lk_route '';"]
     if _uses(gateway, "key-auth"):
-        body += ["set $lk_api_key '';", "set $lk_www_authenticate '';"]
+        body += ["set $lk_api_key '';", "set $lk_key_auth_failure '';"]
     if any(r.plugins.get("rate-limiting") and r.plugins["rate-limiting"].config["limit_by"] == "service"
            for r in gateway.routes):  # fmt: skip
         body.append("set $lk_service '';")
     for route in gateway.routes:
         for path in route.paths:
-            body += ["", *_route_location(route, path, gateway, settings)]
+            body += ["", *_route_location(route, path, gateway, settings, budget)]
+        if "key-auth" in route.plugins:
+            body += ["", *key_auth_failure_locations(route.plugins["key-auth"], route, settings)]
         if "rate-limiting" in route.plugins:
             body += ["", *_rate_limited_location(route.plugins["rate-limiting"], route)]
     if not any("/" in route.paths for route in gateway.routes):
@@ -199,6 +197,7 @@ def _server(gateway: _Gateway, settings: Settings) -> list[str]:
         *_comment("The service is down or too slow: Kong's 502 and 504."),
         *_block("location @lk_bad_gateway", [f"return 502 {_error_body(BAD_GATEWAY)};"]),
         *_block("location @lk_gateway_timeout", [f"return 504 {_error_body(GATEWAY_TIMEOUT)};"]),
+        *server_limits(),
     ]
     return _block("server", body)
 
@@ -209,11 +208,15 @@ def _upstream(service: _Service, settings: Settings) -> str:
     return _host_port(service.host, service.port)
 
 
-def _route_location(route: _Route, path: str, gateway: _Gateway, settings: Settings) -> list[str]:
+def _route_location(
+    route: _Route, path: str, gateway: _Gateway, settings: Settings, budget: ConnectionBudget
+) -> list[str]:
     service = route.service
     target = _upstream(service, settings)
+    prefix = exact_path(path) or path
     embedded = " (labkit's own, in embedded mode)" if service.name in EMBEDDED_SERVICE_PORTS else ""
     body = _comment(f"route '{route.name}' -> service '{service.name}' at {target}{embedded}")
+    body += route_connection_limit(route, budget)
     body += _route_matching(route)
     for name, plugin in route.plugins.items():
         body += _PLUGIN_LOCATION[name](plugin, route)
@@ -231,7 +234,7 @@ def _route_location(route: _Route, path: str, gateway: _Gateway, settings: Setti
         "proxy_set_header X-Forwarded-Host $host;",
         "proxy_set_header X-Forwarded-Port $server_port;",
         "proxy_set_header X-Forwarded-Path $lk_request_path;",
-        *([f"proxy_set_header X-Forwarded-Prefix {path.rstrip('/')};"] if route.strip_path and path != "/" else []),
+        *([f"proxy_set_header X-Forwarded-Prefix {prefix.rstrip('/')};"] if route.strip_path and prefix != "/" else []),
     ]
     if "key-auth" in route.plugins:
         body += _key_auth_proxy_headers(route.plugins["key-auth"], gateway)
@@ -248,11 +251,10 @@ def _route_location(route: _Route, path: str, gateway: _Gateway, settings: Setti
         "error_page 504 = @lk_gateway_timeout;",
     ]
     body += _cors_headers(route)
-    if "key-auth" in route.plugins:
-        body.append("add_header WWW-Authenticate $lk_www_authenticate always;")
     if "rate-limiting" in route.plugins:
         body += _rate_limit_headers(route.plugins["rate-limiting"], limited=False)
-    return _block(f"location {path}", body)
+    # An exact path takes that one request path (any query string), nothing under or after it.
+    return _block(f"location = {prefix}" if prefix != path else f"location {path}", body)
 
 
 def _route_matching(route: _Route) -> list[str]:
@@ -273,6 +275,13 @@ def _path_rewrite(route: _Route, path: str) -> list[str]:
     service_path = route.service.path
     base = service_path.rstrip("/")  # "" for "/"
     literal = path.replace(".", r"\.")
+    exact = exact_path(path)
+    if exact is not None:
+        # Kong strips the whole regex match: the service path alone goes upstream.
+        if route.strip_path:
+            return [*_comment(f"strip_path: the service path ({service_path}) replaces {exact}."),
+                    f"rewrite ^ {service_path} break;"]  # fmt: skip
+        return [f"rewrite ^(.*)$ {base}$1 break;"] if base else []
     if not route.strip_path:
         if not base:
             return []  # the request path goes on unchanged

@@ -11,9 +11,6 @@ import math
 from .model import _LITERAL_ORIGIN_RE, _Gateway, _Plugin, _Route
 from .nginx_text import (
     CORS_DEFAULT_METHODS,
-    DUPLICATE_API_KEY,
-    INVALID_API_KEY,
-    NO_API_KEY,
     ORIGIN_NOT_ALLOWED,
     _block,
     _comment,
@@ -72,27 +69,26 @@ def _key_auth_location(plugin: _Plugin, route: _Route) -> list[str]:
             "run_on_preflight: false is only supported where a cors plugin answers preflight requests "
             "(preflight_continue: false), which then never reach key-auth; remove run_on_preflight"
         )
-    realm = f'Key realm="{config["realm"]}"' if config["realm"] else "Key"
     lines = [
-        *_comment(f"key-auth ({plugin.where})"),
+        *_comment(f"key-auth ({plugin.where}); a refusal is answered where it is counted (nginx_limits.py)"),
         f"set $lk_api_key ${base}_key;",
     ]
     if config["key_in_query"]:
-        lines += _block(
-            f"if (${base}_duplicate)",
-            [f"set $lk_www_authenticate {_q(realm)};", f"return 401 {_error_body(DUPLICATE_API_KEY)};"],
-        )
-    lines += _block(
-        'if ($lk_api_key = "")',
-        [f"set $lk_www_authenticate {_q(realm)};", f"return 401 {_error_body(NO_API_KEY)};"],
-    )
-    lines += _block(
-        'if ($lk_consumer = "")',
-        [f"set $lk_www_authenticate {_q(realm)};", f"return 401 {_error_body(INVALID_API_KEY)};"],
-    )
+        lines += _block(f"if (${base}_duplicate)", _key_auth_refusal("duplicate", route))
+    lines += _block('if ($lk_api_key = "")', _key_auth_refusal("missing", route))
+    lines += _block('if ($lk_consumer = "")', _key_auth_refusal("invalid", route))
     if config["hide_credentials"] and config["key_in_query"]:
         lines.append(f"set $args ${base}_args;")
     return lines
+
+
+def key_auth_failed_uri(route: _Route) -> str:
+    """The internal location where this route's key-auth refusals are counted and answered."""
+    return f"/.lk-key-auth-failed/{route.ident}"
+
+
+def _key_auth_refusal(failure: str, route: _Route) -> list[str]:
+    return [f"set $lk_key_auth_failure {failure};", f"rewrite ^ {key_auth_failed_uri(route)} last;"]
 
 
 def _key_auth_proxy_headers(plugin: _Plugin, gateway: _Gateway) -> list[str]:
