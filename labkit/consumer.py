@@ -73,6 +73,7 @@ class ConsumerService:
         self.started_at_ms = now_ms()
         self.kept_from: dict[int, int] = {}  # per partition, where the topic starts after trimming
         self.epoch = ""  # the broker log's identity (labkit.epoch), stamped on every delivery
+        self.reading: asyncio.Event = asyncio.Event()  # set once partitions are assigned and the epoch is known
         # Read-backs for resuming watchers run on a pool of their own, bounded: each holds a Kafka
         # consumer and up to MISSED_CHUNKS chunks of frames; past the bound, resumes are refused.
         self.read_backs = ThreadPoolExecutor(settings.max_resumes, thread_name_prefix="read-back")
@@ -114,6 +115,7 @@ class ConsumerService:
     def _read_kafka(self) -> None:
         assert self.loop is not None
         self._assign()
+        self.loop.call_soon_threadsafe(self.reading.set)
         reader = self.reader
         while not self._stopped.is_set():
             batch = reader.read(0.1)  # returns as soon as one record is there
@@ -182,6 +184,13 @@ class ConsumerService:
 
     async def handle(self, ws: ServerConnection) -> None:
         options: WatchOptions = ws.watch_options  # type: ignore[attr-defined]
+        if options.resuming and not self.reading.is_set():
+            # A resume right after start: its epoch and offsets are judged against the log, once read.
+            try:
+                await asyncio.wait_for(self.reading.wait(), READ_BACK_LIMIT_S)
+            except TimeoutError:
+                await ws.close(CloseCode.TRY_AGAIN_LATER, "the consumer cannot reach the broker yet; resume again")
+                return
         watcher = Watcher(ws, options, self.settings.watcher_queue)
         # Replay is taken and the watcher registered with no await in between: no gap, no duplicate.
         if options.replay:

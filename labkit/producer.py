@@ -48,7 +48,6 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 # Replies owed to one sender (events taken, replies not yet written) before its frames stop being
 # read: about 1.5 MB of replies at most per sender (settings.sender_reply_backlog once it exists).
-SENDER_REPLY_BACKLOG = 10_000
 
 
 class RateLimiter:
@@ -88,8 +87,8 @@ class ProducerService:
             ["close_code"],
             registry=self.metrics.registry,
         )
-        self.reply_limit = getattr(settings, "sender_reply_backlog", SENDER_REPLY_BACKLOG)
-        self.reply_stall_s = getattr(settings, "sender_reply_stall_s", settings.ping_timeout_s)
+        self.reply_limit = settings.sender_reply_backlog
+        self.reply_stall_s = settings.sender_reply_stall_s or settings.ping_timeout_s
         self.probe = BrokerProbe(settings)
         self.flights = Flights(
             {**PRODUCER_DEFAULTS, **settings.kafka_config()},

@@ -63,6 +63,14 @@ class Settings(BaseSettings):
         2000, ge=0, description="WebSocket messages per second per sender connection (0: unlimited)."
     )
     watcher_queue: int = Field(10_000, ge=1, description="Frames buffered per watcher before it is disconnected.")
+    sender_reply_backlog: int = Field(
+        10_000, ge=1, description="Unwritten replies per sender past which the producer stops reading that sender."
+    )
+    sender_reply_stall_s: float | None = Field(
+        None, gt=0, description="A sender whose replies do not move this long is closed with 1013 (default: ping_timeout_s)."
+    )
+    gateway_auth_failures_per_s: float = Field(1, gt=0, description="Refused API keys per second per client address.")
+    gateway_auth_failure_burst: int = Field(20, ge=1, description="Refused API keys a client address may try at once.")
     replay_buffer: int = Field(10_000, ge=0, description="Recent events the consumer keeps for ?replay=N.")
     max_resumes: int = Field(
         8, ge=1, le=64, description="Read-backs for resuming watchers at once per consumer; more are refused with 1013."

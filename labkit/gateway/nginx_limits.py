@@ -12,8 +12,8 @@ proxied (401, 404, 429, preflights). Where the open-files limit cannot hold that
 much, every route's budget shrinks alike, and the config says so.
 
 Failed API keys. A request refused by key-auth (no key, an unknown key, a key
-given twice) is counted per client address; past ``AUTH_FAILURE_BURST`` at once,
-and then ``AUTH_FAILURES_PER_S`` a second, the address gets 429 with Kong's
+given twice) is counted per client address; past ``gateway_auth_failure_burst`` (settings) at once,
+and then ``gateway_auth_failures_per_s`` a second, the address gets 429 with Kong's
 rate-limit message instead of 401, so keys cannot be guessed at line rate. A
 request with a valid key is never counted, so the right key keeps working.
 nginx's limit_req runs after the phase where key-auth answers 401, so refused
@@ -36,8 +36,6 @@ from .nginx_text import DUPLICATE_API_KEY, INVALID_API_KEY, NO_API_KEY, NO_ROUTE
 HEADROOM = 256  # connections that are never proxied: refusals, 404s, preflights
 FILES_OVERHEAD = 64  # open files that are not connections: logs, the listening socket, temp files
 NOFILE_CAP = 1 << 20  # where the hard limit is unlimited
-AUTH_FAILURES_PER_S = 1
-AUTH_FAILURE_BURST = 20
 ROUTE_FULL = "Too many connections on this route: try again later"
 RATE_LIMITED = "API rate limit exceeded"  # Kong's rate-limiting message
 
@@ -90,8 +88,8 @@ def route_connection_limit(route: _Route, budget: ConnectionBudget) -> list[str]
 def _auth_failures(settings: Settings) -> tuple[float, int]:
     """Per address: refused keys a second, and at once (settings fields once they exist)."""
     return (
-        getattr(settings, "gateway_auth_failures_per_s", AUTH_FAILURES_PER_S),
-        getattr(settings, "gateway_auth_failure_burst", AUTH_FAILURE_BURST),
+        settings.gateway_auth_failures_per_s,
+        settings.gateway_auth_failure_burst,
     )
 
 
