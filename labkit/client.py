@@ -207,22 +207,30 @@ def watch_url(
     return f"{base}{'&' if '?' in base else '?'}{urlencode(query, safe=',:')}" if query else base
 
 
-class _RecentIds:
-    """The last ``size`` event ids seen, to drop duplicates after a resume."""
+class _SeenDeliveries:
+    """The last ``size`` deliveries seen, by (partition, offset), to drop a record delivered twice.
+
+    A duplicate delivery is the same record at the same place: same partition, same
+    offset and same Kafka timestamp. Two events with the same ``id`` are two events.
+    The same (partition, offset) with another timestamp is a new record: the broker's
+    log started again (an embedded broker keeps its log in memory).
+    """
 
     def __init__(self, size: int = 100_000) -> None:
-        self.order: deque[str] = deque()
-        self.ids: set[str] = set()
+        self.order: deque[tuple[int, int]] = deque()
+        self.stamps: dict[tuple[int, int], float] = {}
         self.size = size
 
-    def add(self, event_id: str) -> bool:
-        """False when the id was already seen."""
-        if event_id in self.ids:
+    def first_time(self, event: Delivered) -> bool:
+        """False when this record was already delivered."""
+        place = (event.partition, event.offset)
+        if self.stamps.get(place) == event.kafka_ts:
             return False
-        self.ids.add(event_id)
-        self.order.append(event_id)
+        if place not in self.stamps:
+            self.order.append(place)
+        self.stamps[place] = event.kafka_ts
         if len(self.order) > self.size:
-            self.ids.discard(self.order.popleft())
+            self.stamps.pop(self.order.popleft(), None)
         return True
 
 
@@ -242,20 +250,23 @@ async def watch(
     opened: asyncio.Event | None = None,
     reconnect: bool = True,
     give_up_after: float = RECONNECT_GIVE_UP_S,
+    raw: bool = False,
 ) -> AsyncIterator[Delivered]:
     """Yield events as the consumer delivers them (through the gateway by default).
 
-    ``count`` stops after that many; ``opened`` is set once the first connection is
-    up, so a caller can start sending only when nothing can be missed. When the
-    connection drops (a consumer or gateway restart, a network fault) it reconnects
-    with backoff and resumes from the last offset it saw per partition, so every
-    acknowledged event arrives; duplicates are dropped by ``id``. It gives up after
+    ``count`` stops after that many; ``opened`` is set while a connection is up (set
+    when it opens, cleared when it drops), so a caller can start sending only when
+    nothing can be missed. When the connection drops (a consumer or gateway restart,
+    a network fault) it reconnects with backoff and resumes from the last offset it
+    saw per partition, so every acknowledged event arrives. A record delivered twice
+    (same partition and offset) is yielded once; ``raw=True`` yields every frame as
+    delivered, duplicates included, to count them. It gives up after
     ``give_up_after`` seconds without a connection; the first connection is not retried.
     """
     resolved = _settings(settings)
     kinds = list(types) if types else None
     positions: dict[int, int] = {}
-    recent = _RecentIds()
+    seen = None if raw else _SeenDeliveries()
     since_ms: float | None = None
     delivered = 0
     failing_since: float | None = None
@@ -270,15 +281,19 @@ async def watch(
                 failing_since, backoff = None, RECONNECT_FIRST_S
                 if opened is not None:
                     opened.set()
-                async for frame in ws:
-                    event = decode_delivered(frame)
-                    positions[event.partition] = event.offset  # in order per partition: the last is the furthest
-                    if not recent.add(event.id):
-                        continue
-                    yield event
-                    delivered += 1
-                    if count is not None and delivered >= count:
-                        return
+                try:
+                    async for frame in ws:
+                        event = decode_delivered(frame)
+                        if seen is not None and not seen.first_time(event):
+                            continue
+                        positions[event.partition] = event.offset  # in order per partition: the last is the furthest
+                        yield event
+                        delivered += 1
+                        if count is not None and delivered >= count:
+                            return
+                finally:
+                    if opened is not None:
+                        opened.clear()
         except Exception as exc:
             if since_ms is None or not reconnect or not _retryable(exc):
                 raise
