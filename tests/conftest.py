@@ -37,16 +37,16 @@ def is_marker(event: Delivered) -> bool:
 
 
 class Collector:
-    """A raw watcher task (``watch(raw=True)``): every delivered frame, in arrival order."""
+    """A watcher task gathering events in arrival order: raw (every delivered frame) unless ``raw=False``."""
 
-    def __init__(self, settings: Settings, **options: object) -> None:
+    def __init__(self, settings: Settings, raw: bool = True, **options: object) -> None:
         self.settings = settings
         self.events: list[Delivered] = []
         self.opened = asyncio.Event()  # set while connected (watch() clears it when the connection drops)
-        self.task = asyncio.create_task(self._run(settings, options))
+        self.task = asyncio.create_task(self._run(settings, raw, options))
 
-    async def _run(self, settings: Settings, options: dict) -> None:
-        async for event in watch(settings=settings, opened=self.opened, raw=True, **options):
+    async def _run(self, settings: Settings, raw: bool, options: dict) -> None:
+        async for event in watch(settings=settings, opened=self.opened, raw=raw, **options):
             self.events.append(event)
 
     def _alive(self) -> None:

@@ -12,9 +12,10 @@ import asyncio
 import pytest
 import websockets
 
-from labkit import Sender, SendError, Settings, Stack
+from labkit import Sender, Settings, Stack
 from labkit.gateway import GatewayConfigError
 from conftest import Collector, repeated_deliveries
+from streaming import Stream
 from waiting import health, wait_until
 
 
@@ -22,44 +23,6 @@ from waiting import health, wait_until
 def own_stack(tmp_path):
     with Stack(Settings().with_free_ports(state_dir=tmp_path)) as stack:
         yield stack
-
-
-class Stream:
-    """Small batches sent until stopped, reconnecting when the connection drops; what was acked is kept."""
-
-    def __init__(self, sender_url: str, settings: Settings, event_type: str) -> None:
-        self.acks: list = []
-        self.failed_connections = 0
-        self.stop = asyncio.Event()
-        self.task = asyncio.create_task(self._run(sender_url, settings, event_type))
-
-    @property
-    def acked(self) -> list[str]:
-        return [ack.ack for ack in self.acks]
-
-    async def _run(self, sender_url: str, settings: Settings, event_type: str) -> None:
-        sequence = 0
-        while not self.stop.is_set():
-            try:
-                async with Sender(sender_url, settings=settings) as sender:
-                    while not self.stop.is_set():
-                        batch = [{"type": event_type, "value": sequence + i, "key": f"k{(sequence + i) % 5}"} for i in range(5)]
-                        sequence += 5
-                        replies = await sender.send_many(batch, raise_on_error=False, timeout=40)
-                        self.acks += [r for r in replies if r.ok]
-                        await asyncio.sleep(0.02)  # pacing the load (about 250 events/s), not synchronisation
-            except (SendError, OSError):
-                self.failed_connections += 1
-                await asyncio.sleep(0.1)  # reconnection backoff while the gateway is down, not synchronisation
-
-    async def grows_by(self, count: int, what: str, timeout: float = 30.0) -> None:
-        """Wait until ``count`` more events are acked than now."""
-        target = len(self.acks) + count
-        await wait_until(lambda: len(self.acks) >= target, timeout, lambda: f"{what}: {len(self.acks)} of {target} acks")
-
-    async def finish(self) -> None:
-        self.stop.set()
-        await asyncio.wait_for(self.task, 60)
 
 
 async def run_through_fault(stack: Stack, event_type: str, fault, sender_url: str | None = None) -> None:
@@ -85,8 +48,7 @@ async def run_through_fault(stack: Stack, event_type: str, fault, sender_url: st
             assert len(ids) == len(set(ids)), "an acknowledged event was stored twice in Kafka"
     finally:
         if stream is not None:
-            stream.stop.set()
-            await asyncio.gather(stream.task, return_exceptions=True)
+            await stream.abandon()
         for watcher in watchers:
             await watcher.stop()
 
