@@ -57,7 +57,7 @@ async def test_unknown_path_is_404(stack: Stack):
     assert await refused_status(stack.settings.url(stack.settings.gateway_port, "/nowhere")) == 404
 
 
-READ_TIMEOUT_MS = 1000  # the gateway closes a WebSocket that carries nothing for this long
+READ_TIMEOUT_MS = 1500  # the gateway closes a WebSocket that carries nothing for this long
 PING_INTERVAL_S = 0.2  # the services ping more often than that
 
 
