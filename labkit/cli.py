@@ -50,14 +50,18 @@ def build_settings(**flags: Any) -> Settings:
         raise typer.BadParameter(problems) from None
 
 
-def status_table(stack: Stack) -> Table:
-    table = Table(title=f"labkit stack ({stack.settings.mode}, state in {stack.state_dir})")
-    for column in ("component", "state", "pid", "url"):
+def status_table(stack: Stack, cpu_sample_s: float = 0.0) -> Table:
+    table = Table(title=f"labkit stack ({stack.settings.mode}, broker {stack.settings.broker}, state in {stack.state_dir})")
+    rows = stack.status(cpu_sample_s) if cpu_sample_s and isinstance(stack, Stack) else stack.status()
+    with_cpu = any("cpu" in row for row in rows)
+    for column in ("component", "state", "pid", "url", *(["cpu (cores)"] if with_cpu else []), "detail"):
         table.add_column(column)
     colours = {"running": "green", "stopped": "red"}
-    for row in stack.status():
+    for row in rows:
         colour = colours.get(row["state"], "yellow")
-        table.add_row(row["component"], f"[{colour}]{row['state']}[/]", str(row["pid"] or "-"), row["url"])
+        cpu = [f"{row['cpu']:.3f}" if row.get("cpu") is not None else "-"] if with_cpu else []
+        table.add_row(row["component"], f"[{colour}]{row['state']}[/]", str(row["pid"] or "-"), row["url"], *cpu,
+                      row.get("detail", ""))
     return table
 
 
@@ -74,8 +78,12 @@ def _run_up(stack: Stack, restart: bool = False) -> None:
             progress.update(task, description=text, completed=step - 1, total=steps)
 
         (stack.restart if restart else stack.up)(on_step)
+    for action in getattr(stack, "actions", []):
+        out.print(f"  {action}", highlight=False)
     out.print(status_table(stack))
-    out.print(f"Ready in {time.monotonic() - began:.1f} s. Try: [bold]labkit watch[/] in one terminal, "
+    ready_ms = getattr(stack, "ready_ms", None)
+    through = f" (a probe event went through end to end in {ready_ms:.0f} ms)" if ready_ms is not None else ""
+    out.print(f"Ready in {time.monotonic() - began:.1f} s{through}. Try: [bold]labkit watch[/] in one terminal, "
               "[bold]labkit send --type click --value 1[/] in another; [bold]labkit down[/] stops it all.")
 
 
@@ -87,6 +95,7 @@ def up(
     consumer_port: Port = None,
     gateway_port: Port = None,
     kafka_port: Port = None,
+    broker: Annotated[Optional[str], typer.Option(help="Embedded broker: noida (default) or tansu; external with --kafka.")] = None,
     kafka: Annotated[Optional[str], typer.Option(help="Bootstrap servers of an existing Kafka cluster (HOST:PORT[,...]).")] = None,
     kafka_config: Annotated[
         Optional[Path],
@@ -102,7 +111,7 @@ def up(
     """
     settings = build_settings(
         mode=mode or ("external" if kafka else None), host=host, producer_port=producer_port,
-        consumer_port=consumer_port, gateway_port=gateway_port, kafka_port=kafka_port, kafka_bootstrap=kafka,
+        consumer_port=consumer_port, gateway_port=gateway_port, kafka_port=kafka_port, kafka_bootstrap=kafka, broker=broker,
         kafka_properties=_read_properties(kafka_config) if kafka_config else None,
         topic=topic, partitions=partitions, state_dir=state_dir,
     )
@@ -128,6 +137,12 @@ def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None
     """Stop the stack and start it again with the same settings."""
     stack = open_stack(build_settings(state_dir=state_dir))
     stack.is_running()
+    if isinstance(stack, Stack) and stack.settings.broker != "external":
+        from .brokers import broker_kind
+
+        if not broker_kind(stack.settings).keeps_data:
+            err.print(f"[yellow]Restarting the broker: it keeps events in memory, so the ones it holds are lost "
+                      f"({broker_kind(stack.settings).describe(stack.settings)}).[/]")
     _run_up(stack, restart=True)
 
 
@@ -139,10 +154,13 @@ def down(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
 
 
 @app.command()
-def status(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
-    """Show each component, whether it answers, and its URL."""
+def status(
+    state_dir: Annotated[Optional[Path], typer.Option()] = None,
+    cpu_sample: Annotated[float, typer.Option(min=0, max=60, help="Seconds over which to measure each component's CPU (0: skip).")] = 1.0,
+) -> None:
+    """Show each component, whether it answers, its URL, the CPU it uses, and which broker runs."""
     stack = open_stack(build_settings(state_dir=state_dir))
-    out.print(status_table(stack))
+    out.print(status_table(stack, cpu_sample))
     if stack.is_running():
         for name in ("producer", "consumer"):
             try:
@@ -314,6 +332,95 @@ from .bench.cli import bench_app  # noqa: E402 - the sub-app defines its own opt
 app.add_typer(bench_app, name="bench")
 
 
+@contextlib.contextmanager
+def _bench_stack(use_running: bool, broker: str | None, name: str):
+    """The running stack, or a fresh one on free ports (stopped afterwards), for a bench phase."""
+    import tempfile
+
+    if use_running:
+        stack = Stack(running_settings(build_settings()))
+        if not stack.is_running():
+            raise LabkitError("no stack is running: start one with `labkit up`, or leave out --use-running")
+        yield stack
+        return
+    settings = build_settings(broker=broker).with_free_ports(state_dir=Path(tempfile.mkdtemp(prefix=f"labkit-{name}-")))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as progress:
+        task = progress.add_task(f"starting a {settings.broker} stack", total=None)
+        stack = Stack(settings).up(lambda text, step, steps: progress.update(task, description=text, completed=step - 1, total=steps))
+    try:
+        yield stack
+    finally:
+        stack.down()
+
+
+BrokerOption = Annotated[Optional[str], typer.Option(help="Broker of the fresh stack: noida (default) or tansu.")]
+
+
+@bench_app.command("endurance")
+def bench_endurance(
+    events: Annotated[int, typer.Option(min=100, help="Events to send, one per frame.")] = 50_000,
+    rate: Annotated[float, typer.Option(min=1, max=2000, help="Events (frames) per second through the gateway.")] = 1000.0,
+    window: Annotated[int, typer.Option(min=10, help="Events per latency window.")] = 5_000,
+    broker: BrokerOption = None,
+    use_running: Annotated[bool, typer.Option(help="Use the stack `labkit up` started.")] = False,
+    out_dir: Annotated[Path, typer.Option(help="Where the JSON and the plot go.")] = Path("bench-results"),
+) -> None:
+    """One event per frame through the gateway for EVENTS events: latency per window, broker memory and CPU."""
+    from .bench.endurance import run_endurance, write_endurance
+
+    with _bench_stack(use_running, broker, "endurance") as stack:
+        with Progress(TextColumn("endurance"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[received]}"),
+                      TimeElapsedColumn(), console=err) as progress:
+            task = progress.add_task("endurance", total=events, received="")
+
+            def on_progress(sent: int, received: int) -> None:
+                progress.update(task, completed=sent, received=f"received {received:,}")
+
+            result = asyncio.run(run_endurance(stack, events, rate, window, on_progress))
+    table = Table(title=f"endurance on {result.broker}: {result.events:,} events at {result.rate:g}/s, one per frame")
+    for column in ("events", "p50 ms", "p99 ms", "max ms", "broker RSS MB", "broker CPU (cores)"):
+        table.add_column(column, justify="right")
+    for w in result.windows:
+        table.add_row(f"{w.first:,}-{w.last:,}", f"{w.p50_ms:.2f}", f"{w.p99_ms:.2f}", f"{w.max_ms:.1f}",
+                      f"{w.broker_rss_mb:.1f}", f"{w.broker_cpu_cores:.3f}")
+    out.print(table)
+    verdict = "[green]passed[/]" if result.passed else "[red]failed[/]"
+    out.print(f"acknowledged {result.acked:,}, refused {result.refused:,}, received {result.received:,}, "
+              f"lost {result.lost:,}, duplicates {result.duplicates:,}; last/first window p99 = {result.p99_ratio} "
+              f"(goal <= 2, nothing lost): {verdict}")
+    for path in write_endurance(result, out_dir):
+        out.print(f"wrote {path}")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@bench_app.command("idle")
+def bench_idle(
+    seconds: Annotated[float, typer.Option(min=1, max=600, help="How long to measure.")] = 30.0,
+    broker: BrokerOption = None,
+    use_running: Annotated[bool, typer.Option(help="Use the stack `labkit up` started.")] = False,
+) -> None:
+    """CPU of each component with the stack up and no traffic (goal: under 5% of one core in total)."""
+    from .bench.endurance import run_idle
+
+    with _bench_stack(use_running, broker, "idle") as stack:
+        with Progress(TextColumn(f"measuring idle CPU for {seconds:g} s"), TimeElapsedColumn(), console=err, transient=True) as progress:
+            progress.add_task("idle")
+            cores = run_idle(stack, seconds)
+        table = Table(title=f"idle CPU over {seconds:g} s, broker {stack.settings.broker}")
+    table.add_column("component")
+    table.add_column("cores", justify="right")
+    table.add_column("% of one core", justify="right")
+    for name, used in cores.items():
+        table.add_row(name, f"{used:.4f}", f"{used * 100:.1f}")
+    total = sum(cores.values())
+    table.add_row("[bold]total[/]", f"{total:.4f}", f"{total * 100:.1f}")
+    out.print(table)
+    out.print("[green]under 5% of one core[/]" if total < 0.05 else "[red]over the 5% goal[/]")
+    if total >= 0.05:
+        raise typer.Exit(1)
+
+
 @bench_app.command("soak")
 def bench_soak(
     minutes: Annotated[float, typer.Option(min=0.05, help="How long to run.")] = 10.0,
@@ -324,17 +431,9 @@ def bench_soak(
     out_dir: Annotated[Path, typer.Option(help="Where the JSON and the memory plot go.")] = Path("bench-results"),
 ) -> None:
     """Steady load for MINUTES: losses per watcher and each component's memory over time."""
-    import tempfile
-
     from .soak import run_soak, write_soak
 
-    settings = running_settings(build_settings()) if use_running else Settings().with_free_ports(
-        state_dir=Path(tempfile.mkdtemp(prefix="labkit-soak-"))
-    )
-    stack = Stack(settings)
-    if use_running and not stack.is_running():
-        raise LabkitError("no stack is running: start one with `labkit up`, or leave out --use-running")
-    with stack if not use_running else contextlib.nullcontext(stack):
+    with _bench_stack(use_running, None, "soak") as stack:
         with Progress(TextColumn("soak"), BarColumn(), TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=err) as progress:
             task = progress.add_task("soak", total=minutes * 60, counts="")
 

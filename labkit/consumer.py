@@ -28,33 +28,27 @@ from collections import deque
 from http import HTTPStatus
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from .catchup import read_missed
-from .events import delivered_frame, now_ms, parse_record
+from .events import delivered_frame, is_reserved, now_ms, parse_record
+from .kafka import CONSUMER_DEFAULTS, TailReader
+from .retention import INTERVAL_S as RETENTION_INTERVAL_S
+from .retention import trim_topic
 from .service import (
     BrokerProbe, ServiceMetrics, configure_logging, json_response, make_process_request, run_service, text_frame,
 )
 from .settings import Settings
 from .watchers import Frame, Watcher, WatchOptions, parse_watch_query
 
-__all__ = ["ConsumerService", "CONSUMER_DEFAULTS", "main"]
+__all__ = ["ConsumerService", "main"]
 
 log = logging.getLogger("labkit.consumer")
 
-CONSUMER_DEFAULTS: dict[str, Any] = {
-    "client.id": "labkit-consumer",
-    "enable.auto.commit": False,
-    "enable.auto.offset.store": False,
-    # Tansu answers a fetch when this wait ends, not when data arrives: it bounds the delay.
-    "fetch.wait.max.ms": 5,
-    "enable.partition.eof": False,
-    "auto.offset.reset": "earliest",  # a position past the log's end (a broker that lost its log): skip nothing
-}
 # At start the consumer reads back this far, to fill the replay buffer.
 REPLAY_LOOKBACK_MS = 10 * 60 * 1000
 
@@ -67,12 +61,15 @@ class ConsumerService:
         self.metrics = ServiceMetrics()
         self.invalid_records = self.metrics.errors.labels("invalid_record")
         config = {**CONSUMER_DEFAULTS, **settings.kafka_config(), "group.id": f"labkit-fanout-{id(self):x}"}
-        self.kafka = Consumer(config)
+        self.reader = TailReader(config)
+        self.kafka = self.reader.consumer
         self.probe = BrokerProbe(settings)
         self.watchers: set[Watcher] = set()
         self.recent: deque[Frame] = deque(maxlen=settings.replay_buffer or 1)
         self.assigned: list[int] = []
         self.started_at_ms = now_ms()
+        self.kept_from: dict[int, int] = {}  # per partition, where the topic starts after trimming
+        self._retention: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stopped = threading.Event()
         self._reader = threading.Thread(target=self._read_kafka, name="kafka-read", daemon=True)
@@ -101,21 +98,18 @@ class ConsumerService:
         except KafkaException as exc:
             log.warning("could not look up recent offsets (%s); starting at the end", exc)
             starts = [TopicPartition(topic, tp.partition, OFFSET_END) for tp in wanted]
-        starts = [tp if tp.offset >= 0 else TopicPartition(topic, tp.partition, OFFSET_END) for tp in starts]
-        self.kafka.assign(starts)
-        self.assigned = [tp.partition for tp in starts]
+        self.reader.assign(topic, {tp.partition: tp.offset if tp.offset >= 0 else OFFSET_END for tp in starts})
+        self.assigned = self.reader.partitions
         log.info("reading %s partitions %s", topic, self.assigned)
 
     def _read_kafka(self) -> None:
         assert self.loop is not None
         self._assign()
-        kafka = self.kafka
+        reader = self.reader
         while not self._stopped.is_set():
-            first = kafka.poll(0.1)  # returns as soon as one record is there
-            if first is None:
-                continue
-            batch = [first, *kafka.consume(num_messages=999, timeout=0)]
-            self.loop.call_soon_threadsafe(self._dispatch, batch)
+            batch = reader.read(0.1)  # returns as soon as one record is there
+            if batch:
+                self.loop.call_soon_threadsafe(self._dispatch, batch)
 
     # -- event loop side ---------------------------------------------------------
 
@@ -140,7 +134,8 @@ class ConsumerService:
             kafka_ts = msg.timestamp()[1]
             partition, offset = msg.partition(), msg.offset()
             frame = (partition, offset, record.type, delivered_frame(value, msg.topic(), partition, offset, kafka_ts, now))
-            self.recent.append(frame)
+            if not is_reserved(record.type):
+                self.recent.append(frame)  # the stack's readiness probes are not replayed
             if kafka_ts < self.started_at_ms:
                 continue  # read back at start for the replay buffer; not a live delivery
             metrics.latency.observe(max(0.0, now - record.received_at) / 1000.0)
@@ -215,14 +210,35 @@ class ConsumerService:
             "partitions": self.assigned,
             "watchers": len(self.watchers),
             "replay_buffer": len(self.recent),
+            "kept_from": self.kept_from,
+            "idle_fetch_cycles": self.reader.idle_cycles,
         }
+
+    async def _keep_topic_bounded(self) -> None:
+        """Every few seconds, delete what the retention settings do not keep (one task, not one per watcher)."""
+        trimmed = self.metrics.errors.labels("retention_failed")
+        while True:
+            await asyncio.sleep(RETENTION_INTERVAL_S)  # a period, not synchronisation
+            try:
+                moved = await asyncio.to_thread(trim_topic, self.probe.admin, self.settings, list(self.assigned))
+            except Exception as exc:  # a broker that is down now is retried next period
+                trimmed.inc()
+                log.warning("could not trim the topic: %s", exc)
+                continue
+            if moved:
+                self.kept_from.update(moved)
+                log.info("trimmed %s: partitions now start at %s", self.settings.topic, moved)
 
     async def started(self, _server: Any) -> None:
         self.loop = asyncio.get_running_loop()
         self._reader.start()
         self.probe.start()
+        if self.settings.retain_events or self.settings.retain_minutes:
+            self._retention = asyncio.create_task(self._keep_topic_bounded())
 
     async def stopping(self) -> None:
+        if self._retention is not None:
+            self._retention.cancel()
         await self.probe.stop()
         self._stopped.set()
         await asyncio.to_thread(self._reader.join, 5)

@@ -33,7 +33,18 @@ __all__ = [
     "decode_reply",
     "now_ms",
     "new_id",
+    "PROBE_TYPE",
+    "is_reserved",
 ]
+
+#: Event types starting with this are labkit's own (the stack's readiness probe): a watcher
+#: receives them only when it names them in ``types``, and replay never holds them.
+RESERVED_PREFIX = "labkit."
+PROBE_TYPE = "labkit.ready"
+
+
+def is_reserved(event_type: str) -> bool:
+    return event_type.startswith(RESERVED_PREFIX)
 
 Text = Annotated[str, Meta(min_length=1, max_length=256)]
 Number = int | float
@@ -194,7 +205,9 @@ def parse_record(value: bytes | None) -> Recorded | None:
         return None
     try:
         return _record_decoder.decode(value)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # RecursionError: a record nested thousands deep, written to Kafka by another client;
+        # escaping, it would drop every other record of the batch it came in.
         return None
 
 

@@ -22,6 +22,7 @@ __all__ = ["Settings", "REPO_ROOT", "free_port"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 Mode = Literal["embedded", "compose", "external"]
+BrokerName = Literal["noida", "tansu", "external"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -43,6 +44,9 @@ class Settings(BaseSettings):
     consumer_port: int = Field(6788, ge=0, le=65535)
     gateway_port: int = Field(8000, ge=0, le=65535)
     kafka_port: int = Field(9092, ge=0, le=65535)
+    broker: BrokerName = Field(
+        "noida", description="The embedded broker (noida, tansu), or external: the cluster at kafka_bootstrap."
+    )
     kafka_bootstrap: str | None = Field(
         None, description="Bootstrap servers of an external cluster; default: the embedded broker."
     )
@@ -60,6 +64,10 @@ class Settings(BaseSettings):
     )
     watcher_queue: int = Field(10_000, ge=1, description="Frames buffered per watcher before it is disconnected.")
     replay_buffer: int = Field(10_000, ge=0, description="Recent events the consumer keeps for ?replay=N.")
+    retain_events: int = Field(
+        100_000, ge=0, description="Records kept per partition; older ones are deleted (0: no limit)."
+    )
+    retain_minutes: float = Field(0, ge=0, description="Records older than this are deleted (0: no limit).")
 
     ping_interval_s: float = Field(20, gt=0, description="Services ping idle clients this often (keeps gateways from timing out).")
     ping_timeout_s: float = Field(20, gt=0, description="A client that does not answer a ping this long is dropped (half-open).")
@@ -88,10 +96,23 @@ class Settings(BaseSettings):
             return {k.strip(): v.strip() for k, v in pairs}
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bootstrap_means_external(cls, values: object) -> object:
+        # Naming a cluster's servers is choosing the external broker.
+        if isinstance(values, dict) and values.get("kafka_bootstrap") and "broker" not in values:
+            return {**values, "broker": "external"}
+        return values
+
     @model_validator(mode="after")
     def _external_needs_servers(self) -> Settings:
-        if self.mode == "external" and not self.kafka_bootstrap:
+        if (self.mode == "external" or self.broker == "external") and not self.kafka_bootstrap:
             raise ValueError("external mode needs the cluster's bootstrap servers: --kafka HOST:PORT or LABKIT_KAFKA_BOOTSTRAP")
+        if self.kafka_bootstrap and self.broker != "external":
+            raise ValueError(
+                f"kafka_bootstrap names an external cluster, but broker is {self.broker!r}: "
+                "drop one (LABKIT_KAFKA_BOOTSTRAP or LABKIT_BROKER / --broker)"
+            )
         return self
 
     def __repr_args__(self):  # keep credentials in kafka_properties out of reprs and logs

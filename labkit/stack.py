@@ -24,9 +24,11 @@ from typing import Any
 
 import psutil
 
-from .broker import broker_command, ensure_topic
+from .brokers import broker_kind, ensure_topic
 from .errors import ComponentFailed, LabkitError, NotRunning, PortInUse
 from .gateway import gateway_command, load_kong_config, reload, routes_table, write_nginx_conf
+from .procstats import cpu_cores
+from .readiness import probe_round_trip
 from .settings import Settings
 
 __all__ = ["Stack", "Component", "open_stack", "running_settings"]
@@ -47,6 +49,10 @@ class Component:
     command: list[str]
     health_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    detail: str = ""
+    # Called before the process starts (may set the command), and once it answers.
+    prepare: Callable[[Component], None] | None = None
+    after_ready: Callable[[Component], None] | None = None
     pid: int | None = None
     started_at: float | None = None
 
@@ -115,6 +121,8 @@ class Stack:
         base = settings or Settings()
         self.settings = base.replace(**changes) if changes else base
         self.started_here = False
+        self.actions: list[str] = []
+        self.ready_ms: float | None = None
 
     # -- layout ------------------------------------------------------------------
 
@@ -133,15 +141,28 @@ class Stack:
         s = settings or self.settings
         # Each service runs its own module: lighter than the CLI, which loads the benchmark and plots.
         serve = [sys.executable, "-m"]
+        broker = broker_kind(s)
         parts: list[Component] = []
-        if s.kafka_bootstrap is None:
-            parts.append(Component("broker", s.kafka_port, "kafka_port", f"{s.host}:{s.kafka_port}", broker_command(s)))
+
+        def topic(_: Component) -> None:
+            ensure_topic(s)  # an in-memory broker that restarted comes back without it
+
+        def broker_command(part: Component) -> None:
+            part.command = broker.command(s)
+
+        def gateway_conf(part: Component) -> None:
+            part.command = gateway_command(write_nginx_conf(s, self.state_dir), self.state_dir)
+
+        if broker.argv is not None:
+            parts.append(Component("broker", s.kafka_port, "kafka_port", s.bootstrap_servers, [],
+                                   detail=broker.describe(s), prepare=broker_command, after_ready=topic))
         for name, port, setting in (("producer", s.producer_port, "producer_port"), ("consumer", s.consumer_port, "consumer_port")):
-            parts.append(
-                Component(name, port, setting, s.url(port), [*serve, f"labkit.{name}"], s.url(port, "/healthz", "http"), _settings_env(s))
-            )
+            parts.append(Component(
+                name, port, setting, s.url(port), [*serve, f"labkit.{name}"], s.url(port, "/healthz", "http"),
+                _settings_env(s), prepare=topic if name == "producer" and broker.argv is None else None,
+            ))
         gateway_url = f"{s.produce_url}  {s.consume_url}"
-        parts.append(Component("gateway", s.gateway_port, "gateway_port", gateway_url, []))
+        parts.append(Component("gateway", s.gateway_port, "gateway_port", gateway_url, [], prepare=gateway_conf))
         return parts
 
     # -- record ------------------------------------------------------------------
@@ -183,18 +204,28 @@ class Stack:
     # -- lifecycle -----------------------------------------------------------------
 
     def up(self, on_step: StepCallback | None = None) -> Stack:
-        """Start everything and wait until it answers; adopt a stack that already runs."""
+        """Start what is not running, wait until an event goes through end to end; adopt a running stack.
+
+        On a partly running stack only the missing components start (a running broker is
+        never restarted: an in-memory broker would lose its events). ``self.actions`` says
+        what was done.
+        """
         if self.settings.mode == "compose":
             raise LabkitError("compose mode runs under Docker Compose: use labkit.compose.ComposeStack (or open_stack)")
-        if self.is_running():
-            return self
-        self.down()  # a half-dead stack from before: stop what is left of it
+        recorded_settings, recorded = self._recorded_components()
+        alive = {p.name: p for p in recorded if p.process() is not None}
+        if alive:
+            self.settings = recorded_settings  # the stack keeps the settings it was started with
         parts = self.components()
-        for part in parts:
+        missing = [p for p in parts if p.name not in alive]
+        self.actions = [f"kept {name} (running, pid {part.pid})" for name, part in alive.items()]
+        if not missing:
+            return self
+        for part in missing:
             if not _port_free(self.settings.host, part.port):
                 raise PortInUse(part.name, self.settings.host, part.port, part.port_setting)
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        steps = len(parts) + 1
+        steps = len(missing) + 1
         step = 0
 
         def report(text: str) -> None:
@@ -203,28 +234,33 @@ class Stack:
             if on_step is not None:
                 on_step(text, step, steps)
 
+        running = [alive.get(p.name, p) for p in parts]
         started: list[Component] = []
         try:
-            for part in parts:
-                if part.name == "producer":
-                    report(f"creating topic {self.settings.topic} on {self.settings.bootstrap_servers}")
-                    ensure_topic(self.settings)
-                if part.name == "gateway":
-                    conf = write_nginx_conf(self.settings, self.state_dir)
-                    part.command = gateway_command(conf, self.state_dir)
+            for part in missing:
                 report(f"starting {part.name}")
                 self._start(part)
                 started.append(part)
-                self._write_record(started)
+                self._write_record([p for p in running if p.pid is not None])
                 self._wait_ready(part)
+                self.actions.append(f"started {part.name}")
+            report("checking that an event goes through the gateway, producer, broker and consumer")
+            self.ready_ms = probe_round_trip(self.settings)
         except BaseException:
             self._stop(started)
-            self.record_path.unlink(missing_ok=True)
+            if not alive:
+                self.record_path.unlink(missing_ok=True)
+            else:
+                self._write_record(list(alive.values()))
             raise
-        self.started_here = True
+        if recorded and "broker" not in alive and any(p.name == "broker" for p in missing):
+            self.actions.append("the broker had stopped: the new one starts empty (events it held are gone)")
+        self.started_here = not alive
         return self
 
     def _start(self, part: Component) -> None:
+        if part.prepare is not None:
+            part.prepare(part)
         log = self.log_path(part.name)
         with log.open("ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {part.name}\n".encode())
@@ -248,6 +284,8 @@ class Stack:
             if proc is None:
                 raise ComponentFailed(part.name, "exited during start-up", self.log_tail(part.name), str(self.log_path(part.name)))
             if part.answers(self.settings.host):
+                if part.after_ready is not None:
+                    part.after_ready(part)
                 return
             time.sleep(0.05)
         raise ComponentFailed(
@@ -317,18 +355,14 @@ class Stack:
         """Start one stopped component again with the stack's settings, and wait until it answers."""
         _, parts = self._recorded_components()
         fresh = next(p for p in self.components() if p.name == name)
-        if name == "gateway":
-            fresh.command = gateway_command(write_nginx_conf(self.settings, self.state_dir), self.state_dir)
         self._start(fresh)
         self._write_record([fresh if p.name == name else p for p in parts])
         self._wait_ready(fresh)
-        if name == "broker":
-            ensure_topic(self.settings)
 
     # -- looking at it ---------------------------------------------------------------
 
-    def status(self) -> list[dict[str, Any]]:
-        """One row per component: name, state, pid, url."""
+    def status(self, cpu_sample_s: float = 0.0) -> list[dict[str, Any]]:
+        """One row per component: name, state, pid, url, detail; with ``cpu_sample_s``, the cores it used over that long."""
         self.is_running()  # adopt the running stack's settings, if any
         recorded = {p.name: p for p in self._recorded_components()[1]}
         rows = []
@@ -339,7 +373,12 @@ class Stack:
                 state = "stopped"
             else:
                 state = "running" if part.answers(self.settings.host) else "not answering"
-            rows.append({"component": part.name, "state": state, "pid": proc.pid if proc else None, "url": part.url})
+            rows.append({"component": part.name, "state": state, "pid": proc.pid if proc else None, "url": part.url,
+                         "detail": part.detail})
+        if cpu_sample_s > 0:
+            cores = cpu_cores({r["component"]: r["pid"] for r in rows if r["pid"]}, cpu_sample_s)
+            for row in rows:
+                row["cpu"] = cores.get(row["component"])
         return rows
 
     def routes(self) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from .events import is_reserved
 from .service import ServiceMetrics, can_write_now
 
 __all__ = ["WatchOptions", "parse_watch_query", "Watcher", "Frame"]
@@ -104,12 +105,14 @@ class Watcher:
         self.merged: set[int] = set()
         # The first live offset queued per partition: catching up can stop there.
         self.first_live: dict[int, int] = {}
-        self.catching_up: asyncio.Future[tuple[list[Frame], bool]] | None = None
+        self.catching_up: asyncio.Future[tuple[list[Frame], bool, dict[int, int]]] | None = None
         # The writer waits with nothing queued: a live frame may go straight to the socket.
         self.idle = False
 
     def wants(self, event_type: str) -> bool:
-        return self.types is None or event_type in self.types
+        if self.types is None:
+            return not is_reserved(event_type)
+        return event_type in self.types
 
     def push(self, frame: Frame) -> bool:
         """Queue a live frame; False when the queue is full."""
@@ -158,7 +161,8 @@ class Watcher:
         frames = self.frames
         try:
             if self.catching_up is not None:
-                missed, complete = await self.catching_up
+                missed, complete, sent_upto = await self.catching_up
+                self.sent_upto.update(sent_upto)  # a resume offset from an older log skips nothing
                 for frame in missed:
                     if self.wants(frame[2]):
                         await self._send(frame, metrics, live=False)

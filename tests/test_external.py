@@ -11,15 +11,15 @@ import psutil
 import websockets
 
 from labkit import Sender, Settings, Stack, watch
-from labkit.broker import broker_command
+from labkit.brokers import BROKERS
 from labkit.client import lab_api_key
 from labkit.settings import free_port
 from waiting import wait_until
 
 
 async def test_up_with_kafka_runs_against_an_existing_cluster(tmp_path):
-    cluster = Settings(kafka_port=free_port())
-    broker = subprocess.Popen(broker_command(cluster), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cluster = Settings(kafka_port=free_port(), state_dir=tmp_path / "cluster")
+    broker = subprocess.Popen(BROKERS["noida"].command(cluster.replace(broker="noida")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "state"
     ports = {f"LABKIT_{name.upper()}": str(free_port()) for name in ("producer_port", "consumer_port", "gateway_port")}
     env = {**os.environ, **ports, "LABKIT_STATE_DIR": str(state), "COLUMNS": "200"}

@@ -123,16 +123,15 @@ async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> list[asyncio
 def _read_kafka(spec: ReceiverSpec, arrivals: Arrivals, loop: asyncio.AbstractEventLoop,
                 assigned: threading.Event, stop: threading.Event) -> None:
     """In a thread: the consumer service's read loop, on a plain consumer."""
-    from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+    from confluent_kafka import OFFSET_END
 
-    from ..consumer import CONSUMER_DEFAULTS
     from ..events import parse_record
+    from ..kafka import TailReader
 
-    config = {**CONSUMER_DEFAULTS, **spec.kafka_config, "client.id": "labkit-bench-baseline",
-              "group.id": f"labkit-bench-{uuid.uuid4().hex[:8]}"}
-    consumer = Consumer(config)
-    partitions = consumer.list_topics(timeout=10).topics[spec.topic].partitions
-    consumer.assign([TopicPartition(spec.topic, p, OFFSET_END) for p in sorted(partitions)])
+    reader = TailReader({**spec.kafka_config, "client.id": "labkit-bench-baseline",
+                         "group.id": f"labkit-bench-{uuid.uuid4().hex[:8]}"})
+    partitions = reader.consumer.list_topics(timeout=10).topics[spec.topic].partitions
+    reader.assign(spec.topic, {p: OFFSET_END for p in partitions})
     assigned.set()
 
     def file(batch: list) -> None:
@@ -148,13 +147,11 @@ def _read_kafka(spec: ReceiverSpec, arrivals: Arrivals, loop: asyncio.AbstractEv
 
     try:
         while not stop.is_set():
-            first = consumer.poll(0.1)  # as the consumer service reads: one record, then what is there
-            if first is None:
-                continue
-            batch = [first, *consumer.consume(num_messages=999, timeout=0)]
-            loop.call_soon_threadsafe(file, batch)
+            batch = reader.read(0.1)  # as the consumer service reads
+            if batch:
+                loop.call_soon_threadsafe(file, batch)
     finally:
-        consumer.close()
+        reader.close()
 
 
 async def _wait(condition, quiet_s: float, limit_s: float, arrivals: Arrivals) -> bool:

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 import psutil
 
+from ..procstats import cpu_seconds, family as _family
+
 __all__ = ["ResourceSampler"]
 
 SAMPLE_INTERVAL_S = 0.1
@@ -23,15 +25,6 @@ OTHERS = "other processes"  # the rest of the machine: tells whether something e
 def _machine_busy_s() -> float:
     times = psutil.cpu_times()
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
-
-
-def _family(pid: int) -> list[psutil.Process]:
-    """The process and its children, looked up once: psutil finds children by scanning /proc."""
-    try:
-        proc = psutil.Process(pid)
-        return [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return []
 
 
 class ResourceSampler:
@@ -69,14 +62,7 @@ class ResourceSampler:
         return self.components.get(name, [])
 
     def _cpu_seconds(self, name: str) -> float:
-        total = 0.0
-        for proc in self._processes(name):
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                pass
-        return total
+        return cpu_seconds(self._processes(name))
 
     def _rss(self, name: str) -> int:
         total = 0

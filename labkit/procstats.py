@@ -1,0 +1,51 @@
+"""CPU and memory of the lab's processes, read with psutil: for `labkit status` and the benchmark."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import psutil
+
+__all__ = ["family", "cpu_seconds", "cpu_cores", "rss_bytes"]
+
+
+def family(pid: int) -> list[psutil.Process]:
+    """The process and its children (nginx's workers), looked up once: psutil finds children by scanning /proc."""
+    try:
+        proc = psutil.Process(pid)
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def cpu_cores(pids: Mapping[str, int], seconds: float) -> dict[str, float]:
+    """Cores each named process (with its children) used over the next ``seconds``: 1.0 is one core busy."""
+    families = {name: family(pid) for name, pid in pids.items()}
+    before = {name: cpu_seconds(procs) for name, procs in families.items()}
+    began = time.monotonic()
+    time.sleep(seconds)  # a measurement window, not synchronisation
+    elapsed = time.monotonic() - began
+    return {name: (cpu_seconds(procs) - before[name]) / elapsed for name, procs in families.items()}
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its children."""
+    total = 0
+    for proc in family(pid):
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total

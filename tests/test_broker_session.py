@@ -1,0 +1,158 @@
+"""A lab session on the default broker: ready means ready, idle costs little yet delivers, the topic stays bounded,
+and `up` on a partly running stack starts only what is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+
+import pytest
+import websockets
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from labkit import Sender, Settings, Stack
+from labkit.brokers import BROKERS
+from labkit.client import lab_api_key
+from labkit.events import PROBE_TYPE
+from labkit.kafka import TailReader
+from labkit.retention import trim_points
+from labkit.settings import free_port
+
+
+def consumer_health(stack: Stack) -> dict:
+    url = stack.settings.url(stack.settings.consumer_port, "/healthz", "http")
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+async def wait_for(condition, timeout: float, what: str, every: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"within {timeout:g} s: {what}")
+        await asyncio.sleep(every)
+
+
+def test_trim_points_keep_the_newest_events_and_what_is_young_enough():
+    ends = {0: (0, 1000), 1: (0, 50), 2: (900, 1000)}
+    assert trim_points(ends, retain_events=100) == {0: 900}  # 1 holds less, 2 is already trimmed
+    assert trim_points(ends, retain_events=0) == {}
+    # by time: partition 1's records from offset 40 on are young enough; every record of 0 is too old (-1)
+    assert trim_points(ends, retain_events=0, by_time={0: -1, 1: 40, 2: 950}) == {0: 1000, 1: 40, 2: 950}
+    assert trim_points(ends, retain_events=100, by_time={0: 10}) == {0: 900}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    """A bare noida-db broker, for a reader of our own."""
+    import subprocess
+
+    settings = Settings(kafka_port=free_port(), state_dir=tmp_path_factory.mktemp("broker"))
+    process = subprocess.Popen(BROKERS["noida"].command(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            admin.list_topics(timeout=1)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+    yield settings.bootstrap_servers
+    process.terminate()
+    process.wait(10)
+
+
+def test_the_idle_reader_pauses_and_still_delivers_every_record(broker):
+    topic = f"idle-{time.time_ns()}"
+    admin = AdminClient({"bootstrap.servers": broker})
+    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(10)
+    reader = TailReader({"bootstrap.servers": broker, "group.id": "idle-test"})
+    reader.assign(topic, {p: 0 for p in range(3)})
+    producer = Producer({"bootstrap.servers": broker, "linger.ms": 0})
+    try:
+        for round_ in range(20):
+            # Let the reader go idle: every partition read to its end, paused, woken again at least once.
+            cycles = reader.idle_cycles
+            deadline = time.monotonic() + 10
+            while reader.idle_cycles < cycles + 2:
+                assert not reader.read(0.05), "a record arrived that nobody sent"
+                assert time.monotonic() < deadline, "the reader never paused: it would spin on an idle topic"
+            producer.produce(topic, f"r{round_}".encode(), partition=round_ % 3)
+            producer.flush(5)
+            sent = time.monotonic()
+            got = []
+            while not got:
+                got = [m for m in reader.read(0.05) if m.error() is None]
+                # Not a speed target: librdkafka left to wake by itself takes up to a second; the reader must wake it.
+                assert time.monotonic() - sent < 0.5, f"round {round_}: a record sent to an idle reader did not come"
+            assert [m.value() for m in got] == [f"r{round_}".encode()]
+    finally:
+        reader.close()
+
+
+async def test_the_probe_event_is_not_shown_to_watchers_nor_replayed(stack: Stack, collect, event_type):
+    everything = await collect()
+    async with Sender(settings=stack.settings) as sender:
+        await sender.send({"type": PROBE_TYPE, "value": 0})
+        await sender.send({"type": event_type, "value": 1})
+    await everything.until(1)
+    key = lab_api_key(stack.settings)
+    url = f"{stack.settings.consume_url}?replay=100"
+    async with websockets.connect(url, additional_headers={"apikey": key}) as ws:
+        replayed = []
+        while not any(event_type in frame for frame in replayed):
+            replayed.append(await asyncio.wait_for(ws.recv(), 10))
+    assert not any(PROBE_TYPE in frame for frame in replayed)
+    assert all(e.type != PROBE_TYPE for e in everything.events)
+
+
+@pytest.fixture
+def small_retention_stack(tmp_path):
+    settings = Settings(retain_events=50).with_free_ports(state_dir=tmp_path)
+    with Stack(settings) as stack:
+        yield stack
+
+
+async def test_the_topic_stays_bounded_and_a_late_resume_gets_what_remains(small_retention_stack: Stack, event_type):
+    stack = small_retention_stack
+    async with Sender(settings=stack.settings) as sender:
+        acks = await sender.send_many([{"type": event_type, "value": i, "key": "one"} for i in range(300)], batch=50)
+    partition = acks[0].partition
+    watermarks = Consumer({"bootstrap.servers": stack.settings.bootstrap_servers, "group.id": "w"})
+
+    def low() -> int:
+        return watermarks.get_watermark_offsets(TopicPartition(stack.settings.topic, partition), timeout=5, cached=False)[0]
+
+    await wait_for(lambda: low() >= acks[-1].offset + 1 - 50, 30, "the consumer did not trim the topic to 50 events")
+    assert consumer_health(stack)["kept_from"][str(partition)] >= acks[-1].offset + 1 - 50
+    # A plain client resuming from the very first offset gets the 50 that remain, in order.
+    key = lab_api_key(stack.settings)
+    url = f"{stack.settings.consume_url}?types={event_type}&resume={partition}:{acks[0].offset}&since=0"
+    async with websockets.connect(url, additional_headers={"apikey": key}) as ws:
+        values = []
+        while len(values) < 50:
+            values.append(json.loads(await asyncio.wait_for(ws.recv(), 10))["value"])
+    assert values == list(range(250, 300))
+    watermarks.close()
+
+
+async def test_up_on_a_partly_running_stack_starts_only_what_is_missing(tmp_path, event_type):
+    settings = Settings().with_free_ports(state_dir=tmp_path)
+    with Stack(settings) as stack:
+        broker_pid = {r["component"]: r["pid"] for r in stack.status()}["broker"]
+        stack.stop_component("consumer")
+        # Acknowledged while no consumer runs: they must still reach a watcher after `up`.
+        async with Sender(settings=settings) as sender:
+            acks = await sender.send_many([{"type": event_type, "value": i} for i in range(20)])
+        again = Stack(settings).up()
+        assert "started consumer" in again.actions and "started broker" not in again.actions
+        assert {r["component"]: r["pid"] for r in again.status()}["broker"] == broker_pid
+        key = lab_api_key(settings)
+        url = f"{settings.consume_url}?types={event_type}&replay=20"
+        async with websockets.connect(url, additional_headers={"apikey": key}) as ws:
+            ids = {json.loads(await asyncio.wait_for(ws.recv(), 10))["id"] for _ in range(20)}
+        assert ids == {a.ack for a in acks}
