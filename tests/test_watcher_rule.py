@@ -58,11 +58,13 @@ def frames(partition: int, offsets) -> list[Frame]:
 class Run:
     """A Watcher resuming from ``resume``, its catch-up already read, its writer running."""
 
-    def __init__(self, resume: dict[int, int], missed: list[Frame], live: list[Frame]) -> None:
+    def __init__(self, resume: dict[int, int], missed: list[Frame], live: list[Frame],
+                 counted_as_sent: dict[int, int] | None = None) -> None:
         self.socket = RecordingSocket()
         self.watcher = Watcher(self.socket, WatchOptions(resume=resume), limit=100_000)  # type: ignore[arg-type]
         caught_up = asyncio.get_running_loop().create_future()
-        caught_up.set_result((missed, True))
+        # Read whole; the read-back counts as sent the resume offsets, or less where one lies outside the log.
+        caught_up.set_result((missed, True, resume if counted_as_sent is None else counted_as_sent))
         self.watcher.catching_up = caught_up
         for item in live:  # live frames queue up while catching up
             assert self.watcher.push(item)
@@ -126,6 +128,13 @@ async def test_each_partition_merges_on_its_own():
 async def test_partitions_the_watcher_never_saw_send_everything():
     run = Run({0: 10}, missed=frames(2, [0, 1]), live=frames(2, [1, 2]))
     assert await run.drained() == [(2, 0), (2, 1), (2, 2)]
+    await run.stop()
+
+
+async def test_a_resume_offset_outside_the_log_skips_nothing_the_read_back_found():
+    # The broker's log began again: the read-back starts at the log's start and counts nothing as sent.
+    run = Run({0: 10**12}, missed=frames(0, [0, 1, 2]), live=frames(0, [2, 3]), counted_as_sent={0: -1})
+    assert await run.drained() == [(0, 0), (0, 1), (0, 2), (0, 3)]
     await run.stop()
 
 
