@@ -295,7 +295,15 @@ def watch_command(
     kinds = [t.strip() for t in types.split(",") if t.strip()] if types else None
 
     async def run() -> None:
-        async for event in watch(types=kinds, replay=replay, count=count, settings=settings):
+        stream = watch(types=kinds, replay=replay, count=count, settings=settings)
+        told = (None, None)
+        async for event in stream:
+            if (stream.recovered, stream.reason) != told:  # after a reconnection: say whether anything was lost
+                told = (stream.recovered, stream.reason)
+                if stream.recovered:
+                    err.print("[green]resumed: nothing was missed[/]")
+                else:
+                    err.print(f"[yellow]resumed with a gap: {stream.reason}[/]", highlight=False)
             out.print(msgspec.json.encode(event).decode(), highlight=False, soft_wrap=True)
 
     try:

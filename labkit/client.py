@@ -30,7 +30,7 @@ from websockets.asyncio.client import ClientConnection
 from .events import Ack, Delivered, Event, decode_delivered, decode_reply, encode, new_id, now_ms
 from .settings import Settings
 
-__all__ = ["Sender", "SendError", "watch", "lab_api_key"]
+__all__ = ["Sender", "SendError", "Watch", "watch", "lab_api_key"]
 
 ACK_TIMEOUT_S = 60.0  # longer than the producer's message.timeout.ms, so Kafka's verdict arrives first
 RECONNECT_FIRST_S = 0.05
@@ -211,22 +211,30 @@ def watch_url(
     return f"{base}{'&' if '?' in base else '?'}{urlencode(query, safe=',:')}" if query else base
 
 
-class _RecentIds:
-    """The last ``size`` event ids seen, to drop duplicates after a resume."""
+class _SeenDeliveries:
+    """The last ``size`` deliveries seen, by (partition, offset), to drop a record delivered twice.
+
+    A duplicate delivery is the same record at the same place: same partition, same
+    offset and same Kafka timestamp. Two events with the same ``id`` are two events.
+    The same (partition, offset) with another timestamp is a new record: the broker's
+    log started again (an embedded broker keeps its log in memory).
+    """
 
     def __init__(self, size: int = 100_000) -> None:
-        self.order: deque[str] = deque()
-        self.ids: set[str] = set()
+        self.order: deque[tuple[int, int]] = deque()
+        self.stamps: dict[tuple[int, int], float] = {}
         self.size = size
 
-    def add(self, event_id: str) -> bool:
-        """False when the id was already seen."""
-        if event_id in self.ids:
+    def first_time(self, event: Delivered) -> bool:
+        """False when this record was already delivered."""
+        place = (event.partition, event.offset)
+        if self.stamps.get(place) == event.kafka_ts:
             return False
-        self.ids.add(event_id)
-        self.order.append(event_id)
+        if place not in self.stamps:
+            self.order.append(place)
+        self.stamps[place] = event.kafka_ts
         if len(self.order) > self.size:
-            self.ids.discard(self.order.popleft())
+            self.stamps.pop(self.order.popleft(), None)
         return True
 
 
@@ -236,7 +244,8 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | websockets.ConnectionClosed | websockets.InvalidHandshake | TimeoutError)
 
 
-async def watch(
+async def _watch(
+    state: Watch,
     url: str | None = None,
     *,
     types: Iterable[str] | None = None,
@@ -246,20 +255,13 @@ async def watch(
     opened: asyncio.Event | None = None,
     reconnect: bool = True,
     give_up_after: float = RECONNECT_GIVE_UP_S,
+    raw: bool = False,
 ) -> AsyncIterator[Delivered]:
-    """Yield events as the consumer delivers them (through the gateway by default).
-
-    ``count`` stops after that many; ``opened`` is set once the first connection is
-    up, so a caller can start sending only when nothing can be missed. When the
-    connection drops (a consumer or gateway restart, a network fault) it reconnects
-    with backoff and resumes from the last offset it saw per partition, so every
-    acknowledged event arrives; duplicates are dropped by ``id``. It gives up after
-    ``give_up_after`` seconds without a connection; the first connection is not retried.
-    """
+    """The events of :func:`watch`; ``state`` gets how each resume went."""
     resolved = _settings(settings)
     kinds = list(types) if types else None
     positions: dict[int, int] = {}
-    recent = _RecentIds()
+    seen = None if raw else _SeenDeliveries()
     since_ms: float | None = None
     epoch: str | None = None
     delivered = 0
@@ -275,21 +277,26 @@ async def watch(
                 failing_since, backoff = None, RECONNECT_FIRST_S
                 if opened is not None:
                     opened.set()
-                async for frame in ws:
-                    if frame.startswith(RECOVERED_PREFIX):
-                        recovery = msgspec.json.decode(frame)
-                        if not recovery["recovered"]:
-                            log.warning("watch: resumed with a gap: %s", recovery.get("reason"))
-                        continue
-                    event = decode_delivered(frame)
-                    epoch = event.epoch or epoch
-                    positions[event.partition] = event.offset  # in order per partition: the last is the furthest
-                    if not recent.add(event.id):
-                        continue
-                    yield event
-                    delivered += 1
-                    if count is not None and delivered >= count:
-                        return
+                try:
+                    async for frame in ws:
+                        if frame.startswith(RECOVERED_PREFIX):
+                            recovery = msgspec.json.decode(frame)
+                            state.recovered, state.reason = recovery["recovered"], recovery.get("reason")
+                            if not state.recovered:
+                                log.warning("watch: resumed with a gap: %s", state.reason)
+                            continue
+                        event = decode_delivered(frame)
+                        epoch = event.epoch or epoch
+                        if seen is not None and not seen.first_time(event):
+                            continue
+                        positions[event.partition] = event.offset  # in order per partition: the last is the furthest
+                        yield event
+                        delivered += 1
+                        if count is not None and delivered >= count:
+                            return
+                finally:
+                    if opened is not None:
+                        opened.clear()
         except Exception as exc:
             if since_ms is None or not reconnect or not _retryable(exc):
                 raise
@@ -302,3 +309,52 @@ async def watch(
             raise ConnectionError(f"no connection to {target.split('?')[0]} for {give_up_after:.0f} s; is the stack running? (labkit status)")
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, RECONNECT_MAX_S)
+
+
+class Watch:
+    """What :func:`watch` returns: iterate it for events.
+
+    ``recovered`` says how the last resume went: None before any resume, True when
+    nothing was missed, False when the broker's log restarted or the events missed
+    were trimmed (``reason`` says which); the events that remain still arrive.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.recovered: bool | None = None
+        self.reason: str | None = None
+        self._events = _watch(self, **options)
+
+    def __aiter__(self) -> AsyncIterator[Delivered]:
+        return self._events
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+
+def watch(
+    url: str | None = None,
+    *,
+    types: Iterable[str] | None = None,
+    replay: int = 0,
+    count: int | None = None,
+    settings: Settings | None = None,
+    opened: asyncio.Event | None = None,
+    reconnect: bool = True,
+    give_up_after: float = RECONNECT_GIVE_UP_S,
+    raw: bool = False,
+) -> Watch:
+    """Yield events as the consumer delivers them (through the gateway by default).
+
+    ``count`` stops after that many; ``opened`` is set while a connection is up (set
+    when it opens, cleared when it drops), so a caller can start sending only when
+    nothing can be missed. When the connection drops (a consumer or gateway restart,
+    a network fault) it reconnects with backoff and resumes from the last offset it
+    saw per partition, so every acknowledged event arrives. A record delivered twice
+    (same partition and offset) is yielded once; ``raw=True`` yields every frame as
+    delivered, duplicates included, to count them. It gives up after
+    ``give_up_after`` seconds without a connection; the first connection is not retried.
+    Each resume names the epoch of the last event seen; ``.recovered`` of the returned
+    object then says whether anything was lost (a restarted log, trimmed events).
+    """
+    return Watch(url=url, types=types, replay=replay, count=count, settings=settings, opened=opened,
+                 reconnect=reconnect, give_up_after=give_up_after, raw=raw)

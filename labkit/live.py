@@ -75,6 +75,7 @@ class LiveChart(w.VBox):
         self.received = 0
         self.counts: Counter[str] = Counter()
         self.redraws = 0
+        self.draw_passes = 0  # passes of the redraw loop, drawn or not: shows the loop runs while paused
         self.reconnects = 0
         self.last_error: str | None = None
         self.paused = False
@@ -168,6 +169,7 @@ class LiveChart(w.VBox):
             stale = time.monotonic() - self._last_draw > 1.0 and self.received
             if not self.paused and (self._dirty or stale):
                 self._draw()
+            self.draw_passes += 1
 
     def _draw(self) -> None:
         self._dirty = False

@@ -85,7 +85,8 @@ async def run_soak(
     opened = [asyncio.Event() for _ in range(watchers)]
 
     async def watcher(index: int) -> None:
-        async for event in watch(settings=settings, types=[event_type], opened=opened[index]):
+        # Raw: every frame as delivered, so a frame delivered twice shows in the duplicate count.
+        async for event in watch(settings=settings, types=[event_type], opened=opened[index], raw=True):
             received[index].append(event.id)
             if index == 0:
                 latencies.append(now_ms() - event.sent_at)

@@ -14,6 +14,7 @@ from labkit import Sender, Settings, Stack, watch
 from labkit.brokers import BROKERS
 from labkit.client import lab_api_key
 from labkit.settings import free_port
+from waiting import wait_until
 
 
 async def test_up_with_kafka_runs_against_an_existing_cluster(tmp_path):
@@ -45,7 +46,9 @@ async def test_up_with_kafka_runs_against_an_existing_cluster(tmp_path):
                 received.append(event)
 
         task = asyncio.create_task(collect())
-        await opened.wait()
+        await wait_until(lambda: opened.is_set() or task.done(), 10, "the watcher did not connect")
+        if task.done():
+            task.result()  # raises what stopped the watcher
         async with Sender(settings=stack.settings) as sender:
             acks = await sender.send_many([{"type": "ext", "value": i} for i in range(3)])
         await asyncio.wait_for(task, 20)

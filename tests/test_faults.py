@@ -8,16 +8,15 @@ reached every watcher exactly once.
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-import urllib.request
 
 import pytest
 import websockets
 
-from labkit import Sender, SendError, Settings, Stack
+from labkit import Sender, Settings, Stack
 from labkit.gateway import GatewayConfigError
-from conftest import Collector
+from conftest import Collector, repeated_deliveries
+from streaming import Stream
+from waiting import health, wait_until
 
 
 @pytest.fixture
@@ -26,71 +25,58 @@ def own_stack(tmp_path):
         yield stack
 
 
-async def stream(sender_url: str, settings: Settings, event_type: str, stop: asyncio.Event, acked: list[str]) -> None:
-    """Send small batches until told to stop; reconnect when the connection drops; keep what was acked."""
-    sequence = 0
-    while not stop.is_set():
-        try:
-            async with Sender(sender_url, settings=settings) as sender:
-                while not stop.is_set():
-                    batch = [{"type": event_type, "value": sequence + i, "key": f"k{(sequence + i) % 5}"} for i in range(5)]
-                    sequence += 5
-                    replies = await sender.send_many(batch, raise_on_error=False, timeout=40)
-                    acked += [r.ack for r in replies if r.ok]
-                    await asyncio.sleep(0.02)
-        except (SendError, OSError):
-            await asyncio.sleep(0.1)
-
-
 async def run_through_fault(stack: Stack, event_type: str, fault, sender_url: str | None = None) -> None:
+    """Stream, run ``fault(stream, watchers)`` mid-stream, and check every watcher got every ack exactly once."""
     watchers = [Collector(stack.settings, types=[event_type]) for _ in range(2)]
-    for watcher in watchers:
-        await asyncio.wait_for(watcher.opened.wait(), 10)
-    stop, acked = asyncio.Event(), []
-    sender = asyncio.create_task(stream(sender_url or stack.settings.produce_url, stack.settings, event_type, stop, acked))
+    stream = None
     try:
-        await asyncio.sleep(0.5)
-        before = len(acked)
-        await asyncio.to_thread(fault)
-        await asyncio.sleep(1.0)
-        stop.set()
-        await asyncio.wait_for(sender, 60)
-        assert before > 0 and len(acked) > before + 20, "the stream did not go on across the fault"
         for watcher in watchers:
-            events = await watcher.until(len(acked), timeout=60)
-            await asyncio.sleep(0.3)
-            ids = [e.id for e in watcher.events]
-            assert len(ids) == len(set(ids)), "duplicates reached the watcher"
-            assert set(acked) <= set(ids), f"{len(set(acked) - set(ids))} acknowledged events were lost"
+            await watcher.connected()
+        stream = Stream(sender_url or stack.settings.produce_url, stack.settings, event_type)
+        await stream.grows_by(50, "the stream did not start")
+        await fault(stream, watchers)
+        for watcher in watchers:
+            await watcher.connected(30)
+        await stream.grows_by(50, "the stream did not go on after the fault")
+        await stream.finish()
+        partitions = {ack.partition for ack in stream.acks}
+        for watcher in watchers:
+            await watcher.until_ids(stream.acked, timeout=60)
+            events = await watcher.settle(event_type, partitions)
+            assert not repeated_deliveries(events), "the consumer delivered a record twice to one watcher"
+            ids = [e.id for e in events]
+            assert len(ids) == len(set(ids)), "an acknowledged event was stored twice in Kafka"
     finally:
-        stop.set()
+        if stream is not None:
+            await stream.abandon()
         for watcher in watchers:
             await watcher.stop()
 
 
+def disconnected(watchers: list[Collector]) -> bool:
+    return not any(watcher.opened.is_set() for watcher in watchers)
+
+
 async def test_consumer_restart_loses_nothing(own_stack: Stack, event_type):
-    def restart_consumer():
-        own_stack.stop_component("consumer")
-        time.sleep(1.0)  # events go on being produced while no consumer runs
-        own_stack.start_component("consumer")
+    async def restart_consumer(stream: Stream, watchers: list[Collector]) -> None:
+        await asyncio.to_thread(own_stack.stop_component, "consumer")
+        await wait_until(lambda: disconnected(watchers), 10, "the watchers did not notice the consumer stopped")
+        await stream.grows_by(20, "no event was acked while the consumer was down")  # the watchers miss these
+        await asyncio.to_thread(own_stack.start_component, "consumer")
 
     await run_through_fault(own_stack, event_type, restart_consumer)
 
 
 async def test_gateway_restart_loses_nothing(own_stack: Stack, event_type):
-    def restart_gateway():
-        own_stack.stop_component("gateway")
-        time.sleep(0.5)
-        own_stack.start_component("gateway")
+    async def restart_gateway(stream: Stream, watchers: list[Collector]) -> None:
+        failed = stream.failed_connections
+        await asyncio.to_thread(own_stack.stop_component, "gateway")
+        await wait_until(lambda: disconnected(watchers), 10, "the watchers did not notice the gateway stopped")
+        await wait_until(lambda: stream.failed_connections > failed, 10, "the sender did not fail to reconnect")
+        await asyncio.to_thread(own_stack.start_component, "gateway")
 
     # Senders reconnect through the gateway too; what they had acked must arrive.
     await run_through_fault(own_stack, event_type, restart_gateway)
-
-
-def health(stack: Stack, name: str) -> dict:
-    port = stack.settings.producer_port if name == "producer" else stack.settings.consumer_port
-    with urllib.request.urlopen(stack.settings.url(port, "/healthz", "http"), timeout=5) as response:
-        return json.loads(response.read())
 
 
 @pytest.fixture
@@ -105,19 +91,24 @@ async def test_broker_down_gives_errors_not_false_acks_and_recovers(short_timeou
     own_stack = short_timeout_stack
     settings = own_stack.settings
     watcher = Collector(settings, types=[event_type])
-    await asyncio.wait_for(watcher.opened.wait(), 10)
+    await watcher.connected()
     own_stack.stop_component("broker")
-    for _ in range(100):
-        if health(own_stack, "producer")["broker"] == "down" and health(own_stack, "consumer")["broker"] == "down":
-            break
-        await asyncio.sleep(0.1)
-    assert health(own_stack, "producer")["broker"] == "down"
-    assert health(own_stack, "consumer")["broker"] == "down"
+
+    async def both_see_the_broker(state: str) -> bool:
+        states = [(await health(own_stack, name))["broker"] for name in ("producer", "consumer")]
+        return states == [state, state]
+
+    await wait_until(lambda: both_see_the_broker("down"), 15, "the services' health did not report the broker down")
     async with Sender(settings=settings) as sender:
         during = asyncio.create_task(sender.send_many(
             [{"type": event_type, "value": i} for i in range(5)], raise_on_error=False, timeout=45))
-        await asyncio.sleep(1.0)
-        own_stack.start_component("broker")  # Tansu keeps data in memory: it comes back empty
+
+        async def held_by_the_producer() -> bool:
+            return (await health(own_stack, "producer"))["in_flight"] >= 5
+
+        # The five events wait in the producer for a broker; only then does the broker come back.
+        await wait_until(held_by_the_producer, 15, "the producer's health never showed the 5 events in flight")
+        own_stack.start_component("broker")  # the embedded broker keeps data in memory: it comes back empty
         replies = await during
         after = await sender.send_many([{"type": event_type, "value": 10 + i} for i in range(5)], raise_on_error=False)
     # Each event sent while the broker was away got an error or a (late) ack; the acked ones arrive.
@@ -126,8 +117,8 @@ async def test_broker_down_gives_errors_not_false_acks_and_recovers(short_timeou
     assert len(acked) + len(refused) == 10
     assert all(r.error == "kafka_error" and r.id for r in refused)
     assert all(r.ok for r in after), [r.detail for r in after if not r.ok]
-    assert {e.id for e in await watcher.until(len(acked), timeout=30)} >= set(acked)
-    assert health(own_stack, "producer")["broker"] == "up"
+    await watcher.until_ids(acked, timeout=30)
+    assert (await health(own_stack, "producer"))["broker"] == "up"
     await watcher.stop()
 
 
@@ -140,7 +131,7 @@ async def test_gateway_reload_keeps_connections_and_refuses_a_broken_file(tmp_pa
     settings = Settings(kong_config=kong_path).with_free_ports(state_dir=tmp_path / "state")
     with Stack(settings) as stack:
         watcher = Collector(settings, types=[event_type])
-        await asyncio.wait_for(watcher.opened.wait(), 10)
+        await watcher.connected()
         feed_url = settings.url(settings.gateway_port, "/events-feed")
 
         # An edit: a second path to the consumer.

@@ -9,10 +9,14 @@ import psutil
 import pytest
 import websockets
 import yaml
+from websockets.asyncio.server import serve
+from websockets.frames import CloseCode
 
 from labkit import Sender, Settings, Stack
 from labkit.client import lab_api_key
+from labkit.events import decode_delivered
 from labkit.gateway import GatewayConfigError
+from waiting import wait_until
 
 
 async def refused_status(url: str, **options) -> int:
@@ -53,20 +57,50 @@ async def test_unknown_path_is_404(stack: Stack):
     assert await refused_status(stack.settings.url(stack.settings.gateway_port, "/nowhere")) == 404
 
 
-async def test_idle_connection_stays_open_through_the_gateway(stack: Stack, collect, event_type):
-    watcher = await collect(types=[event_type])
-    await asyncio.sleep(3)
-    async with Sender(settings=stack.settings) as sender:
-        await sender.send({"type": event_type, "value": 1})
-    assert len(await watcher.until(1)) == 1
+READ_TIMEOUT_MS = 1500  # the gateway closes a WebSocket that carries nothing for this long
+PING_INTERVAL_S = 0.2  # the services ping more often than that
 
 
-def _kong_copy(tmp_path, change) -> Settings:
+async def test_an_idle_watcher_outlives_the_read_timeout_because_the_consumer_pings(tmp_path, event_type):
+    # A silent upstream (no pings) behind the same gateway, with the same read_timeout: the
+    # gateway closing it shows the timeout is real, and that the watcher, older, idled past it.
+    silent_upstream = await serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, ping_interval=None)
+    upstream_port = silent_upstream.sockets[0].getsockname()[1]
+
+    def tiny_timeouts(kong):
+        kong["services"].append({
+            "name": "silent", "url": f"http://127.0.0.1:{upstream_port}",
+            "routes": [{"name": "silent", "paths": ["/silent"], "strip_path": True}],
+        })
+        for service in kong["services"]:
+            service["read_timeout"] = service["write_timeout"] = READ_TIMEOUT_MS
+
+    settings = _kong_copy(tmp_path, tiny_timeouts, ping_interval_s=PING_INTERVAL_S)
+    try:
+        with Stack(settings) as stack:
+            # No client pings: only the consumer's pings cross the gateway.
+            watcher = await websockets.connect(f"{settings.consume_url}?types={event_type}", ping_interval=None)
+            silent = await websockets.connect(settings.url(settings.gateway_port, "/silent"), ping_interval=None)
+            await wait_until(lambda: silent.state is websockets.State.CLOSED, 10 * READ_TIMEOUT_MS / 1000,
+                             "the gateway did not close a connection idle for longer than read_timeout")
+            assert silent.close_code == CloseCode.ABNORMAL_CLOSURE  # dropped by the gateway, no close frame
+            assert watcher.state is websockets.State.OPEN, "the gateway closed a watcher the consumer pings"
+            async with Sender(settings=stack.settings) as sender:
+                ack = await sender.send({"type": event_type, "value": 1})
+            event = decode_delivered(await asyncio.wait_for(watcher.recv(), 10))
+            assert event.id == ack.ack
+            await watcher.close()
+    finally:
+        silent_upstream.close()
+        await silent_upstream.wait_closed()
+
+
+def _kong_copy(tmp_path, change, **settings) -> Settings:
     kong = yaml.safe_load(Settings().kong_config.read_text())
     change(kong)
     path = tmp_path / "kong.yml"
     path.write_text(yaml.safe_dump(kong))
-    return Settings().with_free_ports(state_dir=tmp_path / "state", kong_config=path)
+    return Settings(**settings).with_free_ports(state_dir=tmp_path / "state", kong_config=path)
 
 
 def _produce_plugins(kong: dict) -> list[dict]:

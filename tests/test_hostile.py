@@ -19,7 +19,8 @@ from websockets.frames import CloseCode
 
 from labkit import Sender, Settings, Stack
 from labkit.events import Event, EventError, FrameError, parse_frame
-from conftest import Collector
+from conftest import Collector, repeated_deliveries
+from waiting import health, wait_until
 
 MAX_BATCH = 50
 
@@ -150,12 +151,20 @@ async def test_connection_flood_idle_and_half_open(strict_stack: Stack, collecto
     producer = settings.url(settings.producer_port)
     # A flood: past the limit, connections are closed with 1013 (try again later).
     flood = [await websockets.connect(producer) for _ in range(25)]
-    await asyncio.sleep(0.3)
+
+    async def senders_are(count: int) -> bool:
+        return (await health(strict_stack, "producer"))["senders"] == count
+
+    def closed() -> int:
+        return sum(ws.close_code is not None for ws in flood)
+
+    await wait_until(lambda: closed() >= 5, 10, lambda: f"{closed()} of 25 connections were closed, not 5")
+    await wait_until(lambda: senders_are(20), 10, "the producer's health did not count 20 senders")
     codes = [ws.close_code for ws in flood]
     assert codes.count(CloseCode.TRY_AGAIN_LATER) == 5 and codes.count(None) == 20
     for ws in flood:
         await ws.close()
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: senders_are(0), 10, "the producer's health still counts the closed connections")
     # Idle but answering pings: stays open well past the ping timeout.
     idle = await websockets.connect(producer)
     # Half-open: a peer that stops answering (no pings answered) is dropped.
@@ -163,18 +172,17 @@ async def test_connection_flood_idle_and_half_open(strict_stack: Stack, collecto
     silent.transport.pause_reading()
     # A handshake that never finishes is dropped too.
     stalled = socket.create_connection((settings.host, settings.producer_port))
-    await asyncio.sleep(3)
-    assert idle.state is websockets.State.OPEN
-    stalled.settimeout(2)
-    assert stalled.recv(100) == b""  # closed by the service
+    stalled.settimeout(10)
+    assert await asyncio.to_thread(stalled.recv, 100) == b"", "the service did not drop a stalled handshake"
     stalled.close()
-    health = await asyncio.to_thread(strict_stack.health, "producer")
-    assert health["senders"] == 1  # only the idle, answering client is left
+    # The silent peer is dropped once it misses a ping; the idle one, as old, answered the same pings.
+    await wait_until(lambda: senders_are(1), 10, "the producer did not drop the peer that stopped answering pings")
+    assert idle.state is websockets.State.OPEN
     await idle.close()
     silent.transport.abort()
     watcher = Collector(settings, types=[event_type])
     collectors.append(watcher)
-    await asyncio.wait_for(watcher.opened.wait(), 10)
+    await watcher.connected()
     async with Sender(settings=settings) as sender:
         ack = await sender.send({"type": event_type, "value": 1})
     assert [e.id for e in await watcher.until(1)] == [ack.ack]
@@ -187,7 +195,7 @@ async def test_a_slow_watcher_is_cut_off_without_delaying_the_others(tmp_path, c
         slow.transport.pause_reading()  # a client that stops reading: its queue fills up
         fast = Collector(settings, types=[event_type])
         collectors.append(fast)
-        await asyncio.wait_for(fast.opened.wait(), 10)
+        await fast.connected()
         padding = "x" * 4000
 
         def overflows() -> float:
@@ -205,7 +213,9 @@ async def test_a_slow_watcher_is_cut_off_without_delaying_the_others(tmp_path, c
                     break
         assert await asyncio.to_thread(overflows) >= 1
         # The watcher that keeps reading got everything, once (had it been cut off too, it resumed).
-        events = await fast.until(len(acks), timeout=60)
+        await fast.until_ids([a.ack for a in acks], timeout=60)
+        events = await fast.settle(event_type, {a.partition for a in acks})
+        assert not repeated_deliveries(events), "a record was delivered twice to the watcher that kept reading"
         assert sorted(e.id for e in events) == sorted(a.ack for a in acks)
         slow.transport.resume_reading()
         with pytest.raises(websockets.ConnectionClosed) as closed:

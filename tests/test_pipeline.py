@@ -7,6 +7,7 @@ from collections import defaultdict
 
 import psutil
 
+from conftest import repeated_deliveries
 from labkit import Sender, Settings, Stack
 
 DELIVERED_FIELDS = ("id", "type", "value", "key", "sent_at", "received_at", "topic", "partition", "offset", "kafka_ts", "delivered_at")
@@ -27,13 +28,15 @@ async def test_every_acknowledged_event_reaches_every_watcher_once_in_order(stac
     acks_a, acks_b = await asyncio.gather(send("a", 1), send("b", 25))
     acked = {ack.ack for ack in acks_a + acks_b}
     assert len(acked) == 1000
+    partitions = {ack.partition for ack in acks_a + acks_b}
 
     for watcher in watchers:
-        events = await watcher.until(1000)
-        await asyncio.sleep(0.2)  # anything extra (a duplicate) would arrive by now
-        ids = [e.id for e in watcher.events]
+        await watcher.until_ids(acked)
+        events = await watcher.settle(event_type, partitions)  # a duplicate would have arrived before the markers
+        assert not repeated_deliveries(events), "a record was delivered twice"
+        ids = [e.id for e in events]
         assert len(ids) == 1000 and set(ids) == acked
-        for event in watcher.events:
+        for event in events:
             for name in DELIVERED_FIELDS:
                 assert getattr(event, name) not in (None, "", -1), name
             assert event.sent_at <= event.received_at + 1 <= event.delivered_at + 1

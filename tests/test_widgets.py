@@ -8,17 +8,11 @@ import time
 from labkit import Sender, Stack
 from labkit.live import LiveChart
 from labkit.widgets import EventSender
+from waiting import wait_until
 
 
 def own_tasks() -> set[asyncio.Task]:
     return {task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()}
-
-
-async def wait_until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_form_refuses_bad_input_inline_and_sends_nothing(stack: Stack, event_type: str):
@@ -62,9 +56,9 @@ async def test_stop_ends_a_burst_and_close_leaves_nothing(stack: Stack, event_ty
     form.type_box.value = event_type
     form.burst_count.value, form.burst_rate.value = 1000, 50
     form.burst_button.click()  # what a click in the browser does: a task on the kernel's loop
-    await wait_until(lambda: form.acked >= 5)
+    await wait_until(lambda: form.acked >= 5, 10, lambda: f"the burst got {form.acked} of 5 acks")
     form.stop_button.click()
-    await wait_until(lambda: not form.busy)
+    await wait_until(lambda: not form.busy, 10, "Stop did not end the burst")
     assert 5 <= form.sent < 1000 and form.acked == form.sent and form.progress.bar_style == "warning"
     connection = form.sender
     await form.aclose()
@@ -94,7 +88,8 @@ async def test_chart_counts_throttles_pauses_and_closes_cleanly(stack: Stack, ev
     async with Sender(settings=stack.settings) as sender:
         await sender.send_many([{"type": event_type, "value": -1}] * 5)
     await chart.wait_for(3005, event_type)
-    await asyncio.sleep(0.3)
+    passes = chart.draw_passes
+    await wait_until(lambda: chart.draw_passes >= passes + 2, 10, "the redraw loop did not run while paused")
     assert chart.redraws == frozen and len(scatter.x) == 3000
     chart.resume()
     assert len(scatter.x) == 3005
@@ -102,4 +97,4 @@ async def test_chart_counts_throttles_pauses_and_closes_cleanly(stack: Stack, ev
     assert stack.health("consumer")["watchers"] == watchers + 1
     await chart.aclose()
     assert not chart.running and own_tasks() <= before
-    await wait_until(lambda: stack.health("consumer")["watchers"] == watchers)
+    await wait_until(lambda: stack.health("consumer")["watchers"] == watchers, 10, "the chart's connection did not close")

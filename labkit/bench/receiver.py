@@ -102,8 +102,9 @@ async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> list[asyncio
         releaser = asyncio.create_task(release_when(opened))
         try:
             # No reconnection: a watcher the consumer closes must show as closed, with its losses.
+            # Raw: every frame is filed, so a frame delivered twice counts as a duplicate.
             async for event in watch(spec.url, types=spec.types or None, settings=settings, opened=opened,
-                                     reconnect=False):
+                                     reconnect=False, raw=True):
                 record(index, event.id, event.sent_at, event.received_at, event.kafka_ts, event.delivered_at,
                        event.partition, now_ms())
             arrivals.closed.append(f"{index}: the stream ended")
