@@ -17,7 +17,7 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 from websockets.protocol import State
 
 from labkit.service import ServiceMetrics, text_frame
-from labkit.watchers import Frame, Watcher, WatchOptions
+from labkit.watchers import Frame, Recovery, Watcher, WatchOptions
 from waiting import wait_until
 
 
@@ -30,6 +30,8 @@ class RecordingSocket:
         self.transport = self
 
     def _record(self, payload: bytes) -> None:
+        if payload.startswith(b'{"recovered"'):  # a resume's first frame: not a delivery
+            return
         partition, offset = payload.decode().split(":")
         self.sent.append((int(partition), int(offset)))
 
@@ -48,7 +50,7 @@ class RecordingSocket:
 
 
 def frame(partition: int, offset: int) -> Frame:
-    return (partition, offset, "t", f"{partition}:{offset}".encode())
+    return Frame(partition, offset, "t", f"{partition}:{offset}".encode())
 
 
 def frames(partition: int, offsets) -> list[Frame]:
@@ -62,10 +64,11 @@ class Run:
                  counted_as_sent: dict[int, int] | None = None) -> None:
         self.socket = RecordingSocket()
         self.watcher = Watcher(self.socket, WatchOptions(resume=resume), limit=100_000)  # type: ignore[arg-type]
-        caught_up = asyncio.get_running_loop().create_future()
-        # Read whole; the read-back counts as sent the resume offsets, or less where one lies outside the log.
-        caught_up.set_result((missed, True, resume if counted_as_sent is None else counted_as_sent))
-        self.watcher.catching_up = caught_up
+        # What the read-back hands over, read whole: the offsets it counts as sent (the resume offsets, or less
+        # where one lies outside the log), the missed frames, and that it read all.
+        floor = resume if counted_as_sent is None else counted_as_sent
+        for item in (Recovery(floor, True), missed, True):
+            self.watcher.missed.put_nowait(item)
         for item in live:  # live frames queue up while catching up
             assert self.watcher.push(item)
         self.writer = asyncio.create_task(self.watcher.write(ServiceMetrics()))
