@@ -244,21 +244,11 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | websockets.ConnectionClosed | websockets.InvalidHandshake | TimeoutError)
 
 
-async def _watch(
-    state: Watch,
-    url: str | None = None,
-    *,
-    types: Iterable[str] | None = None,
-    replay: int = 0,
-    count: int | None = None,
-    settings: Settings | None = None,
-    opened: asyncio.Event | None = None,
-    reconnect: bool = True,
-    give_up_after: float = RECONNECT_GIVE_UP_S,
-    raw: bool = False,
-) -> AsyncIterator[Delivered]:
-    """The events of :func:`watch`; ``state`` gets how each resume went."""
-    resolved = _settings(settings)
+async def _watch(state: Watch) -> AsyncIterator[Delivered]:
+    """The events of a :class:`Watch`; ``state`` holds its options and gets how each resume went."""
+    url, types, replay, count, opened, raw = state.url, state.types, state.replay, state.count, state.opened, state.raw
+    reconnect, give_up_after = state.reconnect, state.give_up_after
+    resolved = _settings(state.settings)
     kinds = list(types) if types else None
     positions: dict[int, int] = {}
     seen = None if raw else _SeenDeliveries()
@@ -312,38 +302,7 @@ async def _watch(
 
 
 class Watch:
-    """What :func:`watch` returns: iterate it for events.
-
-    ``recovered`` says how the last resume went: None before any resume, True when
-    nothing was missed, False when the broker's log restarted or the events missed
-    were trimmed (``reason`` says which); the events that remain still arrive.
-    """
-
-    def __init__(self, **options: Any) -> None:
-        self.recovered: bool | None = None
-        self.reason: str | None = None
-        self._events = _watch(self, **options)
-
-    def __aiter__(self) -> AsyncIterator[Delivered]:
-        return self._events
-
-    async def aclose(self) -> None:
-        await self._events.aclose()
-
-
-def watch(
-    url: str | None = None,
-    *,
-    types: Iterable[str] | None = None,
-    replay: int = 0,
-    count: int | None = None,
-    settings: Settings | None = None,
-    opened: asyncio.Event | None = None,
-    reconnect: bool = True,
-    give_up_after: float = RECONNECT_GIVE_UP_S,
-    raw: bool = False,
-) -> Watch:
-    """Yield events as the consumer delivers them (through the gateway by default).
+    """Events as the consumer delivers them (through the gateway by default): ``async for event in watch(...)``.
 
     ``count`` stops after that many; ``opened`` is set while a connection is up (set
     when it opens, cleared when it drops), so a caller can start sending only when
@@ -353,8 +312,38 @@ def watch(
     (same partition and offset) is yielded once; ``raw=True`` yields every frame as
     delivered, duplicates included, to count them. It gives up after
     ``give_up_after`` seconds without a connection; the first connection is not retried.
-    Each resume names the epoch of the last event seen; ``.recovered`` of the returned
-    object then says whether anything was lost (a restarted log, trimmed events).
+
+    Each resume names the epoch of the last event seen. ``recovered`` then says how
+    it went: None before any resume, True when nothing was missed, False when the
+    broker's log restarted or the events missed were trimmed (``reason`` says which);
+    the events that remain still arrive.
     """
-    return Watch(url=url, types=types, replay=replay, count=count, settings=settings, opened=opened,
-                 reconnect=reconnect, give_up_after=give_up_after, raw=raw)
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        types: Iterable[str] | None = None,
+        replay: int = 0,
+        count: int | None = None,
+        settings: Settings | None = None,
+        opened: asyncio.Event | None = None,
+        reconnect: bool = True,
+        give_up_after: float = RECONNECT_GIVE_UP_S,
+        raw: bool = False,
+    ) -> None:
+        self.url, self.types, self.replay, self.count, self.settings = url, types, replay, count, settings
+        self.opened, self.reconnect, self.give_up_after, self.raw = opened, reconnect, give_up_after, raw
+        self.recovered: bool | None = None
+        self.reason: str | None = None
+        self._events = _watch(self)
+
+    def __aiter__(self) -> AsyncIterator[Delivered]:
+        return self._events
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+
+#: The one way to watch: ``watch(types=[...])`` is a :class:`Watch`.
+watch = Watch

@@ -116,6 +116,7 @@ class Replies:
         self.stall_s = stall_s
         self.owed = 0  # replies promised (an event taken) and not yet written to the socket
         self.last_written = time.monotonic()
+        self.writing = 0  # replies taken from the queue by the writer and not yet written
         self._queue: deque[bytes] = deque()
         self._ready = asyncio.Event()
         self._room = asyncio.Event()  # set while owed < limit
@@ -153,7 +154,9 @@ class Replies:
                 while self._queue:
                     batch = list(self._queue)
                     self._queue.clear()
+                    self.writing = len(batch)
                     await self.ws.write_frames(b"".join(map(text_frame, batch)))
+                    self.writing = 0
                     self.owed -= len(batch)
                     self.last_written = time.monotonic()
                     if self.owed < self.limit:
@@ -169,9 +172,10 @@ class Replies:
             try:
                 await asyncio.wait_for(self._room.wait(), self.stall_s)
             except TimeoutError:
-                # Replies ready but not written for stall_s: the sender does not read. (Replies still
-                # waiting for Kafka are not the sender's fault: keep waiting for those.)
-                if self._queue and time.monotonic() - self.last_written >= self.stall_s:
+                # Replies ready (queued, or taken by a write that waits) but not written for stall_s:
+                # the sender does not read. (Replies still waiting for Kafka are not the sender's
+                # fault: keep waiting for those.)
+                if (self._queue or self.writing) and time.monotonic() - self.last_written >= self.stall_s:
                     return False
         return True
 
