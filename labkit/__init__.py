@@ -6,11 +6,11 @@ object, one event model and one client API serve the CLI, the notebooks, the
 benchmark and the tests.
 """
 
-from .client import Sender, SendError, watch
-from .errors import LabkitError
-from .events import Ack, Delivered, Event
-from .settings import Settings
-from .stack import Stack
+from labkit.client import Sender, SendError, watch
+from labkit.errors import LabkitError
+from labkit.events import Ack, Delivered, Event
+from labkit.settings import Settings
+from labkit.ops.stack import Stack
 
 __all__ = ["Ack", "Delivered", "Event", "LabkitError", "Sender", "SendError", "Settings", "Stack", "watch"]
 __version__ = "0.1.0"

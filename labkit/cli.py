@@ -1,7 +1,7 @@
 """The ``labkit`` command: run the stack, send events, watch them arrive.
 
 Every command builds the one :class:`~labkit.settings.Settings` from its flags
-and the ``LABKIT_*`` environment, and uses :class:`~labkit.stack.Stack` and the
+and the ``LABKIT_*`` environment, and uses :class:`~labkit.ops.stack.Stack` and the
 client API; nothing here knows more about the services than a user would.
 """
 
@@ -22,11 +22,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .client import Sender, SendError, watch
-from .errors import LabkitError
-from .events import Event
-from .settings import Settings
-from .stack import Stack, open_stack, running_settings
+from labkit.client import Sender, SendError, watch
+from labkit.errors import LabkitError
+from labkit.events import Event
+from labkit.settings import Settings
+from labkit.discovery import running_settings
+from labkit.ops.stack import Stack, open_stack
 
 app = typer.Typer(
     help="labkit: a lab for real-time event delivery (WebSocket -> Kafka -> WebSocket, behind a gateway).",
@@ -138,7 +139,7 @@ def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None
     stack = open_stack(build_settings(state_dir=state_dir))
     stack.is_running()
     if isinstance(stack, Stack) and stack.settings.broker != "external":
-        from .brokers import broker_kind
+        from labkit.ops.brokers import broker_kind
 
         kind = broker_kind(stack.settings)
         if not kind.keeps_data:
@@ -335,7 +336,7 @@ def gateway_routes(state_dir: Annotated[Optional[Path], typer.Option()] = None) 
         out.print(f"{', '.join(row['paths'])} -> {row['upstream']}  [{', '.join(row['plugins']) or 'no plugins'}]")
 
 
-from .bench.cli import bench_app  # noqa: E402 - the sub-app defines its own options
+from labkit.bench.cli import bench_app  # noqa: E402 - the sub-app defines its own options
 
 app.add_typer(bench_app, name="bench")
 
@@ -374,7 +375,7 @@ def bench_endurance(
     out_dir: Annotated[Path, typer.Option(help="Where the JSON and the plot go.")] = Path("bench-results"),
 ) -> None:
     """One event per frame through the gateway for EVENTS events: latency per window, broker memory and CPU."""
-    from .bench.endurance import run_endurance, write_endurance
+    from labkit.bench.endurance import run_endurance, write_endurance
 
     with _bench_stack(use_running, broker, "endurance") as stack:
         with Progress(TextColumn("endurance"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[received]}"),
@@ -409,7 +410,7 @@ def bench_idle(
     use_running: Annotated[bool, typer.Option(help="Use the stack `labkit up` started.")] = False,
 ) -> None:
     """CPU of each component with the stack up and no traffic (goal: under 5% of one core in total)."""
-    from .bench.endurance import run_idle
+    from labkit.bench.endurance import run_idle
 
     with _bench_stack(use_running, broker, "idle") as stack:
         with Progress(TextColumn(f"measuring idle CPU for {seconds:g} s"), TimeElapsedColumn(), console=err, transient=True) as progress:
@@ -439,7 +440,7 @@ def bench_soak(
     out_dir: Annotated[Path, typer.Option(help="Where the JSON and the memory plot go.")] = Path("bench-results"),
 ) -> None:
     """Steady load for MINUTES: losses per watcher and each component's memory over time."""
-    from .soak import run_soak, write_soak
+    from labkit.bench.soak import run_soak, write_soak
 
     with _bench_stack(use_running, None, "soak") as stack:
         with Progress(TextColumn("soak"), BarColumn(), TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=err) as progress:
@@ -473,9 +474,9 @@ def serve(component: Annotated[str, typer.Argument(help="producer or consumer")]
     """Run one service in the foreground (what `labkit up` and the containers run)."""
     settings = build_settings()
     if component == "producer":
-        from .producer import main
+        from labkit.services.producer import main
     elif component == "consumer":
-        from .consumer import main
+        from labkit.services.consumer import main
     else:
         raise typer.BadParameter("choose producer or consumer", param_hint="COMPONENT")
     main(settings)

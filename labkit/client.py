@@ -27,8 +27,9 @@ import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from .events import Ack, Delivered, Event, decode_delivered, decode_reply, encode, new_id, now_ms
-from .settings import Settings
+from labkit.events import Ack, Delivered, Event, decode_delivered, decode_reply, encode, new_id, now_ms
+from labkit.discovery import lab_api_key, running_settings
+from labkit.settings import Settings
 
 __all__ = ["Sender", "SendError", "Watch", "watch", "lab_api_key"]
 
@@ -49,26 +50,7 @@ class SendError(Exception):
         self.ack = ack
 
 
-def lab_api_key(settings: Settings) -> str | None:
-    """settings.api_key, else the first key-auth credential in kong.yml (the lab key)."""
-    if settings.api_key:
-        return settings.api_key
-    from .gateway import load_kong_config
-
-    try:
-        kong = load_kong_config(settings.kong_config)
-    except Exception:
-        return None
-    for consumer in kong.get("consumers") or []:
-        for credential in consumer.get("keyauth_credentials") or []:
-            if credential.get("key"):
-                return credential["key"]
-    return None
-
-
 def _settings(settings: Settings | None) -> Settings:
-    from .stack import running_settings
-
     return running_settings(settings)
 
 

@@ -19,7 +19,7 @@ import uuid
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from .settings import Settings
+from labkit.settings import Settings
 
 __all__ = ["epoch_topic", "log_epoch", "epoch_is_kept"]
 

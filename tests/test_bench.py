@@ -43,12 +43,12 @@ def test_percentiles_and_collapsed_stacks_are_summed_up():
     assert latency.count == 1000 and latency.max == 1000 and 499 <= latency.p50 <= 501
     assert Latency.of([]).p99 is None
     summary = summarize_collapsed(
-        "thread (0x1);main (labkit/producer.py:9);handle (labkit/producer.py:4);send (websockets/x.py:2) 3\n"
-        "thread (0x1);main (labkit/producer.py:9) 1\n"
+        "thread (0x1);main (labkit/services/producer.py:9);handle (labkit/services/producer.py:4);send (websockets/x.py:2) 3\n"
+        "thread (0x1);main (labkit/services/producer.py:9) 1\n"
     )
     assert summary["samples"] == 4
     assert summary["self_pct"][0] == ["send (websockets/x.py)", 75.0]
-    assert summary["total_pct"] == [["handle (labkit/producer.py)", 75.0]]  # labkit's own work, not entry points
+    assert summary["total_pct"] == [["handle (labkit/services/producer.py)", 75.0]]  # labkit's own work, not entry points
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from aiokafka.structs import TopicPartition as AIOTopicPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from labkit.brokers import BROKERS
+from labkit.ops.brokers import BROKERS
 from labkit.settings import Settings, free_port
 
 with warnings.catch_warnings():  # kafka-python 3.0 loads its protocol schemas with deprecated importlib calls

@@ -14,11 +14,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from labkit import Sender, Settings, Stack
-from labkit.brokers import BROKERS
+from labkit.ops.brokers import BROKERS
 from labkit.client import lab_api_key
 from labkit.events import PROBE_TYPE
 from labkit.kafka import TailReader
-from labkit.retention import trim_points
+from labkit.services.retention import trim_points
 from labkit.settings import free_port
 
 

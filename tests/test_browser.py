@@ -27,7 +27,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from labkit import Stack
 from labkit.settings import REPO_ROOT, free_port
-from labkit.stack import _settings_env
+from labkit.ops.stack import _settings_env
 
 NOTEBOOK = "03_live_dashboard.ipynb"
 CHROMIUM = Path("/usr/bin/chromium")

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from labkit import compose
-from labkit.compose import ComposeStack, DockerUnavailable, docker_available, parse_ps
+from labkit.ops import compose
+from labkit.ops.compose import ComposeStack, DockerUnavailable, docker_available, parse_ps
 from labkit.errors import LabkitError
 from labkit.settings import REPO_ROOT, Settings, free_port
 

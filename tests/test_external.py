@@ -11,7 +11,7 @@ import psutil
 import websockets
 
 from labkit import Sender, Settings, Stack, watch
-from labkit.brokers import BROKERS
+from labkit.ops.brokers import BROKERS
 from labkit.client import lab_api_key
 from labkit.settings import free_port
 from waiting import wait_until

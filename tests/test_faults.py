@@ -13,7 +13,7 @@ import pytest
 import websockets
 
 from labkit import Sender, Settings, Stack
-from labkit.gateway import GatewayConfigError
+from labkit.ops.gateway import GatewayConfigError
 from conftest import Collector, repeated_deliveries
 from streaming import Stream
 from waiting import health, wait_until

@@ -15,7 +15,7 @@ from websockets.frames import CloseCode
 from labkit import Sender, Settings, Stack
 from labkit.client import lab_api_key
 from labkit.events import decode_delivered
-from labkit.gateway import GatewayConfigError
+from labkit.ops.gateway import GatewayConfigError
 from waiting import wait_until
 
 

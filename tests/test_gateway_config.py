@@ -17,8 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
-from labkit import gateway
-from labkit.gateway import GatewayConfigError
+from labkit.ops import gateway
+from labkit.ops.gateway import GatewayConfigError
 from labkit.settings import REPO_ROOT, Settings
 
 KONG_YML = REPO_ROOT / "kong" / "kong.yml"

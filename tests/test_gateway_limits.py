@@ -17,7 +17,7 @@ import websockets
 
 from labkit import Settings, Stack
 from labkit.client import lab_api_key
-from labkit.gateway import load_kong_config, render_nginx_conf
+from labkit.ops.gateway import load_kong_config, render_nginx_conf
 
 WRONG_KEY_ATTEMPTS = 300
 

@@ -15,7 +15,7 @@ from nbclient import NotebookClient
 
 from labkit import Stack
 from labkit.settings import REPO_ROOT
-from labkit.stack import _settings_env
+from labkit.ops.stack import _settings_env
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = [

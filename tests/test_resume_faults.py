@@ -155,7 +155,7 @@ async def test_a_broker_restart_changes_the_epoch_and_a_resume_from_before_says_
         # new one: a resume from the old log says so, then gets the new events.
         import shutil
 
-        from labkit.brokers import broker_kind
+        from labkit.ops.brokers import broker_kind
 
         stack.stop_component("broker")
         shutil.rmtree(broker_kind(settings).data_dir(settings))

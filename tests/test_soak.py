@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from labkit import Stack
-from labkit.soak import run_soak, write_soak
+from labkit.bench.soak import run_soak, write_soak
 
 
 async def test_short_soak_loses_nothing_and_samples_memory(stack: Stack, tmp_path):

@@ -11,9 +11,9 @@ from websockets.frames import Frame, Opcode
 
 from labkit import Delivered, Settings
 from labkit.client import _SeenDeliveries, watch_url
-from labkit.producer import RateLimiter
-from labkit.service import text_frame
-from labkit.watchers import WatchOptions, parse_watch_query
+from labkit.services.producer import RateLimiter
+from labkit.services.serving import text_frame
+from labkit.services.watchers import WatchOptions, parse_watch_query
 
 REPLAY_LIMIT = 100
 
@@ -31,7 +31,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr("labkit.producer.time.monotonic", fake)
+    monkeypatch.setattr("labkit.services.producer.time.monotonic", fake)
     return fake
 
 
@@ -76,7 +76,7 @@ def test_rate_limiter_zero_means_unlimited(clock: Clock):
 def test_rate_limiter_never_allows_more_than_a_burst_plus_the_rate_times_the_time(rate: float, gaps: list[float]):
     clock = Clock()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("labkit.producer.time.monotonic", clock)
+        patch.setattr("labkit.services.producer.time.monotonic", clock)
         limiter = RateLimiter(rate)
         passed = limiter.allow()
         for gap in gaps:

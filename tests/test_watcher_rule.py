@@ -1,4 +1,4 @@
-"""Unit tests of the consumer's per-watcher duplicate rule (labkit/watchers.py), with no process and no network.
+"""Unit tests of the consumer's per-watcher duplicate rule (labkit/services/watchers.py), with no process and no network.
 
 The rule: per partition, a frame at or below ``sent_upto`` (the resume point, then
 the last offset sent) is skipped until a live frame above it merges the partition;
@@ -16,8 +16,8 @@ from types import SimpleNamespace
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 from websockets.protocol import State
 
-from labkit.service import ServiceMetrics, text_frame
-from labkit.watchers import Frame, Recovery, Watcher, WatchOptions
+from labkit.services.serving import ServiceMetrics, text_frame
+from labkit.services.watchers import Frame, Recovery, Watcher, WatchOptions
 from waiting import wait_until
 
 

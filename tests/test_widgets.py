@@ -6,8 +6,8 @@ import asyncio
 import time
 
 from labkit import Sender, Stack
-from labkit.live import LiveChart
-from labkit.widgets import EventSender
+from labkit.lab.live import LiveChart
+from labkit.lab.widgets import EventSender
 from waiting import wait_until
 
 

@@ -27,12 +27,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from ..errors import LabkitError
-from ..settings import Settings
-from ..stack import Stack
-from .config import PATHS, BenchConfig
-from .results import BenchResult, build_result, write_json
-from .runner import BenchRunner, ProgressHook, StackSource
+from labkit.errors import LabkitError
+from labkit.settings import Settings
+from labkit.ops.stack import Stack
+from labkit.bench.config import PATHS, BenchConfig
+from labkit.bench.results import BenchResult, build_result, write_json
+from labkit.bench.runner import BenchRunner, ProgressHook, StackSource
 
 __all__ = ["BenchConfig", "BenchResult", "run_bench", "fresh_stacks", "the_running_stack", "PATHS"]
 

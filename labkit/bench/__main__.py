@@ -1,5 +1,5 @@
 """``python -m labkit.bench``: the benchmark without the labkit CLI (what ``make bench`` runs)."""
 
-from .cli import bench_app
+from labkit.bench.cli import bench_app
 
 bench_app(prog_name="labkit bench")

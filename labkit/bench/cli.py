@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .config import BenchConfig
+from labkit.bench.config import BenchConfig
 
 __all__ = ["bench_app"]
 
@@ -60,8 +60,8 @@ def bench(
     """Measure baseline, direct and full paths side by side, then fan-out; write JSON and a plot."""
     if ctx.invoked_subcommand is not None:  # `labkit bench soak`: only the subcommand runs
         return
-    from ..settings import Settings
-    from . import run_bench
+    from labkit.settings import Settings
+    from labkit.bench import run_bench
 
     config = BenchConfig(
         paths=tuple(p.strip() for p in paths.split(",") if p.strip()), rates=_numbers(rates, "--rates"),
@@ -103,8 +103,8 @@ def bench(
                                   on_stack_step=on_stack_step)
         progress.update(overall, completed=progress.tasks[overall].total)
 
-    from .plot import render_png, write_plot  # plotly loads only when a plot is drawn
-    from .report import print_report
+    from labkit.bench.plot import render_png, write_plot  # plotly loads only when a plot is drawn
+    from labkit.bench.report import print_report
 
     print_report(result, out)
     html = write_plot(result, files["json"].with_suffix(".html"))

@@ -24,11 +24,11 @@ from typing import Any
 
 import websockets
 
-from ..client import Sender, lab_api_key
-from ..events import decode_delivered, now_ms
-from ..procstats import cpu_cores, cpu_seconds, family, rss_bytes
-from ..stack import Stack
-from .load import BENCH_TYPE, LoadPlan, run_open_loop, split_id
+from labkit.client import Sender, lab_api_key
+from labkit.events import decode_delivered, now_ms
+from labkit.procstats import cpu_cores, cpu_seconds, family, rss_bytes
+from labkit.ops.stack import Stack
+from labkit.bench.load import BENCH_TYPE, LoadPlan, run_open_loop, split_id
 
 __all__ = ["EnduranceResult", "run_endurance", "run_idle", "write_endurance"]
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ..events import Event, now_ms
+from labkit.events import Event, now_ms
 
 __all__ = ["LoadPlan", "SendStats", "run_open_loop", "BENCH_TYPE", "split_id"]
 

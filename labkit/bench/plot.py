@@ -13,8 +13,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .config import BASELINE, DIRECT, FULL
-from .results import BenchResult
+from labkit.bench.config import BASELINE, DIRECT, FULL
+from labkit.bench.results import BenchResult
 
 __all__ = ["write_plot", "render_png", "chromium_path"]
 

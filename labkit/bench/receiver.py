@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from ..events import now_ms
-from .wire import ConnectionReport, ReceiverSpec, TagReport
+from labkit.events import now_ms
+from labkit.bench.wire import ConnectionReport, ReceiverSpec, TagReport
 
 __all__ = ["main"]
 
@@ -86,8 +86,8 @@ class Arrivals:
 
 
 async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> list[asyncio.Task[None]]:
-    from ..client import watch
-    from ..settings import Settings
+    from labkit.client import watch
+    from labkit.settings import Settings
 
     settings = Settings()
     gate = asyncio.Semaphore(spec.open_concurrency)
@@ -125,8 +125,8 @@ def _read_kafka(spec: ReceiverSpec, arrivals: Arrivals, loop: asyncio.AbstractEv
     """In a thread: the consumer service's read loop, on a plain consumer."""
     from confluent_kafka import OFFSET_END
 
-    from ..events import parse_record
-    from ..kafka import TailReader
+    from labkit.events import parse_record
+    from labkit.kafka import TailReader
 
     reader = TailReader({**spec.kafka_config, "client.id": "labkit-bench-baseline",
                          "group.id": f"labkit-bench-{uuid.uuid4().hex[:8]}"})

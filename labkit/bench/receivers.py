@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 
-from .wire import ConnectionReport, ReceiverSpec, TagReport
+from labkit.bench.wire import ConnectionReport, ReceiverSpec, TagReport
 
 __all__ = ["Receivers", "ReceiverFailed"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from .results import BenchResult
-from .stats import HOPS, Latency, PhaseResult
+from labkit.bench.results import BenchResult
+from labkit.bench.stats import HOPS, Latency, PhaseResult
 
 __all__ = ["print_report"]
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import psutil
 
-from ..procstats import cpu_seconds, family as _family
+from labkit.procstats import cpu_seconds, family as _family
 
 __all__ = ["ResourceSampler"]
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import msgspec
 
-from ..settings import Settings
-from .config import BASELINE, DIRECT, FULL, BenchConfig
-from .runner import BenchRunner
-from .stats import PhaseResult
+from labkit.settings import Settings
+from labkit.bench.config import BASELINE, DIRECT, FULL, BenchConfig
+from labkit.bench.runner import BenchRunner
+from labkit.bench.stats import PhaseResult
 
 __all__ = ["BenchResult", "TargetCheck", "build_result", "write_json", "find_phase", "SERVICES"]
 

@@ -23,18 +23,18 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from ..brokers import ensure_topic
-from ..client import lab_api_key
-from ..events import encode, now_ms
-from ..stack import Stack
-from .config import BASELINE, DIRECT, FULL, BenchConfig
-from .load import BENCH_TYPE, LoadPlan
-from .profile import ServiceProfiler
-from .receivers import Receivers
-from .resources import ResourceSampler
-from .senders import KafkaLoad, WebSocketLoad
-from .stats import PhaseResult, summarize
-from .wire import ReceiverSpec
+from labkit.ops.brokers import ensure_topic
+from labkit.client import lab_api_key
+from labkit.events import encode, now_ms
+from labkit.ops.stack import Stack
+from labkit.bench.config import BASELINE, DIRECT, FULL, BenchConfig
+from labkit.bench.load import BENCH_TYPE, LoadPlan
+from labkit.bench.profile import ServiceProfiler
+from labkit.bench.receivers import Receivers
+from labkit.bench.resources import ResourceSampler
+from labkit.bench.senders import KafkaLoad, WebSocketLoad
+from labkit.bench.stats import PhaseResult, summarize
+from labkit.bench.wire import ReceiverSpec
 
 __all__ = ["BenchRunner", "RampResult", "BASELINE_TOPIC", "StackSource"]
 

@@ -19,11 +19,11 @@ from typing import Any
 import websockets
 from confluent_kafka import Producer
 
-from ..client import Sender
-from ..events import Ack, Event, encode, now_ms
-from ..producer import PRODUCER_DEFAULTS
-from ..settings import Settings
-from .load import LoadPlan, SendStats, run_open_loop, split_id
+from labkit.client import Sender
+from labkit.events import Ack, Event, encode, now_ms
+from labkit.services.producer import PRODUCER_DEFAULTS
+from labkit.settings import Settings
+from labkit.bench.load import LoadPlan, SendStats, run_open_loop, split_id
 
 __all__ = ["SendOutcome", "WebSocketLoad", "KafkaLoad"]
 

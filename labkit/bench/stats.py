@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .load import LoadPlan, SendStats
-from .wire import TagReport
+from labkit.bench.load import LoadPlan, SendStats
+from labkit.bench.wire import TagReport
 
 __all__ = ["Latency", "PhaseResult", "summarize", "HOPS"]
 

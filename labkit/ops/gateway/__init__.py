@@ -46,10 +46,10 @@ One module per step:
 
 from __future__ import annotations
 
-from .config import KONG_DEFAULT_TIMEOUT_MS, KONG_FORMAT_VERSION, load_kong_config, routes_table
-from .model import EMBEDDED_SERVICE_PORTS, PLUGIN_PRIORITY, GatewayConfigError
-from .nginx import render_nginx_conf
-from .nginx_text import (
+from labkit.ops.gateway.config import KONG_DEFAULT_TIMEOUT_MS, KONG_FORMAT_VERSION, load_kong_config, routes_table
+from labkit.ops.gateway.model import EMBEDDED_SERVICE_PORTS, PLUGIN_PRIORITY, GatewayConfigError
+from labkit.ops.gateway.nginx import render_nginx_conf
+from labkit.ops.gateway.nginx_text import (
     BAD_GATEWAY,
     CORS_DEFAULT_METHODS,
     DUPLICATE_API_KEY,
@@ -60,8 +60,8 @@ from .nginx_text import (
     NO_ROUTE,
     ORIGIN_NOT_ALLOWED,
 )
-from .plugins import RATE_PERIODS
-from .process import gateway_command, nginx_binary, reload, write_nginx_conf
+from labkit.ops.gateway.plugins import RATE_PERIODS
+from labkit.ops.gateway.process import gateway_command, nginx_binary, reload, write_nginx_conf
 
 __all__ = [
     "GatewayConfigError",

@@ -18,14 +18,14 @@ from collections.abc import Callable, Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from .events import delivered_frame, now_ms, parse_record
-from .kafka import CONSUMER_DEFAULTS, TailReader
-from .settings import Settings
-from .watchers import Frame, Recovery
+from labkit.events import delivered_frame, now_ms, parse_record
+from labkit.kafka import CONSUMER_DEFAULTS, TailReader
+from labkit.settings import Settings
+from labkit.services.watchers import Frame, Recovery
 
 __all__ = ["read_missed"]
 
-log = logging.getLogger("labkit.consumer")
+log = logging.getLogger("labkit.services.consumer")
 
 LIMIT_S = 30.0  # a gap that takes longer is cut short; the watcher is asked to resume again
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 from labkit.settings import Settings
 
-from .model import _Plugin, _Route
-from .nginx_plugins import _cors_headers, key_auth_failed_uri
-from .nginx_text import DUPLICATE_API_KEY, INVALID_API_KEY, NO_API_KEY, NO_ROUTE, _block, _comment, _error_body, _q
+from labkit.ops.gateway.model import _Plugin, _Route
+from labkit.ops.gateway.nginx_plugins import _cors_headers, key_auth_failed_uri
+from labkit.ops.gateway.nginx_text import DUPLICATE_API_KEY, INVALID_API_KEY, NO_API_KEY, NO_ROUTE, _block, _comment, _error_body, _q
 
 HEADROOM = 256  # connections that are never proxied: refusals, 404s, preflights
 FILES_OVERHEAD = 64  # open files that are not connections: logs, the listening socket, temp files

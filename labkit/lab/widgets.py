@@ -4,7 +4,7 @@
 gateway's ``/produce-events`` with :class:`labkit.client.Sender`, one connection
 per form, on the kernel's asyncio loop, so the kernel never blocks::
 
-    from labkit.widgets import EventSender
+    from labkit.lab.widgets import EventSender
     form = EventSender()
     form                                     # the form; click Send
     await form.send_burst(100, rate=50)      # or from code
@@ -30,9 +30,9 @@ import websockets
 from IPython.display import HTML
 from websockets.protocol import State
 
-from .client import Sender, SendError
-from .events import Ack
-from .settings import Settings
+from labkit.client import Sender, SendError
+from labkit.events import Ack
+from labkit.settings import Settings
 
 __all__ = ["EventSender", "FormError", "StepProgress", "html_table"]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from labkit.settings import Settings
 
-from .config import load_kong_config
-from .model import GatewayConfigError
-from .nginx import render_nginx_conf
+from labkit.ops.gateway.config import load_kong_config
+from labkit.ops.gateway.model import GatewayConfigError
+from labkit.ops.gateway.nginx import render_nginx_conf
 
 
 def nginx_binary() -> Path:

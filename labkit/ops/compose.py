@@ -1,6 +1,6 @@
 """Compose mode: the lab as containers (Apache Kafka, the services, Kong), run by Docker Compose.
 
-:class:`ComposeStack` has the surface of :class:`labkit.stack.Stack` (``up``, ``down``,
+:class:`ComposeStack` has the surface of :class:`labkit.ops.stack.Stack` (``up``, ``down``,
 ``restart``, ``status``, ``logs``) and does each step with one ``docker compose`` command
 on ``compose/compose.yml``; :meth:`ComposeStack.commands` shows them, so they can be read,
 tested and copied. The settings reach Compose as ``LABKIT_*`` variables, which the
@@ -23,8 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import ComponentFailed, LabkitError
-from .settings import REPO_ROOT, Settings
+from labkit.errors import ComponentFailed, LabkitError
+from labkit import discovery
+from labkit.settings import REPO_ROOT, Settings
 
 __all__ = ["ComposeStack", "DockerUnavailable", "docker_available", "parse_ps"]
 
@@ -32,7 +33,7 @@ StepCallback = Callable[[str, int, int], None]
 
 PROJECT = "labkit"
 COMPOSE_FILE = "compose/compose.yml"  # relative to REPO_ROOT, where the commands run
-RECORD = "compose.json"
+RECORD = discovery.COMPOSE_RECORD
 KONG_ADMIN_PORT = 8001
 
 #: labkit's component names and the Compose services that are them, in start order.
@@ -112,7 +113,7 @@ def _state(container: dict[str, Any] | None) -> str:
 class ComposeStack:
     """The lab's containers: ``ComposeStack(settings).up()``, ``.down()``, or ``with ComposeStack() as stack:``.
 
-    Mirrors :class:`labkit.stack.Stack`; ``up()`` on a compose stack that already runs
+    Mirrors :class:`labkit.ops.stack.Stack`; ``up()`` on a compose stack that already runs
     adopts it, and leaving a ``with`` block stops it only if this object started it.
     """
 
@@ -347,14 +348,14 @@ class ComposeStack:
         return items
 
     def routes(self) -> list[dict[str, Any]]:
-        """Kong's routes as it runs them, in the row shape of labkit.gateway.routes_table."""
+        """Kong's routes as it runs them, in the row shape of labkit.ops.gateway.routes_table."""
         try:
             services = {s["id"]: s for s in self._admin("/services")}
             routes = self._admin("/routes")
             plugins = [p for p in self._admin("/plugins") if p.get("enabled", True)]
         except (OSError, ValueError) as exc:
             raise ComponentFailed("gateway", f"admin API at {self.admin_url} did not answer: {exc}") from None
-        from .gateway import PLUGIN_PRIORITY
+        from labkit.ops.gateway import PLUGIN_PRIORITY
 
         rows = []
         for route in routes:

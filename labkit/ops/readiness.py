@@ -16,9 +16,9 @@ import websockets
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 from websockets.sync.client import connect
 
-from .errors import ComponentFailed
-from .events import PROBE_TYPE, decode_delivered, decode_reply, encode
-from .settings import Settings
+from labkit.errors import ComponentFailed
+from labkit.events import PROBE_TYPE, decode_delivered, decode_reply, encode
+from labkit.settings import Settings
 
 __all__ = ["probe_round_trip"]
 
@@ -45,7 +45,7 @@ def _one_probe(settings: Settings, api_key: str | None, deadline: float) -> None
 
 def probe_round_trip(settings: Settings, timeout: float = PROBE_TIMEOUT_S) -> float:
     """Send a probe event through the gateway and wait until the consumer delivers it; returns milliseconds."""
-    from .client import lab_api_key
+    from labkit.discovery import lab_api_key
 
     api_key = lab_api_key(settings)
     began = time.monotonic()

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .model import (
+from labkit.ops.gateway.model import (
     _API_KEY_RE,
     _HEADER_VALUE_RE,
     _HOST_RE,
@@ -30,7 +30,7 @@ from .model import (
     exact_path,
     request_path,
 )
-from .plugins import _read_plugin
+from labkit.ops.gateway.plugins import _read_plugin
 
 KONG_FORMAT_VERSION = "3.0"
 KONG_DEFAULT_TIMEOUT_MS = 60_000

@@ -27,8 +27,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from .errors import BrokerUnavailable, LabkitError
-from .settings import Settings
+from labkit.errors import BrokerUnavailable, LabkitError
+from labkit.settings import Settings
 
 __all__ = ["BrokerKind", "BROKERS", "broker_kind", "ensure_topic"]
 

@@ -10,9 +10,9 @@ librdkafka runs its own threads; a poll thread collects delivery reports and
 hands them to the event loop in batches, so the loop never blocks on Kafka. When
 librdkafka's queue is full the handler stops reading the socket until there is
 room again (backpressure) instead of dropping events. The Kafka side, and how a
-failed Kafka producer is replaced, is in :mod:`labkit.producer_flights`; each
+failed Kafka producer is replaced, is in :mod:`labkit.services.producer_flights`; each
 sender's replies (bounded), and closing only after them, in
-:mod:`labkit.producer_replies`.
+:mod:`labkit.services.producer_replies`.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from prometheus_client import Counter
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from .events import UNSET, Event, EventError, FrameError, encode, new_id, now_ms, parse_frame
-from .producer_flights import Flights
-from .producer_replies import InputRefused, Replies, SenderConnection
-from .service import BrokerProbe, ServiceMetrics, configure_logging, make_process_request, run_service
-from .settings import Settings
+from labkit.events import UNSET, Event, EventError, FrameError, encode, new_id, now_ms, parse_frame
+from labkit.services.producer_flights import Flights
+from labkit.services.producer_replies import InputRefused, Replies, SenderConnection
+from labkit.services.serving import BrokerProbe, ServiceMetrics, configure_logging, make_process_request, run_service
+from labkit.settings import Settings
 
 __all__ = ["ProducerService", "RateLimiter", "main"]
 
-log = logging.getLogger("labkit.producer")
+log = logging.getLogger("labkit.services.producer")
 
 # Latency first: a lab shows one event at a time, so batch only what arrives together.
 PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -228,7 +228,7 @@ def RATE_LIMITED(rate: float) -> EventError:  # noqa: N802 - reads as the error 
 
 
 def main(settings: Settings | None = None) -> None:
-    """Run the producer in the foreground until SIGTERM (``python -m labkit.producer``)."""
+    """Run the producer in the foreground until SIGTERM (``python -m labkit.services.producer``)."""
     configure_logging()
     asyncio.run(ProducerService(settings or Settings()).run())
 

@@ -24,17 +24,19 @@ from typing import Any
 
 import psutil
 
-from .brokers import broker_kind, ensure_topic
-from .errors import ComponentFailed, LabkitError, NotRunning, PortInUse
-from .gateway import gateway_command, load_kong_config, reload, routes_table, write_nginx_conf
-from .procstats import cpu_cores
-from .readiness import probe_round_trip
-from .settings import Settings
+from labkit.ops.brokers import broker_kind, ensure_topic
+from labkit.errors import ComponentFailed, LabkitError, NotRunning, PortInUse
+from labkit.ops.gateway import gateway_command, load_kong_config, reload, routes_table, write_nginx_conf
+from labkit.procstats import cpu_cores
+from labkit.ops.readiness import probe_round_trip
+from labkit import discovery
+from labkit.settings import Settings
 
-__all__ = ["Stack", "Component", "open_stack", "running_settings"]
+__all__ = ["Stack", "Component", "open_stack"]
+
 
 StepCallback = Callable[[str, int, int], None]
-RECORD = "stack.json"
+RECORD = discovery.STACK_RECORD
 READY_TIMEOUT_S = 30.0
 
 
@@ -158,7 +160,7 @@ class Stack:
                                    detail=broker.describe(s), prepare=broker_command, after_ready=topic))
         for name, port, setting in (("producer", s.producer_port, "producer_port"), ("consumer", s.consumer_port, "consumer_port")):
             parts.append(Component(
-                name, port, setting, s.url(port), [*serve, f"labkit.{name}"], s.url(port, "/healthz", "http"),
+                name, port, setting, s.url(port), [*serve, f"labkit.services.{name}"], s.url(port, "/healthz", "http"),
                 _settings_env(s), prepare=topic if name == "producer" and broker.argv is None else None,
             ))
         gateway_url = f"{s.produce_url}  {s.consume_url}"
@@ -211,7 +213,7 @@ class Stack:
         what was done.
         """
         if self.settings.mode == "compose":
-            raise LabkitError("compose mode runs under Docker Compose: use labkit.compose.ComposeStack (or open_stack)")
+            raise LabkitError("compose mode runs under Docker Compose: use labkit.ops.compose.ComposeStack (or open_stack)")
         recorded_settings, recorded = self._recorded_components()
         alive = {p.name: p for p in recorded if p.process() is not None}
         if alive:
@@ -408,16 +410,10 @@ class Stack:
 
 def open_stack(settings: Settings | None = None) -> Any:
     """The stack for these settings: a ComposeStack in compose mode (or where one runs), else a Stack."""
-    from .compose import RECORD as COMPOSE_RECORD
-    from .compose import ComposeStack
+    from labkit.ops.compose import RECORD as COMPOSE_RECORD
+    from labkit.ops.compose import ComposeStack
 
     resolved = settings or Settings()
     if resolved.mode == "compose" or (resolved.state_dir / COMPOSE_RECORD).exists():
         return ComposeStack(resolved)
     return Stack(resolved)
-
-
-def running_settings(settings: Settings | None = None) -> Settings:
-    """The settings of the stack running from ``settings.state_dir``, else ``settings``."""
-    stack = open_stack(settings)
-    return stack.settings if stack.is_running() else (settings or Settings())

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from .settings import Settings
+from labkit.settings import Settings
 
 __all__ = ["trim_points", "trim_topic", "INTERVAL_S"]
 
-log = logging.getLogger("labkit.retention")
+log = logging.getLogger("labkit.services.retention")
 
 INTERVAL_S = 5.0
 TIMEOUT_S = 10.0

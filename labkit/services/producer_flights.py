@@ -29,12 +29,12 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import Counter
 
-from .events import EventError, encode, now_ms
-from .service import ServiceMetrics
+from labkit.events import EventError, encode, now_ms
+from labkit.services.serving import ServiceMetrics
 
 __all__ = ["Flight", "Flights", "ReplyTarget"]
 
-log = logging.getLogger("labkit.producer")
+log = logging.getLogger("labkit.services.producer")
 
 # No ack for this long, with events waiting and the broker answering: the broker no longer takes
 # this producer's writes (it forgot its id), so waiting for message.timeout.ms would only delay errors.
@@ -48,7 +48,7 @@ MIN_RENEW_INTERVAL_S = 1.0
 
 
 class ReplyTarget(Protocol):
-    """Where one sender's replies go (see :class:`labkit.producer_replies.Replies`)."""
+    """Where one sender's replies go (see :class:`labkit.services.producer_replies.Replies`)."""
 
     def put(self, frame: bytes) -> None: ...
 

@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed, TooManyFragments
 from websockets.frames import Close, CloseCode
 from websockets.protocol import CLOSING, OPEN
 
-from .service import text_frame
+from labkit.services.serving import text_frame
 
 __all__ = ["InputRefused", "Replies", "SenderConnection"]
 

@@ -14,8 +14,8 @@ overflows is disconnected with close code 1013 (try again later) and counted:
 the service never drops an event silently from a stream it is still sending.
 
 What a watcher may ask for (``types``, ``replay``, ``resume``) is in
-:mod:`labkit.watchers`; reading back what a resuming watcher missed is in
-:mod:`labkit.catchup`.
+:mod:`labkit.services.watchers`; reading back what a resuming watcher missed is in
+:mod:`labkit.services.catchup`.
 """
 
 from __future__ import annotations
@@ -35,22 +35,22 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from .catchup import LIMIT_S as READ_BACK_LIMIT_S
-from .epoch import epoch_is_kept, log_epoch
-from .catchup import read_missed
-from .events import delivered_frame, is_reserved, now_ms, parse_record
-from .kafka import CONSUMER_DEFAULTS, TailReader
-from .retention import INTERVAL_S as RETENTION_INTERVAL_S
-from .retention import trim_topic
-from .service import (
+from labkit.services.catchup import LIMIT_S as READ_BACK_LIMIT_S
+from labkit.epoch import epoch_is_kept, log_epoch
+from labkit.services.catchup import read_missed
+from labkit.events import delivered_frame, is_reserved, now_ms, parse_record
+from labkit.kafka import CONSUMER_DEFAULTS, TailReader
+from labkit.services.retention import INTERVAL_S as RETENTION_INTERVAL_S
+from labkit.services.retention import trim_topic
+from labkit.services.serving import (
     BrokerProbe, ServiceMetrics, configure_logging, json_response, make_process_request, run_service, text_frame,
 )
-from .settings import Settings
-from .watchers import Frame, Watcher, WatchOptions, parse_watch_query
+from labkit.settings import Settings
+from labkit.services.watchers import Frame, Watcher, WatchOptions, parse_watch_query
 
 __all__ = ["ConsumerService", "main"]
 
-log = logging.getLogger("labkit.consumer")
+log = logging.getLogger("labkit.services.consumer")
 
 # At start the consumer reads back this far, to fill the replay buffer.
 REPLAY_LOOKBACK_MS = 10 * 60 * 1000
@@ -329,7 +329,7 @@ class ConsumerService:
 
 
 def main(settings: Settings | None = None) -> None:
-    """Run the consumer in the foreground until SIGTERM (``python -m labkit.consumer``)."""
+    """Run the consumer in the foreground until SIGTERM (``python -m labkit.services.consumer``)."""
     configure_logging()
     asyncio.run(ConsumerService(settings or Settings()).run())
 

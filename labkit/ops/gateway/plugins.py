@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .model import (
+from labkit.ops.gateway.model import (
     _HEADER_NAME_RE,
     _HEADER_VALUE_RE,
     _LITERAL_ORIGIN_RE,

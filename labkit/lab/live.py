@@ -5,7 +5,7 @@
 value over time, events per second, and a histogram of end-to-end latency (the
 sender's ``sent_at`` to arrival here)::
 
-    from labkit.live import LiveChart
+    from labkit.lab.live import LiveChart
     chart = LiveChart()
     chart                        # the figure with its counters
     chart.received, chart.counts, chart.latency_percentiles()
@@ -30,9 +30,9 @@ import plotly.graph_objects as go
 import websockets
 from plotly.subplots import make_subplots
 
-from .client import watch
-from .events import Delivered, now_ms
-from .settings import Settings
+from labkit.client import watch
+from labkit.events import Delivered, now_ms
+from labkit.settings import Settings
 
 __all__ = ["LiveChart"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from .model import _LITERAL_ORIGIN_RE, _Gateway, _Plugin, _Route
-from .nginx_text import (
+from labkit.ops.gateway.model import _LITERAL_ORIGIN_RE, _Gateway, _Plugin, _Route
+from labkit.ops.gateway.nginx_text import (
     CORS_DEFAULT_METHODS,
     ORIGIN_NOT_ALLOWED,
     _block,
@@ -18,7 +18,7 @@ from .nginx_text import (
     _q,
     _regex_literal,
 )
-from .plugins import RATE_PERIODS
+from labkit.ops.gateway.plugins import RATE_PERIODS
 
 
 # ---- key-auth

@@ -22,8 +22,8 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from .events import encode
-from .settings import Settings
+from labkit.events import encode
+from labkit.settings import Settings
 
 __all__ = [
     "BrokerProbe", "ServiceMetrics", "make_process_request", "run_service", "http_response", "json_response",

@@ -20,9 +20,9 @@ from typing import Any
 
 import psutil
 
-from .client import Sender, watch
-from .events import now_ms
-from .stack import Stack
+from labkit.client import Sender, watch
+from labkit.events import now_ms
+from labkit.ops.stack import Stack
 
 __all__ = ["SoakResult", "run_soak", "write_soak"]
 

@@ -32,8 +32,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from .events import encode, is_reserved
-from .service import ServiceMetrics, can_write_now
+from labkit.events import encode, is_reserved
+from labkit.services.serving import ServiceMetrics, can_write_now
 
 __all__ = ["WatchOptions", "parse_watch_query", "Watcher", "Frame", "Recovery", "recovery_frame"]
 

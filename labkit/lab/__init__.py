@@ -1,0 +1,1 @@
+"""What a notebook shows: the event form, the live chart and the tables."""
