@@ -124,7 +124,10 @@ async def test_rate_limiting_counts_upgrades_and_answers_429(tmp_path):
             except websockets.InvalidStatus as exc:
                 statuses.append(exc.response.status_code)
                 assert json.loads(exc.response.body)["message"] == "API rate limit exceeded"
-        assert statuses[:3] == [101] * 3 and 429 in statuses[3:]
+        # Three upgrades a second: `up`'s readiness probe may have taken one of this second's three.
+        assert 429 in statuses, statuses
+        first_refused = statuses.index(429)
+        assert first_refused in (2, 3) and statuses[:first_refused] == [101] * first_refused, statuses
 
 
 def test_an_unsupported_plugin_stops_the_start_with_its_name(tmp_path):
