@@ -178,15 +178,11 @@ def logs(
 ) -> None:
     """Print the end of the components' logs."""
     stack = open_stack(build_settings(state_dir=state_dir))
-    if not isinstance(stack, Stack):
-        out.print(stack.logs(component, lines), highlight=False, markup=False)
-        return
-    names = [part.name for part in stack.components()]
-    if component is not None and component not in names:
-        raise typer.BadParameter(f"{component!r} is not a component; choose from {', '.join(names)}", param_hint="COMPONENT")
-    for name in [component] if component else names:
-        out.rule(f"{name}  ({stack.log_path(name)})")
-        out.print(stack.log_tail(name, lines) or "(no log yet)", highlight=False, markup=False)
+    try:
+        text = stack.logs(component, lines)
+    except LabkitError as exc:
+        raise typer.BadParameter(str(exc), param_hint="COMPONENT") from None
+    out.print(text, highlight=False, markup=False)
 
 
 def _parse_data(data: str | None) -> dict[str, Any] | None:

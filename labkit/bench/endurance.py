@@ -154,7 +154,6 @@ def run_idle(stack: Stack, seconds: float = 30.0) -> dict[str, float]:
 
 def write_endurance(result: EnduranceResult, folder: Path) -> list[Path]:
     """The result as JSON, and p50/p99 per window with the broker's memory as a plotly page."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     folder.mkdir(parents=True, exist_ok=True)

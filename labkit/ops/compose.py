@@ -25,6 +25,7 @@ from typing import Any
 
 from labkit.errors import ComponentFailed, LabkitError
 from labkit import discovery
+from labkit.ops.base import StackCommon
 from labkit.settings import REPO_ROOT, Settings
 
 __all__ = ["ComposeStack", "DockerUnavailable", "docker_available", "parse_ps"]
@@ -110,7 +111,7 @@ def _state(container: dict[str, Any] | None) -> str:
     return "starting" if health == "starting" else "not answering"
 
 
-class ComposeStack:
+class ComposeStack(StackCommon):
     """The lab's containers: ``ComposeStack(settings).up()``, ``.down()``, or ``with ComposeStack() as stack:``.
 
     Mirrors :class:`labkit.ops.stack.Stack`; ``up()`` on a compose stack that already runs
@@ -128,13 +129,7 @@ class ComposeStack:
 
     # -- layout ------------------------------------------------------------------
 
-    @property
-    def state_dir(self) -> Path:
-        return self.settings.state_dir
-
-    @property
-    def record_path(self) -> Path:
-        return self.state_dir / RECORD
+    RECORD = RECORD
 
     @property
     def log_path(self) -> Path:
@@ -375,18 +370,6 @@ class ComposeStack:
                 "plugins": sorted(chosen, key=lambda name: -PLUGIN_PRIORITY.get(name, 0)),
             })
         return rows
-
-    def health(self, component: str) -> dict[str, Any]:
-        port = {"producer": self.settings.producer_port, "consumer": self.settings.consumer_port}[component]
-        with urllib.request.urlopen(self.settings.url(port, "/healthz", "http"), timeout=2) as response:
-            return json.loads(response.read())
-
-    def __enter__(self) -> ComposeStack:
-        return self.up()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.started_here:
-            self.down()
 
 
 def _plugin_scope(plugin: dict[str, Any]) -> tuple[str, str | None]:

@@ -30,6 +30,7 @@ from labkit.ops.gateway import gateway_command, load_kong_config, reload, routes
 from labkit.procstats import cpu_cores
 from labkit.ops.readiness import probe_round_trip
 from labkit import discovery
+from labkit.ops.base import LabStack, StackCommon
 from labkit.settings import Settings
 
 __all__ = ["Stack", "Component", "open_stack"]
@@ -112,7 +113,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-class Stack:
+class Stack(StackCommon):
     """The lab's processes: ``Stack(settings).up()``, ``.down()``, or ``with Stack() as stack:``.
 
     ``up()`` on a state folder whose stack already runs adopts it; leaving a ``with``
@@ -128,13 +129,7 @@ class Stack:
 
     # -- layout ------------------------------------------------------------------
 
-    @property
-    def state_dir(self) -> Path:
-        return self.settings.state_dir
-
-    @property
-    def record_path(self) -> Path:
-        return self.state_dir / RECORD
+    RECORD = RECORD
 
     def log_path(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
@@ -389,10 +384,15 @@ class Stack:
     def routes(self) -> list[dict[str, Any]]:
         return routes_table(load_kong_config(self.settings.kong_config))
 
-    def health(self, component: str) -> dict[str, Any]:
-        port = {"producer": self.settings.producer_port, "consumer": self.settings.consumer_port}[component]
-        with urllib.request.urlopen(self.settings.url(port, "/healthz", "http"), timeout=2) as response:
-            return json.loads(response.read())
+    def logs(self, component: str | None = None, lines: int = 40) -> str:
+        """The end of one component's log, or of each in turn, under a header naming its file."""
+        names = [part.name for part in self.components()]
+        if component is not None and component not in names:
+            raise LabkitError(f"{component!r} is not a component; choose from {', '.join(names)}")
+        return "\n".join(
+            f"--- {name} ({self.log_path(name)})\n{self.log_tail(name, lines) or '(no log yet)'}"
+            for name in ([component] if component else names)
+        )
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         try:
@@ -400,15 +400,7 @@ class Stack:
         except OSError:
             return ""
 
-    def __enter__(self) -> Stack:
-        return self.up()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.started_here:
-            self.down()
-
-
-def open_stack(settings: Settings | None = None) -> Any:
+def open_stack(settings: Settings | None = None) -> LabStack:
     """The stack for these settings: a ComposeStack in compose mode (or where one runs), else a Stack."""
     from labkit.ops.compose import RECORD as COMPOSE_RECORD
     from labkit.ops.compose import ComposeStack
