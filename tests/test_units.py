@@ -101,6 +101,14 @@ def test_every_parameter_is_read():
     assert options.since_ms == 1.7e12 and options.resuming
 
 
+def test_the_epoch_is_read_and_anything_else_refused():
+    assert parse_watch_query("/?resume=0:1&epoch=3f9a1c0d2e4b5a67", REPLAY_LIMIT).epoch == "3f9a1c0d2e4b5a67"
+    assert parse_watch_query("/?resume=0:1", REPLAY_LIMIT).epoch is None
+    for bad in ("a%20b", "", "x" * 65, "%00", "a/b"):
+        with pytest.raises(ValueError, match="epoch"):
+            parse_watch_query(f"/?resume=0:1&epoch={bad}", REPLAY_LIMIT)
+
+
 def test_resume_alone_or_since_alone_is_resuming():
     assert parse_watch_query("/?resume=3:7", REPLAY_LIMIT) == WatchOptions(resume={3: 7})
     assert parse_watch_query("/?since=5", REPLAY_LIMIT).resuming
