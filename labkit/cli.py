@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from labkit.client import Sender, SendError, watch
+from labkit.client import Sender, SendError, as_event, watch
 from labkit.errors import LabkitError
 from labkit.events import Event
 from labkit.settings import Settings
@@ -272,6 +272,12 @@ def send(
             raise typer.BadParameter("stdin held no event: one JSON object per line", param_hint="stdin")
     else:
         raise typer.BadParameter("give --type and --value, --count N, or JSON lines on stdin")
+    for number, event in enumerate(events, 1):
+        try:
+            as_event(event)
+        except ValueError as exc:
+            where = "the event" if len(events) == 1 else f"event {number}"
+            raise typer.BadParameter(f"{where} is not valid: {exc}") from None
     settings = running_settings(build_settings(state_dir=state_dir))
     ok, failed = asyncio.run(_send(settings, events, rate, quiet))
     if len(events) > 1 or failed:

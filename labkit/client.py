@@ -16,6 +16,7 @@ the lab key in kong/kong.yml.
 from __future__ import annotations
 
 import asyncio
+import math
 import logging
 import time
 from collections import deque
@@ -54,10 +55,19 @@ def _settings(settings: Settings | None) -> Settings:
     return running_settings(settings)
 
 
-def _as_event(event: Event | Mapping[str, Any]) -> Event:
-    if isinstance(event, Event):
-        return event
-    return msgspec.convert(dict(event), Event)
+def as_event(event: Event | Mapping[str, Any]) -> Event:
+    """The event model's check, before anything is sent; ValueError says what is wrong, by field.
+
+    A number JSON cannot carry (nan, inf: Python's float overflows 1e400 to inf) is refused
+    here, where the user typed it: on the wire it would arrive as null.
+    """
+    try:
+        item = event if isinstance(event, Event) else msgspec.convert(dict(event), Event)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    if not math.isfinite(item.value):
+        raise ValueError(f"value must be a finite number, not {item.value!r} (numbers past 1.8e308 do not fit)")
+    return item
 
 
 class Sender:
@@ -110,7 +120,7 @@ class Sender:
             self._pending.clear()
 
     def _prepare(self, event: Event | Mapping[str, Any]) -> tuple[Event, asyncio.Future[Ack]]:
-        item = _as_event(event)
+        item = as_event(event)
         if item.id is msgspec.UNSET:
             item.id = new_id()
         if item.sent_at is msgspec.UNSET:
