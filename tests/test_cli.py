@@ -67,6 +67,11 @@ def test_status_and_logs(stack: Stack):
     assert status.stdout.count("running") == 4 and '"broker": "up"' in status.stdout
     logs = labkit(stack, "logs", "producer", "-n", "5")
     assert logs.returncode == 0 and "producer" in logs.stdout
+    # A component that colours its output (Tansu does): the codes are gone, the words stay.
+    with stack.log_path("broker").open("a") as log:
+        log.write("\x1b[1;31mcoloured\x1b[0m line\n")
+    broker = labkit(stack, "logs", "broker", "-n", "5")
+    assert broker.returncode == 0 and "coloured line" in broker.stdout and "\x1b[" not in broker.stdout
 
 
 @pytest.mark.parametrize(

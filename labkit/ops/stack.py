@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -38,6 +39,7 @@ __all__ = ["Stack", "Component", "open_stack"]
 
 StepCallback = Callable[[str, int, int], None]
 RECORD = discovery.STACK_RECORD
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 READY_TIMEOUT_S = 30.0
 
 
@@ -395,10 +397,13 @@ class Stack(StackCommon):
         )
 
     def log_tail(self, name: str, lines: int = 20) -> str:
+        """The last lines of a component's log, without terminal colour codes (the broker writes them)."""
         try:
-            return "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-lines:])
+            text = self.log_path(name).read_text(errors="replace")
         except OSError:
             return ""
+        return "\n".join(_ANSI_ESCAPE.sub("", text).splitlines()[-lines:])
+
 
 def open_stack(settings: Settings | None = None) -> LabStack:
     """The stack for these settings: a ComposeStack in compose mode (or where one runs), else a Stack."""
