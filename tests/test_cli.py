@@ -142,3 +142,25 @@ def test_kafka_properties_from_the_environment_in_both_forms():
             assert Settings().kafka_properties == {"linger.ms": "3", "client.rack": "lab"}
         finally:
             del os.environ["LABKIT_KAFKA_PROPERTIES"]
+
+
+async def test_the_gateway_logs_each_request_with_its_status_and_without_the_key(stack: Stack):
+    """A learner sees their own 401 in `labkit logs gateway`; a key in the query string is not written down."""
+    import urllib.error
+    import urllib.request
+
+    from waiting import wait_until
+
+    secret = "not-the-key-9f3c"
+    for url in (stack.settings.url(stack.settings.gateway_port, "/produce-events", "http"),
+                stack.settings.url(stack.settings.gateway_port, f"/produce-events?apikey={secret}", "http")):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=5)
+        assert refused.value.code == 401
+
+    def logged() -> bool:
+        return stack.log_tail("gateway", 200).count('"GET /produce-events" 401') >= 2
+
+    await wait_until(logged, 10, lambda: f"no access lines for the two 401s:\n{stack.log_tail('gateway', 20)}")
+    shown = labkit(stack, "logs", "gateway", "-n", "200")
+    assert '"GET /produce-events" 401' in shown.stdout and secret not in shown.stdout

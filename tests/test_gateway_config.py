@@ -112,7 +112,7 @@ def test_rendered_conf_is_accepted_by_nginx(settings, tmp_path):
 def test_rendered_conf_runs_unprivileged_with_everything_in_state_dir(kong, settings, tmp_path):
     state_dir = (tmp_path / "state").resolve()
     text = gateway.render_nginx_conf(kong, settings, state_dir)
-    for directive in ("daemon off;", "master_process on;", "worker_processes 1;", "access_log off;"):
+    for directive in ("daemon off;", "master_process on;", "worker_processes 1;", "access_log /dev/stderr labkit;"):
         assert directive in text
     assert f"pid '{state_dir}/nginx.pid';" in text
     assert f"error_log '{state_dir}/nginx-error.log' warn;" in text

@@ -85,15 +85,20 @@ def _http_basics(state_dir: Path) -> list[str]:
     return [
         *_comment(
             """
-No access log: a line per request costs time on every WebSocket upgrade, and would record
-query strings, where browsers send their API key. Errors go to the error_log above.
+One access line per request, so a learner sees their own 401, 403 and 429 in `labkit logs
+gateway`: to stderr, which the stack writes to the gateway's log. The path is logged without
+its query string, where browsers send their API key. A WebSocket costs one line, at its upgrade.
 """
         ),
-        "access_log off;",
         "server_tokens off;",
         "tcp_nodelay on;",
         'default_type "application/json; charset=utf-8";',
         "map_hash_bucket_size 128;",
+        # The path as the client sent it ($uri is the one after internal rewrites), without its query.
+        'map $request_uri $labkit_request_path { "~^(?<path>[^?]*)" $path; }',
+        "log_format labkit '$time_iso8601 $remote_addr \"$request_method $labkit_request_path\" $status "
+        "$request_time s, $bytes_sent bytes';",
+        "access_log /dev/stderr labkit;",
         *[f"{kind}_temp_path {_q(str(temp / kind))};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")],
     ]
 
