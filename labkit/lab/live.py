@@ -22,7 +22,6 @@ import html
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
-from typing import Any
 
 import ipywidgets as w
 import numpy as np

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -15,7 +16,8 @@ from labkit.settings import Settings
 
 __all__ = ["LabStack", "StackCommon", "StepCallback"]
 
-StepCallback = Any  # Callable[[str, int, int], None]: a step's text, its number, how many
+#: Told of each start-up step: its text, its number, and how many there are.
+StepCallback = Callable[[str, int, int], None]
 
 
 class LabStack(Protocol):

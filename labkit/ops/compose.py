@@ -19,18 +19,16 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from labkit.errors import ComponentFailed, LabkitError
 from labkit import discovery
-from labkit.ops.base import StackCommon
+from labkit.ops.base import StackCommon, StepCallback
 from labkit.settings import REPO_ROOT, Settings
 
 __all__ = ["ComposeStack", "DockerUnavailable", "docker_available", "parse_ps"]
 
-StepCallback = Callable[[str, int, int], None]
 
 PROJECT = "labkit"
 COMPOSE_FILE = "compose/compose.yml"  # relative to REPO_ROOT, where the commands run

@@ -31,13 +31,12 @@ from labkit.ops.gateway import gateway_command, load_kong_config, reload, routes
 from labkit.procstats import cpu_cores
 from labkit.ops.readiness import probe_round_trip
 from labkit import discovery
-from labkit.ops.base import LabStack, StackCommon
+from labkit.ops.base import LabStack, StackCommon, StepCallback
 from labkit.settings import Settings
 
 __all__ = ["Stack", "Component", "open_stack"]
 
 
-StepCallback = Callable[[str, int, int], None]
 RECORD = discovery.STACK_RECORD
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 READY_TIMEOUT_S = 30.0
