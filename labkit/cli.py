@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from contextlib import aclosing
 import json
 import sys
 import time
@@ -24,9 +25,10 @@ from rich.table import Table
 
 from labkit.client import Sender, SendError, as_event, watch
 from labkit.errors import LabkitError
-from labkit.events import Event
+from labkit.events import Event, parse_json_object
 from labkit.settings import Settings
 from labkit.discovery import running_settings
+from labkit.pacing import Schedule, due_ranges
 from labkit.ops.stack import Stack, open_stack
 
 app = typer.Typer(
@@ -186,15 +188,10 @@ def logs(
 
 
 def _parse_data(data: str | None) -> dict[str, Any] | None:
-    if data is None:
-        return None
     try:
-        parsed = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
-    if not isinstance(parsed, dict):
-        raise typer.BadParameter("must be a JSON object, e.g. '{\"page\": \"home\"}'", param_hint="--data")
-    return parsed
+        return parse_json_object(data)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from None
 
 
 def _stdin_events() -> list[dict[str, Any]]:
@@ -217,17 +214,17 @@ async def _send(settings: Settings, events: list[dict[str, Any]], rate: float | 
     ok = failed = 0
     async with Sender(settings=settings) as sender:
         futures = []
-        began = time.monotonic()
         with Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=len(events) < 2) as progress:
             task = progress.add_task("send", total=len(events))
-            for index, event in enumerate(events):
-                if rate:
-                    # Open loop: each event has its own time, so a slow reply does not slow the sending.
-                    delay = began + index / rate - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                futures += await sender.submit([event])
-                progress.advance(task)
+            if rate:
+                async with aclosing(due_ranges(Schedule.from_now(rate, len(events)))) as ranges:
+                    async for first, end in ranges:
+                        futures += await sender.submit(events[first:end])
+                        progress.update(task, completed=end)
+            else:
+                for event in events:
+                    futures += await sender.submit([event])
+                    progress.advance(task)
         replies = await sender.replies(futures, raise_on_error=False)
     for reply in replies:
         if reply.ok:

@@ -10,6 +10,7 @@ when it was delivered.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ __all__ = [
     "new_id",
     "PROBE_TYPE",
     "is_reserved",
+    "parse_json_object",
 ]
 
 #: Event types starting with this are labkit's own (the stack's readiness probe): a watcher
@@ -198,6 +200,22 @@ def _parse_frame(data: bytes, max_batch: int) -> Iterator[Event | EventError]:
         raise FrameError("batch_too_large", f"the array holds {len(items)} events; at most {max_batch} per frame")
     for index, raw in enumerate(items):
         yield _validate(raw, f"$[{index}]")
+
+
+def parse_json_object(text: str | None) -> dict[str, Any] | None:
+    """An event's ``data`` as typed by a person: blank means none, else a JSON object.
+
+    ValueError says what is wrong, with the line and column of a syntax error.
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        data = json.loads(text)  # the standard library's messages name the line and column
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"data is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(data, dict):
+        raise ValueError('data must be a JSON object, e.g. {"page": "/home"}')
+    return data
 
 
 def parse_record(value: bytes | None) -> Recorded | None:

@@ -14,6 +14,7 @@ import asyncio
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import psutil
 
 from labkit.client import Sender, watch
 from labkit.events import now_ms
+from labkit.pacing import Schedule, due_ranges
 from labkit.ops.stack import Stack
 
 __all__ = ["SoakResult", "run_soak", "write_soak"]
@@ -93,26 +95,21 @@ async def run_soak(
 
     tasks = [asyncio.create_task(watcher(i)) for i in range(watchers)]
     await asyncio.wait_for(asyncio.gather(*(o.wait() for o in opened)), 10)
-    duration = minutes * 60
     acked: list[str] = []
     began = time.monotonic()
     next_sample = began
     # Ten frames a second, each with the events due by then: the rate holds without a frame per event.
-    tick = 0.1
-    async with Sender(settings=settings) as sender:
+    schedule = Schedule.from_now(rate, round(minutes * 60 * rate))
+    async with Sender(settings=settings) as sender, aclosing(due_ranges(schedule, frame_interval_s=0.1)) as ranges:
         pending: list[asyncio.Future] = []
-        while (elapsed := time.monotonic() - began) < duration:
-            due = int(elapsed * rate) - result.sent
-            if due > 0:
-                batch = [{"type": event_type, "value": (result.sent + i) % 100} for i in range(due)]
-                pending += await sender.submit(batch)
-                result.sent += due
+        async for first, end in ranges:
+            pending += await sender.submit([{"type": event_type, "value": seq % 100} for seq in range(first, end)])
+            result.sent = end
             if time.monotonic() >= next_sample:
-                result.memory.append((round(elapsed, 1), await asyncio.to_thread(_resident_mb, stack)))
+                result.memory.append((round(time.monotonic() - began, 1), await asyncio.to_thread(_resident_mb, stack)))
                 next_sample += sample_every_s
             if on_progress is not None:
-                on_progress(elapsed, result.sent, min(len(r) for r in received))
-            await asyncio.sleep(tick)
+                on_progress(time.monotonic() - began, result.sent, min(len(r) for r in received))
         replies = await sender.replies(pending, raise_on_error=False)
     acked = [reply.ack for reply in replies if reply.ok]
     result.acked, result.refused = len(acked), len(replies) - len(acked)

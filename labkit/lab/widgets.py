@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import random
 import time
 from collections import deque
+from contextlib import aclosing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,7 +31,8 @@ from IPython.display import HTML
 from websockets.protocol import State
 
 from labkit.client import Sender, SendError
-from labkit.events import Ack
+from labkit.events import Ack, parse_json_object
+from labkit.pacing import Schedule, due_ranges
 from labkit.settings import Settings
 
 __all__ = ["EventSender", "FormError", "StepProgress", "html_table"]
@@ -94,15 +95,10 @@ class StepProgress(w.VBox):
 
 def parse_data(text: str) -> dict[str, Any] | None:
     """The form's data field: empty means no data, else a JSON object; FormError says why not."""
-    if not text.strip():
-        return None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FormError(f"data is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if not isinstance(data, dict):
-        raise FormError('data must be a JSON object, e.g. {"page": "/home"}')
-    return data
+        return parse_json_object(text)
+    except ValueError as exc:
+        raise FormError(str(exc)) from None
 
 
 class EventSender(w.VBox):
@@ -329,19 +325,20 @@ class EventSender(w.VBox):
         pending: list[asyncio.Task[Any]] = []
         value = float(template["value"])
         self._burst_sent = 0
-        began = time.perf_counter()
         try:
-            for index in range(count):
-                delay = began + index / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                started = time.perf_counter()
-                futures = await self._submit([{**template, "value": round(value, 3)}])
-                if not futures:
+            async with aclosing(due_ranges(Schedule.from_now(rate, count))) as ranges:
+                async for first, end in ranges:
+                    for index in range(first, end):
+                        started = time.perf_counter()
+                        futures = await self._submit([{**template, "value": round(value, 3)}])
+                        if not futures:
+                            break
+                        pending.append(self._spawn(self._settle(futures[0], started)))
+                        value += random.gauss(0, 1)
+                        self._burst_sent = index + 1
+                    else:
+                        continue
                     break
-                pending.append(self._spawn(self._settle(futures[0], started)))
-                value += random.gauss(0, 1)
-                self._burst_sent = index + 1
             await asyncio.gather(*pending)
         finally:
             self.stop_button.disabled = True
