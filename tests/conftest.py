@@ -6,6 +6,8 @@ delivers, duplicates included, so "exactly once" checks can fail.
 
 from __future__ import annotations
 
+pytest_plugins = ["browser_lab"]  # the JupyterLab and Chromium fixtures of the browser tests
+
 import asyncio
 import uuid
 from collections import Counter

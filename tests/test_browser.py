@@ -1,201 +1,59 @@
 """A real browser runs notebook 03 in JupyterLab: the widgets render, and a click moves the chart.
 
-JupyterLab runs on a free loopback port in a temporary folder, against the test
-stack (its kernels inherit the ``LABKIT_*`` variables). Debian's Chromium, driven
-by Playwright, opens the notebook, runs every cell, clicks the rendered **Send**
-button, and checks in the page (not in the kernel) that the counters and the
-plot's points change. A screenshot goes to ``test-artifacts/dashboard.png``.
+Debian's Chromium, driven by Playwright (see ``browser.py``), opens the notebook,
+runs every cell, clicks the rendered **Send** button, and checks in the page (not
+in the kernel) that the counters and the plot's points change. A screenshot goes
+to ``test-artifacts/dashboard.png``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import secrets
-import shutil
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
-import psutil
-import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser
 
-from labkit import Stack
-from labkit.settings import REPO_ROOT, free_port
-from labkit.ops.stack import _settings_env
+from browser_lab import ARTIFACTS, counter_number, open_notebook, plot_points, run_all
 
 NOTEBOOK = "03_live_dashboard.ipynb"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-]
-ARTIFACTS = REPO_ROOT / "test-artifacts"
-RUN_ALL_TIMEOUT_MS = 180_000
-ERROR_OUTPUTS = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
-# Every cell stays in the page (JupyterLab otherwise detaches cells scrolled out of view),
-# and no news or update toast covers the notebook.
-LAB_SETTINGS = {
-    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
-}
 
 
-@pytest.fixture
-def jupyterlab(stack: Stack, tmp_path: Path) -> Iterator[str]:
-    """A JupyterLab server on notebook 03 (in a temporary folder); yields its URL with the token."""
-    root = tmp_path / "lab"
-    root.mkdir()
-    shutil.copy(REPO_ROOT / "notebooks" / NOTEBOOK, root)
-    for name, values in LAB_SETTINGS.items():
-        target = tmp_path / "settings" / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(values))
-    port, token = free_port(), secrets.token_hex(16)
-    env = {
-        **os.environ,
-        **_settings_env(stack.settings),
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
-    }
-    command = [
-        sys.executable, "-m", "jupyterlab",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={root}",
-        f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
-        "--LabApp.expose_app_in_browser=True",
-        f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        "--LabApp.extension_manager=readonly",
-        *(["--allow-root"] if os.geteuid() == 0 else []),  # CI containers run as root
-    ]
-    log = (tmp_path / "jupyterlab.log").open("wb")
-    server = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"JupyterLab exited ({server.returncode}):\n{(tmp_path / 'jupyterlab.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"JupyterLab did not answer on {url} within 60 s")
-            time.sleep(0.2)
-        yield f"{url}/lab/tree/{NOTEBOOK}?token={token}"
-    finally:
-        kernels = psutil.Process(server.pid).children(recursive=True) if server.poll() is None else []
-        server.terminate()  # the server shuts its kernels down on SIGTERM
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
-        for leftover in psutil.wait_procs(kernels, timeout=5)[1]:
-            leftover.kill()
-        log.close()
+def test_dashboard_renders_and_a_click_updates_it(lab_server: tuple[str, str], chromium: Browser):
+    page = open_notebook(chromium, lab_server, NOTEBOOK)
+    # The last cell prints this once every check in the notebook passed.
+    run_all(page, re.compile(r"\d+ events drawn, latency"), "dashboard")
+    # The widgets rendered: a kernel-side object alone would show only as text.
+    counters, send = page.locator(".labkit-live-counters"), page.locator("button.labkit-send")
+    counters.wait_for(state="visible", timeout=30_000)
+    send.wait_for(state="visible", timeout=30_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.js-plotly-plot .scatterlayer path.point').length >= 310",
+        timeout=30_000,
+    )
+    received, points = counter_number(page, ".labkit-live-counters", "received"), plot_points(page)
+    acked = counter_number(page, ".labkit-sender-counters", "acked")
 
+    send.scroll_into_view_if_needed()
+    send.click()
+    page.wait_for_function(
+        """([received, points]) => {
+            const text = document.querySelector('.labkit-live-counters').innerText;
+            const now = Number((text.match(/received\\s+(\\d+)/) || [0, -1])[1]);
+            return now > received
+                && document.querySelectorAll('.js-plotly-plot .scatterlayer path.point').length > points;
+        }""",
+        arg=[received, points],
+        timeout=30_000,
+    )
+    page.wait_for_function(
+        """(acked) => {
+            const text = document.querySelector('.labkit-sender-counters').innerText;
+            return Number(/acked\\s+(\\d+)/.exec(text)[1]) > acked;
+        }""",
+        arg=acked,
+        timeout=30_000,
+    )
+    assert counter_number(page, ".labkit-live-counters", "received") == received + 1
+    assert plot_points(page) == points + 1
 
-def counter_number(page: Page, selector: str, label: str) -> int:
-    """The number after ``label`` in a counters widget, read from the page."""
-    text = page.locator(selector).first.inner_text()
-    found = re.search(rf"{label}\s+(\d+)", text)
-    assert found, f"no '{label} N' in {text!r}"
-    return int(found.group(1))
-
-
-def plot_points(page: Page) -> int:
-    """Markers the live chart has drawn (each event in the window is one SVG point)."""
-    return page.locator(".js-plotly-plot .scatterlayer path.point").count()
-
-
-def test_dashboard_renders_and_a_click_updates_it(jupyterlab: str):
-    assert CHROMIUM.exists(), "Debian's Chromium is needed: apt-get install -y chromium"
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.goto(jupyterlab)
-            page.wait_for_selector(".jp-NotebookPanel", timeout=60_000)
-            accept_kernel_dialog(page)
-            page.wait_for_function("() => window.jupyterapp !== undefined", timeout=30_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
-            page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-
-            # The last cell prints this once every check in the notebook passed.
-            try:
-                done = page.locator(".jp-OutputArea-output").filter(has_text=re.compile(r"\d+ events drawn, latency"))
-                done.wait_for(timeout=RUN_ALL_TIMEOUT_MS)
-            except Exception as exc:
-                page.screenshot(path=str(ARTIFACTS / "dashboard-failed.png"), full_page=True)
-                errors = page.locator(ERROR_OUTPUTS).all_inner_texts()
-                pytest.fail(f"the notebook did not finish in the browser ({exc}); error outputs: {errors}")
-
-            # The widgets rendered: a kernel-side object alone would show only as text.
-            counters, send = page.locator(".labkit-live-counters"), page.locator("button.labkit-send")
-            counters.wait_for(state="visible", timeout=30_000)
-            send.wait_for(state="visible", timeout=30_000)
-            page.wait_for_function(
-                "() => document.querySelectorAll('.js-plotly-plot .scatterlayer path.point').length >= 310",
-                timeout=30_000,
-            )
-            received, points = counter_number(page, ".labkit-live-counters", "received"), plot_points(page)
-            acked = counter_number(page, ".labkit-sender-counters", "acked")
-
-            send.scroll_into_view_if_needed()
-            send.click()
-            page.wait_for_function(
-                """([received, points]) => {
-                    const text = document.querySelector('.labkit-live-counters').innerText;
-                    const now = Number((text.match(/received\\s+(\\d+)/) || [0, -1])[1]);
-                    return now > received
-                        && document.querySelectorAll('.js-plotly-plot .scatterlayer path.point').length > points;
-                }""",
-                arg=[received, points],
-                timeout=30_000,
-            )
-            page.wait_for_function(
-                """(acked) => {
-                    const text = document.querySelector('.labkit-sender-counters').innerText;
-                    return Number(/acked\\s+(\\d+)/.exec(text)[1]) > acked;
-                }""",
-                arg=acked,
-                timeout=30_000,
-            )
-            assert counter_number(page, ".labkit-live-counters", "received") == received + 1
-            assert plot_points(page) == points + 1
-
-            dashboard = page.locator(".jp-OutputArea-output").filter(has=counters)
-            dashboard.screenshot(path=str(ARTIFACTS / "dashboard.png"))
-        finally:
-            browser.close()
-
-
-def accept_kernel_dialog(page: Page) -> None:
-    """A fresh JupyterLab may ask which kernel to use; take the one it proposes."""
-    dialog = page.locator(".jp-Dialog")
-    try:
-        dialog.wait_for(state="visible", timeout=5_000)
-    except Exception:
-        return
-    dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+    dashboard = page.locator(".jp-OutputArea-output").filter(has=counters)
+    dashboard.screenshot(path=str(ARTIFACTS / "dashboard.png"))
