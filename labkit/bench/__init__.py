@@ -7,7 +7,9 @@ rate carried with zero loss:
 - ``direct``: WebSocket to the producer's port, watcher on the consumer's port;
 - ``full``: through the gateway (``/produce-events``, ``/consume-events``);
 
-then fan-out (1 to 1,000 watchers through the gateway). Load is open-loop: each
+then fan-out (1 to 1,000 watchers through the gateway), and the largest fan-out on
+1, 2, ... consumer processes. ``BenchConfig.goals()`` (``labkit bench --goals``,
+``make bench``) measures exactly the goals table of :mod:`labkit.bench.goals`. Load is open-loop: each
 event carries its scheduled send time, and latency counts from it. Results go to
 the terminal (rich tables), to ``bench-results/bench-<time>.json`` and to a
 plotly plot (HTML, and PNG where Chromium is installed).
@@ -40,16 +42,15 @@ NOTES = [
     "Open loop: each event's sent_at is its scheduled send time; every latency counts from it.",
     "Sending: events due together go in one frame (a JSON array), at most one frame per millisecond per connection, "
     "so a sender stays under the producer's per-connection limit (sender_rate_limit, 2000 frames/s by default) "
-    "at any event rate; the bench's own stack keeps that default.",
+    "at any event rate; the bench's own stack keeps that default. 'ev/frame' is the mean events per frame.",
     "The gateway rate-limits new sender connections (kong.yml: 600/min): the bench opens one sender per phase.",
     "producer->Kafka uses the record's CreateTime, which librdkafka sets in whole milliseconds when produce() is "
     "called: that hop reads about 0 and the broker's time shows in Kafka->consumer.",
     "send lag: the measuring client's own delay from schedule to send (included in every latency, on every path).",
 ]
 FRESH_NOTE = (
-    "Every phase ran on a stack of its own, freshly started: the embedded broker (Tansu, memory storage) answers "
-    "each fetch that returns records in a time that grows with the record batches stored in the topic, so a stack "
-    "that has already carried traffic is slower, and phases run one after the other on one stack would not compare."
+    "Every phase ran on a stack of its own, freshly started on free ports, so each starts from the same state: an "
+    "embedded broker's fetches may slow as its topic fills, and phases one after the other on one stack would not compare."
 )
 RUNNING_NOTE = (
     "Measured on the running stack: the embedded broker gets slower as its topic fills (each fetch that returns "

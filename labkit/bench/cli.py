@@ -1,5 +1,6 @@
 """``labkit bench``: the command (a typer sub-app, added to the labkit CLI as ``bench``).
 
+    labkit bench --goals                  # exactly the goals table (labkit.bench.goals), with its baseline
     labkit bench                          # fresh stack on free ports, default rates, ramp, fan-out
     labkit bench --use-running            # the stack `labkit up` started
     labkit bench --rates 1000 --no-ramp --fanout 1000 --profile
@@ -43,19 +44,22 @@ def bench(
     duration: Annotated[float, typer.Option(min=0.1, help="Seconds per fixed rate.")] = 3.0,
     paths: Annotated[str, typer.Option(help="Paths to measure: baseline, direct, full.")] = "baseline,direct,full",
     ramp: Annotated[bool, typer.Option(help="Ramp up to the highest rate carried with zero loss.")] = True,
-    ramp_factor: Annotated[float, typer.Option(min=1.01)] = 1.5,
+    ramp_step: Annotated[float, typer.Option(min=1.0, help="The ramp's step up (ev/s), from the fixed rates.")] = 5_000.0,
     ramp_max: Annotated[float, typer.Option(help="Highest rate the ramp tries.")] = 100_000.0,
     ramp_p99_limit: Annotated[float, typer.Option(help="A ramp step is carried when p99 stays under this (ms).")] = 500.0,
     fanout: Annotated[str, typer.Option(help="Watcher counts for fan-out (gateway); 'none' to skip.")] = "1,10,100,1000",
     fanout_rate: Annotated[float, typer.Option(min=0.1)] = 100.0,
     fanout_duration: Annotated[float, typer.Option(min=0.1)] = 3.0,
-    watcher_processes: Annotated[int, typer.Option(min=1, help="Processes the fan-out watchers are spread over.")] = 1,
+    watcher_processes: Annotated[int, typer.Option(min=1, help="Processes the fan-out watchers are spread over.")] = 2,
+    consumers: Annotated[str, typer.Option(
+        help="Consumer process counts to compare at the largest fan-out size (e.g. 1,2); 'none' to skip.")] = "none",
     use_running: Annotated[bool, typer.Option(help="Measure the running stack instead of starting one.")] = False,
     state_dir: Annotated[Optional[Path], typer.Option(help="State folder of the running stack (--use-running).")] = None,
     out_dir: Annotated[Path, typer.Option(help="Where the JSON and the plot go.")] = Path("bench-results"),
     png: Annotated[bool, typer.Option(help="Also render the plot as PNG (needs Chromium).")] = True,
     profile: Annotated[bool, typer.Option(help="Record the services with py-spy and show what costs.")] = False,
     quick: Annotated[bool, typer.Option(help="A short low-rate run (1 s at 50 ev/s, 2 watchers).")] = False,
+    goals: Annotated[bool, typer.Option(help="Exactly the goals table with its baseline (a few minutes).")] = False,
 ) -> None:
     """Measure baseline, direct and full paths side by side, then fan-out; write JSON and a plot."""
     if ctx.invoked_subcommand is not None:  # `labkit bench soak`: only the subcommand runs
@@ -65,14 +69,17 @@ def bench(
 
     config = BenchConfig(
         paths=tuple(p.strip() for p in paths.split(",") if p.strip()), rates=_numbers(rates, "--rates"),
-        duration_s=duration, ramp=ramp, ramp_factor=ramp_factor, ramp_max_rate=ramp_max,
+        duration_s=duration, ramp=ramp, ramp_step=ramp_step, ramp_max_rate=ramp_max,
         ramp_p99_limit_ms=ramp_p99_limit,
         fanout=() if fanout.strip().lower() == "none" else _numbers(fanout, "--fanout", int),
         fanout_rate=fanout_rate, fanout_duration_s=fanout_duration, watcher_processes=watcher_processes,
+        consumers=() if consumers.strip().lower() == "none" else _numbers(consumers, "--consumers", int),
         out_dir=out_dir, png=png, profile=profile,
     )
     if quick:
         config = BenchConfig.quick(out_dir, paths=config.paths, png=png, profile=profile)
+    elif goals:
+        config = BenchConfig.goals(out_dir, png=png, profile=profile)
     try:
         config.validate()
     except ValueError as exc:
@@ -81,7 +88,7 @@ def bench(
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True, refresh_per_second=4) as progress:
-        planned = len(config.paths) * len(config.rates) + len(config.fanout)
+        planned = len(config.paths) * len(config.rates) + len(config.fanout) + len(config.consumers)
         overall = progress.add_task("phases", total=planned)
         current = progress.add_task("starting the stack", total=None)
         seen: set[str] = set()
@@ -91,7 +98,7 @@ def bench(
 
         def on_progress(label: str, total: int | None, done: int) -> None:
             base = label.split(":")[0]
-            if base not in seen and not label.startswith("fan-out: connecting"):
+            if base not in seen and not label.startswith(("fanout: starting", "consumers: starting")):
                 seen.add(base)
                 if len(seen) > 1:
                     progress.advance(overall)

@@ -25,12 +25,12 @@ class BenchConfig:
     rates: tuple[float, ...] = (100.0, 1_000.0, 10_000.0)
     duration_s: float = 3.0
 
-    # Ramp: from the highest fixed rate carried, up by `ramp_factor` until a step fails,
-    # then bisect `ramp_refine` times between the last step carried and the first that was not.
+    # Ramp (labkit.bench.search): from the path's fixed rates, up by `ramp_step` until a step is not
+    # carried, then bisect `ramp_refine` times between the last step carried and the first that was not.
     ramp: bool = True
-    ramp_factor: float = 1.5
+    ramp_step: float = 5_000.0
     ramp_max_rate: float = 100_000.0
-    ramp_refine: int = 2
+    ramp_refine: int = 1
     ramp_duration_s: float = 3.0
     # A step is carried when nothing is lost or refused and p99 stays under this: an open-loop
     # system that does not keep up has a latency that grows with every second it runs.
@@ -39,7 +39,10 @@ class BenchConfig:
     fanout: tuple[int, ...] = (1, 10, 100, 1_000)
     fanout_rate: float = 100.0
     fanout_duration_s: float = 3.0
-    watcher_processes: int = 1
+    watcher_processes: int = 2
+    # Consumer processes compared at the largest fan-out size, watchers spread evenly over them and
+    # connected to each consumer's own port (the gateway routes to one consumer): "2 against 1".
+    consumers: tuple[int, ...] = ()
 
     # Sending: events due together go in one frame (a JSON array), at most one frame per
     # `frame_interval_s` per connection, which keeps a sender under the producer's
@@ -65,6 +68,16 @@ class BenchConfig:
         )
         return replace(base, **changes)
 
+    @classmethod
+    def goals(cls, out_dir: Path, **changes: object) -> BenchConfig:
+        """Exactly the goals table (labkit.bench.goals), each with its baseline, in a few minutes."""
+        base = cls(
+            paths=(BASELINE, FULL), rates=(100.0, 1_000.0, 5_000.0), duration_s=5.0, ramp_step=5_000.0,
+            ramp_max_rate=50_000.0, ramp_refine=1, fanout=(100, 1_000), fanout_rate=100.0, fanout_duration_s=5.0,
+            consumers=(1, 2), out_dir=out_dir,
+        )
+        return replace(base, **changes)
+
     def validate(self) -> BenchConfig:
         unknown = [p for p in self.paths if p not in PATHS]
         if unknown:
@@ -75,8 +88,10 @@ class BenchConfig:
             raise ValueError("fan-out watcher counts must be at least 1")
         if self.duration_s <= 0 or self.fanout_duration_s <= 0 or self.ramp_duration_s <= 0:
             raise ValueError("durations must be above 0 seconds")
-        if self.ramp_factor <= 1:
-            raise ValueError("ramp_factor must be above 1")
+        if self.ramp_step <= 0:
+            raise ValueError("ramp_step must be above 0 events per second")
+        if any(count < 1 for count in self.consumers):
+            raise ValueError("consumer counts must be at least 1")
         if self.watcher_processes < 1:
             raise ValueError("watcher_processes must be at least 1")
         return self

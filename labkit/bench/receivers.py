@@ -1,8 +1,9 @@
 """The bench's handle on its receiver processes (:mod:`labkit.bench.receiver`).
 
-``connections`` watchers are spread over ``processes`` child processes; each
-command goes to all of them and their answers are merged, so the caller sees one
-receiver with many connections.
+``connections`` watchers are spread over ``processes`` child processes (and, when
+several ``urls`` are given, over those URLs: process ``i`` watches ``urls[i % n]``);
+each command goes to all of them and their answers are merged, so the caller sees
+one receiver with many connections.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ class ReceiverFailed(RuntimeError):
 class Receivers:
     """``async with Receivers(spec, processes, log_dir) as receivers:`` then prime, drain."""
 
-    def __init__(self, spec: ReceiverSpec, processes: int, log_dir: Path) -> None:
+    def __init__(self, spec: ReceiverSpec, processes: int, log_dir: Path, urls: list[str] | None = None) -> None:
         self.spec = spec
-        self.processes = max(1, min(processes, spec.connections))
+        self.urls = urls or [spec.url]
+        self.processes = max(1, min(max(processes, len(self.urls)), spec.connections))
         self.log_dir = log_dir
         self.children: list[asyncio.subprocess.Process] = []
 
@@ -44,7 +46,8 @@ class Receivers:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             for index in range(self.processes):
-                spec = msgspec.structs.replace(self.spec, connections=share + (1 if index < extra else 0))
+                spec = msgspec.structs.replace(self.spec, connections=share + (1 if index < extra else 0),
+                                               url=self.urls[index % len(self.urls)])
                 with (self.log_dir / f"bench-receiver-{index}.log").open("ab") as log:
                     child = await asyncio.create_subprocess_exec(
                         sys.executable, "-m", "labkit.bench.receiver", msgspec.json.encode(spec).decode(),

@@ -1,6 +1,8 @@
-"""The result in the terminal: rich tables of latency, hops, resources, fan-out, ratios, targets."""
+"""The result in the terminal: rich tables of latency, hops, resources, fan-out, ratios, and the goals last."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -34,32 +36,15 @@ def _lost(result: PhaseResult) -> str:
 
 def latency_table(result: BenchResult) -> Table:
     table = Table(title="Latency, from each event's scheduled send time to its arrival (ms)")
-    for name in ("path", "phase", "offered ev/s", "throughput", "p50", "p99", "p99.9", "max", "ack p99", "send lag",
-                 "lost", "carried"):
+    for name in ("path", "phase", "offered ev/s", "ev/frame", "throughput", "p50", "p99", "p99.9", "max", "ack p99",
+                 "send lag", "lost", "carried"):
         table.add_column(name, justify="left" if name in ("path", "phase", "lost") else "right")
     for r in sorted((p for p in result.phases if p.phase != "fanout"), key=lambda p: (p.path, p.offered_rate)):
         lat = r.latency
-        table.add_row(r.path, r.phase, f"{r.offered_rate:,.0f}", f"{r.throughput:,.0f}", _ms(lat.p50), _ms(lat.p99),
+        per_frame = f"{r.sent / r.frames_sent:.1f}" if r.frames_sent else "-"
+        table.add_row(r.path, r.phase, f"{r.offered_rate:,.0f}", per_frame, f"{r.throughput:,.0f}", _ms(lat.p50), _ms(lat.p99),
                       _ms(lat.p999), _ms(lat.max), _ms(r.ack_latency.p99), _ms(r.send_lag_mean_ms), _lost(r),
                       _mark(r.carried))
-    return table
-
-
-def cpu_table(result: BenchResult) -> Table:
-    """Where the machine's CPU went: cores kept busy, and CPU per delivered event, by component."""
-    table = Table(title="CPU: cores kept busy (CPU s / wall s) and µs of CPU per delivered event, by component")
-    table.add_column("path")
-    table.add_column("phase")
-    table.add_column("ev/s", justify="right")
-    table.add_column("machine cores", justify="right")
-    present = [c for c in COMPONENTS if any(c in p.resources for p in result.phases)]
-    for name in present:
-        table.add_column(name, justify="right")
-    for r in result.phases:
-        cores, per_event = r.cores(), r.cpu_us_per_delivery()
-        label = f"{r.offered_rate:,.0f}" + (f" x{r.watchers}" if r.phase == "fanout" else "")
-        cells = [f"{cores[n]:.2f} / {per_event.get(n, 0):,.0f}" if n in cores else "-" for n in present]
-        table.add_row(r.path, r.phase, label, f"{sum(cores.values()):.2f}", *cells)
     return table
 
 
@@ -78,41 +63,61 @@ def hops_table(result: BenchResult) -> Table:
     return table
 
 
-def resources_table(result: BenchResult) -> Table:
-    table = Table(title="CPU seconds / peak RSS (MB) per phase and component ('other processes': the rest of the machine)")
-    table.add_column("path")
-    table.add_column("phase")
-    table.add_column("ev/s", justify="right")
-    table.add_column("wall s", justify="right")
+def _phase_label(r: PhaseResult) -> str:
+    label = f"{r.offered_rate:,.0f}"
+    if r.phase in ("fanout", "consumers"):
+        label += f" x{r.watchers}" + (f" on {r.consumers}" if r.phase == "consumers" else "")
+    return label
+
+
+def _by_component(result: BenchResult, title: str, middle: str, cell: Callable[[PhaseResult, str], str],
+                  middle_cell: Callable[[PhaseResult], str]) -> Table:
+    """One row per phase, one column per component present; ``cell`` fills each component's cell."""
+    table = Table(title=title)
+    for name in ("path", "phase", "ev/s"):
+        table.add_column(name, justify="right" if name == "ev/s" else "left")
+    table.add_column(middle, justify="right")
     present = [c for c in COMPONENTS if any(c in p.resources for p in result.phases)]
     for name in present:
         table.add_column(name, justify="right")
     for r in result.phases:
-        label = f"{r.offered_rate:,.0f}" + (f" x{r.watchers}" if r.phase == "fanout" else "")
-        cells = []
-        for name in present:
-            figures = r.resources.get(name)
-            if figures is None:
-                cells.append("-")
-            elif not figures["peak_rss_mb"]:
-                cells.append(f"{figures['cpu_s']:.2f}")
-            else:
-                cells.append(f"{figures['cpu_s']:.2f} / {figures['peak_rss_mb']:.0f}")
-        table.add_row(r.path, r.phase, label, f"{r.elapsed_s:.1f}", *cells)
+        table.add_row(r.path, r.phase, _phase_label(r), middle_cell(r),
+                      *(cell(r, n) if n in r.resources else "-" for n in present))
     return table
 
 
+def cpu_table(result: BenchResult) -> Table:
+    """Where the machine's CPU went: cores kept busy, and CPU per delivered event, by component."""
+
+    def cell(r: PhaseResult, name: str) -> str:
+        return f"{r.cores()[name]:.2f} / {r.cpu_us_per_delivery().get(name, 0):,.1f}"
+
+    return _by_component(result, "CPU: cores kept busy (CPU s / wall s) / µs of CPU per event delivered to one watcher, "
+                         "by component", "machine cores", cell, lambda r: f"{sum(r.cores().values()):.2f}")
+
+
+def resources_table(result: BenchResult) -> Table:
+    def cell(r: PhaseResult, name: str) -> str:
+        figures = r.resources[name]
+        rss = f" / {figures['peak_rss_mb']:.0f}" if figures["peak_rss_mb"] else ""
+        return f"{figures['cpu_s']:.2f}{rss}"
+
+    return _by_component(result, "CPU seconds / peak RSS (MB) per phase and component ('other processes': the rest of "
+                         "the machine)", "wall s", cell, lambda r: f"{r.elapsed_s:.1f}")
+
+
 def fanout_table(result: BenchResult) -> Table:
-    table = Table(title="Fan-out through the gateway (ms from scheduled send to arrival, all watchers)")
-    for name in ("watchers", "ev/s", "frames/s", "p50", "p99", "p99.9", "max", "lost", "watchers with loss",
-                 "consumer cpu s", "gateway cpu s", "watchers cpu s"):
-        table.add_column(name, justify="right")
-    for r in (p for p in result.phases if p.phase == "fanout"):
-        cpu = {name: r.resources.get(name, {}).get("cpu_s") for name in ("consumer", "gateway", "bench watchers")}
+    table = Table(title="Fan-out (ms from scheduled send to arrival, all watchers): through the gateway, and N consumer "
+                  "processes with watchers on their own ports")
+    for name in ("path", "watchers", "consumers", "ev/s", "frames/s", "p50", "p99", "p99.9", "max", "lost",
+                 "watchers with loss", "consumer cpu s", "gateway cpu s", "watchers cpu s"):
+        table.add_column(name, justify="left" if name == "path" else "right")
+    for r in (p for p in result.phases if p.phase in ("fanout", "consumers")):
+        cpu = [r.resources.get(name, {}).get("cpu_s") for name in ("consumer", "gateway", "bench watchers")]
         table.add_row(
-            f"{r.watchers:,}", f"{r.offered_rate:,.0f}", f"{r.frames_per_s:,.0f}", _ms(r.latency.p50), _ms(r.latency.p99),
-            _ms(r.latency.p999), _ms(r.latency.max), _lost(r), str(r.watchers_with_loss),
-            *(_ms(cpu[name]) for name in ("consumer", "gateway", "bench watchers")),
+            r.path, f"{r.watchers:,}", str(r.consumers), f"{r.offered_rate:,.0f}", f"{r.frames_per_s:,.0f}",
+            _ms(r.latency.p50), _ms(r.latency.p99), _ms(r.latency.p999), _ms(r.latency.max), _lost(r),
+            str(r.watchers_with_loss), *map(_ms, cpu),
         )
     return table
 
@@ -129,7 +134,7 @@ def ratios_table(result: BenchResult) -> Table:
 
 
 def ramps_table(result: BenchResult) -> Table:
-    table = Table(title="Ramp: the highest offered rate carried (nothing lost, p99 under the limit)")
+    table = Table(title="Ramp (step search): the highest offered rate carried (nothing lost, p99 under the limit)")
     for name in ("path", "max ev/s carried", "steps tried (ev/s)", "stopped"):
         table.add_column(name)
     for path, ramp in result.ramps.items():
@@ -138,12 +143,12 @@ def ramps_table(result: BenchResult) -> Table:
     return table
 
 
-def targets_table(result: BenchResult) -> Table:
-    table = Table(title="Targets")
-    for name in ("target", "wanted", "measured", "met"):
+def goals_table(result: BenchResult) -> Table:
+    table = Table(title=f"Goals (run of {result.started}; baseline: the Kafka-only path, same run)")
+    for name in ("measure", "goal", "measured", "met", "baseline (ratio measured/baseline)"):
         table.add_column(name)
-    for check in result.targets:
-        table.add_row(check.name, check.target, check.measured, _mark(check.met))
+    for check in result.goals:
+        table.add_row(check.name, check.goal, check.measured, _mark(check.met), check.baseline or "-")
     return table
 
 
@@ -187,12 +192,12 @@ def print_report(result: BenchResult, console: Console) -> None:
         console.print(ratios_table(result))
     if result.ramps:
         console.print(ramps_table(result))
-    if "fanout" in has:
+    if has & {"fanout", "consumers"}:
         console.print(fanout_table(result))
     console.print(resources_table(result))
     console.print(cpu_table(result))
     for table in profile_tables(result):
         console.print(table)
-    console.print(targets_table(result))
     for note in result.notes:
         console.print(f"[dim]note:[/] {note}", highlight=False)
+    console.print(goals_table(result))

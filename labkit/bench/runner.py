@@ -1,4 +1,4 @@
-"""One benchmark run: each path at fixed offered rates and up a ramp, then fan-out.
+"""One benchmark run: each path at fixed offered rates and up a ramp, then fan-out, then N consumers.
 
 Every phase (one path at one rate, or one fan-out size) runs on a stack of its
 own when the bench starts the stacks: the embedded broker answers fetches more
@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import os
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,9 @@ from labkit.bench.config import BASELINE, DIRECT, FULL, BenchConfig
 from labkit.bench.load import BENCH_TYPE, LoadPlan
 from labkit.bench.profile import ServiceProfiler
 from labkit.bench.receivers import Receivers
+from labkit.bench.consumers import extra_consumers
 from labkit.bench.resources import ResourceSampler
+from labkit.bench.search import StepSearch
 from labkit.bench.senders import KafkaLoad, WebSocketLoad
 from labkit.bench.stats import PhaseResult, summarize
 from labkit.bench.wire import ReceiverSpec
@@ -77,6 +79,7 @@ class BenchRunner:
         self.log_dir = stack.settings.state_dir / "logs"
         self.api_key = lab_api_key(stack.settings)
         self.sampler = ResourceSampler.for_stack(self.status_rows, os.getpid())
+        self.consumer_pids = [row["pid"] for row in self.status_rows if row["component"] == "consumer" and row.get("pid")]
 
     def _partitions(self, topic: str) -> int:
         meta = AdminClient(self.settings.kafka_config()).list_topics(timeout=10).topics.get(topic)
@@ -119,8 +122,10 @@ class BenchRunner:
     async def _phase(self, path: str, phase: str, sender: KafkaLoad | WebSocketLoad, receivers: Receivers,
                      rate: float, duration_s: float) -> PhaseResult:
         cfg = self.config
-        watchers = receivers.spec.connections
-        label = f"{path} @ {rate:,.0f} ev/s" + (f", {watchers} watchers" if phase == "fanout" else f" ({phase})")
+        watchers, consumers = receivers.spec.connections, len(receivers.urls)
+        label = f"{path} @ {rate:,.0f} ev/s" + (f", {watchers} watchers" if phase in ("fanout", "consumers") else f" ({phase})")
+        if phase == "consumers":
+            label += f" on {consumers} consumer{'s' if consumers > 1 else ''}"
         plan = LoadPlan(f"{path}-{next(self._tags)}", rate, duration_s, now_ms() + START_AHEAD_MS, cfg.keys)
         self.on_progress(label, plan.total, 0)
         self.sampler.begin()
@@ -134,6 +139,7 @@ class BenchRunner:
         result = summarize(path, phase, plan, outcome.stats, outcome.acked, outcome.refused, outcome.ack_latency_ms,
                            report, kafka_only=path == BASELINE)
         result.resources = resources
+        result.consumers = consumers
         if outcome.closed_because:
             result.closed.append(f"sender: {outcome.closed_because}")
         result.elapsed_s = round(elapsed_s, 2)
@@ -141,19 +147,29 @@ class BenchRunner:
         self.phases.append(result)
         return result
 
-    async def _measure(self, path: str, phase: str, rate: float, duration_s: float, watchers: int = 1) -> PhaseResult:
-        """One phase on a stack of its own: connect, prime, send, drain, sum up."""
+    async def _measure(self, path: str, phase: str, rate: float, duration_s: float, watchers: int = 1,
+                       consumers: int = 1) -> PhaseResult:
+        """One phase on a stack of its own: connect, prime, send, drain, sum up.
+
+        With ``consumers`` above 1, that many consumer processes serve the watchers, each
+        on its own port (the stack's, and ``consumers - 1`` started for the phase).
+        """
         cfg = self.config
-        if phase == "fanout":
-            self.on_progress(f"fan-out: starting a stack and {watchers} watchers", None, 0)
-        async with self.stacks() as stack:
+        if phase in ("fanout", "consumers"):
+            self.on_progress(f"{phase}: starting a stack and {watchers} watchers", None, 0)
+        async with self.stacks() as stack, AsyncExitStack() as extra:
             self._attach(stack)
             topic = BASELINE_TOPIC if path == BASELINE else self.settings.topic
             if path == BASELINE:
                 await asyncio.to_thread(ensure_topic, self.settings.replace(topic=BASELINE_TOPIC))
             spec = self._receiver_spec(path, watchers)
-            processes = cfg.watcher_processes if phase == "fanout" else 1
-            async with Receivers(spec, processes, self.log_dir) as receivers, self._sender(path) as sender:
+            urls = [spec.url]
+            if consumers > 1:
+                more = await extra.enter_async_context(extra_consumers(self.settings, consumers - 1, self.log_dir))
+                urls += [url for _, url in more]
+                self.sampler.set_processes("consumer", self.consumer_pids + [pid for pid, _ in more])
+            processes = cfg.watcher_processes if phase in ("fanout", "consumers") else 1
+            async with Receivers(spec, processes, self.log_dir, urls) as receivers, self._sender(path) as sender:
                 self.sampler.set_processes("bench watchers", receivers.pids)
                 await self._prime(sender, receivers, await asyncio.to_thread(self._partitions, topic))
                 profiler = None
@@ -171,31 +187,17 @@ class BenchRunner:
     # -- sections --------------------------------------------------------------------
 
     async def _ramp(self, path: str, fixed: list[PhaseResult]) -> RampResult:
+        """The step search (labkit.bench.search), seeded with the path's fixed rates."""
         cfg = self.config
-        good = max((r.offered_rate for r in fixed if r.carried), default=0.0)
-        ramp = RampResult(path, good)
-        if not good:
-            ramp.stopped_because = "no fixed rate was carried"
-            return ramp
-        bad: float | None = None
-        rate = good * cfg.ramp_factor
-        while rate <= cfg.ramp_max_rate:
+        search = StepSearch(cfg.ramp_step, cfg.ramp_step, cfg.ramp_max_rate, cfg.ramp_refine)
+        tried = [(r.offered_rate, r.carried) for r in sorted(fixed, key=lambda r: r.offered_rate)]
+        ramp = RampResult(path, 0.0)
+        while (rate := search.next_rate(tried)) is not None:
             step = await self._measure(path, "ramp", rate, cfg.ramp_duration_s)
             ramp.steps.append(rate)
-            if not step.carried:
-                bad = rate
-                break
-            good, rate = rate, rate * cfg.ramp_factor
-        else:
-            ramp.stopped_because = f"reached the ramp's ceiling ({cfg.ramp_max_rate:,.0f} ev/s)"
-        for _ in range(cfg.ramp_refine if bad is not None else 0):
-            rate = round((good + bad) / 2, -1)
-            step = await self._measure(path, "ramp", rate, cfg.ramp_duration_s)
-            ramp.steps.append(rate)
-            good, bad = (rate, bad) if step.carried else (good, rate)
-        if bad is not None:
-            ramp.stopped_because = f"not carried at {bad:,.0f} ev/s"
-        ramp.max_rate_carried = good
+            tried.append((rate, step.carried))
+        ramp.max_rate_carried = search.best_rate(tried)
+        ramp.stopped_because = search.stopped_because(tried)
         return ramp
 
     async def run_path(self, path: str) -> None:
@@ -210,9 +212,17 @@ class BenchRunner:
         for watchers in self.config.fanout:
             await self._measure(FULL, "fanout", self.config.fanout_rate, self.config.fanout_duration_s, watchers)
 
+    async def run_consumers(self) -> None:
+        """The largest fan-out size on 1, 2, ... consumer processes, watchers on the consumers' own ports."""
+        cfg = self.config
+        watchers = max(cfg.fanout)
+        for consumers in cfg.consumers:
+            await self._measure(DIRECT, "consumers", cfg.fanout_rate, cfg.fanout_duration_s, watchers, consumers)
+
     async def run(self) -> None:
         """Everything the config asks for."""
         for path in self.config.paths:
             await self.run_path(path)
         if self.config.fanout:
             await self.run_fanout()
+            await self.run_consumers()

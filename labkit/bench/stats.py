@@ -45,10 +45,11 @@ class PhaseResult:
     """One path at one offered rate (or one fan-out size): what went in, what came out, how fast."""
 
     path: str
-    phase: str  # "fixed", "ramp" or "fanout"
+    phase: str  # "fixed", "ramp", "fanout" or "consumers"
     offered_rate: float
     duration_s: float
     watchers: int
+    consumers: int = 1  # consumer processes the watchers were spread over
     sent: int = 0
     acked: int = 0
     refused: dict[str, int] = field(default_factory=dict)

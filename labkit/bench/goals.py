@@ -1,0 +1,104 @@
+"""The goals the lab is measured against, each beside its Kafka-only baseline from the same run.
+
+| measure | goal |
+| --- | --- |
+| full path at 1,000 ev/s | p50 < 2 ms, p99 < 10 ms |
+| full path at 5,000 ev/s | p99 < 25 ms |
+| highest rate carried with zero loss | >= 25,000 ev/s |
+| 100 watchers x 100 ev/s | p99 < 20 ms |
+| 1,000 watchers x 100 ev/s | p99 < 250 ms, nothing lost |
+
+:func:`check_goals` reads them from a run's phases and ramps; a goal the run did
+not measure says so (``met`` None). ``BenchConfig.goals()`` is the run that
+measures exactly these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from labkit.bench.config import BASELINE, FULL
+from labkit.bench.stats import PhaseResult
+
+__all__ = ["GoalCheck", "check_goals", "find_phase"]
+
+
+@dataclass
+class GoalCheck:
+    name: str
+    goal: str
+    measured: str
+    met: bool | None  # None: this run did not measure it
+    baseline: str = ""  # the same measure on the Kafka-only path, and the ratio to it
+
+
+def find_phase(phases: list[PhaseResult], path: str, phase: str, rate: float | None = None,
+               watchers: int | None = None) -> PhaseResult | None:
+    for result in phases:
+        if result.path == path and result.phase == phase and (rate is None or abs(result.offered_rate - rate) < 1e-6) \
+                and (watchers is None or result.watchers == watchers):
+            return result
+    return None
+
+
+def ratio(top: float | None, bottom: float | None) -> float | None:
+    return round(top / bottom, 2) if top is not None and bottom else None
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f} ms"
+
+
+def _loss(phase: PhaseResult) -> str:
+    if phase.clean:
+        return ""
+    return f", {phase.lost:,} lost" + (f", {len(phase.closed)} closed" if phase.closed else "") + \
+        (f", {sum(phase.refused.values()):,} refused" if phase.refused else "")
+
+
+def _latency_goal(name: str, goal: str, phase: PhaseResult | None, base: PhaseResult | None,
+                  limits: dict[str, float]) -> GoalCheck:
+    """Percentile limits (``{"p50": 2, "p99": 10}``), nothing lost; the baseline's same percentiles."""
+    if phase is None:
+        return GoalCheck(name, goal, "not measured", None)
+    values = {key: getattr(phase.latency, key) for key in limits}
+    met = phase.clean and all(v is not None and v < limits[k] for k, v in values.items())
+    measured = ", ".join(f"{k} {_ms(v)}" for k, v in values.items()) + _loss(phase)
+    baseline = ""
+    if base is not None:
+        parts = []
+        for key in limits:
+            value = getattr(base.latency, key)
+            times = ratio(values[key], value)
+            parts.append(f"{key} {_ms(value)}" + (f" (x{times:g})" if times is not None else ""))
+        baseline = ", ".join(parts)
+    return GoalCheck(name, goal, measured, met, baseline)
+
+
+def check_goals(phases: list[PhaseResult], ramps: dict[str, Any]) -> list[GoalCheck]:
+    """The goals table for one run."""
+    base_at = {rate: find_phase(phases, BASELINE, "fixed", rate) for rate in (100.0, 1_000.0, 5_000.0)}
+    checks = [
+        _latency_goal("full path at 1,000 ev/s", "p50 < 2 ms, p99 < 10 ms", find_phase(phases, FULL, "fixed", 1_000.0),
+                      base_at[1_000.0], {"p50": 2.0, "p99": 10.0}),
+        _latency_goal("full path at 5,000 ev/s", "p99 < 25 ms", find_phase(phases, FULL, "fixed", 5_000.0),
+                      base_at[5_000.0], {"p99": 25.0}),
+    ]
+    full, base = ramps.get(FULL), ramps.get(BASELINE)
+    name, goal = "highest rate carried with zero loss", ">= 25,000 ev/s"
+    if full is None:
+        checks.append(GoalCheck(name, goal, "not measured", None))
+    else:
+        carried = full["max_rate_carried"]
+        baseline = ""
+        if base is not None:
+            times = ratio(carried, base["max_rate_carried"])
+            baseline = f"{base['max_rate_carried']:,.0f} ev/s" + (f" (x{times:g})" if times is not None else "")
+        checks.append(GoalCheck(name, goal, f"{carried:,.0f} ev/s", carried >= 25_000, baseline))
+    for watchers, limit in ((100, 20.0), (1_000, 250.0)):
+        wanted = f"p99 < {limit:g} ms" + (", nothing lost" if watchers >= 1_000 else "")
+        checks.append(_latency_goal(f"{watchers:,} watchers x 100 ev/s", wanted,
+                                    find_phase(phases, FULL, "fanout", 100.0, watchers), base_at[100.0],
+                                    {"p99": limit}))
+    return checks
