@@ -16,14 +16,16 @@ from rich.console import Console
 
 from labkit import Stack
 from labkit.bench import BenchConfig, the_running_stack
-from labkit.bench.config import PATHS
+from labkit.bench.config import BASELINE, DIRECT, FULL, PATHS
+from labkit.bench.goals import check_goals
 from labkit.bench.load import LoadPlan, split_id
 from labkit.bench.plot import write_plot
 from labkit.bench.profile import summarize_collapsed
 from labkit.bench.report import print_report
 from labkit.bench.results import build_result, write_json
 from labkit.bench.runner import BenchRunner
-from labkit.bench.stats import HOPS, Latency
+from labkit.bench.search import StepSearch
+from labkit.bench.stats import HOPS, Latency, PhaseResult
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,14 +88,14 @@ def test_a_short_run_measures_every_path_and_every_watcher_with_nothing_lost(ben
         assert all(phase.hops[hop].count == phase.sent for hop in wanted_hops)
     assert [row["rate"] for row in result.ratios] == list(config.rates)
     assert {"full/baseline p99", "direct/baseline p50"} <= set(result.ratios[0])
-    assert {check.name for check in result.targets} and all(c.met is None for c in result.targets)
+    assert {check.name for check in result.goals} and all(c.met is None for c in result.goals)
 
 
 def test_the_result_is_written_as_json_tables_and_a_plot(bench_run):
     _, result, out_dir = bench_run
     path = write_json(result, out_dir, 0.0)
     data = json.loads(path.read_text())
-    assert set(data) >= {"machine", "stack", "config", "phases", "ramps", "ratios", "targets", "notes"}
+    assert set(data) >= {"machine", "stack", "config", "phases", "ramps", "ratios", "goals", "notes"}
     phase = data["phases"][0]
     assert set(phase["latency"]) == {"count", "p50", "p90", "p99", "p999", "max", "mean"}
     assert {"producer", "consumer", "broker", "gateway"} <= set(phase["cores"]) <= set(phase["cpu_us_per_delivery"])
@@ -101,7 +103,82 @@ def test_the_result_is_written_as_json_tables_and_a_plot(bench_run):
     print_report(result, console)
     text = console.export_text()
     for title in ("Latency, from each event", "Hops", "ratios against the Kafka-only baseline", "Fan-out", "CPU: cores",
-                  "Targets"):
+                  "Goals"):
         assert title in text
     html = write_plot(result, Path(out_dir) / "bench.html")
     assert "plotly" in html.read_text()[:5_000_000].lower()
+
+
+def _search(search: StepSearch, limit: float, seed: list[tuple[float, bool]]) -> list[tuple[float, bool]]:
+    """Run the search against a system that carries everything up to ``limit``."""
+    tried = list(seed)
+    while (rate := search.next_rate(tried)) is not None:
+        tried.append((rate, rate <= limit))
+    return tried
+
+
+def test_the_step_search_climbs_by_steps_then_bisects_once_and_reports_the_highest_rate_carried():
+    search = StepSearch(start=5_000, step=5_000, ceiling=50_000, refine=1)
+    tried = _search(search, 22_000, [(1_000, True), (5_000, True)])
+    assert [rate for rate, _ in tried[2:]] == [10_000, 15_000, 20_000, 25_000, 22_500]
+    assert search.best_rate(tried) == 20_000 and search.stopped_because(tried) == "not carried at 22,500 ev/s"
+    # Nothing fails: up to the ceiling and no further; from nothing, the first step is `start`.
+    tried = _search(search, 1e9, [])
+    assert tried[0] == (5_000, True) and tried[-1] == (50_000, True) and len(tried) == 10
+    assert search.best_rate(tried) == 50_000 and "ceiling" in search.stopped_because(tried)
+    # A fixed rate not carried: bisect below it, and a rate carried above a failure never counts.
+    tried = _search(StepSearch(5_000, 5_000, 50_000, refine=2), 3_200, [(1_000, True), (5_000, False)])
+    assert tried[2:] == [(3_000, True), (4_000, False)] and StepSearch(5_000, 5_000, 50_000).best_rate(tried) == 3_000
+    assert StepSearch(5_000, 5_000, 50_000).best_rate([(10_000, True), (5_000, False)]) == 0.0
+    with pytest.raises(ValueError, match="above 0"):
+        StepSearch(5_000, 0, 50_000)
+
+
+def _phase(path: str, phase: str, rate: float, watchers: int = 1, p50: float = 1.0, p99: float = 5.0,
+           lost: int = 0) -> PhaseResult:
+    return PhaseResult(path, phase, rate, 1.0, watchers, sent=10, acked=10, lost=lost,
+                       latency=Latency(count=10, p50=p50, p99=p99))
+
+
+def test_each_goal_is_read_from_its_phase_and_set_beside_its_baseline():
+    phases = [
+        _phase(BASELINE, "fixed", 100, p99=2.0), _phase(BASELINE, "fixed", 1_000, p50=0.5, p99=2.5),
+        _phase(BASELINE, "fixed", 5_000, p99=4.0),
+        _phase(FULL, "fixed", 1_000, p50=1.5, p99=5.0), _phase(FULL, "fixed", 5_000, p99=30.0),
+        _phase(FULL, "fanout", 100, watchers=100, p99=15.0), _phase(FULL, "fanout", 100, watchers=1_000, p99=90, lost=3),
+    ]
+    ramps = {FULL: {"max_rate_carried": 25_000.0, "stopped_because": ""},
+             BASELINE: {"max_rate_carried": 50_000.0, "stopped_because": ""}}
+    goals = {check.name: check for check in check_goals(phases, ramps)}
+    assert [goals[name].met for name in goals] == [True, False, True, True, False]
+    assert goals["full path at 1,000 ev/s"].baseline == "p50 0.50 ms (x3), p99 2.50 ms (x2)"
+    assert goals["highest rate carried with zero loss"].baseline == "50,000 ev/s (x0.5)"
+    assert "3 lost" in goals["1,000 watchers x 100 ev/s"].measured
+    assert all(check.met is None for check in check_goals([], {}))
+
+
+def test_the_goals_profile_runs_every_scenario_end_to_end_at_tiny_scale(stack: Stack, tmp_path: Path):
+    """Every kind of phase of `labkit bench --goals`, tiny: fixed rates, step search, fan-out, 2 consumers against 1."""
+    config = BenchConfig.goals(
+        tmp_path, rates=(40.0,), duration_s=1.0, ramp_step=40.0, ramp_max_rate=80.0, ramp_duration_s=1.0,
+        fanout=(2,), fanout_rate=40.0, fanout_duration_s=1.0, drain_quiet_s=2.0, png=False,
+    )
+    assert config.paths == (BASELINE, FULL) and config.consumers == (1, 2)
+    runner = BenchRunner(config, the_running_stack(stack))
+    asyncio.run(runner.run())
+    kinds = sorted((p.path, p.phase, p.offered_rate, p.watchers, p.consumers) for p in runner.phases)
+    assert kinds == [
+        (BASELINE, "fixed", 40.0, 1, 1), (BASELINE, "ramp", 80.0, 1, 1), (DIRECT, "consumers", 40.0, 2, 1),
+        (DIRECT, "consumers", 40.0, 2, 2), (FULL, "fanout", 40.0, 2, 1), (FULL, "fixed", 40.0, 1, 1),
+        (FULL, "ramp", 80.0, 1, 1),
+    ]
+    for phase in runner.phases:
+        assert phase.sent == phase.acked and phase.lost == 0 and not phase.closed, (phase.path, phase.phase)
+        assert phase.delivered == phase.sent * phase.watchers
+    assert {path: ramp.max_rate_carried for path, ramp in runner.ramps.items()} == {BASELINE: 80.0, FULL: 80.0}
+    two = next(p for p in runner.phases if p.consumers == 2)
+    assert two.resources["consumer"]["cpu_s"] > 0  # both consumer processes are measured as the consumer
+    result = build_result(runner, config, stack.settings, False, 0.0, [])
+    console = Console(record=True, width=220)
+    print_report(result, console)
+    assert "Goals" in console.export_text() and len(result.goals) == 5

@@ -2,8 +2,8 @@
 
 Run as ``python -m labkit.bench.receiver SPEC`` (SPEC: a JSON :class:`ReceiverSpec`),
 so the measuring client does not share a core's event loop with the senders. It
-opens ``connections`` watchers with :func:`labkit.client.watch` (kind
-``websocket``), or one confluent-kafka consumer that ``assign()``s every
+opens ``connections`` raw watchers on :mod:`labkit.bench.lean_watch` (kind
+``websocket``: every frame filed, duplicates included, no reconnection), or one confluent-kafka consumer that ``assign()``s every
 partition from the end with the consumer service's settings (kind ``kafka``).
 Every arrival is stamped on receipt and filed by its phase tag (the id is
 ``<tag>.<seq>``).
@@ -86,38 +86,33 @@ class Arrivals:
 
 
 async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> list[asyncio.Task[None]]:
-    from labkit.client import watch
+    """Every watcher connected (at most ``open_concurrency`` handshakes at once), each on the lean client."""
+    from labkit.bench.lean_watch import open_lean_watcher
+    from labkit.client import watch_url
     from labkit.settings import Settings
 
-    settings = Settings()
+    url = watch_url(Settings(), spec.url, spec.types or None)
     gate = asyncio.Semaphore(spec.open_concurrency)
+    record = arrivals.record
 
-    async def release_when(opened: asyncio.Event) -> None:
-        await opened.wait()
-        gate.release()
+    async def one(index: int) -> asyncio.Future[str] | None:
+        def on_arrival(event, arrival: float) -> None:
+            record(index, event.id, event.sent_at, event.received_at, event.kafka_ts, event.delivered_at,
+                   event.partition, arrival)
 
-    async def one(index: int, opened: asyncio.Event) -> None:
-        record = arrivals.record
-        await gate.acquire()  # at most `open_concurrency` handshakes at once
-        releaser = asyncio.create_task(release_when(opened))
-        try:
-            # No reconnection: a watcher the consumer closes must show as closed, with its losses.
-            # Raw: every frame is filed, so a frame delivered twice counts as a duplicate.
-            async for event in watch(spec.url, types=spec.types or None, settings=settings, opened=opened,
-                                     reconnect=False, raw=True):
-                record(index, event.id, event.sent_at, event.received_at, event.kafka_ts, event.delivered_at,
-                       event.partition, now_ms())
-            arrivals.closed.append(f"{index}: the stream ended")
-        except Exception as exc:  # a closed connection is a result, not a crash
-            arrivals.closed.append(f"{index}: {type(exc).__name__}: {exc}")
-        finally:
-            opened.set()
-            await releaser
+        async with gate:
+            try:
+                return await open_lean_watcher(url, on_arrival)
+            except Exception as exc:  # a refused connection is a result, not a crash
+                arrivals.closed.append(f"{index}: {type(exc).__name__}: {exc}")
+                return None
 
-    openings = [asyncio.Event() for _ in range(spec.connections)]
-    tasks = [asyncio.create_task(one(i, opened)) for i, opened in enumerate(openings)]
-    await asyncio.gather(*(opened.wait() for opened in openings))
-    return tasks
+    async def closed(index: int, ended: asyncio.Future[str]) -> None:
+        # No reconnection: a watcher the consumer closes must show as closed, with its losses.
+        arrivals.closed.append(f"{index}: {await ended}")
+
+    endings = await asyncio.gather(*(one(i) for i in range(spec.connections)))
+    return [asyncio.create_task(closed(i, ended)) for i, ended in enumerate(endings) if ended is not None]
 
 
 def _read_kafka(spec: ReceiverSpec, arrivals: Arrivals, loop: asyncio.AbstractEventLoop,

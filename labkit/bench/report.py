@@ -39,7 +39,7 @@ def latency_table(result: BenchResult) -> Table:
     for name in ("path", "phase", "offered ev/s", "ev/frame", "throughput", "p50", "p99", "p99.9", "max", "ack p99",
                  "send lag", "lost", "carried"):
         table.add_column(name, justify="left" if name in ("path", "phase", "lost") else "right")
-    for r in sorted((p for p in result.phases if p.phase != "fanout"), key=lambda p: (p.path, p.offered_rate)):
+    for r in sorted((p for p in result.phases if p.phase in ("fixed", "ramp")), key=lambda p: (p.path, p.offered_rate)):
         lat = r.latency
         per_frame = f"{r.sent / r.frames_sent:.1f}" if r.frames_sent else "-"
         table.add_row(r.path, r.phase, f"{r.offered_rate:,.0f}", per_frame, f"{r.throughput:,.0f}", _ms(lat.p50), _ms(lat.p99),
