@@ -31,6 +31,20 @@ class GoalCheck:
     measured: str
     met: bool | None  # None: this run did not measure it
     baseline: str = ""  # the same measure on the Kafka-only path, and the ratio to it
+    cpu: str = ""  # where the machine went in the phase measured: cores busy, CPU µs per event by component
+
+
+CPU_NAMES = {"producer": "producer", "consumer": "consumer", "gateway": "gateway", "broker": "broker",
+             "bench sender": "sender", "bench watchers": "watchers", "other processes": "others"}
+
+
+def cpu_line(phase: PhaseResult | None) -> str:
+    """``cores 1.9: consumer 5.3, gateway 3.8, ...`` (µs of CPU per event delivered to one watcher)."""
+    if phase is None or not phase.resources:
+        return ""
+    per_event = phase.cpu_us_per_delivery()
+    parts = [f"{short} {per_event[name]:,.1f}" for name, short in CPU_NAMES.items() if per_event.get(name)]
+    return f"cores {sum(phase.cores().values()):.2f}; µs/event: " + ", ".join(parts)
 
 
 def find_phase(phases: list[PhaseResult], path: str, phase: str, rate: float | None = None,
@@ -62,6 +76,7 @@ def _latency_goal(name: str, goal: str, phase: PhaseResult | None, base: PhaseRe
     """Percentile limits (``{"p50": 2, "p99": 10}``), nothing lost; the baseline's same percentiles."""
     if phase is None:
         return GoalCheck(name, goal, "not measured", None)
+    cpu = cpu_line(phase)
     values = {key: getattr(phase.latency, key) for key in limits}
     met = phase.clean and all(v is not None and v < limits[k] for k, v in values.items())
     measured = ", ".join(f"{k} {_ms(v)}" for k, v in values.items()) + _loss(phase)
@@ -73,7 +88,7 @@ def _latency_goal(name: str, goal: str, phase: PhaseResult | None, base: PhaseRe
             times = ratio(values[key], value)
             parts.append(f"{key} {_ms(value)}" + (f" (x{times:g})" if times is not None else ""))
         baseline = ", ".join(parts)
-    return GoalCheck(name, goal, measured, met, baseline)
+    return GoalCheck(name, goal, measured, met, baseline, cpu)
 
 
 def check_goals(phases: list[PhaseResult], ramps: dict[str, Any]) -> list[GoalCheck]:
@@ -95,7 +110,10 @@ def check_goals(phases: list[PhaseResult], ramps: dict[str, Any]) -> list[GoalCh
         if base is not None:
             times = ratio(carried, base["max_rate_carried"])
             baseline = f"{base['max_rate_carried']:,.0f} ev/s" + (f" (x{times:g})" if times is not None else "")
-        checks.append(GoalCheck(name, goal, f"{carried:,.0f} ev/s", carried >= 25_000, baseline))
+        # The CPU of the first step not carried: what ran out.
+        steps = [p for p in phases if p.path == FULL and p.phase == "ramp" and not p.carried]
+        cpu = cpu_line(min(steps, key=lambda p: p.offered_rate) if steps else None)
+        checks.append(GoalCheck(name, goal, f"{carried:,.0f} ev/s", carried >= 25_000, baseline, cpu))
     for watchers, limit in ((100, 20.0), (1_000, 250.0)):
         wanted = f"p99 < {limit:g} ms" + (", nothing lost" if watchers >= 1_000 else "")
         checks.append(_latency_goal(f"{watchers:,} watchers x 100 ev/s", wanted,

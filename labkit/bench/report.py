@@ -145,11 +145,29 @@ def ramps_table(result: BenchResult) -> Table:
 
 def goals_table(result: BenchResult) -> Table:
     table = Table(title=f"Goals (run of {result.started}; baseline: the Kafka-only path, same run)")
-    for name in ("measure", "goal", "measured", "met", "baseline (ratio measured/baseline)"):
+    for name in ("measure", "goal", "measured", "met", "baseline (ratio measured/baseline)",
+                 "CPU: machine cores busy; µs per event delivered, by component"):
         table.add_column(name)
     for check in result.goals:
-        table.add_row(check.name, check.goal, check.measured, _mark(check.met), check.baseline or "-")
+        table.add_row(check.name, check.goal, check.measured, _mark(check.met), check.baseline or "-", check.cpu or "-")
     return table
+
+
+def scale_out_lines(result: BenchResult) -> list[str]:
+    """The largest fan-out on 1 and on N consumer processes: what more cores would carry."""
+    runs = sorted((p for p in result.phases if p.phase == "consumers"), key=lambda p: p.consumers)
+    if len(runs) < 2:
+        return []
+    one = runs[0]
+    lines = []
+    for other in runs[1:]:
+        lines.append(
+            f"{other.watchers:,} watchers x {other.offered_rate:,.0f} ev/s on {other.consumers} consumer processes "
+            f"against {one.consumers} (watchers on the consumers' own ports): p99 {_ms(other.latency.p99)} against "
+            f"{_ms(one.latency.p99)} ms, lost {other.lost} against {one.lost}; consumer CPU "
+            f"{other.cores().get('consumer', 0):.2f} against {one.cores().get('consumer', 0):.2f} cores"
+        )
+    return lines
 
 
 def profile_tables(result: BenchResult) -> list[Table]:
@@ -201,3 +219,5 @@ def print_report(result: BenchResult, console: Console) -> None:
     for note in result.notes:
         console.print(f"[dim]note:[/] {note}", highlight=False)
     console.print(goals_table(result))
+    for line in scale_out_lines(result):
+        console.print(f"scale-out: {line}", highlight=False)
