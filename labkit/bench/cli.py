@@ -21,9 +21,9 @@ __all__ = ["bench_app"]
 
 bench_app = typer.Typer(help="Benchmark the whole path against a Kafka-only baseline.", add_completion=False,
                         pretty_exceptions_enable=False)
-out = Console()
+out = Console(record=True)  # recorded: the tables are also saved as HTML beside the JSON
 if not out.is_terminal:  # a file or a pipe: wide enough for the tables
-    out = Console(width=170)
+    out = Console(width=170, record=True)
 err = Console(stderr=True)
 
 
@@ -114,8 +114,10 @@ def bench(
     from labkit.bench.report import print_report
 
     print_report(result, out)
+    tables = files["json"].with_name(files["json"].stem + "-tables.html")
+    out.save_html(str(tables))
     html = write_plot(result, files["json"].with_suffix(".html"))
-    out.print(f"results: {files['json']}\nplot: {html}", highlight=False)
+    out.print(f"results: {files['json']}\ntables: {tables}\nplot: {html}", highlight=False)
     if config.png:
         problem = render_png(html, html.with_suffix(".png"))
         out.print(f"note: {problem}" if problem else f"plot (PNG): {html.with_suffix('.png')}", highlight=False)
