@@ -113,7 +113,9 @@ def check_goals(phases: list[PhaseResult], ramps: dict[str, Any]) -> list[GoalCh
         # The CPU of the first step not carried: what ran out.
         steps = [p for p in phases if p.path == FULL and p.phase == "ramp" and not p.carried]
         cpu = cpu_line(min(steps, key=lambda p: p.offered_rate) if steps else None)
-        checks.append(GoalCheck(name, goal, f"{carried:,.0f} ev/s", carried >= 25_000, baseline, cpu))
+        best = [p for p in phases if p.path == FULL and p.carried and abs(p.offered_rate - carried) < 1e-6]
+        frames = f" ({best[0].sent / best[0].frames_sent:.0f} ev/frame)" if best and best[0].frames_sent else ""
+        checks.append(GoalCheck(name, goal, f"{carried:,.0f} ev/s{frames}", carried >= 25_000, baseline, cpu))
     for watchers, limit in ((100, 20.0), (1_000, 250.0)):
         wanted = f"p99 < {limit:g} ms" + (", nothing lost" if watchers >= 1_000 else "")
         checks.append(_latency_goal(f"{watchers:,} watchers x 100 ev/s", wanted,
