@@ -35,7 +35,7 @@ from labkit.ops.stack import Stack
 
 __all__ = ["FaultDrill", "FaultResult", "EventStream", "LOST_LOG", "FAULTS"]
 
-LOST_LOG = "broker, log lost"
+LOST_LOG = "lost log"
 #: What each fault does while the part is down, in words for the table.
 FAULTS = {
     "consumer": "watchers cut off; the producer goes on acking; the watcher resumes from its last offsets",
@@ -133,7 +133,8 @@ class FaultResult:
     def row(self) -> dict[str, object]:
         shown = {None: "— (never cut off)", True: "true", False: "false"}[self.recovered]
         return {"fault": self.fault, "what happened": self.what_happened, "acked": self.acked,
-                "received": self.received, "missing": self.missing, "recovered": shown,
+                "acked while away": self.acked_while_away, "received": self.received, "missing": self.missing,
+                "recovered": shown,
                 "reason": self.reason or "", "seconds": f"{self.seconds:.1f}"}
 
 
@@ -239,7 +240,8 @@ class FaultDrill(w.VBox):
             self._report(3, "the consumer is down; events are acked, then the broker loses its log")
             before = len(stream.acks)
             await stream.grows_by(20, "no event was acked while the consumer was down")
-            result.acked_while_away = len(stream.acks) - before
+            await asyncio.to_thread(stack.stop_component, "broker")
+            result.acked_while_away = len(stream.acks) - before  # stored only in the log about to be lost
             await asyncio.to_thread(lose_broker_log, stack)
             self._report(4, "starting the consumer on the new, empty log")
             await asyncio.to_thread(stack.start_component, "consumer")
@@ -247,7 +249,7 @@ class FaultDrill(w.VBox):
 
 
 def lose_broker_log(stack: Stack) -> None:
-    """Stop the broker, delete its data folder, start it again: what any restart of an in-memory broker does."""
+    """Stop the broker (if it runs), delete its data folder, start it again: what any restart of an in-memory broker does."""
     stack.stop_component("broker")
     shutil.rmtree(broker_kind(stack.settings).data_dir(stack.settings), ignore_errors=True)
     stack.start_component("broker")
