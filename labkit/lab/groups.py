@@ -80,6 +80,7 @@ class GroupMember:
         self.name = name
         self.event_type = event_type
         self.owned: list[int] = []
+        self.joined = False  # the group gave it an assignment (maybe empty) at least once
         self.counts: Counter[int] = Counter()
         self.at_end: set[int] = set()  # partitions read to their end since they were assigned
         self._idle: set[int] = set()  # partitions at their end with nothing read since
@@ -98,6 +99,7 @@ class GroupMember:
         self.owned = sorted(tp.partition for tp in partitions)
         self.at_end.clear()
         self._idle.clear()
+        self.joined = True
         self._note(f"was assigned partitions {self.owned}")
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -188,11 +190,11 @@ class ConsumerGroup:
         return {p: m.name for m in self.members for p in m.owned}
 
     def is_settled(self) -> bool:
-        """Every partition has exactly one owner, and every member has read what it owns to its end."""
+        """Every member has joined, every partition has one owner, and each owner has read what it owns to its end."""
         owned = [p for m in self.members for p in m.owned]
         sharing = len(self.members) <= self.settings.partitions  # else some members rightly own nothing
         return (len(owned) == len(set(owned)) == self.settings.partitions
-                and all(m.ready or (not m.owned and not sharing) for m in self.members))
+                and all(m.joined and (m.ready or (not m.owned and not sharing)) for m in self.members))
 
     async def settled(self, timeout: float = 30.0) -> dict[int, str]:
         """Wait until the group has shared out every partition after a join or a leave; returns the owners."""
