@@ -30,12 +30,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import ipywidgets as w
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from labkit.kafka import TailReader
 from labkit.ops.base import LabStack
+from labkit.settings import Settings
 
-__all__ = ["TopicViewer", "parse_when"]
+__all__ = ["TopicViewer", "group_lag", "parse_when"]
 
 RED = "#c62828"
 READ_PER_REFRESH = 5_000  # records read in one refresh at most, so a seek to the start shows progress
@@ -65,6 +67,26 @@ def parse_when(text: str, now: datetime | None = None) -> int:
         raise ValueError(
             f"cannot read {text!r} as a time: write -30s, 2 m ago, 17:05:00 (today) or 2026-11-25T17:05:00"
         ) from None
+
+
+def group_lag(settings: Settings, group_id: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Per partition, a consumer group's committed offset, the high watermark, and the lag between them.
+
+    A group's position lives in the broker (its committed offsets), so anyone can read
+    its lag with the admin API; a partition it never committed shows ``None``.
+    """
+    admin = AdminClient(settings.kafka_config())
+    parts = [TopicPartition(settings.topic, p) for p in range(settings.partitions)]
+    request = [ConsumerGroupTopicPartitions(group_id, parts)]
+    committed = admin.list_consumer_group_offsets(request, request_timeout=timeout)[group_id].result()
+    highs = admin.list_offsets({tp: OffsetSpec.latest() for tp in parts}, request_timeout=timeout)
+    rows = []
+    for tp in sorted(committed.topic_partitions, key=lambda tp: tp.partition):
+        high = highs[TopicPartition(settings.topic, tp.partition)].result().offset
+        offset = tp.offset if tp.offset >= 0 else None
+        rows.append({"partition": tp.partition, "committed": offset, "high watermark": high,
+                     "lag": None if offset is None else high - offset})
+    return rows
 
 
 def _table(rows: list[dict[str, Any]], empty: str) -> str:
