@@ -168,8 +168,9 @@ class FaultDrill(w.VBox):
     async def run(self, fault: str, *, settle_events: int = 30) -> FaultResult:
         """Stop ``fault``'s component mid-stream, start it again, and count what the watcher got back."""
         if fault not in FAULTS:
-            self.message.value = f"<span style='color:{RED}'>{html.escape(repr(fault))} is not a fault here: choose one of {', '.join(FAULTS)}</span>"
-            raise ValueError(f"{fault!r} is not a fault: choose one of {', '.join(FAULTS)}")
+            problem = f"{fault!r} is not a fault here: choose one of {', '.join(FAULTS)}"
+            self.message.value = f"<span style='color:{RED}'>{html.escape(problem)}</span>"
+            raise ValueError(problem)
         self.message.value = ""
         self.progress.bar_style = ""
         kind = f"fault-{uuid.uuid4().hex[:8]}"
@@ -231,7 +232,7 @@ class FaultDrill(w.VBox):
                 return stack.health("producer")["in_flight"] > 0
 
             self._report(3, "the broker is down: the producer holds what is sent")
-            await _until(lambda: held(), "the producer held no event while the broker was down")
+            await _until(held, "the producer held no event while the broker was down")
             self._report(4, "starting the broker")
             await asyncio.to_thread(stack.start_component, "broker")
         else:  # LOST_LOG
