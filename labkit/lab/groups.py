@@ -43,8 +43,7 @@ GROUP_DEFAULTS = {
     "session.timeout.ms": 6000,
     "heartbeat.interval.ms": 500,
     "auto.offset.reset": "latest",
-    "enable.auto.commit": True,
-    "auto.commit.interval.ms": 200,
+    "enable.auto.commit": False,  # a member commits what it read as soon as it has caught up (see _run)
     "enable.partition.eof": True,
     "partition.assignment.strategy": "range",
 }
@@ -106,7 +105,7 @@ class GroupMember:
         try:
             consumer.commit(asynchronous=False)  # the next owner goes on from here, not from the end
         except KafkaException:
-            pass  # nothing read yet: nothing to commit
+            pass  # nothing new to commit, or the assignment is already gone: _run committed what it read
         self._note(f"gave back partitions {sorted(tp.partition for tp in partitions)}")
         self.owned = []
         self.at_end.clear()
@@ -119,6 +118,7 @@ class GroupMember:
 
     def _run(self) -> None:
         paused: list[TopicPartition] = []
+        read: Counter[int] = Counter()  # records read and not yet committed
         try:
             while not self._stop.is_set():
                 if paused:
@@ -126,11 +126,10 @@ class GroupMember:
                     self.consumer.resume(paused)
                     paused = []
                 msg = self.consumer.poll(0.1)
-                if msg is None:
-                    continue
-                error = msg.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
+                if msg is None or msg.error() is not None:
+                    if read:
+                        self._commit(read)
+                    if msg is not None and msg.error().code() == KafkaError._PARTITION_EOF:
                         self.at_end.add(msg.partition())
                         self._idle.add(msg.partition())
                         # Paused only once every partition is at its end: pausing drops queued events,
@@ -142,13 +141,28 @@ class GroupMember:
                 self._idle.discard(msg.partition())
                 record = parse_record(msg.value())
                 if record is not None and (self.event_type is None or record.type == self.event_type):
-                    self.counts[msg.partition()] += 1
+                    read[msg.partition()] += 1
+            if read:
+                self._commit(read)
         except Exception as exc:  # shown in the view, not lost in a thread
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
             self.consumer.close()  # leaves the group at once: the others rebalance now, not after a timeout
             self._note("left the group")
             self.owned = []
+
+    def _commit(self, read: Counter[int]) -> None:
+        """Commit what was read, then count it: a count seen from outside is already committed.
+
+        So whoever takes a partition over after a rebalance goes on from there: nothing is read twice.
+        """
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                self._note(f"could not commit: {exc.args[0].str()}")
+        self.counts.update(read)
+        read.clear()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
