@@ -144,6 +144,7 @@ class FaultDrill(w.VBox):
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.results: list[FaultResult] = []
+        self.problem: str | None = None
         self.progress = w.IntProgress(value=0, min=0, max=6, description="fault")
         self.step = w.Label("")
         self.table = w.HTML("<i>no fault yet</i>")
@@ -165,12 +166,16 @@ class FaultDrill(w.VBox):
             body += f"<tr style='color:{color}'>{cells}</tr>"
         self.table.value = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
-    async def run(self, fault: str, *, settle_events: int = 30) -> FaultResult:
-        """Stop ``fault``'s component mid-stream, start it again, and count what the watcher got back."""
+    async def run(self, fault: str, *, settle_events: int = 30) -> FaultResult | None:
+        """Stop ``fault``'s component mid-stream, start it again, and count what the watcher got back.
+
+        A fault it does not know is shown in red (and kept in ``problem``); it returns None then.
+        """
         if fault not in FAULTS:
-            problem = f"{fault!r} is not a fault here: choose one of {', '.join(FAULTS)}"
-            self.message.value = f"<span style='color:{RED}'>{html.escape(problem)}</span>"
-            raise ValueError(problem)
+            self.problem = f"{fault!r} is not a fault here: choose one of {', '.join(map(repr, FAULTS))}"
+            self.message.value = f"<span style='color:{RED}'>{html.escape(self.problem)}</span>"
+            return None
+        self.problem = None
         self.message.value = ""
         self.progress.bar_style = ""
         kind = f"fault-{uuid.uuid4().hex[:8]}"
