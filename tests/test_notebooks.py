@@ -24,7 +24,12 @@ NOTEBOOKS = [
     "03_live_dashboard.ipynb",
     "04_the_gateway.ipynb",
     "05_measure.ipynb",
+    "06_when_things_fail.ipynb",
+    "07_partitions_keys_groups.ipynb",
+    "08_inside_the_topic.ipynb",
 ]
+# Notebooks that start private stacks under the test stack's state folder (and stop them).
+PRIVATE_STACKS = ["tiny-limits", "faults"]
 CELL_TIMEOUT_S = 120
 
 
@@ -59,7 +64,11 @@ def test_notebook_runs_top_to_bottom(name: str, stack: Stack, monkeypatch: pytes
     try:
         client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
     finally:
-        # Notebook 04 starts a private stack under the test stack's state folder and stops it;
-        # if the notebook failed half-way, stop it here so no process outlives the test.
-        Stack(stack.settings.replace(state_dir=stack.state_dir / "tiny-limits")).down()
+        # Notebooks 04 and 06 start private stacks under the test stack's state folder and stop them;
+        # if a notebook failed half-way, stop them here so no process outlives the test.
+        for folder in PRIVATE_STACKS:
+            Stack(stack.settings.replace(state_dir=stack.state_dir / folder)).down()
     print(f"{name}: {time.monotonic() - began:.1f} s")
+    # The session stack serves the tests after this one: no notebook may leave it broken.
+    assert stack.is_running(), f"{name} left the test stack with a component stopped: {stack.status()}"
+    assert stack.health("consumer")["status"] == "ok" and stack.health("producer")["status"] == "ok"

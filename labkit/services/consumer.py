@@ -260,6 +260,8 @@ class ConsumerService:
             "broker": self.probe.state,
             "topic": self.settings.topic,
             "partitions": self.assigned,
+            # Per partition, the offset of the next record it will read: its lag is the high watermark minus this.
+            "positions": dict(self.reader.next),
             "watchers": len(self.watchers),
             "replay_buffer": len(self.recent),
             "kept_from": self.kept_from,

@@ -1,0 +1,261 @@
+"""Break a stack on purpose, from a notebook, and count what a resuming watcher got back.
+
+:class:`FaultDrill` stops one component of a running stack while events are sent
+through the gateway and a :func:`labkit.client.watch` receives them, starts it
+again (``Stack.start_component``), and then compares the ids the producer
+acknowledged with the ids the watcher received::
+
+    drill = FaultDrill(stack)            # a progress bar and the table of faults so far
+    drill
+    row = await drill.run("consumer")     # also "gateway", "broker", or LOST_LOG
+    row.missing, row.recovered, row.reason
+
+``LOST_LOG`` is the fault an in-memory broker suffers at every restart: the
+consumer stops (the watcher is away), events are acked meanwhile, the broker stops
+and its data folder is wiped, and both start again. The watcher resumes from
+offsets of a log that is gone, and hears ``recovered: false``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import ipywidgets as w
+import websockets
+
+from labkit.client import Sender, SendError, Watch
+from labkit.events import Ack
+from labkit.ops.brokers import broker_kind
+from labkit.ops.stack import Stack
+
+__all__ = ["FaultDrill", "FaultResult", "EventStream", "LOST_LOG", "FAULTS"]
+
+LOST_LOG = "lost log"
+#: What each fault does while the part is down, in words for the table.
+FAULTS = {
+    "consumer": "watchers cut off; the producer goes on acking; the watcher resumes from its last offsets",
+    "gateway": "senders and watchers cut off; both reconnect when it is back",
+    "broker": "the producer holds events until the broker is back, then acks them; watchers stay connected",
+    LOST_LOG: "consumer down, events acked, then the broker restarts without its data: those events are gone",
+}
+WAIT_S = 30.0  # longest wait for any one condition of a drill
+RED = "#c62828"
+
+
+async def _until(condition, what: str, timeout: float = WAIT_S) -> None:
+    """Poll ``condition`` until true; TimeoutError naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"after {timeout:g} s: {what}")
+        await asyncio.sleep(0.02)  # polling a condition, not waiting for time to pass
+
+
+class EventStream:
+    """Events of one type sent through the gateway in small batches until stopped, reconnecting when cut off."""
+
+    def __init__(self, stack: Stack, event_type: str, batch: int = 5, pause_s: float = 0.02) -> None:
+        self.acks: list[Ack] = []
+        self.refused = 0
+        self.failed_connections = 0
+        self.stopping = asyncio.Event()
+        self.task = asyncio.ensure_future(self._run(stack, event_type, batch, pause_s))
+
+    async def _run(self, stack: Stack, event_type: str, batch: int, pause_s: float) -> None:
+        value = 0
+        while not self.stopping.is_set():
+            try:
+                async with Sender(settings=stack.settings) as sender:
+                    while not self.stopping.is_set():
+                        events = [{"type": event_type, "value": value + i, "key": f"k{value + i}"} for i in range(batch)]
+                        value += batch
+                        replies = await sender.send_many(events, raise_on_error=False, timeout=40)
+                        self.acks += [reply for reply in replies if reply.ok]
+                        self.refused += sum(not reply.ok for reply in replies)
+                        await asyncio.sleep(pause_s)  # the pace of the stream
+            except (SendError, OSError, TimeoutError, websockets.WebSocketException):
+                self.failed_connections += 1  # the gateway is down or restarting: connect again
+                await asyncio.sleep(0.1)
+
+    @property
+    def acked(self) -> set[str]:
+        return {ack.ack for ack in self.acks if ack.ack}
+
+    async def grows_by(self, count: int, what: str) -> None:
+        target = len(self.acks) + count
+        await _until(lambda: len(self.acks) >= target or self.task.done(), f"{what} ({len(self.acks)} acks)")
+        if self.task.done():
+            self.task.result()
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        await asyncio.wait_for(asyncio.gather(self.task, return_exceptions=True), 60)
+
+
+class _Receiver:
+    """A watcher of one type that keeps the ids it received and how its resumes went."""
+
+    def __init__(self, stack: Stack, event_type: str) -> None:
+        self.opened = asyncio.Event()
+        self.ids: set[str] = set()
+        self.watch = Watch(types=[event_type], settings=stack.settings, opened=self.opened)
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        async for event in self.watch:
+            self.ids.add(event.id)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+@dataclass
+class FaultResult:
+    """One fault: what was stopped, what happened, and the count of acked, received and missing events."""
+
+    fault: str
+    what_happened: str
+    acked: int = 0
+    received: int = 0
+    missing: int = 0
+    recovered: bool | None = None
+    reason: str | None = None
+    seconds: float = 0.0
+    acked_while_away: int = 0
+    missing_ids: set[str] = field(default_factory=set, repr=False)
+
+    def row(self) -> dict[str, object]:
+        shown = {None: "— (never cut off)", True: "true", False: "false"}[self.recovered]
+        return {"fault": self.fault, "what happened": self.what_happened, "acked": self.acked,
+                "acked while away": self.acked_while_away, "received": self.received, "missing": self.missing,
+                "recovered": shown,
+                "reason": self.reason or "", "seconds": f"{self.seconds:.1f}"}
+
+
+class FaultDrill(w.VBox):
+    """Runs faults one at a time on ``stack`` and shows a progress bar and a table of the results."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.results: list[FaultResult] = []
+        self.problem: str | None = None
+        self.progress = w.IntProgress(value=0, min=0, max=6, description="fault")
+        self.step = w.Label("")
+        self.table = w.HTML("<i>no fault yet</i>")
+        self.table.add_class("labkit-fault-table")
+        self.message = w.HTML("")
+        super().__init__([w.HBox([self.progress, self.step]), self.message, self.table])
+
+    def _report(self, number: int, text: str) -> None:
+        self.progress.value = number
+        self.step.value = text
+
+    def _show(self) -> None:
+        rows = [result.row() for result in self.results]
+        head = "".join(f"<th style='text-align:left;padding:2px 8px'>{html.escape(c)}</th>" for c in rows[0])
+        body = ""
+        for row in rows:
+            color = RED if row["missing"] else "inherit"
+            cells = "".join(f"<td style='padding:2px 8px;text-align:left'>{html.escape(str(v))}</td>" for v in row.values())
+            body += f"<tr style='color:{color}'>{cells}</tr>"
+        self.table.value = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    async def run(self, fault: str, *, settle_events: int = 30) -> FaultResult | None:
+        """Stop ``fault``'s component mid-stream, start it again, and count what the watcher got back.
+
+        A fault it does not know is shown in red (and kept in ``problem``); it returns None then.
+        """
+        if fault not in FAULTS:
+            self.problem = f"{fault!r} is not a fault here: choose one of {', '.join(map(repr, FAULTS))}"
+            self.message.value = f"<span style='color:{RED}'>{html.escape(self.problem)}</span>"
+            return None
+        self.problem = None
+        self.message.value = ""
+        self.progress.bar_style = ""
+        kind = f"fault-{uuid.uuid4().hex[:8]}"
+        result = FaultResult(fault, FAULTS[fault])
+        began = time.monotonic()
+        receiver = _Receiver(self.stack, kind)
+        stream: EventStream | None = None
+        try:
+            self._report(1, "watching, then sending")
+            await _until(receiver.opened.is_set, "the watcher did not connect")
+            stream = EventStream(self.stack, kind)
+            await stream.grows_by(settle_events, "the stream did not start")
+            self._report(2, f"stopping the {fault}")
+            restart_from = await self._break(fault, stream, receiver, result)
+            self._report(5, "sending after the restart, then waiting for every acked event")
+            await stream.grows_by(settle_events, f"no event was acked after the {fault} came back")
+            await stream.stop()
+            # After a lost log, what was acked before the restart may be gone: wait for what came after.
+            expected = {ack.ack for ack in stream.acks[restart_from:]} if fault == LOST_LOG else stream.acked
+            await _until(lambda: expected <= receiver.ids, f"{len(expected - receiver.ids)} acked events did not arrive")
+        finally:
+            if stream is not None:
+                await stream.stop()
+            await receiver.stop()
+        result.acked, result.received = len(stream.acked), len(receiver.ids & stream.acked)
+        result.missing_ids = stream.acked - receiver.ids
+        result.missing = len(result.missing_ids)
+        result.recovered, result.reason = receiver.watch.recovered, receiver.watch.reason
+        result.seconds = time.monotonic() - began
+        self.results.append(result)
+        self._report(6, f"{fault}: done")
+        self.progress.bar_style = "success" if not result.missing else "warning"
+        self._show()
+        return result
+
+    async def _break(self, fault: str, stream: EventStream, receiver: _Receiver, result: FaultResult) -> int:
+        """Stop and start the part; return how many acks came before the (last) restart."""
+        stack = self.stack
+        if fault == "consumer":
+            await asyncio.to_thread(stack.stop_component, "consumer")
+            await _until(lambda: not receiver.opened.is_set(), "the watcher did not notice the consumer stopped")
+            self._report(3, "the consumer is down: the producer still acks")
+            before = len(stream.acks)
+            await stream.grows_by(20, "no event was acked while the consumer was down")
+            result.acked_while_away = len(stream.acks) - before
+            self._report(4, "starting the consumer")
+            await asyncio.to_thread(stack.start_component, "consumer")
+        elif fault == "gateway":
+            failed = stream.failed_connections
+            await asyncio.to_thread(stack.stop_component, "gateway")
+            await _until(lambda: not receiver.opened.is_set() and stream.failed_connections > failed,
+                         "the sender and the watcher did not notice the gateway stopped")
+            self._report(4, "starting the gateway")
+            await asyncio.to_thread(stack.start_component, "gateway")
+        elif fault == "broker":
+            await asyncio.to_thread(stack.stop_component, "broker")
+
+            def held() -> bool:
+                return stack.health("producer")["in_flight"] > 0
+
+            self._report(3, "the broker is down: the producer holds what is sent")
+            await _until(held, "the producer held no event while the broker was down")
+            self._report(4, "starting the broker")
+            await asyncio.to_thread(stack.start_component, "broker")
+        else:  # LOST_LOG
+            await asyncio.to_thread(stack.stop_component, "consumer")
+            await _until(lambda: not receiver.opened.is_set(), "the watcher did not notice the consumer stopped")
+            self._report(3, "the consumer is down; events are acked, then the broker loses its log")
+            before = len(stream.acks)
+            await stream.grows_by(20, "no event was acked while the consumer was down")
+            await asyncio.to_thread(stack.stop_component, "broker")
+            result.acked_while_away = len(stream.acks) - before  # stored only in the log about to be lost
+            await asyncio.to_thread(lose_broker_log, stack)
+            self._report(4, "starting the consumer on the new, empty log")
+            await asyncio.to_thread(stack.start_component, "consumer")
+        return len(stream.acks)
+
+
+def lose_broker_log(stack: Stack) -> None:
+    """Stop the broker (if it runs), delete its data folder, start it again: what any restart of an in-memory broker does."""
+    stack.stop_component("broker")
+    shutil.rmtree(broker_kind(stack.settings).data_dir(stack.settings), ignore_errors=True)
+    stack.start_component("broker")

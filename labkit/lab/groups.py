@@ -1,0 +1,289 @@
+"""Kafka consumer groups next to labkit's fan-out, for a notebook: members in threads, and a live picture.
+
+The consumer service reads every partition with ``assign()``: every watcher sees
+every event. A **consumer group** does the opposite: its members split the
+topic's partitions, so each event reaches one member. :class:`ConsumerGroup`
+starts members (confluent-kafka consumers that ``subscribe()`` with one
+``group.id``) in threads of this kernel; :class:`GroupView` draws who owns which
+partition and how many records each member read, refreshed live::
+
+    group = ConsumerGroup(settings, event_type="orders")
+    GroupView(group)                  # the picture
+    group.add_member(); await group.settled()
+    group.owners()                    # {partition: member name}
+    group.close()
+
+:func:`keys_for_partitions` picks one key per partition from the producer's
+partitioner (librdkafka's default ``consistent_random``: CRC32 of the key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import threading
+import time
+import uuid
+import zlib
+from collections import Counter
+
+import ipywidgets as w
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from labkit.events import parse_record
+from labkit.settings import Settings
+
+__all__ = ["ConsumerGroup", "GroupMember", "GroupView", "keys_for_partitions", "partition_for"]
+
+COLORS = ["#1e88e5", "#e53935", "#43a047", "#fb8c00", "#8e24aa", "#00897b"]
+RED = "#c62828"
+# A member joins in about half a second on noida-db at these settings (librdkafka's default session
+# timeout, 45 s, makes a first join wait about 23 s on brokers that delay it).
+GROUP_DEFAULTS = {
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 500,
+    "auto.offset.reset": "latest",
+    "enable.auto.commit": False,  # a member commits what it read as soon as it has caught up (see _run)
+    "enable.partition.eof": True,
+    "partition.assignment.strategy": "range",
+}
+IDLE_PAUSE_S = 0.05
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition librdkafka's default partitioner (consistent_random: CRC32) gives a non-empty key."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+def keys_for_partitions(partitions: int, prefix: str = "customer") -> dict[int, str]:
+    """One key per partition, ``prefix-N`` with the smallest N landing there."""
+    found: dict[int, str] = {}
+    number = 0
+    while len(found) < partitions:
+        key = f"{prefix}-{number}"
+        found.setdefault(partition_for(key, partitions), key)
+        number += 1
+    return dict(sorted(found.items()))
+
+
+class GroupMember:
+    """One consumer of the group, polling in a thread: what it owns, and the records it read per partition.
+
+    Idle, it pauses its partitions once the broker has said each is read to its end, and
+    resumes a moment later: noida-db answers fetches at once, so a consumer that never
+    pauses spins (0.45 core measured, plus 0.3 in the broker); paused, it costs nothing
+    and a record arrives within a second or two.
+    """
+
+    def __init__(self, settings: Settings, group_id: str, name: str, event_type: str | None, log: list[str]) -> None:
+        self.name = name
+        self.event_type = event_type
+        self.owned: list[int] = []
+        self.joined = False  # the group gave it an assignment (maybe empty) at least once
+        self.counts: Counter[int] = Counter()
+        self.at_end: set[int] = set()  # partitions read to their end since they were assigned
+        self._idle: set[int] = set()  # partitions at their end with nothing read since
+        self._log = log
+        self._stop = threading.Event()
+        self.error: str | None = None
+        self.consumer = Consumer({**settings.kafka_config(), **GROUP_DEFAULTS, "group.id": group_id, "client.id": name})
+        self.consumer.subscribe([settings.topic], on_assign=self._assigned, on_revoke=self._revoked)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _note(self, text: str) -> None:
+        self._log.append(f"{time.strftime('%H:%M:%S')} {self.name} {text}")
+
+    def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.owned = sorted(tp.partition for tp in partitions)
+        self.at_end.clear()
+        self._idle.clear()
+        self.joined = True
+        self._note(f"was assigned partitions {self.owned}")
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            consumer.commit(asynchronous=False)  # the next owner goes on from here, not from the end
+        except KafkaException:
+            pass  # nothing new to commit, or the assignment is already gone: _run committed what it read
+        self._note(f"gave back partitions {sorted(tp.partition for tp in partitions)}")
+        self.owned = []
+        self.at_end.clear()
+        self._idle.clear()
+
+    @property
+    def ready(self) -> bool:
+        """Owns partitions and has read each to its end once: records sent now reach it."""
+        return bool(self.owned) and self.at_end >= set(self.owned)
+
+    def _run(self) -> None:
+        paused: list[TopicPartition] = []
+        read: Counter[int] = Counter()  # records read and not yet committed
+        try:
+            while not self._stop.is_set():
+                if paused:
+                    time.sleep(IDLE_PAUSE_S)
+                    self.consumer.resume(paused)
+                    paused = []
+                msg = self.consumer.poll(0.1)
+                if msg is None or msg.error() is not None:
+                    if read:
+                        self._commit(read)
+                    if msg is not None and msg.error().code() == KafkaError._PARTITION_EOF:
+                        self.at_end.add(msg.partition())
+                        self._idle.add(msg.partition())
+                        # Paused only once every partition is at its end: pausing drops queued events,
+                        # and librdkafka reports each end once.
+                        if self.owned and self._idle >= set(self.owned):
+                            paused = self.consumer.assignment()
+                            self.consumer.pause(paused)
+                    continue
+                self._idle.discard(msg.partition())
+                record = parse_record(msg.value())
+                if record is not None and (self.event_type is None or record.type == self.event_type):
+                    read[msg.partition()] += 1
+            if read:
+                self._commit(read)
+        except Exception as exc:  # shown in the view, not lost in a thread
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.consumer.close()  # leaves the group at once: the others rebalance now, not after a timeout
+            self._note("left the group")
+            self.owned = []
+
+    def _commit(self, read: Counter[int]) -> None:
+        """Commit what was read, then count it: a count seen from outside is already committed.
+
+        So whoever takes a partition over after a rebalance goes on from there: nothing is read twice.
+        """
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                self._note(f"could not commit: {exc.args[0].str()}")
+        self.counts.update(read)
+        read.clear()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.thread.join(timeout)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class ConsumerGroup:
+    """Members of one consumer group (a fresh ``group.id`` per object), started and stopped from a notebook."""
+
+    def __init__(self, settings: Settings, event_type: str | None = None, group_id: str | None = None) -> None:
+        self.settings = settings
+        self.event_type = event_type
+        self.group_id = group_id or f"lab-group-{uuid.uuid4().hex[:8]}"
+        self.members: list[GroupMember] = []
+        self.log: list[str] = []
+        self._numbered = 0
+
+    def add_member(self) -> GroupMember:
+        self._numbered += 1
+        member = GroupMember(self.settings, self.group_id, f"member-{self._numbered}", self.event_type, self.log)
+        self.members.append(member)
+        return member
+
+    def remove_member(self, name: str | None = None) -> GroupMember:
+        """Stop a member (the newest, or the one named); ValueError when there is none."""
+        candidates = [m for m in self.members if name is None or m.name == name]
+        if not candidates:
+            raise ValueError(f"no member named {name!r} runs" if name else "no member runs: add one first")
+        member = candidates[-1]
+        member.stop()
+        self.members.remove(member)
+        return member
+
+    def owners(self) -> dict[int, str]:
+        return {p: m.name for m in self.members for p in m.owned}
+
+    def is_settled(self) -> bool:
+        """Every member has joined, every partition has one owner, and each owner has read what it owns to its end."""
+        owned = [p for m in self.members for p in m.owned]
+        sharing = len(self.members) <= self.settings.partitions  # else some members rightly own nothing
+        return (len(owned) == len(set(owned)) == self.settings.partitions
+                and all(m.joined and (m.ready or (not m.owned and not sharing)) for m in self.members))
+
+    async def settled(self, timeout: float = 30.0) -> dict[int, str]:
+        """Wait until the group has shared out every partition after a join or a leave; returns the owners."""
+        deadline = time.monotonic() + timeout
+        while not self.is_settled():
+            errors = [f"{m.name}: {m.error}" for m in self.members if m.error]
+            if errors or time.monotonic() > deadline:
+                raise TimeoutError("; ".join(errors) or f"the group did not settle in {timeout:g} s; owners now {self.owners()}")
+            await asyncio.sleep(0.05)  # polling the members' state
+        return self.owners()
+
+    async def wait_for(self, total: int, timeout: float = 30.0) -> None:
+        """Wait until the members together counted ``total`` records (of the group's type)."""
+        deadline = time.monotonic() + timeout
+        while sum(m.total for m in self.members) < total:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the members read {sum(m.total for m in self.members)} of {total} records")
+            await asyncio.sleep(0.05)
+
+    def close(self) -> None:
+        while self.members:
+            self.remove_member()
+
+
+class GroupView(w.VBox):
+    """A live picture of a group: one row per partition (its owner, in the owner's colour) and counts per member."""
+
+    def __init__(self, group: ConsumerGroup, refresh_s: float = 0.2) -> None:
+        self.group = group
+        self.picture = w.HTML("")
+        self.picture.add_class("labkit-group-picture")
+        self.message = w.HTML("")
+        self.add_button = w.Button(description="Add member", icon="user-plus", layout=w.Layout(width="auto"))
+        self.remove_button = w.Button(description="Remove member", icon="user-minus", layout=w.Layout(width="auto"))
+        self.add_button.on_click(lambda _: self._act(self.group.add_member))
+        self.remove_button.on_click(lambda _: self._act(self.group.remove_member))
+        self.journal = w.HTML("")
+        super().__init__([w.HBox([self.add_button, self.remove_button]), self.message, self.picture, self.journal])
+        self.redraw()
+        self._task = asyncio.get_running_loop().create_task(self._refresh(refresh_s))
+
+    def _act(self, action) -> None:
+        try:
+            action()
+        except ValueError as exc:
+            self.message.value = f"<span style='color:{RED}'>{html.escape(str(exc))}</span>"
+            return
+        self.message.value = ""
+        self.redraw()
+
+    def _color(self, name: str) -> str:
+        return COLORS[(int(name.rsplit("-", 1)[-1]) - 1) % len(COLORS)]
+
+    def redraw(self) -> None:
+        owners = self.group.owners()
+        members = self.group.members
+        head = "<th style='padding:2px 10px'>partition</th><th style='padding:2px 10px'>owner</th>" + "".join(
+            f"<th style='padding:2px 10px;color:{self._color(m.name)}'>{m.name} read</th>" for m in members)
+        rows = ""
+        for p in range(self.group.settings.partitions):
+            owner = owners.get(p)
+            cell = (f"<td style='padding:2px 10px;background:{self._color(owner)};color:white'>{owner}</td>" if owner
+                    else "<td style='padding:2px 10px;color:#999'>nobody</td>")
+            counts = "".join(f"<td style='padding:2px 10px'>{m.counts[p]}</td>" for m in members)
+            rows += f"<tr><td style='padding:2px 10px'>{p}</td>{cell}{counts}</tr>"
+        totals = "".join(f"<td style='padding:2px 10px'><b>{m.total}</b></td>" for m in members)
+        rows += f"<tr><td style='padding:2px 10px' colspan=2><b>total</b></td>{totals}</tr>"
+        self.picture.value = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+        self.journal.value = "<br>".join(html.escape(line) for line in self.group.log[-8:])
+
+    async def _refresh(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)  # the refresh period
+            self.redraw()
+
+    def close(self) -> None:
+        self._task.cancel()
+        super().close()

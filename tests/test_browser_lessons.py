@@ -1,0 +1,81 @@
+"""Notebooks 06 and 08 in a real browser: the fault table and the topic's live tail show in the page.
+
+Debian's Chromium, driven by Playwright (``browser_lab.py``), runs every cell in
+JupyterLab; the checks read the rendered widgets (not the kernel). Screenshots go
+to ``test-artifacts/faults.png`` and ``test-artifacts/topic-tail.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from playwright.sync_api import Browser, Page
+
+from browser_lab import ARTIFACTS, open_notebook, run_all
+from labkit import Sender, Stack
+
+TABLE_ROWS = """(selector) => {
+    const table = document.querySelector(selector + ' table');
+    if (!table) return [];
+    const heads = [...table.querySelectorAll('thead th')].map(th => th.innerText.trim());
+    return [...table.querySelectorAll('tbody tr')].map(tr =>
+        Object.fromEntries([...tr.querySelectorAll('td')].map((td, i) => [heads[i], td.innerText.trim()])));
+}"""
+
+
+def table_rows(page: Page, selector: str) -> list[dict[str, str]]:
+    """The rows of the HTML table inside a widget, as the page shows them."""
+    return page.evaluate(TABLE_ROWS, selector)
+
+
+def test_faults_notebook_shows_every_acked_event_back(lab_server: tuple[str, str], chromium: Browser, stack: Stack):
+    page = open_notebook(chromium, lab_server, "06_when_things_fail.ipynb")
+    try:
+        run_all(page, "every acked event came back after each fault", "faults")
+        rows = {row["fault"]: row for row in table_rows(page, ".labkit-fault-table")}
+        assert set(rows) == {"consumer", "gateway", "broker", "lost log"}, rows
+        for fault in ("consumer", "gateway", "broker"):
+            row = rows[fault]
+            assert row["missing"] == "0" and row["received"] == row["acked"] != "0", row
+        assert rows["consumer"]["recovered"] == "true" and rows["gateway"]["recovered"] == "true"
+        assert rows["lost log"]["recovered"] == "false" and int(rows["lost log"]["missing"]) >= 20, rows["lost log"]
+        table = page.locator(".jp-OutputArea-output").filter(has=page.locator(".labkit-fault-table"))
+        table.scroll_into_view_if_needed()
+        table.screenshot(path=str(ARTIFACTS / "faults.png"))
+    finally:
+        # The notebook broke and stopped a private stack of its own; the test stack must be whole.
+        Stack(stack.settings.replace(state_dir=stack.state_dir / "faults")).down()
+    assert stack.is_running() and stack.health("consumer")["status"] == "ok"
+
+
+def test_topic_notebook_tail_shows_records_live(lab_server: tuple[str, str], chromium: Browser, stack: Stack):
+    page = open_notebook(chromium, lab_server, "08_inside_the_topic.ipynb")
+    run_all(page, "the tail showed every acked record", "topic-tail")
+    tail = page.locator(".labkit-topic-tail")
+    tail.last.wait_for(state="visible", timeout=30_000)
+    assert table_rows(page, ".labkit-topic-tail"), "the tail widget shows no record"
+    marks = table_rows(page, ".labkit-topic-marks")
+    assert [row["partition"] for row in marks] == [str(p) for p in range(stack.settings.partitions)], marks
+
+    # A record sent now, from outside the notebook, shows up in the page's tail: it is live.
+    kind = f"from-the-test-{uuid.uuid4().hex[:6]}"
+
+    async def send() -> None:
+        async with Sender(settings=stack.settings) as sender:
+            await sender.send({"type": kind, "value": 1, "key": "browser"})
+
+    # Playwright's sync API runs an event loop in this thread: the sender gets a thread of its own.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, send()).result(timeout=30)
+    page.wait_for_function(
+        "(kind) => [...document.querySelectorAll('.labkit-topic-tail td')].some(td => td.innerText.includes(kind))",
+        arg=kind,
+        timeout=30_000,
+    )
+    row = next(r for r in table_rows(page, ".labkit-topic-tail") if kind in r["value"])
+    assert row["key"] == "browser" and row["offset"].isdigit() and row["timestamp"], row
+    viewer = page.locator(".jp-OutputArea-output").filter(has=page.locator(".labkit-topic-marks"))
+    viewer.scroll_into_view_if_needed()
+    viewer.screenshot(path=str(ARTIFACTS / "topic-tail.png"))
