@@ -383,7 +383,7 @@ class Stack(StackCommon):
         return rows
 
     def routes(self) -> list[dict[str, Any]]:
-        return routes_table(load_kong_config(self.settings.kong_config))
+        return routes_table(load_kong_config(self.settings.kong_config), self.settings)  # the real upstream addresses
 
     def logs(self, component: str | None = None, lines: int = 40) -> str:
         """The end of one component's log, or of each in turn, under a header naming its file."""
