@@ -175,3 +175,22 @@ async def test_chart_counts_throttles_pauses_and_closes_cleanly(stack: Stack, ev
     await chart.aclose()
     assert not chart.running and own_tasks() <= before
     await wait_until(lambda: stack.health("consumer")["watchers"] == watchers, 10, "the chart's connection did not close")
+
+
+def test_tables_align_and_round_and_the_architecture_is_the_running_stack(stack: Stack):
+    from labkit.lab.architecture import architecture
+    from labkit.lab.tables import html_table
+
+    table = html_table({"producer": stack.health("producer"), "consumer": stack.health("consumer")}).data
+    assert "<td style='padding:2px 10px;text-align:left;vertical-align:top'>producer</td>" in table
+    rows = html_table([{"name": "a", "p50 ms": 0.123456, "p99 ms": 1302.456789, "count": 3}]).data
+    assert ">0.12<" in rows and ">1,302<" in rows and "1302.45" not in rows
+    assert rows.count("text-align:right") == 6 and rows.count("text-align:left") == 2  # numbers right, text left
+    settings = stack.settings
+    upstreams = {route["service"]: route["upstream"] for route in stack.routes()}
+    assert upstreams == {"producer": f"http://{settings.host}:{settings.producer_port}",
+                         "consumer": f"http://{settings.host}:{settings.consumer_port}"}  # not kong.yml's producer:6789
+    svg = architecture(stack).data
+    for port in (settings.gateway_port, settings.producer_port, settings.consumer_port, settings.kafka_port):
+        assert f"{settings.host}:{port}" in svg
+    assert "/produce-events" in svg and "key-auth" in svg and "producer:6789" not in svg
