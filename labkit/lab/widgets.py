@@ -171,6 +171,7 @@ class EventSender(w.VBox):
         self.counters = w.HTML("")
         self.counters.add_class("labkit-sender-counters")
         self.reply_log = w.HTML("")
+        self.reply_log.add_class("labkit-ack-log")
         fields = {"type": self.type_box, "value": self.value_box, "key": self.key_box, "data": self.data_box,
                   "burst": self.burst_count, "rate": self.burst_rate}
         self.messages = {name: w.HTML("") for name in [*fields, "form"]}
