@@ -184,8 +184,10 @@ def test_tables_align_and_round_and_the_architecture_is_the_running_stack(stack:
     table = html_table({"producer": stack.health("producer"), "consumer": stack.health("consumer")}).data
     assert "<td style='padding:2px 10px;text-align:left;vertical-align:top'>producer</td>" in table
     rows = html_table([{"name": "a", "p50 ms": 0.123456, "p99 ms": 1302.456789, "count": 3}]).data
-    assert ">0.12<" in rows and ">1,302<" in rows and "1302.45" not in rows
+    assert ">0.123<" in rows and ">1,302<" in rows and "1302.45" not in rows
     assert rows.count("text-align:right") == 6 and rows.count("text-align:left") == 2  # numbers right, text left
+    side_by_side = html_table({"producer": {"senders": 1}, "consumer": {"watchers": 2.5}}, vertical=True).data
+    assert ">senders<" in side_by_side and ">2.5<" in side_by_side and "<th" in side_by_side
     settings = stack.settings
     upstreams = {route["service"]: route["upstream"] for route in stack.routes()}
     assert upstreams == {"producer": f"http://{settings.host}:{settings.producer_port}",

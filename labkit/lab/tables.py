@@ -7,7 +7,7 @@ what a person reads; :func:`show` displays one or more results at once::
 
     from labkit.lab.tables import show
     show(ack)                                        # one row: ack, partition, offset
-    show({"producer": stack.health("producer"), "consumer": stack.health("consumer")})
+    show({"producer": stack.health("producer"), "consumer": stack.health("consumer")}, vertical=True)
     show(stack.status())
 """
 
@@ -29,7 +29,7 @@ _CELL = "padding:2px 10px;text-align:{align};vertical-align:top"
 
 
 def format_cell(value: Any) -> str:
-    """A cell's text: floats rounded to what matters (1,302 · 40.7 · 2.35 · 0.042), lists joined."""
+    """A cell's text: floats rounded to what a person reads (1,302 · 40.7 · 2.35 · 0.042), lists joined."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -37,14 +37,9 @@ def format_cell(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        size = abs(value)
-        if size >= 100 or value.is_integer():
+        if abs(value) >= 100 or value.is_integer():
             return f"{value:,.0f}"
-        if size >= 10:
-            return f"{value:.1f}"
-        if size >= 1:
-            return f"{value:.2f}"
-        return f"{value:.2g}"
+        return f"{value:.3g}"  # three significant digits: 40.7, 2.35, 0.042
     if isinstance(value, (list, tuple, set)):
         return ", ".join(format_cell(item) for item in value)
     if isinstance(value, Mapping):
@@ -82,27 +77,41 @@ def rows_of(result: Any) -> list[dict[str, Any]]:
     return [_as_row(result)]
 
 
-def html_table(rows: Any, columns: Iterable[str] | None = None, *, caption: str | None = None) -> HTML:
-    """An HTML table, one column per key met in any row (or ``columns``): text left, numbers right."""
+def _transposed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per field, one column per row (named by its "name", else its number)."""
+    titles = [str(row.get("name", index)) for index, row in enumerate(rows, 1)]
+    fields = dict.fromkeys(key for row in rows for key in row if key != "name")
+    return [{"": field, **{title: row.get(field) for title, row in zip(titles, rows)}} for field in fields]
+
+
+def html_table(
+    rows: Any, columns: Iterable[str] | None = None, *, caption: str | None = None, vertical: bool = False
+) -> HTML:
+    """An HTML table, one column per key met in any row (or ``columns``): text left, numbers right.
+
+    ``vertical`` turns it: one row per field, one column per item (health answers side by side).
+    """
     rows = rows_of(rows)
     if not rows:
         return HTML("<i>nothing to show</i>")
+    if vertical:
+        rows = _transposed(rows)
     names: list[str] = list(columns) if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
     numeric = {name: all(_is_number(row.get(name)) for row in rows if row.get(name) is not None) for name in names}
 
-    def cell(tag: str, name: str, text: str) -> str:
-        align = "right" if numeric[name] else "left"
-        return f"<{tag} style='{_CELL.format(align=align)}'>{html.escape(text)}</{tag}>"
+    def cell(tag: str, text: str, number: bool) -> str:
+        return f"<{tag} style='{_CELL.format(align='right' if number else 'left')}'>{html.escape(text)}</{tag}>"
 
-    head = "".join(cell("th", name, name) for name in names)
+    head = "".join(cell("th", name, numeric[name]) for name in names)
     body = "".join(
-        "<tr>" + "".join(cell("td", name, format_cell(row.get(name))) for name in names) + "</tr>" for row in rows
+        "<tr>" + "".join(cell("td", format_cell(row.get(name)), _is_number(row.get(name))) for name in names) + "</tr>"
+        for row in rows
     )
     title = f"<caption style='text-align:left;font-weight:bold'>{html.escape(caption)}</caption>" if caption else ""
     return HTML(f"<table class='labkit-table'>{title}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
-def show(*results: Any, caption: str | None = None) -> None:
+def show(*results: Any, caption: str | None = None, vertical: bool = False) -> None:
     """Display each result as a small table (see :func:`rows_of` for the shapes it takes)."""
     for result in results:
-        display(html_table(result, caption=caption))
+        display(html_table(result, caption=caption, vertical=vertical))

@@ -35,9 +35,10 @@ import ipywidgets as w
 import websockets
 from websockets.protocol import State
 
-from labkit.client import Sender, SendError, as_event, stamped
+from labkit.client import Sender, SendError
 from labkit.discovery import running_settings
-from labkit.events import Ack, Event, encode, parse_json_object
+from labkit.events import Ack, Event
+from labkit.lab.form_rules import FormError, checked_event, parse_number, read_burst, read_event
 from labkit.lab.tables import html_table
 from labkit.pacing import Schedule, due_ranges
 from labkit.settings import Settings
@@ -49,7 +50,6 @@ REFRESH_S = 0.1  # the form redraws its counters and log at most this often
 RED = "#c62828"
 GREEN = "#2e7d32"
 BURST_RUNNING = "a burst is already running: stop it first"
-_VALID = {"type": "t", "value": 0}  # a valid event, to check one field at a time with the model
 
 
 def _loop_running() -> bool:
@@ -58,10 +58,6 @@ def _loop_running() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-class FormError(ValueError):
-    """What is wrong with the form's input, in words shown under the form."""
 
 
 class StepProgress(w.VBox):
@@ -81,40 +77,6 @@ class StepProgress(w.VBox):
         self.bar.value = self.bar.max
         self.bar.bar_style = "success"
         self.label.value = text
-
-
-def parse_number(text: str, name: str = "value") -> int | float:
-    """A number as typed: ``1`` stays an int, ``2.5`` and ``3e6`` are floats; FormError says what is wrong."""
-    typed = text.strip()
-    if not typed:
-        raise FormError(f"{name} is empty: type a number, e.g. 1 or 2.5")
-    for kind in (int, float):
-        try:
-            return kind(typed)
-        except ValueError:
-            pass
-    raise FormError(f"{name}: {typed!r} is not a number; type e.g. 1, -2.5 or 3e6")
-
-
-def _in_words(field: str, typed: Any, problem: str) -> str:
-    """The event model's message about one field, said for a person (the limit still comes from the model)."""
-    message = problem.split(" - at `", 1)[0]
-    if "length >= 1" in message:
-        return f"{field} is empty" + (": choose one or type a name" if field == "type" else "")
-    if "length <= " in message:
-        return f"{field} is {len(typed)} characters long; at most {message.rsplit('<= ', 1)[1]}"
-    if message.startswith(f"{field} ") and typed is not None:  # as_event's own words: say what was typed
-        return f"{field} {typed}: {message.removeprefix(field + ' ')}"
-    return message if message.startswith(field) else f"{field}: {message}"
-
-
-def _field_problem(field: str, value: Any, typed: Any = None) -> str | None:
-    """What the event model says about ``field`` alone, or None."""
-    try:
-        as_event({**_VALID, field: value})
-    except ValueError as exc:
-        return _in_words(field, value if typed is None else typed, str(exc))
-    return None
 
 
 class EventSender(w.VBox):
@@ -210,59 +172,19 @@ class EventSender(w.VBox):
         return next(iter(self.problems.values()), None)
 
     def _read_event(self, problems: dict[str, str]) -> dict[str, Any]:
-        """The event the form describes; what the model refuses goes into ``problems``, by field."""
-        event: dict[str, Any] = {"type": (self.type_box.value or "").strip()}
-        try:
-            event["value"] = parse_number(self.value_box.value)
-        except FormError as exc:
-            problems["value"] = str(exc)
-        if key := self.key_box.value.strip():
-            event["key"] = key
-        try:
-            if (data := parse_json_object(self.data_box.value)) is not None:
-                event["data"] = data
-        except ValueError as exc:
-            problems["data"] = str(exc)
-        for field, value in event.items():
-            if field not in problems and (problem := _field_problem(field, value, self.value_box.value.strip()
-                                                                    if field == "value" else None)):
-                problems[field] = problem
+        """The event the form describes; what is wrong goes into ``problems``, by field."""
+        event, found = read_event(self.type_box.value, self.value_box.value, self.key_box.value, self.data_box.value)
+        problems.update(found)
         return event
 
     def _frame_problem(self, event: Mapping[str, Any] | Event, problems: dict[str, str]) -> Event | None:
-        """The event as it will be sent, unless the model or the producer's frame limit refuses it."""
-        try:
-            item = stamped(dict(event) if isinstance(event, Mapping) else event)
-        except ValueError as exc:
-            text = str(exc)
-            field = text.rsplit("`$.", 1)[-1].rstrip("`") if "`$." in text else text.split(" ", 1)[0]
-            typed = event.get(field) if isinstance(event, Mapping) else getattr(event, field, None)
-            problems[field if field in self.messages else "form"] = _in_words(field, typed, text)
-            return None
-        size = len(encode(item))  # the Sender's encoder, on the event with its id and sent_at
-        if size > self.max_frame_bytes:
-            problems["data" if item.data else "form"] = (
-                f"the event is {size:,} bytes as sent; the producer takes at most {self.max_frame_bytes:,} "
-                "bytes a frame (max_frame_bytes): shorten data"
-            )
-            return None
+        item, found = checked_event(event, self.max_frame_bytes)
+        problems.update({field if field in self.messages else "form": text for field, text in found.items()})
         return item
 
     def _burst_problems(self, problems: dict[str, str]) -> tuple[int, float]:
-        count, rate = 0, 0.0
-        try:
-            count = parse_number(self.burst_count.value, "burst")
-            if not isinstance(count, int) or count < 1:
-                problems["burst"] = f"burst must be a whole number of events, at least 1; not {self.burst_count.value.strip()}"
-        except FormError as exc:
-            problems["burst"] = str(exc)
-        try:
-            rate = float(parse_number(self.burst_rate.value, "rate"))
-            Schedule(rate, 1, 0.0)  # the pacer's own rule: a finite rate above 0
-        except FormError as exc:
-            problems["rate"] = str(exc)
-        except ValueError:
-            problems["rate"] = f"rate must be a finite number of events per second above 0; not {self.burst_rate.value.strip()}"
+        count, rate, found = read_burst(self.burst_count.value, self.burst_rate.value)
+        problems.update(found)
         return count, rate
 
     def check(self, burst: bool = False) -> dict[str, str]:
