@@ -65,8 +65,8 @@ async def test_numbers_it_cannot_take_are_said_and_kept(stack: Stack, event_type
             assert await form.send_burst() == 0
             assert (form.burst_count.value, form.burst_rate.value) == (count, rate)
         assert (form.sent, form.acked, form.errors, form.sender) == (0, 0, 0, None)
-        form.value_box.value, form.burst_count.value, form.burst_rate.value = "2.5", "3", "1000"
-        assert form.problems == {}
+        form.value_box.value, form.burst_count.value, form.burst_rate.value = 2.5, 3, 1000  # numbers from code too
+        assert (form.value_box.value, form.burst_count.value, form.problems) == ("2.5", "3", {})
         assert await form.send_burst() == 3 and (form.sent, form.acked, form.errors) == (3, 3, 0)
         assert (await form.send()).ok
     finally:

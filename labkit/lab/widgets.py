@@ -32,6 +32,7 @@ from contextlib import aclosing
 from typing import Any
 
 import ipywidgets as w
+from traitlets import CUnicode
 import websockets
 from websockets.protocol import State
 
@@ -58,6 +59,15 @@ def _loop_running() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+class NumberText(w.Text):
+    """A text box for a number: the form reads what was typed, so nothing is silently replaced.
+
+    A number set from code (``form.value_box.value = 20.0``) is kept as its text.
+    """
+
+    value = CUnicode("", help="The number as typed.").tag(sync=True)
 
 
 class StepProgress(w.VBox):
@@ -117,7 +127,7 @@ class EventSender(w.VBox):
             value=types[0] if types else "", options=list(types), ensure_option=False,
             description="type", placeholder="choose or type a name",
         )
-        self.value_box = w.Text(value="1", description="value", placeholder="a number, e.g. 1 or 2.5")
+        self.value_box = NumberText(value="1", description="value", placeholder="a number, e.g. 1 or 2.5")
         self.key_box = w.Text(value="", description="key", placeholder="default: the type")
         self.data_box = w.Textarea(
             value="", description="data", placeholder='optional JSON object, e.g. {"page": "/home"}',
@@ -125,8 +135,8 @@ class EventSender(w.VBox):
         )
         self.send_button = w.Button(description="Send", button_style="primary", icon="paper-plane")
         self.send_button.add_class("labkit-send")
-        self.burst_count = w.Text(value="100", description="burst", placeholder="events")
-        self.burst_rate = w.Text(value="50", description="per second", placeholder="events per second")
+        self.burst_count = NumberText(value="100", description="burst", placeholder="events")
+        self.burst_rate = NumberText(value="50", description="per second", placeholder="events per second")
         self.burst_button = w.Button(description="Send burst", icon="forward")
         self.stop_button = w.Button(description="Stop", icon="stop", disabled=True)
         self.progress = w.IntProgress(value=0, min=0, max=1, description="sent")
@@ -328,9 +338,9 @@ class EventSender(w.VBox):
         :meth:`stop_burst`) ends the burst early.
         """
         if count is not None:
-            self.burst_count.value = str(count)
+            self.burst_count.value = count
         if rate is not None:
-            self.burst_rate.value = str(rate)
+            self.burst_rate.value = rate
         if self.check(burst=True):
             return 0
         count, rate = self._burst_problems({})
