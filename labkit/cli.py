@@ -68,18 +68,28 @@ def status_table(stack: Stack, cpu_sample_s: float = 0.0) -> Table:
     return table
 
 
+@contextlib.contextmanager
+def step_progress(first: str):
+    """A rich progress line on stderr for ``on_step`` callbacks (starting and stopping stacks); yields the callback."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task(first, total=None)
+
+        def on_step(text: str, step: int, steps: int) -> None:
+            progress.update(task, description=text, completed=step - 1, total=steps)
+            if not err.is_terminal:  # a pipe or a log file gets one line a step instead of a redrawn bar
+                err.print(f"{step}/{steps} {text}", highlight=False)
+
+        yield on_step
+
+
 def _run_up(stack: Stack, restart: bool = False) -> None:
     if not restart and stack.is_running():
         out.print("[yellow]The stack is already running; nothing to start.[/]")
         out.print(status_table(stack))
         return
     began = time.monotonic()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True) as progress:
-        task = progress.add_task("starting", total=None)
-
-        def on_step(text: str, step: int, steps: int) -> None:
-            progress.update(task, description=text, completed=step - 1, total=steps)
-
+    with step_progress("stopping" if restart else "starting") as on_step:
         (stack.restart if restart else stack.up)(on_step)
     for action in getattr(stack, "actions", []):
         out.print(f"  {action}", highlight=False)
@@ -152,8 +162,12 @@ def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None
 @app.command()
 def down(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
     """Stop exactly the processes `labkit up` started."""
-    stopped = open_stack(build_settings(state_dir=state_dir)).down()
-    out.print(f"Stopped: {', '.join(stopped)}." if stopped else "Nothing was running.")
+    stack = open_stack(build_settings(state_dir=state_dir))
+    began = time.monotonic()
+    with step_progress("stopping") as on_step:
+        stopped = stack.down(on_step) if isinstance(stack, Stack) else stack.down()
+    took = f" in {time.monotonic() - began:.1f} s"
+    out.print(f"Stopped: {', '.join(stopped)}{took}." if stopped else "Nothing was running.")
 
 
 @app.command()
@@ -352,9 +366,8 @@ def _bench_stack(use_running: bool, broker: str | None, name: str):
         yield stack
         return
     settings = build_settings(broker=broker).with_free_ports(state_dir=Path(tempfile.mkdtemp(prefix=f"labkit-{name}-")))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as progress:
-        task = progress.add_task(f"starting a {settings.broker} stack", total=None)
-        stack = Stack(settings).up(lambda text, step, steps: progress.update(task, description=text, completed=step - 1, total=steps))
+    with step_progress(f"starting a {settings.broker} stack") as on_step:
+        stack = Stack(settings).up(on_step)
     try:
         yield stack
     finally:

@@ -32,7 +32,7 @@ from labkit.events import Ack, Delivered, Event, decode_delivered, decode_reply,
 from labkit.discovery import lab_api_key, running_settings
 from labkit.settings import Settings
 
-__all__ = ["Sender", "SendError", "Watch", "watch", "lab_api_key"]
+__all__ = ["Sender", "SendError", "Watch", "watch", "lab_api_key", "as_event", "stamped"]
 
 ACK_TIMEOUT_S = 60.0  # longer than the producer's message.timeout.ms, so Kafka's verdict arrives first
 RECONNECT_FIRST_S = 0.05
@@ -67,6 +67,17 @@ def as_event(event: Event | Mapping[str, Any]) -> Event:
         raise ValueError(str(exc)) from None
     if not math.isfinite(item.value):
         raise ValueError(f"value must be a finite number, not {item.value!r} (numbers past 1.8e308 do not fit)")
+    return item
+
+
+def stamped(event: Event | Mapping[str, Any]) -> Event:
+    """The event as a Sender sends it: checked by :func:`as_event`, given an ``id`` and a ``sent_at``
+    when it has none. ``len(encode(stamped(event)))`` is the size of its frame."""
+    item = as_event(event)
+    if item.id is msgspec.UNSET:
+        item.id = new_id()
+    if item.sent_at is msgspec.UNSET:
+        item.sent_at = now_ms()
     return item
 
 
@@ -120,11 +131,7 @@ class Sender:
             self._pending.clear()
 
     def _prepare(self, event: Event | Mapping[str, Any]) -> tuple[Event, asyncio.Future[Ack]]:
-        item = as_event(event)
-        if item.id is msgspec.UNSET:
-            item.id = new_id()
-        if item.sent_at is msgspec.UNSET:
-            item.sent_at = now_ms()
+        item = stamped(event)
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self._pending[item.id] = future
         return item, future

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from labkit import Stack
+from labkit import Settings, Stack
 
 
 def labkit(stack: Stack | None, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -164,3 +166,57 @@ async def test_the_gateway_logs_each_request_with_its_status_and_without_the_key
     await wait_until(logged, 10, lambda: f"no access lines for the two 401s:\n{stack.log_tail('gateway', 20)}")
     shown = labkit(stack, "logs", "gateway", "-n", "200")
     assert '"GET /produce-events" 401' in shown.stdout and secret not in shown.stdout
+
+
+HOLDER = """
+import asyncio, sys
+from labkit import Sender, Settings, watch
+
+async def main():
+    settings = Settings.model_validate_json(sys.argv[1])
+    direct = (settings.url(settings.consumer_port), settings.url(settings.producer_port))
+    through = (settings.consume_url, settings.produce_url)
+    holds = []
+    for consume, produce in (through, direct):
+        opened = asyncio.Event()
+        holds.append(asyncio.ensure_future(aiter(watch(consume, settings=settings, opened=opened)).__anext__()))
+        await asyncio.wait_for(opened.wait(), 10)
+        sender = await Sender(produce, settings=settings).__aenter__()
+        await sender.send({"type": "held", "value": 1})
+        holds.append(sender)
+    print("holding", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def hold_connections(settings) -> subprocess.Popen:
+    """A process holding a watcher and a sender open, through the gateway and straight to the services,
+    then stopped (SIGSTOP): like a busy kernel, it answers no close frame."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, settings.model_dump_json()], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    holder.send_signal(signal.SIGSTOP)
+    return holder
+
+
+def test_restart_and_down_show_progress_and_do_not_wait_on_connected_clients(tmp_path):
+    stack = Stack(Settings().with_free_ports(state_dir=tmp_path / "held")).up()
+    holders = []
+    try:
+        for command in ("restart", "down"):
+            holders.append(hold_connections(stack.settings))
+            began = time.monotonic()
+            done = labkit(stack, command)
+            took = time.monotonic() - began
+            assert done.returncode == 0, done.stderr
+            assert took < 15, f"labkit {command} took {took:.1f} s with clients connected"
+            for name in ("gateway", "consumer", "producer", "broker"):
+                assert f"stopping {name}" in done.stderr, done.stderr  # progress, one line per step
+        assert "Stopped: gateway, consumer, producer, broker in" in done.stdout and not stack.is_running()
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.send_signal(signal.SIGCONT)
+            holder.wait()
+        stack.down()

@@ -1,4 +1,4 @@
-"""Notebook widgets: a form that sends events, and small views of the stack.
+"""Notebook widgets: a form that sends events, and a progress bar for starting the stack.
 
 :class:`EventSender` is an ipywidgets form that sends events through the
 gateway's ``/produce-events`` with :class:`labkit.client.Sender`, one connection
@@ -10,8 +10,14 @@ per form, on the kernel's asyncio loop, so the kernel never blocks::
     await form.send_burst(100, rate=50)      # or from code
     form.sent, form.acked, form.errors
 
-:class:`StepProgress` is a progress bar for ``Stack.up(on_step=...)`` and
-:func:`html_table` shows rows such as ``Stack.status()`` without pandas.
+The form checks what it sends with the event model itself (:func:`labkit.client.as_event`,
+:func:`labkit.events.parse_json_object`, the producer's frame limit), so it refuses
+exactly what the producer would, in red under the field concerned, before sending.
+Numbers are typed as text and read by the form: what it cannot take is said, never
+silently replaced.
+
+:class:`StepProgress` is a progress bar for ``Stack.up(on_step=...)``; tables are
+in :mod:`labkit.lab.tables` (``html_table`` is re-exported here).
 """
 
 from __future__ import annotations
@@ -21,26 +27,30 @@ import html
 import random
 import time
 from collections import deque
-from contextlib import aclosing
 from collections.abc import Mapping, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import ipywidgets as w
+from traitlets import CUnicode
 import websockets
-from IPython.display import HTML
 from websockets.protocol import State
 
 from labkit.client import Sender, SendError
-from labkit.events import Ack, parse_json_object
+from labkit.discovery import running_settings
+from labkit.events import Ack, Event
+from labkit.lab.form_rules import FormError, checked_event, parse_number, read_burst, read_event
+from labkit.lab.tables import html_table
 from labkit.pacing import Schedule, due_ranges
 from labkit.settings import Settings
 
-__all__ = ["EventSender", "FormError", "StepProgress", "html_table"]
+__all__ = ["EventSender", "FormError", "StepProgress", "html_table", "parse_number"]
 
 DEFAULT_TYPES = ("click", "view", "purchase", "tick")
 REFRESH_S = 0.1  # the form redraws its counters and log at most this often
 RED = "#c62828"
 GREEN = "#2e7d32"
+BURST_RUNNING = "a burst is already running: stop it first"
 
 
 def _loop_running() -> bool:
@@ -51,27 +61,13 @@ def _loop_running() -> bool:
     return True
 
 
-class FormError(ValueError):
-    """What is wrong with the form's input, in words shown under the form."""
+class NumberText(w.Text):
+    """A text box for a number: the form reads what was typed, so nothing is silently replaced.
 
+    A number set from code (``form.value_box.value = 20.0``) is kept as its text.
+    """
 
-def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def html_table(rows: Sequence[Mapping[str, Any]]) -> HTML:
-    """A plain HTML table (rows such as ``Stack.status()``), one column per key of the first row."""
-    if not rows:
-        return HTML("<i>nothing to show</i>")
-    columns = list(rows[0])
-    head = "".join(f"<th style='text-align:left;padding:2px 10px'>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join(
-        "<tr>"
-        + "".join(f"<td style='padding:2px 10px'>{html.escape(_cell(row.get(c)))}</td>" for c in columns)
-        + "</tr>"
-        for row in rows
-    )
-    return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    value = CUnicode("", help="The number as typed.").tag(sync=True)
 
 
 class StepProgress(w.VBox):
@@ -93,21 +89,14 @@ class StepProgress(w.VBox):
         self.label.value = text
 
 
-def parse_data(text: str) -> dict[str, Any] | None:
-    """The form's data field: empty means no data, else a JSON object; FormError says why not."""
-    try:
-        return parse_json_object(text)
-    except ValueError as exc:
-        raise FormError(str(exc)) from None
-
-
 class EventSender(w.VBox):
     """A form that sends events through the gateway and logs Kafka's acks.
 
-    ``sent``, ``acked`` and ``errors`` count events; :meth:`send` and
-    :meth:`send_burst` do from code what the buttons do; :meth:`aclose` (or
-    :meth:`close`, which finishes in the background) leaves no task and no
-    connection behind.
+    ``sent``, ``acked`` and ``errors`` count events that left the form (an event it
+    refuses is never sent, nor counted); ``problems`` maps each field to what is wrong
+    with it, as shown in red under it. :meth:`send` and :meth:`send_burst` do from code
+    what the buttons do; :meth:`aclose` (or :meth:`close`, which finishes in the
+    background) leaves no task and no connection behind.
     """
 
     def __init__(
@@ -122,7 +111,8 @@ class EventSender(w.VBox):
         self.acked = 0
         self.errors = 0
         self.last_error: str | None = None
-        self.problem: str | None = None  # what is wrong with the form's input, as shown under it
+        self.problems: dict[str, str] = {}  # field -> what is wrong with it, as shown under it
+        self.max_frame_bytes = running_settings(settings).max_frame_bytes  # the producer's limit
         self._sender: Sender | None = None
         self._connecting = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -130,48 +120,51 @@ class EventSender(w.VBox):
         self._replies: deque[str] = deque(maxlen=history)
         self._refresh_pending = False
         self._burst_sent = 0
+        self._walk = 0.0  # a burst's values wander from the form's value
         self._closed = False
 
         self.type_box = w.Combobox(
             value=types[0] if types else "", options=list(types), ensure_option=False,
             description="type", placeholder="choose or type a name",
         )
-        self.value_box = w.FloatText(value=1.0, description="value")
+        self.value_box = NumberText(value="1", description="value", placeholder="a number, e.g. 1 or 2.5")
         self.key_box = w.Text(value="", description="key", placeholder="default: the type")
         self.data_box = w.Textarea(
             value="", description="data", placeholder='optional JSON object, e.g. {"page": "/home"}',
             layout=w.Layout(height="4em"),
         )
-        self.message = w.HTML("")
         self.send_button = w.Button(description="Send", button_style="primary", icon="paper-plane")
         self.send_button.add_class("labkit-send")
-        self.burst_count = w.BoundedIntText(value=100, min=1, max=1_000_000, description="burst")
-        self.burst_rate = w.BoundedFloatText(value=50.0, min=0.1, max=100_000, description="per second")
+        self.burst_count = NumberText(value="100", description="burst", placeholder="events")
+        self.burst_rate = NumberText(value="50", description="per second", placeholder="events per second")
         self.burst_button = w.Button(description="Send burst", icon="forward")
         self.stop_button = w.Button(description="Stop", icon="stop", disabled=True)
         self.progress = w.IntProgress(value=0, min=0, max=1, description="sent")
         self.counters = w.HTML("")
         self.counters.add_class("labkit-sender-counters")
         self.reply_log = w.HTML("")
+        self.reply_log.add_class("labkit-ack-log")
+        fields = {"type": self.type_box, "value": self.value_box, "key": self.key_box, "data": self.data_box,
+                  "burst": self.burst_count, "rate": self.burst_rate}
+        self.messages = {name: w.HTML("") for name in [*fields, "form"]}
+        for name, message in self.messages.items():
+            message.add_class(f"labkit-problem-{name}")
+        for box in fields.values():
+            box.observe(lambda _: self.check(), "value")
 
         self.send_button.on_click(lambda _: self._spawn(self.send()))
         self.burst_button.on_click(lambda _: self._start_burst())
         self.stop_button.on_click(lambda _: self.stop_burst())
-        self.data_box.observe(lambda _: self._check_data(), "value")
-        self.type_box.observe(lambda _: self._show_message(""), "value")
 
         self.burst_count.layout = w.Layout(width="190px")
         self.burst_rate.layout = w.Layout(width="190px")
+        m = self.messages
         super().__init__(
             [
                 w.HTML("<b>Send events</b> through the gateway's <code>/produce-events</code>"),
-                self.type_box,
-                self.value_box,
-                self.key_box,
-                self.data_box,
-                self.message,
-                self.send_button,
-                w.HBox([self.burst_count, self.burst_rate]),
+                self.type_box, m["type"], self.value_box, m["value"], self.key_box, m["key"],
+                self.data_box, m["data"], self.send_button, m["form"],
+                w.HBox([self.burst_count, self.burst_rate]), w.HBox([m["burst"], m["rate"]]),
                 w.HBox([self.burst_button, self.stop_button]),
                 self.progress,
                 self.counters,
@@ -183,33 +176,55 @@ class EventSender(w.VBox):
 
     # -- the form ------------------------------------------------------------------
 
-    def form_event(self) -> dict[str, Any]:
-        """The event the form describes; FormError says what to fix."""
-        kind = (self.type_box.value or "").strip()
-        if not kind:
-            raise FormError("type is empty: choose one or type a name")
-        if len(kind) > 256:
-            raise FormError(f"type is {len(kind)} characters long; at most 256")
-        event: dict[str, Any] = {"type": kind, "value": self.value_box.value}
-        key = self.key_box.value.strip()
-        if key:
-            event["key"] = key
-        data = parse_data(self.data_box.value)
-        if data is not None:
-            event["data"] = data
+    @property
+    def problem(self) -> str | None:
+        """The first problem shown (None when the form is fine)."""
+        return next(iter(self.problems.values()), None)
+
+    def _read_event(self, problems: dict[str, str]) -> dict[str, Any]:
+        """The event the form describes; what is wrong goes into ``problems``, by field."""
+        event, found = read_event(self.type_box.value, self.value_box.value, self.key_box.value, self.data_box.value)
+        problems.update(found)
         return event
 
-    def _check_data(self) -> None:
-        try:
-            parse_data(self.data_box.value)
-        except FormError as exc:
-            self._show_message(str(exc))
-        else:
-            self._show_message("")
+    def _frame_problem(self, event: Mapping[str, Any] | Event, problems: dict[str, str]) -> Event | None:
+        item, found = checked_event(event, self.max_frame_bytes)
+        problems.update({field if field in self.messages else "form": text for field, text in found.items()})
+        return item
 
-    def _show_message(self, text: str) -> None:
-        self.problem = text or None
-        self.message.value = f"<span style='color:{RED}'>{html.escape(text)}</span>" if text else ""
+    def _burst_problems(self, problems: dict[str, str]) -> tuple[int, float]:
+        count, rate, found = read_burst(self.burst_count.value, self.burst_rate.value)
+        problems.update(found)
+        return count, rate
+
+    def check(self, burst: bool = False) -> dict[str, str]:
+        """Check every field now (as each keystroke does) and show what is wrong under it.
+
+        Burst fields block only bursts, but are always shown.
+        """
+        problems: dict[str, str] = {}
+        event = self._read_event(problems)
+        if not problems:
+            self._frame_problem(event, problems)
+        shown = dict(problems)
+        self._burst_problems(shown)
+        if not burst and (running := self.problems.get("burst")) == BURST_RUNNING:
+            shown["burst"] = running
+        self._show(shown)
+        return problems if not burst else {k: v for k, v in shown.items() if v != BURST_RUNNING}
+
+    def _show(self, problems: dict[str, str]) -> None:
+        self.problems = problems
+        for name, message in self.messages.items():
+            text = problems.get(name)
+            message.value = f"<span style='color:{RED};font-size:90%'>{html.escape(text)}</span>" if text else ""
+
+    def form_event(self) -> dict[str, Any]:
+        """The event the form describes; FormError says what to fix (each problem also shows under its field)."""
+        problems = self.check()
+        if problems:
+            raise FormError("; ".join(problems.values()))
+        return self._read_event({})
 
     # -- sending -------------------------------------------------------------------
 
@@ -232,6 +247,7 @@ class EventSender(w.VBox):
                 sender = Sender(settings=self.settings)
                 await sender.__aenter__()
                 self._sender = sender
+                self.max_frame_bytes = sender.settings.max_frame_bytes
             assert self._sender is not None
             return self._sender
 
@@ -240,25 +256,35 @@ class EventSender(w.VBox):
         if sender is not None:
             await sender.close()
 
+    def _checked(self, event: Mapping[str, Any] | Event) -> Event | None:
+        """The event ready to send, or None with its problem shown under its field."""
+        problems: dict[str, str] = {}
+        item = self._frame_problem(event, problems)
+        if item is None:
+            self._show({**self.problems, **problems})
+        return item
+
     async def send(self, event: Mapping[str, Any] | None = None) -> Ack | None:
         """Send one event (by default the form's) and wait for Kafka's ack.
 
-        Returns the ack, or None when the form is invalid or the event was
-        refused; the reason is shown in the form and counted in ``errors``.
+        Returns the ack, or None when the form or the event is invalid (nothing is
+        sent; the problem shows in red under its field) or the event was refused by
+        the producer (counted in ``errors`` and logged).
         """
-        try:
-            item = dict(event) if event is not None else self.form_event()
-        except FormError as exc:
-            self._show_message(str(exc))
+        if event is None:
+            if self.check():
+                return None
+            event = self._read_event({})
+        item = self._checked(event)
+        if item is None:
             return None
-        self._show_message("")
         started = time.perf_counter()
         futures = await self._submit([item])
         if not futures:
             return None
         return await self._settle(futures[0], started)
 
-    async def _submit(self, events: list[dict[str, Any]]) -> list[asyncio.Future[Ack]]:
+    async def _submit(self, events: list[Event]) -> list[asyncio.Future[Ack]]:
         try:
             sender = await self._connection()
             futures = await sender.submit(events)
@@ -285,7 +311,10 @@ class EventSender(w.VBox):
         self.acked += 1
         rtt = (time.perf_counter() - started) * 1000
         cells = (html.escape((ack.ack or "")[:12]), ack.partition, ack.offset, f"{rtt:.1f}")
-        self._replies.appendleft("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+        self._replies.appendleft(
+            "<tr>" + "".join(f"<td style='text-align:{'left' if i == 0 else 'right'}'>{cell}</td>"
+                             for i, cell in enumerate(cells)) + "</tr>"
+        )
         self._refresh()
         return ack
 
@@ -308,47 +337,52 @@ class EventSender(w.VBox):
         pipelined and each ack is logged as it arrives. The Stop button (or
         :meth:`stop_burst`) ends the burst early.
         """
-        count = self.burst_count.value if count is None else count
-        rate = self.burst_rate.value if rate is None else rate
-        if count < 1 or rate <= 0:
-            self._show_message("a burst needs a count of at least 1 and a rate above 0")
+        if count is not None:
+            self.burst_count.value = count
+        if rate is not None:
+            self.burst_rate.value = rate
+        if self.check(burst=True):
             return 0
-        try:
-            template = self.form_event()
-        except FormError as exc:
-            self._show_message(str(exc))
-            return 0
-        self._show_message("")
+        count, rate = self._burst_problems({})
+        template = self._read_event({})
         self.progress.max, self.progress.value, self.progress.bar_style = count, 0, ""
         self.stop_button.disabled = False
         acked_before = self.acked
         pending: list[asyncio.Task[Any]] = []
-        value = float(template["value"])
+        self._walk = float(template["value"])
         self._burst_sent = 0
         try:
             async with aclosing(due_ranges(Schedule.from_now(rate, count))) as ranges:
                 async for first, end in ranges:
-                    for index in range(first, end):
-                        started = time.perf_counter()
-                        futures = await self._submit([{**template, "value": round(value, 3)}])
-                        if not futures:
-                            break
-                        pending.append(self._spawn(self._settle(futures[0], started)))
-                        value += random.gauss(0, 1)
-                        self._burst_sent = index + 1
-                    else:
-                        continue
-                    break
+                    if not await self._send_range(template, first, end, pending):
+                        break
             await asyncio.gather(*pending)
         finally:
             self.stop_button.disabled = True
+            if self.problems.get("burst") == BURST_RUNNING:
+                self._show({k: v for k, v in self.problems.items() if k != "burst"})
             self._redraw()
             self.progress.bar_style = "success" if self._burst_sent == count else "warning"
         return self.acked - acked_before
 
+    async def _send_range(
+        self, template: dict[str, Any], first: int, end: int, pending: list[asyncio.Task[Any]]
+    ) -> bool:
+        """Send the events due now; False when one could not be sent (the burst ends)."""
+        for index in range(first, end):
+            item = self._checked({**template, "value": round(self._walk, 3)})
+            started = time.perf_counter()
+            futures = await self._submit([item]) if item is not None else []
+            if not futures:
+                return False
+            pending.append(self._spawn(self._settle(futures[0], started)))
+            self._walk += random.gauss(0, 1)
+            self._burst_sent = index + 1
+        return True
+
     def _start_burst(self) -> None:
         if self._burst is not None and not self._burst.done():
-            self._show_message("a burst is already running: stop it first")
+            self._show({**self.problems, "burst": BURST_RUNNING})
             return
         self._burst = self._spawn(self.send_burst())
 
@@ -390,7 +424,8 @@ class EventSender(w.VBox):
             f"<span style='color:{color}'>errors <b>{self.errors}</b></span>"
         )
         if self._replies:
-            head = "<tr><th>ack id</th><th>partition</th><th>offset</th><th>round trip ms</th></tr>"
+            head = ("<tr><th style='text-align:left'>ack id</th><th style='text-align:right'>partition</th>"
+                    "<th style='text-align:right'>offset</th><th style='text-align:right'>round trip ms</th></tr>")
             rows = "".join(self._replies)
             self.reply_log.value = f"<table style='font-size:90%;border-spacing:10px 0'>{head}{rows}</table>"
 

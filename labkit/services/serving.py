@@ -34,6 +34,8 @@ log = logging.getLogger("labkit")
 
 # Bytes waiting in a client's socket above which frames go through websockets' own send, which waits.
 WRITE_HIGH_WATER = 64 * 1024
+# On SIGTERM, a client that has not answered the close frame this long is cut off.
+SHUTDOWN_CLOSE_S = 1.0
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -187,6 +189,10 @@ async def run_service(
             await started(server)
         await stop
         log.info("%s stopping", name)
+        for connection in server.connections:
+            # A client that does not answer the close (a busy kernel, a stopped process) would hold the
+            # stop for close_timeout (ping_timeout_s, 20 s) per service: labkit down took 10 s a service.
+            connection.close_timeout = SHUTDOWN_CLOSE_S
         server.close(close_connections=True)
         await server.wait_closed()
     if stopping is not None:

@@ -13,6 +13,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from labkit.settings import Settings
+from labkit.ops.gateway.nginx_text import upstream_address
+
 from labkit.ops.gateway.model import (
     _API_KEY_RE,
     _HEADER_VALUE_RE,
@@ -304,17 +307,23 @@ def _check_unique_paths(routes: list[_Route]) -> None:
 # --------------------------------------------------------------------------- routes_table
 
 
-def routes_table(kong: dict) -> list[dict]:
+def routes_table(kong: dict, settings: Settings | None = None) -> list[dict]:
     """One row per route, for status tables and notebooks: where each path goes, through which plugins.
 
     An exact path ("~/produce-events$" in kong.yml) reads as the path a client uses ("/produce-events").
+    With the embedded stack's ``settings``, the upstream is the address the gateway really
+    proxies to (labkit's own producer and consumer on their ports), not kong.yml's Compose host.
     """
     return [
         {
             "route": route.name,
             "paths": [request_path(path) for path in route.paths],
             "service": route.service.name,
-            "upstream": route.service.url,
+            "upstream": route.service.url if settings is None else (
+                f"{route.service.protocol}://"
+                f"{upstream_address(route.service.name, route.service.host, route.service.port, settings)}"
+                f"{route.service.path if route.service.path != '/' else ''}"
+            ),
             "plugins": list(route.plugins),
         }
         for route in _read_gateway(kong).routes

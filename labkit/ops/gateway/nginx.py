@@ -29,6 +29,7 @@ from labkit.ops.gateway.nginx_plugins import (
     _rate_limited_location,
 )
 from labkit.ops.gateway.nginx_text import (
+    upstream_address,
     BAD_GATEWAY,
     GATEWAY_TIMEOUT,
     NO_ROUTE,
@@ -208,9 +209,7 @@ def _server(gateway: _Gateway, settings: Settings, budget: ConnectionBudget) -> 
 
 
 def _upstream(service: _Service, settings: Settings) -> str:
-    if service.name in EMBEDDED_SERVICE_PORTS:
-        return _host_port(settings.host, getattr(settings, EMBEDDED_SERVICE_PORTS[service.name]))
-    return _host_port(service.host, service.port)
+    return upstream_address(service.name, service.host, service.port, settings)
 
 
 def _route_location(

@@ -1,0 +1,117 @@
+"""Small HTML tables for notebooks: acks, health answers, status rows, latencies.
+
+Results read better as a few aligned cells than as reprs (``Ack(ack=..., id=None)``,
+dicts with 15-digit floats). :func:`html_table` takes rows (mappings, msgspec
+structs or dataclasses), left-aligns text, right-aligns numbers and rounds floats to
+what a person reads; :func:`show` displays one or more results at once::
+
+    from labkit.lab.tables import show
+    show(ack)                                        # one row: ack, partition, offset
+    show({"producer": stack.health("producer"), "consumer": stack.health("consumer")}, vertical=True)
+    show(stack.status())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+from collections.abc import Iterable, Mapping
+from numbers import Number
+from typing import Any
+
+import msgspec
+from IPython.display import HTML, display
+
+__all__ = ["html_table", "show", "rows_of", "format_cell"]
+
+_CELL = "padding:2px 10px;text-align:{align};vertical-align:top"
+
+
+def format_cell(value: Any) -> str:
+    """A cell's text: floats rounded to what a person reads (1,302 · 40.7 · 2.35 · 0.042), lists joined."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if abs(value) >= 100 or value.is_integer():
+            return f"{value:,.0f}"
+        return f"{value:.3g}"  # three significant digits: 40.7, 2.35, 0.042
+    if isinstance(value, (list, tuple, set)):
+        return ", ".join(format_cell(item) for item in value)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{key}: {format_cell(item)}" for key, item in value.items())
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Number) and not isinstance(value, bool)
+
+
+def _as_row(item: Any) -> dict[str, Any]:
+    if isinstance(item, Mapping):
+        return dict(item)
+    if isinstance(item, msgspec.Struct):
+        return msgspec.to_builtins(item)  # structs that omit defaults (Ack) drop their empty fields
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return dataclasses.asdict(item)
+    return {"value": item}
+
+
+def rows_of(result: Any) -> list[dict[str, Any]]:
+    """Rows from a result: a list of rows, one row (an Ack, a dataclass), or a mapping of name -> row.
+
+    A mapping whose values are all mappings or structs (``{"producer": health, ...}``) becomes
+    one row per entry, named in a first column; any other mapping is one row.
+    """
+    if isinstance(result, Mapping):
+        values = list(result.values())
+        if values and all(isinstance(v, Mapping | msgspec.Struct) for v in values):
+            return [{"name": name, **_as_row(row)} for name, row in result.items()]
+        return [dict(result)]
+    if isinstance(result, Iterable) and not isinstance(result, str | bytes | msgspec.Struct):
+        return [_as_row(item) for item in result]
+    return [_as_row(result)]
+
+
+def _transposed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per field, one column per row (named by its "name", else its number)."""
+    titles = [str(row.get("name", index)) for index, row in enumerate(rows, 1)]
+    fields = dict.fromkeys(key for row in rows for key in row if key != "name")
+    return [{"": field, **{title: row.get(field) for title, row in zip(titles, rows)}} for field in fields]
+
+
+def html_table(
+    rows: Any, columns: Iterable[str] | None = None, *, caption: str | None = None, vertical: bool = False
+) -> HTML:
+    """An HTML table, one column per key met in any row (or ``columns``): text left, numbers right.
+
+    ``vertical`` turns it: one row per field, one column per item (health answers side by side).
+    """
+    rows = rows_of(rows)
+    if not rows:
+        return HTML("<i>nothing to show</i>")
+    if vertical:
+        rows = _transposed(rows)
+    names: list[str] = list(columns) if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
+    numeric = {name: all(_is_number(row.get(name)) for row in rows if row.get(name) is not None) for name in names}
+
+    def cell(tag: str, text: str, number: bool) -> str:
+        return f"<{tag} style='{_CELL.format(align='right' if number else 'left')}'>{html.escape(text)}</{tag}>"
+
+    head = "".join(cell("th", name, numeric[name]) for name in names)
+    body = "".join(
+        "<tr>" + "".join(cell("td", format_cell(row.get(name)), _is_number(row.get(name))) for name in names) + "</tr>"
+        for row in rows
+    )
+    title = f"<caption style='text-align:left;font-weight:bold'>{html.escape(caption)}</caption>" if caption else ""
+    return HTML(f"<table class='labkit-table'>{title}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def show(*results: Any, caption: str | None = None, vertical: bool = False) -> None:
+    """Display each result as a small table (see :func:`rows_of` for the shapes it takes)."""
+    for result in results:
+        display(html_table(result, caption=caption, vertical=vertical))
