@@ -116,11 +116,7 @@ class ConsumerService:
         assert self.loop is not None
         self._assign()
         self.loop.call_soon_threadsafe(self.reading.set)
-        reader = self.reader
-        while not self._stopped.is_set():
-            batch = reader.read(0.1)  # returns as soon as one record is there
-            if batch:
-                self.loop.call_soon_threadsafe(self._dispatch, batch)
+        self.reader.feed(self.loop, self._dispatch, self._stopped)
 
     # -- event loop side ---------------------------------------------------------
 

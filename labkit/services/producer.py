@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from labkit.kafka import PRODUCER_DEFAULTS
 from labkit.events import UNSET, Event, EventError, FrameError, encode, new_id, now_ms, parse_frame
 from labkit.services.producer_flights import Flights
 from labkit.services.producer_replies import InputRefused, Replies, SenderConnection
@@ -37,15 +38,6 @@ __all__ = ["ProducerService", "RateLimiter", "main"]
 
 log = logging.getLogger("labkit.services.producer")
 
-# Latency first: a lab shows one event at a time, so batch only what arrives together.
-PRODUCER_DEFAULTS: dict[str, Any] = {
-    "client.id": "labkit-producer",
-    "enable.idempotence": True,
-    "acks": "all",
-    "linger.ms": 0,  # librdkafka still batches what queues up while a request is in flight
-    "message.timeout.ms": 30_000,
-    "queue.buffering.max.messages": 100_000,
-}
 # Replies owed to one sender (events taken, replies not yet written) before its frames stop being
 # read: about 1.5 MB of replies at most per sender (settings.sender_reply_backlog once it exists).
 
