@@ -96,6 +96,7 @@ class Writer:
         self.on_error = on_error
         self.loop: asyncio.AbstractEventLoop | None = None
         self._reports: deque[Report] = deque()  # appended by the poll thread, taken on the loop
+        self._called = False  # a take_reports call is on its way to the loop: the next reports ride along
         self._stopped = threading.Event()
         self._poller = threading.Thread(target=self._poll, name=name, daemon=True)
 
@@ -120,12 +121,9 @@ class Writer:
 
     def take_reports(self) -> None:
         """On the loop: hand over the reports gathered so far now (else they come after the current poll)."""
+        self._called = False  # before taking: what comes after this is taken by the next call
         if self._reports:
-            reports = []
-            take = self._reports.popleft
-            while self._reports:
-                reports.append(take())
-            self.on_reports(reports)
+            self.on_reports(_drain(self._reports))
 
     async def flush(self, timeout_s: float) -> int:
         """Wait until librdkafka has sent everything (or ``timeout_s``); returns how many records remain."""
@@ -169,7 +167,10 @@ class Writer:
                 log.exception("polling the Kafka producer failed")
                 served = 1
                 time.sleep(POLL_S)
-            if served and self._reports:
+            if served and self._reports and not self._called:
+                # One loop call for every report until the loop takes them: a loop that is busy wakes
+                # once for many polls (each call_soon_threadsafe writes to the loop's wake-up pipe).
+                self._called = True
                 try:
                     loop.call_soon_threadsafe(self.take_reports)
                 except RuntimeError:  # the loop closed: the service is stopping
@@ -177,6 +178,14 @@ class Writer:
 
 IDLE_TICK_MAX_S = 0.008
 BATCH = 1000  # most records handed over at once
+
+
+def _drain(items: deque[Any]) -> list[Any]:
+    """Take everything a deque holds now (another thread may append meanwhile)."""
+    taken = []
+    while items:
+        taken.append(items.popleft())
+    return taken
 
 
 class TailReader:
@@ -244,12 +253,30 @@ class TailReader:
 
     def feed(self, loop: asyncio.AbstractEventLoop, on_batch: Callable[[list[Message]], None],
              stopped: threading.Event, timeout: float = 0.1) -> None:
-        """In the reading thread, until ``stopped``: hand each batch read to ``on_batch`` on the loop."""
+        """In the reading thread, until ``stopped``: hand what is read to ``on_batch`` on the loop.
+
+        Batches read while the loop has not yet taken the last one go with it, in one call: a busy
+        loop then handles one bigger batch (one write per watcher) instead of many small ones.
+        """
+        waiting: deque[list[Message]] = deque()
+        called = False
+
+        def hand_over() -> None:
+            nonlocal called
+            called = False  # before taking: a batch added after this gets a call of its own
+            batch = waiting.popleft() if len(waiting) == 1 else [msg for part in _drain(waiting) for msg in part]
+            if batch:
+                on_batch(batch)
+
         while not stopped.is_set():
             batch = self.read(timeout)  # returns as soon as one record is there
             if batch:
+                waiting.append(batch)
+                if called:
+                    continue
+                called = True
                 try:
-                    loop.call_soon_threadsafe(on_batch, batch)
+                    loop.call_soon_threadsafe(hand_over)
                 except RuntimeError:  # the loop closed: its owner is stopping
                     return
 
