@@ -101,3 +101,14 @@ def test_each_offset_goes_out_once_whatever_way_it_arrives(resume: int, read_bac
         sent.append(queued.offset)
     assert all(offset > resume for offset in sent)
     assert sorted(set(sent)) == sent  # in order, no offset twice
+
+
+def test_a_whole_batch_goes_at_once_only_when_no_frame_could_be_queued_or_skipped():
+    state = idle(WatcherState(None, limit=10))
+    assert state.takes_all(writable=True) and not state.takes_all(writable=False)
+    resuming = idle(WatcherState(None, limit=10, resume={0: 5}))
+    assert not resuming.takes_all(writable=True)  # frames at or below 5 would be duplicates
+    assert resuming.live(frame(0, 6), writable=True) is SEND
+    assert resuming.takes_all(writable=True)
+    state.idle = False
+    assert not state.takes_all(writable=True)

@@ -84,7 +84,8 @@ class Run:
 
     def deliver(self, item: Frame) -> int | None:
         """A live frame while the writer is idle: how many frames went out at once."""
-        return self.watcher.deliver([item], [text_frame(item.data)])
+        wire = text_frame(item.data)
+        return self.watcher.deliver([item], [wire], wire)
 
     async def stop(self) -> None:
         self.watcher.stop()

@@ -153,9 +153,20 @@ class ConsumerService:
         if not live or not self.watchers:
             return
         wires = [text_frame(frame.data) for frame in live]  # encoded once, the same bytes for every watcher
+        # What each filter selects, worked out once for all the watchers that share it.
+        selections: dict[frozenset[str] | None, tuple[list[Frame], list[bytes], bytes]] = {}
         sent = 0
         for watcher in tuple(self.watchers):
-            written = watcher.deliver(live, wires)
+            types = watcher.state.types
+            selected = selections.get(types)
+            if selected is None:
+                wants = watcher.wants
+                pairs = [(frame, wire) for frame, wire in zip(live, wires) if wants(frame.type)]
+                chosen = [wire for _, wire in pairs]
+                selected = selections[types] = ([frame for frame, _ in pairs], chosen, b"".join(chosen))
+            if not selected[0]:
+                continue
+            written = watcher.deliver(*selected)
             if written is None:
                 self._overflow(watcher)
             else:

@@ -88,6 +88,13 @@ class WatcherState:
             self.sent_upto[partition] = frame.offset
         return True
 
+    def takes_all(self, writable: bool) -> bool:
+        """Whether every live frame it wants is SEND now: the writer is idle and nothing is queued or unsettled.
+
+        The common case, asked once per watcher for a whole batch instead of once per frame.
+        """
+        return writable and self.idle and not self.queue and not self.unsettled and not self.closed
+
     def live(self, frame: Frame, writable: bool) -> Action:
         """A live frame from Kafka (of a type the watcher wants).
 
