@@ -5,13 +5,17 @@ and no consumer group, so every replica sees every event (two replicas in one
 group would split the partitions between them and each watcher would see only
 part of the stream).
 
-A thread polls Kafka and hands batches of records to the event loop. There each
-record is validated once (a record that is not a labkit event is counted and
-skipped), its watcher frame is encoded once, and the same bytes go into the
-bounded queue of every watcher whose filter matches. Each watcher has its own
-writer task, so a slow watcher never delays the others. A watcher whose queue
-overflows is disconnected with close code 1013 (try again later) and counted:
-the service never drops an event silently from a stream it is still sending.
+A thread polls Kafka and hands batches of records to the event loop
+(:meth:`labkit.kafka.TailReader.feed`). There each record is validated once (a
+record that is not a labkit event is counted and skipped), its WebSocket frame is
+encoded once, and each watcher whose filter matches gets the batch's frames: in
+one socket write when its writer is idle and its socket keeps up, else in its
+bounded queue. What a frame means for a watcher (send, queue, skip a duplicate,
+overflow) is decided by :class:`labkit.services.fanout.WatcherState`, with no
+I/O. Each watcher has its own writer task, so a slow watcher never delays the
+others. A watcher whose queue overflows is disconnected with close code 1013
+(try again later) and counted: the service never drops an event silently from a
+stream it is still sending.
 
 What a watcher may ask for (``types``, ``replay``, ``resume``) is in
 :mod:`labkit.services.watchers`; reading back what a resuming watcher missed is in

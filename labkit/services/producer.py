@@ -6,7 +6,7 @@ written to the topic with key ``key`` (else ``type``). The sender gets one reply
 per event: ``{"ack": id, "partition": P, "offset": O}`` once Kafka has
 acknowledged it, or ``{"error": code, "id": id, "detail": ...}``.
 
-librdkafka runs its own threads; a poll thread collects delivery reports and
+librdkafka runs its own threads; a poll thread (:class:`labkit.kafka.Writer`) collects delivery reports and
 hands them to the event loop in batches, so the loop never blocks on Kafka. When
 librdkafka's queue is full the handler stops reading the socket until there is
 room again (backpressure) instead of dropping events. The Kafka side, and how a
