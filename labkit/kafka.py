@@ -3,11 +3,20 @@
 Every producer labkit runs (the producer service, the benchmark's baseline sender)
 writes through :class:`Writer`: librdkafka calls delivery reports from
 ``poll()``, so a thread of its own polls and hands the reports to the asyncio
-loop in batches, one loop call per poll that served any. Every consumer labkit
-runs (the consumer service, a resuming watcher's read-back, the benchmark's
-receivers) reads through :class:`TailReader`.
+loop in batches: one loop call takes every report gathered until it runs.
+Every consumer labkit runs (the consumer service, a resuming watcher's
+read-back, the benchmark's receivers) reads through :class:`TailReader`, whose
+:meth:`TailReader.feed` hands batches to the loop the same way.
 
-Why it pauses: a Kafka broker holds an empty fetch for ``fetch.wait.max.ms``
+Measured against ``confluent_kafka.aio.AIOProducer`` (2.16.1, one noida-db
+broker, 3 s per rate, a loaded 2-core machine): the Writer acked at p50 0.14 ms
+for 137 µs of CPU per event at 1,000 ev/s, and 23 µs per event at 10,000 ev/s;
+AIOProducer with ``batch_size=1`` (each event sent at once) took p50 1.4 ms and
+235 µs at 1,000 ev/s, 98 µs at 10,000 ev/s (a thread-pool hop per call); with
+``batch_size=100`` it costs about as little CPU but holds events for tens of
+milliseconds (p50 16-70 ms). So labkit keeps its Writer.
+
+Why the reader pauses: a Kafka broker holds an empty fetch for ``fetch.wait.max.ms``
 (long polling), so an idle consumer asks a few times a second. noida-db 0.2.3
 answers every fetch at once, so librdkafka's fetcher spins on an idle topic
 (measured: 0.65 core in the client and 0.44 in the broker, whatever
@@ -145,6 +154,7 @@ class Writer:
         self.stop()
         if self._poller.is_alive():
             await asyncio.to_thread(self._poller.join)
+        self.take_reports()  # those served by flush(), in its thread
         return remaining
 
     # -- the poll thread -------------------------------------------------------------
@@ -157,17 +167,15 @@ class Writer:
         assert loop is not None
         while not self._stopped.is_set():
             try:
-                served = poll(POLL_S)
+                poll(POLL_S)
             except KafkaException as exc:  # a fatal error: poll() raises it rather than calling error_cb
-                served = 1  # reports may have been served before the exception
                 if self.on_error is not None:
                     self.on_error(exc.args[0])
                 time.sleep(POLL_S)  # a producer that raises on every poll must not spin this thread
             except Exception:  # whatever librdkafka or a callback raises, this thread must go on
                 log.exception("polling the Kafka producer failed")
-                served = 1
                 time.sleep(POLL_S)
-            if served and self._reports and not self._called:
+            if self._reports and not self._called:  # flush() in another thread may have served some too
                 # One loop call for every report until the loop takes them: a loop that is busy wakes
                 # once for many polls (each call_soon_threadsafe writes to the loop's wake-up pipe).
                 self._called = True
