@@ -17,7 +17,7 @@ from labkit import Sender, Settings, Stack
 from labkit.ops.brokers import BROKERS
 from labkit.client import lab_api_key
 from labkit.events import PROBE_TYPE
-from labkit.kafka import TailReader
+from labkit.kafka import TailReader, Writer
 from labkit.services.retention import trim_points
 from labkit.settings import free_port
 
@@ -91,6 +91,47 @@ def test_the_idle_reader_pauses_and_still_delivers_every_record(broker):
                 assert time.monotonic() - sent < 0.5, f"round {round_}: a record sent to an idle reader did not come"
             assert [m.value() for m in got] == [f"r{round_}".encode()]
     finally:
+        reader.close()
+
+
+async def test_the_writer_hands_each_report_to_the_loop_once_and_the_feed_every_record(broker):
+    """labkit.kafka's two hand-offs: delivery reports, and read batches, reach the event loop's thread."""
+    import threading
+
+    loop, loop_thread = asyncio.get_running_loop(), threading.get_ident()
+    topic = f"writer-{time.time_ns()}"
+    admin = AdminClient({"bootstrap.servers": broker})  # held: a client collected early fails its futures
+    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(10)
+    reports: list = []
+    read: list = []
+
+    def on_reports(batch: list) -> None:
+        assert threading.get_ident() == loop_thread
+        reports.extend(batch)
+
+    def on_batch(batch: list) -> None:
+        assert threading.get_ident() == loop_thread
+        read.extend(m.value() for m in batch if m.error() is None)
+
+    reader = TailReader({"bootstrap.servers": broker, "group.id": "feed-test"})
+    reader.assign(topic, {p: 0 for p in range(3)})
+    stopped = threading.Event()
+    feeding = threading.Thread(target=reader.feed, args=(loop, on_batch, stopped))
+    feeding.start()
+    writer = Writer({"bootstrap.servers": broker}, on_reports)
+    writer.start()
+    try:
+        for n in range(300):
+            writer.produce(topic, b"%d" % n, b"k%d" % (n % 7), n)
+        await wait_for(lambda: len(reports) == 300, 10, "every event's delivery report")
+        assert sorted(report.tag for report in reports) == list(range(300))
+        assert all(report.error is None and report.offset >= 0 for report in reports)
+        await wait_for(lambda: len(read) == 300, 10, "every record read back")
+        assert sorted(read, key=int) == [b"%d" % n for n in range(300)]
+    finally:
+        assert await writer.close(5) == 0
+        stopped.set()
+        await asyncio.to_thread(feeding.join, 5)
         reader.close()
 
 

@@ -79,3 +79,24 @@ def test_down_leaves_no_process_and_no_port(tmp_path):
     listening = {c.laddr.port for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
     assert not ports & listening
     assert [row["state"] for row in Stack(settings).status()] == ["stopped"] * 4
+
+
+def test_reading_status_changes_nothing_and_adopt_takes_the_running_settings(stack: Stack):
+    reader = Stack(Settings(state_dir=stack.state_dir))  # default ports: not those the running stack uses
+    before = reader.settings
+    rows = {row["component"]: row for row in reader.status()}
+    assert {name: row["state"] for name, row in rows.items()} == dict.fromkeys(
+        ["broker", "producer", "consumer", "gateway"], "running")
+    assert str(stack.settings.producer_port) in rows["producer"]["url"]  # read from the running stack's record
+    assert reader.settings is before
+    assert reader.adopt() and reader.settings.producer_port == stack.settings.producer_port
+
+
+def test_each_component_carries_its_own_start_hooks(tmp_path):
+    """The topic is made by the broker labkit starts once it answers; with an external broker, before the producer."""
+    embedded = {part.name: part for part in Stack(Settings(state_dir=tmp_path)).components()}
+    assert embedded["broker"].after_ready is not None and embedded["producer"].prepare is None
+    assert "watchers that resume" in embedded["broker"].restarted_note
+    external = {part.name: part for part in Stack(Settings(state_dir=tmp_path, kafka_bootstrap="kafka:9092")).components()}
+    assert "broker" not in external and external["producer"].prepare is not None
+    assert external["consumer"].prepare is None

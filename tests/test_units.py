@@ -5,14 +5,17 @@ Each test names the rule it checks; breaking that rule makes it fail.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from hypothesis import given, strategies as st
 from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from labkit import Delivered, Settings
 from labkit.client import _SeenDeliveries, watch_url
 from labkit.services.producer import RateLimiter
-from labkit.services.serving import text_frame
+from labkit.services.serving import text_frame, write_frames_now
 from labkit.services.watchers import WatchOptions, parse_watch_query
 
 REPLAY_LIMIT = 100
@@ -164,6 +167,18 @@ def test_text_frame_is_the_frame_websockets_would_send(size: int):
     payload = bytes(ord("a") + i % 26 for i in range(size))
     expected = Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
     assert text_frame(payload) == expected
+
+
+def test_frames_written_at_once_are_the_bytes_websockets_would_send_for_each():
+    """write_frames_now: the consumer's one way to write to watchers without awaiting, checked against websockets."""
+    written: list[bytes] = []
+    ws = SimpleNamespace(protocol=SimpleNamespace(state=State.OPEN), transport=SimpleNamespace(write=written.append))
+    payloads = [b'{"a":1}', b"x" * 200, b""]
+    write_frames_now(ws, [text_frame(p) for p in payloads])  # type: ignore[arg-type]
+    assert written == [b"".join(Frame(Opcode.TEXT, p).serialize(mask=False, extensions=[]) for p in payloads)]
+    ws.protocol.state = State.CLOSING  # as broadcast() does: a connection that is not open is skipped
+    write_frames_now(ws, [text_frame(b"late")])  # type: ignore[arg-type]
+    assert len(written) == 1
 
 
 # -- the client's duplicate rule ----------------------------------------------------------

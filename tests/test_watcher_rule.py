@@ -1,9 +1,10 @@
-"""Unit tests of the consumer's per-watcher duplicate rule (labkit/services/watchers.py), with no process and no network.
+"""Unit tests of the consumer's per-watcher duplicate rule through its Watcher (labkit/services/watchers.py), no network.
 
 The rule: per partition, a frame at or below ``sent_upto`` (the resume point, then
-the last offset sent) is skipped until a live frame above it merges the partition;
-frames read back while catching up never merge it. After the merge every frame
-goes out, even an offset going backwards (the broker's log began again).
+the last offset sent) is skipped until a live frame above it settles the partition;
+frames read back while catching up never settle it. After that every frame
+goes out, even an offset going backwards (the broker's log began again). The rule
+itself, with no Watcher, is tested in tests/test_fanout.py.
 
 The Watcher writes to a :class:`RecordingSocket`, which keeps what it was given.
 """
@@ -17,6 +18,7 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 from websockets.protocol import State
 
 from labkit.services.serving import ServiceMetrics, text_frame
+from labkit.services.fanout import QUEUE
 from labkit.services.watchers import Frame, Recovery, Watcher, WatchOptions
 from waiting import wait_until
 
@@ -38,9 +40,11 @@ class RecordingSocket:
     async def send(self, data: bytes, text: bool = False) -> None:  # the writer's path
         self._record(data)
 
-    def write(self, wire: bytes) -> None:  # send_now's path: one encoded text frame
-        assert wire[0] == 0x81 and wire[1] < 126, "the test's payloads are short text frames"
-        self._record(wire[2:])
+    def write(self, wires: bytes) -> None:  # deliver's path: encoded text frames, one write
+        while wires:
+            assert wires[0] == 0x81 and wires[1] < 126, "the test's payloads are short text frames"
+            self._record(wires[2:2 + wires[1]])
+            wires = wires[2 + wires[1]:]
 
     def get_write_buffer_size(self) -> int:
         return 0
@@ -70,61 +74,63 @@ class Run:
         for item in (Recovery(floor, True), missed, True):
             self.watcher.missed.put_nowait(item)
         for item in live:  # live frames queue up while catching up
-            assert self.watcher.push(item)
+            assert self.watcher.state.live(item, writable=True) is QUEUE
         self.writer = asyncio.create_task(self.watcher.write(ServiceMetrics()))
 
     async def drained(self) -> list[tuple[int, int]]:
-        drained = lambda: self.watcher.idle and not self.watcher.frames  # noqa: E731
+        drained = lambda: self.watcher.state.idle and not self.watcher.state.queue  # noqa: E731
         await wait_until(drained, 5, "the watcher's writer did not drain its queue")
         return self.socket.sent
 
-    def send_now(self, item: Frame) -> bool:
-        return self.watcher.send_now(item, text_frame(item[3]))
+    def deliver(self, item: Frame) -> int | None:
+        """A live frame while the writer is idle: how many frames went out at once."""
+        wire = text_frame(item.data)
+        return self.watcher.deliver([item], [wire], wire)
 
     async def stop(self) -> None:
-        self.watcher.closed = True
-        self.watcher.ready.set()
+        self.watcher.stop()
         await asyncio.wait_for(self.writer, 5)
 
 
-async def test_offsets_at_or_below_the_resume_point_are_skipped_until_a_live_frame_merges():
+async def test_offsets_at_or_below_the_resume_point_are_skipped_until_a_live_frame_settles():
     run = Run({0: 10}, missed=frames(0, range(8, 13)), live=frames(0, range(11, 15)))
     assert await run.drained() == [(0, 11), (0, 12), (0, 13), (0, 14)]
-    assert run.watcher.merged == {0}
+    assert run.watcher.state.unsettled == set()
     await run.stop()
 
 
-async def test_frames_read_back_while_catching_up_do_not_merge_a_partition():
+async def test_frames_read_back_while_catching_up_do_not_settle_a_partition():
     run = Run({0: 10}, missed=frames(0, [11, 12]), live=[])
     assert await run.drained() == [(0, 11), (0, 12)]
-    assert run.watcher.merged == set()
+    assert run.watcher.state.unsettled == {0}
     for item in frames(0, [12, 13]):  # 12 was read back already; live delivery reaches it too
-        run.watcher.push(item)
+        run.watcher.state.live(item, writable=False)
+    run.watcher.ready.set()
     assert await run.drained() == [(0, 11), (0, 12), (0, 13)]
     await run.stop()
 
 
-async def test_send_now_skips_what_was_sent_then_merges_and_sends_everything():
+async def test_deliver_skips_what_was_sent_then_settles_and_sends_everything():
     run = Run({0: 10}, missed=frames(0, [11, 12]), live=[])
     await run.drained()
-    assert run.send_now(frame(0, 12))  # taken: already sent while catching up, so not written
+    assert run.deliver(frame(0, 12)) == 0  # already sent while catching up, so not written
     assert run.socket.sent == [(0, 11), (0, 12)]
-    assert run.send_now(frame(0, 13)) and run.send_now(frame(0, 3))  # merged: an offset going back goes out
+    assert run.deliver(frame(0, 13)) == 1 and run.deliver(frame(0, 3)) == 1  # settled: an offset going back goes out
     assert run.socket.sent == [(0, 11), (0, 12), (0, 13), (0, 3)]
     await run.stop()
 
 
-async def test_after_the_merge_the_queue_sends_an_offset_going_backwards():
+async def test_once_settled_the_queue_sends_an_offset_going_backwards():
     run = Run({0: 10}, missed=[], live=[*frames(0, [11, 12]), frame(0, 0), frame(0, 1)])
     assert await run.drained() == [(0, 11), (0, 12), (0, 0), (0, 1)]
     await run.stop()
 
 
-async def test_each_partition_merges_on_its_own():
+async def test_each_partition_settles_on_its_own():
     live = [frame(0, 11), frame(1, 5), frame(1, 6)]
     run = Run({0: 10, 1: 6}, missed=[], live=live)
     assert await run.drained() == [(0, 11)]
-    assert run.watcher.merged == {0}
+    assert run.watcher.state.unsettled == {1}
     await run.stop()
 
 

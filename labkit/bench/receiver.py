@@ -141,10 +141,7 @@ def _read_kafka(spec: ReceiverSpec, arrivals: Arrivals, loop: asyncio.AbstractEv
                             msg.partition(), arrival)
 
     try:
-        while not stop.is_set():
-            batch = reader.read(0.1)  # as the consumer service reads
-            if batch:
-                loop.call_soon_threadsafe(file, batch)
+        reader.feed(loop, file, stop)  # as the consumer service reads
     finally:
         reader.close()
 

@@ -4,24 +4,23 @@ Both run an open-loop plan (:mod:`labkit.bench.load`) and report which events we
 acknowledged, which were refused and why, and how long each ack took from the
 event's scheduled time. The Kafka producer of the baseline has exactly the
 producer service's librdkafka settings, so the baseline differs from the other
-paths only by what they add: WebSocket, the services and the gateway.
+paths only by what they add: WebSocket, the services and the gateway; it writes
+through the same :class:`labkit.kafka.Writer` as the producer service.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import websockets
-from confluent_kafka import Producer
 
 from labkit.client import Sender
 from labkit.events import Ack, Event, encode, now_ms
-from labkit.services.producer import PRODUCER_DEFAULTS
+from labkit.kafka import Report, Writer
 from labkit.settings import Settings
 from labkit.bench.load import LoadPlan, SendStats, run_open_loop, split_id
 
@@ -116,55 +115,55 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 class KafkaLoad:
-    """The baseline's sender: a confluent-kafka producer with the producer service's settings."""
+    """The baseline's sender: the producer service's Kafka writer (:class:`labkit.kafka.Writer`), same settings."""
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.topic = topic
-        self.producer = Producer({**PRODUCER_DEFAULTS, **settings.kafka_config(), "client.id": "labkit-bench-baseline"})
-        self._stopped = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="bench-kafka-poll", daemon=True)
+        self.writer = Writer({**settings.kafka_config(), "client.id": "labkit-bench-baseline"}, self._on_reports,
+                             name="bench-kafka-poll")
         self._outcome: SendOutcome | None = None
 
-    def _poll(self) -> None:
-        # Delivery reports are handled here, as in the producer service, so acks are seen when they come.
-        while not self._stopped.is_set():
-            self.producer.poll(0.05)
-
     async def __aenter__(self) -> KafkaLoad:
-        self._poller.start()
+        self.writer.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.producer.flush, 10)
-        self._stopped.set()
-        await asyncio.to_thread(self._poller.join)
-        self.producer.close()  # else its threads outlive the phase's broker, retrying and logging
+        await self.writer.close(10)
+        self.writer.kafka.close()  # else its threads outlive the phase's broker, retrying and logging
 
-    def _on_delivery(self, outcome: SendOutcome, seq: int, sent_at: float, err: Any, _msg: Any) -> None:
-        if err is None:
-            outcome.acked.append(seq)
-            outcome.ack_latency_ms.append(now_ms() - sent_at)
-        else:
-            outcome.refused[f"kafka_error: {err.name()}"] += 1
+    def _on_reports(self, reports: list[Report]) -> None:
+        # On the loop, as in the producer service, so acks are seen when they come.
+        outcome, now = self._outcome, now_ms()
+        if outcome is None:  # priming: nobody keeps track
+            return
+        for tag, err, _partition, _offset in reports:
+            if tag is None:  # a priming event
+                continue
+            seq, sent_at = tag
+            if err is None:
+                outcome.acked.append(seq)
+                outcome.ack_latency_ms.append(now - sent_at)
+            else:
+                outcome.refused[f"kafka_error: {err.name()}"] += 1
 
     async def send_now(self, events: list[Event]) -> None:
         """Send without keeping track (priming)."""
         for event in events:
-            self.producer.produce(self.topic, b'%s,"received_at":%.3f}' % (encode(event)[:-1], now_ms()), event.key)
+            self.writer.produce(self.topic, b'%s,"received_at":%.3f}' % (encode(event)[:-1], now_ms()), event.key, None)
 
     async def run(self, plan: LoadPlan, *, max_batch: int, frame_interval_s: float, ack_timeout_s: float,
                   on_progress: Any = None) -> SendOutcome:
-        outcome = SendOutcome(SendStats())
-        produce, topic = self.producer.produce, self.topic
+        outcome = self._outcome = SendOutcome(SendStats())
+        produce, topic = self.writer.produce, self.topic
 
         async def send_batch(events: list[Event]) -> None:
             for event in events:
                 # What the producer service writes: the event plus its arrival time.
                 value = b'%s,"received_at":%.3f}' % (encode(event)[:-1], now_ms())
-                report = partial(self._on_delivery, outcome, split_id(event.id)[1], event.sent_at)
+                tag = (split_id(event.id)[1], event.sent_at)
                 while True:
                     try:
-                        produce(topic, value, event.key, on_delivery=report)
+                        produce(topic, value, event.key, tag)
                         break
                     except BufferError:  # librdkafka's queue is full: wait, as the producer service does
                         await asyncio.sleep(0.002)

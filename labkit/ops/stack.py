@@ -54,6 +54,8 @@ class Component:
     health_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     detail: str = ""
+    #: What to tell when it had stopped in a recorded stack and was started again.
+    restarted_note: str = ""
     # Called before the process starts (may set the command), and once it answers.
     prepare: Callable[[Component], None] | None = None
     after_ready: Callable[[Component], None] | None = None
@@ -173,14 +175,21 @@ class Stack(StackCommon):
         def gateway_conf(part: Component) -> None:
             part.command = gateway_command(write_nginx_conf(s, self.state_dir), self.state_dir)
 
+        def service(name: str, port_setting: str, prepare: Callable[[Component], None] | None = None) -> Component:
+            port = getattr(s, port_setting)
+            return Component(name, port, port_setting, s.url(port), [*serve, f"labkit.services.{name}"],
+                             s.url(port, "/healthz", "http"), _settings_env(s), prepare=prepare)
+
         if broker.argv is not None:
+            # The broker we start makes the topic once it answers; an external one, before the producer starts.
             parts.append(Component("broker", s.kafka_port, "kafka_port", s.bootstrap_servers, [],
-                                   detail=broker.describe(s), prepare=broker_command, after_ready=topic))
-        for name, port, setting in (("producer", s.producer_port, "producer_port"), ("consumer", s.consumer_port, "consumer_port")):
-            parts.append(Component(
-                name, port, setting, s.url(port), [*serve, f"labkit.services.{name}"], s.url(port, "/healthz", "http"),
-                _settings_env(s), prepare=topic if name == "producer" and broker.argv is None else None,
-            ))
+                                   detail=broker.describe(s), prepare=broker_command, after_ready=topic,
+                                   restarted_note=f"the broker had stopped and was started again ({broker.keeps}): "
+                                                  "watchers that resume are told if events were lost"))
+            parts.append(service("producer", "producer_port"))
+        else:
+            parts.append(service("producer", "producer_port", prepare=topic))
+        parts.append(service("consumer", "consumer_port"))
         gateway_url = f"{s.produce_url}  {s.consume_url}"
         parts.append(Component("gateway", s.gateway_port, "gateway_port", gateway_url, [], prepare=gateway_conf))
         return parts
@@ -213,13 +222,24 @@ class Stack(StackCommon):
             part.pid, part.started_at = saved.get("pid"), saved.get("started_at")
         return settings, [p for p in parts if p.pid is not None]
 
-    def is_running(self) -> bool:
-        """True when every recorded component still runs; then this object takes its settings."""
+    def _running(self) -> Settings | None:
+        """The recorded stack's settings when every one of its components still runs; else None."""
         settings, parts = self._recorded_components()
         if parts and len(parts) == len(self.components(settings)) and all(p.process() for p in parts):
-            self.settings = settings
-            return True
-        return False
+            return settings
+        return None
+
+    def adopt(self) -> bool:
+        """True when every recorded component still runs; then this object takes the running stack's settings."""
+        settings = self._running()
+        if settings is None:
+            return False
+        self.settings = settings
+        return True
+
+    def is_running(self) -> bool:
+        """As :meth:`adopt` (which callers that mean to take the running stack's settings should call)."""
+        return self.adopt()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -273,11 +293,8 @@ class Stack(StackCommon):
             else:
                 self._write_record(list(alive.values()))
             raise
-        if recorded and "broker" not in alive and any(p.name == "broker" for p in missing):
-            self.actions.append(
-                f"the broker had stopped and was started again ({broker_kind(self.settings).keeps}): "
-                "watchers that resume are told if events were lost"
-            )
+        if recorded:
+            self.actions += [part.restarted_note for part in missing if part.restarted_note]
         self.started_here = not alive
         return self
 
@@ -356,7 +373,7 @@ class Stack(StackCommon):
         A file the gateway cannot honour raises GatewayConfigError and the old
         configuration keeps running.
         """
-        if not self.is_running():
+        if not self.adopt():
             raise NotRunning(f"no stack runs from {self.state_dir}: start it with `labkit up`")
         master = next(p for p in self._recorded_components()[1] if p.name == "gateway").process()
         assert master is not None
@@ -372,7 +389,7 @@ class Stack(StackCommon):
 
     def stop_component(self, name: str) -> None:
         """Stop one component of the running stack (the others keep running), e.g. to see a fault."""
-        self.is_running()
+        self.adopt()
         _, parts = self._recorded_components()
         self._stop([p for p in parts if p.name == name])
 
@@ -388,16 +405,17 @@ class Stack(StackCommon):
 
     def status(self, cpu_sample_s: float = 0.0) -> list[dict[str, Any]]:
         """One row per component: name, state, pid, url, detail; with ``cpu_sample_s``, the cores it used over that long."""
-        self.is_running()  # adopt the running stack's settings, if any
+        # Reading changes nothing: the running stack's settings are used here, not taken.
+        settings = self._running() or self.settings
         recorded = {p.name: p for p in self._recorded_components()[1]}
         rows = []
-        for part in self.components():
+        for part in self.components(settings):
             seen = recorded.get(part.name)
             proc = seen.process() if seen else None
             if proc is None:
                 state = "stopped"
             else:
-                state = "running" if part.answers(self.settings.host) else "not answering"
+                state = "running" if part.answers(settings.host) else "not answering"
             rows.append({"component": part.name, "state": state, "pid": proc.pid if proc else None, "url": part.url,
                          "detail": part.detail})
         if cpu_sample_s > 0:

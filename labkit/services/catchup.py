@@ -21,7 +21,8 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from labkit.events import delivered_frame, now_ms, parse_record
 from labkit.kafka import CONSUMER_DEFAULTS, TailReader
 from labkit.settings import Settings
-from labkit.services.watchers import Frame, Recovery
+from labkit.services.fanout import Frame
+from labkit.services.watchers import Recovery
 
 __all__ = ["read_missed"]
 

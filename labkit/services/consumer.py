@@ -5,13 +5,17 @@ and no consumer group, so every replica sees every event (two replicas in one
 group would split the partitions between them and each watcher would see only
 part of the stream).
 
-A thread polls Kafka and hands batches of records to the event loop. There each
-record is validated once (a record that is not a labkit event is counted and
-skipped), its watcher frame is encoded once, and the same bytes go into the
-bounded queue of every watcher whose filter matches. Each watcher has its own
-writer task, so a slow watcher never delays the others. A watcher whose queue
-overflows is disconnected with close code 1013 (try again later) and counted:
-the service never drops an event silently from a stream it is still sending.
+A thread polls Kafka and hands batches of records to the event loop
+(:meth:`labkit.kafka.TailReader.feed`). There each record is validated once (a
+record that is not a labkit event is counted and skipped), its WebSocket frame is
+encoded once, and each watcher whose filter matches gets the batch's frames: in
+one socket write when its writer is idle and its socket keeps up, else in its
+bounded queue. What a frame means for a watcher (send, queue, skip a duplicate,
+overflow) is decided by :class:`labkit.services.fanout.WatcherState`, with no
+I/O. Each watcher has its own writer task, so a slow watcher never delays the
+others. A watcher whose queue overflows is disconnected with close code 1013
+(try again later) and counted: the service never drops an event silently from a
+stream it is still sending.
 
 What a watcher may ask for (``types``, ``replay``, ``resume``) is in
 :mod:`labkit.services.watchers`; reading back what a resuming watcher missed is in
@@ -116,18 +120,15 @@ class ConsumerService:
         assert self.loop is not None
         self._assign()
         self.loop.call_soon_threadsafe(self.reading.set)
-        reader = self.reader
-        while not self._stopped.is_set():
-            batch = reader.read(0.1)  # returns as soon as one record is there
-            if batch:
-                self.loop.call_soon_threadsafe(self._dispatch, batch)
+        self.reader.feed(self.loop, self._dispatch, self._stopped)
 
     # -- event loop side ---------------------------------------------------------
 
     def _dispatch(self, batch: list[Any]) -> None:
         now = now_ms()
         metrics = self.metrics
-        sent = 0
+        live: list[Frame] = []
+        valid = 0
         for msg in batch:
             error = msg.error()
             if error is not None:
@@ -140,8 +141,7 @@ class ConsumerService:
                 self.invalid_records.inc()
                 log.warning("skipped a record that is not a labkit event at %s/%s@%s", msg.topic(), msg.partition(), msg.offset())
                 continue
-            metrics.events_in.inc()
-            self.probe.saw_broker()
+            valid += 1
             kafka_ts = msg.timestamp()[1]
             partition, offset = msg.partition(), msg.offset()
             frame = Frame(partition, offset, record.type, delivered_frame(value, msg.topic(), partition, offset, kafka_ts, now, self.epoch))
@@ -150,29 +150,38 @@ class ConsumerService:
             if kafka_ts < self.started_at_ms:
                 continue  # read back at start for the replay buffer; not a live delivery
             metrics.latency.observe(max(0.0, now - record.received_at) / 1000.0)
-            wire = None
-            for watcher in tuple(self.watchers):
-                if not watcher.wants(record.type):
-                    continue
-                if watcher.idle:
-                    wire = wire or text_frame(frame.data)  # encoded once, the same bytes for every watcher
-                    if watcher.send_now(frame, wire):
-                        sent += 1
-                        continue
-                if not watcher.push(frame):
-                    self._overflow(watcher)
+            live.append(frame)
+        if valid:  # counted once per batch: a counter's lock per event showed in profiles
+            metrics.events_in.inc(valid)
+            self.probe.saw_broker()
+        if not live or not self.watchers:
+            return
+        wires = [text_frame(frame.data) for frame in live]  # encoded once, the same bytes for every watcher
+        # What each filter selects, worked out once for all the watchers that share it.
+        selections: dict[frozenset[str] | None, tuple[list[Frame], list[bytes], bytes]] = {}
+        sent = 0
+        for watcher in tuple(self.watchers):
+            types = watcher.state.types
+            selected = selections.get(types)
+            if selected is None:
+                wants = watcher.wants
+                pairs = [(frame, wire) for frame, wire in zip(live, wires) if wants(frame.type)]
+                chosen = [wire for _, wire in pairs]
+                selected = selections[types] = ([frame for frame, _ in pairs], chosen, b"".join(chosen))
+            if not selected[0]:
+                continue
+            written = watcher.deliver(*selected)
+            if written is None:
+                self._overflow(watcher)
+            else:
+                sent += written
         if sent:
             metrics.events_out.inc(sent)
 
     def _overflow(self, watcher: Watcher) -> None:
-        if watcher.closed:  # already cut off earlier in this batch
-            return
         self.metrics.overflows.inc()
         self.watchers.discard(watcher)
-        watcher.closed = True
-        watcher.ready.set()
-        reason = f"too slow: more than {watcher.limit} events queued; reconnect to continue"
-        asyncio.ensure_future(watcher.ws.close(CloseCode.TRY_AGAIN_LATER, reason))
+        watcher.close(CloseCode.TRY_AGAIN_LATER, f"too slow: more than {watcher.limit} events queued; reconnect to continue")
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         try:
@@ -214,7 +223,7 @@ class ConsumerService:
         finally:
             self.watchers.discard(watcher)
             self.metrics.clients.dec()
-            watcher.closed = True
+            watcher.stop()
             writer.cancel()
 
     def _start_read_back(self, watcher: Watcher, options: WatchOptions) -> bool:
@@ -231,7 +240,7 @@ class ConsumerService:
         if options.epoch is not None and self.epoch and options.epoch != self.epoch:
             # Its offsets belong to a log that is gone: everything in the new one is news to it.
             resume, since_ms = {}, 0.0
-            watcher.sent_upto.clear()
+            watcher.state.log_restarted()
             known_loss = (f"the broker's log restarted since epoch {options.epoch} (now {self.epoch}): "
                           "events stored before are gone; what follows is everything since")
 
@@ -239,16 +248,14 @@ class ConsumerService:
             return watcher.hand_over(item, loop, deadline)
 
         job = loop.run_in_executor(
-            self.read_backs, read_missed, self.settings, resume, since_ms, watcher.first_live,
+            self.read_backs, read_missed, self.settings, resume, since_ms, watcher.state.first_live,
             hand_over, READ_BACK_LIMIT_S, known_loss, self.epoch,
         )
 
         def finished(done: asyncio.Future[bool]) -> None:
             self.resuming -= 1
             if not watcher.closed and (done.cancelled() or done.exception() is not None or not done.result()):
-                watcher.closed = True
-                asyncio.ensure_future(watcher.ws.close(
-                    CloseCode.TRY_AGAIN_LATER, "could not read back all missed events in time; resume again"))
+                watcher.close(CloseCode.TRY_AGAIN_LATER, "could not read back all missed events in time; resume again")
 
         job.add_done_callback(finished)
         return True

@@ -6,7 +6,7 @@ written to the topic with key ``key`` (else ``type``). The sender gets one reply
 per event: ``{"ack": id, "partition": P, "offset": O}`` once Kafka has
 acknowledged it, or ``{"error": code, "id": id, "detail": ...}``.
 
-librdkafka runs its own threads; a poll thread collects delivery reports and
+librdkafka runs its own threads; a poll thread (:class:`labkit.kafka.Writer`) collects delivery reports and
 hands them to the event loop in batches, so the loop never blocks on Kafka. When
 librdkafka's queue is full the handler stops reading the socket until there is
 room again (backpressure) instead of dropping events. The Kafka side, and how a
@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from labkit.kafka import PRODUCER_DEFAULTS
 from labkit.events import UNSET, Event, EventError, FrameError, encode, new_id, now_ms, parse_frame
 from labkit.services.producer_flights import Flights
 from labkit.services.producer_replies import InputRefused, Replies, SenderConnection
@@ -37,15 +38,6 @@ __all__ = ["ProducerService", "RateLimiter", "main"]
 
 log = logging.getLogger("labkit.services.producer")
 
-# Latency first: a lab shows one event at a time, so batch only what arrives together.
-PRODUCER_DEFAULTS: dict[str, Any] = {
-    "client.id": "labkit-producer",
-    "enable.idempotence": True,
-    "acks": "all",
-    "linger.ms": 0,  # librdkafka still batches what queues up while a request is in flight
-    "message.timeout.ms": 30_000,
-    "queue.buffering.max.messages": 100_000,
-}
 # Replies owed to one sender (events taken, replies not yet written) before its frames stop being
 # read: about 1.5 MB of replies at most per sender (settings.sender_reply_backlog once it exists).
 
@@ -98,25 +90,29 @@ class ProducerService:
         )
         self.senders = 0
 
-    async def _produce(self, event: Event, replies: Replies) -> None:
+    @staticmethod
+    def _record(event: Event) -> tuple[bytes, str, str, float]:
+        """What goes to Kafka for an event: its value (the event, its id, its arrival time), key, id and arrival time."""
         if event.id is UNSET:
             event.id = new_id()
         received_at = now_ms()
         value = b"%s,\"received_at\":%.3f}" % (encode(event)[:-1], received_at)
-        key = event.key if event.key is not UNSET else event.type
-        while True:
-            try:
-                self.flights.produce(self.settings.topic, value, key, replies, event.id, received_at)
-                replies.promise()
-                self.metrics.events_in.inc()
-                return
-            except BufferError:
-                # librdkafka's queue is full: stop reading this socket until it drains.
-                await asyncio.sleep(0.002)
-            except KafkaException as exc:
-                self.metrics.errors.labels("kafka_error").inc()
-                replies.reply(EventError("kafka_error", exc.args[0].str(), event.id).frame())
-                return
+        return value, event.key if event.key is not UNSET else event.type, event.id, received_at
+
+    def _produce(self, record: tuple[bytes, str, str, float], replies: Replies) -> bool | None:
+        """Hand one record to Kafka: True when taken; False when refused (its error reply is given);
+        None when librdkafka's queue is full (try again)."""
+        value, key, event_id, received_at = record
+        try:
+            self.flights.produce(self.settings.topic, value, key, replies, event_id, received_at)
+        except BufferError:
+            return None
+        except KafkaException as exc:
+            self.metrics.errors.labels("kafka_error").inc()
+            replies.reply(EventError("kafka_error", exc.args[0].str(), event_id).frame())
+            return False
+        replies.promise()
+        return True
 
     def _refuse(self, replies: Replies, error: EventError) -> None:
         self.metrics.errors.labels(error.code).inc()
@@ -164,14 +160,22 @@ class ProducerService:
             await replies.stop()
 
     async def _read(self, message: str, replies: Replies) -> None:
+        taken = 0
         try:
             for item in parse_frame(message, self.settings.max_batch):
                 if isinstance(item, EventError):
                     self._refuse(replies, item)
-                else:
-                    await self._produce(item, replies)
+                    continue
+                record = self._record(item)
+                while (done := self._produce(record, replies)) is None:
+                    # librdkafka's queue is full: stop reading this socket until it drains.
+                    await asyncio.sleep(0.002)
+                taken += done
         except FrameError as exc:
             self._refuse(replies, exc.error)
+        finally:
+            if taken:  # once per frame: a counter's lock per event showed in profiles
+                self.metrics.events_in.inc(taken)
 
     async def _close_after_replies(self, ws: SenderConnection, replies: Replies, refused: InputRefused) -> None:
         """Every event taken before the refused frame gets its reply (Kafka's verdict comes within its timeout)."""

@@ -19,17 +19,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import Counter
 
 from labkit.events import EventError, encode, now_ms
+from labkit.kafka import Report, Writer
 from labkit.services.serving import ServiceMetrics
 
 __all__ = ["Flight", "Flights", "ReplyTarget"]
@@ -54,20 +53,14 @@ class ReplyTarget(Protocol):
 
 
 class Flight:
-    """One librdkafka producer and the events it owes a reply for, by token."""
+    """One librdkafka producer (a :class:`labkit.kafka.Writer`) and the events it owes a reply for, by token."""
 
-    def __init__(self, config: dict[str, Any], on_error: Callable[[Flight, KafkaError], None]) -> None:
-        self.kafka = Producer({**config, "error_cb": partial(on_error, self)})
+    def __init__(self, config: dict[str, Any], flights: Flights) -> None:
+        self.writer = Writer(config, partial(flights._deliver, self), partial(flights._on_error, self))
         self.pending: dict[int, tuple[ReplyTarget, str, float]] = {}
         self.failed: str | None = None
         self.last_ack = time.monotonic()  # or its start
         self.deadline = float("inf")  # once retired: past it, what is still pending gets an error
-
-    def in_queue(self) -> int:
-        try:
-            return len(self.kafka)
-        except Exception:  # a failed producer still answers this; a broken binding must not stop the caller
-            return 0
 
     def stalled(self, now: float) -> bool:
         """Events wait and none was acked for STALL_S (the oldest waits at least that long too)."""
@@ -78,7 +71,7 @@ class Flight:
 
 
 class Flights:
-    """The current producer, the retired ones still owing replies, and the thread that polls them all."""
+    """The current producer, and the retired ones still owing replies (each polled by its own Writer)."""
 
     def __init__(
         self,
@@ -98,57 +91,26 @@ class Flights:
             ["why"],
             registry=metrics.registry,
         )
-        self.current = Flight(config, self._on_error)
+        self.current = Flight(config, self)
         self.retiring: list[Flight] = []
         self.renewed_at = 0.0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tokens = itertools.count()
-        # Delivery reports gathered by the poll thread, handed to the loop in one call.
-        self._reports: deque[tuple[Flight, int, KafkaError | None, int, int]] = deque()
-        self._stopped = threading.Event()
-        self._poller = threading.Thread(target=self._poll_all, name="kafka-poll", daemon=True)
         self._watcher: asyncio.Task[None] | None = None
 
-    # -- poll thread ----------------------------------------------------------------
-
-    def _poll_all(self) -> None:
-        while not self._stopped.is_set():
-            served = self._poll(self.current, 0.05)
-            for old in list(self.retiring):
-                served += self._poll(old, 0)
-            if served and self._reports:
-                self._call(self._deliver_reports)
-
-    def _poll(self, flight: Flight, timeout: float) -> int:
-        try:
-            return flight.kafka.poll(timeout)
-        except KafkaException as exc:
-            self._on_error(flight, exc.args[0])
-        except Exception:  # whatever librdkafka or a callback raises, this thread must go on
-            log.exception("polling the Kafka producer failed")
-        time.sleep(0.05)  # a producer that raises on every poll must not spin this thread
-        return 1  # reports may have been served before the exception
-
-    def _on_delivery(self, flight: Flight, token: int, err: KafkaError | None, msg: Any) -> None:
-        self._reports.append((flight, token, err, msg.partition(), msg.offset()))
-
     def _on_error(self, flight: Flight, err: KafkaError) -> None:
-        """librdkafka's error_cb, or an exception from poll(): a fatal error fails the producer."""
+        """librdkafka's error_cb, or an exception from poll() (in their threads): a fatal error fails the producer."""
         if not err.fatal():
             log.debug("Kafka producer: %s", err.str())  # librdkafka logs these itself
             return
         if flight.failed is None:
             flight.failed = err.str()
             log.error("Kafka producer failed for good: %s", err.str())
-        self._call(self._replace_failed, flight)
-
-    def _call(self, function: Callable[..., None], *args: Any) -> None:
-        if self.loop is None:
-            return
-        try:
-            self.loop.call_soon_threadsafe(function, *args)
-        except RuntimeError:  # the loop closed: the service is stopping
-            pass
+        if self.loop is not None:
+            try:
+                self.loop.call_soon_threadsafe(self._replace_failed, flight)
+            except RuntimeError:  # the loop closed: the service is stopping
+                pass
 
     # -- event loop -------------------------------------------------------------------
 
@@ -164,7 +126,7 @@ class Flights:
                 self._replace_failed(self.current)
             flight, token = self.current, next(self._tokens)
             try:
-                flight.kafka.produce(topic, value, key, on_delivery=partial(self._on_delivery, flight, token))
+                flight.writer.produce(topic, value, key, token)
             except KafkaException as exc:
                 if not exc.args[0].fatal() or attempt == 2:
                     raise
@@ -173,12 +135,12 @@ class Flights:
             flight.pending[token] = (target, event_id, received_at)
             return
 
-    def _deliver_reports(self) -> None:
+    def _deliver(self, flight: Flight, reports: list[Report]) -> None:
+        """A flight's delivery reports, on the loop: each event's reply to its sender."""
         now = now_ms()
-        reports, metrics = self._reports, self.metrics
+        metrics = self.metrics
         acked = 0
-        while reports:
-            flight, token, err, partition, offset = reports.popleft()
+        for token, err, partition, offset in reports:
             entry = flight.pending.pop(token, None)
             if entry is None:
                 continue  # already answered with an error when its producer was given up
@@ -207,7 +169,8 @@ class Flights:
         if now - self.renewed_at < MIN_RENEW_INTERVAL_S:
             return  # the watch task tries again
         try:
-            fresh = Flight(self.config, self._on_error)
+            fresh = Flight(self.config, self)
+            fresh.writer.start()
         except Exception:
             log.exception("could not start a new Kafka producer")
             return
@@ -217,34 +180,28 @@ class Flights:
         old, self.current = self.current, fresh
         if old.failed is not None:
             # Nothing on a failed producer will be sent: all its events get their error replies now.
-            self._purge(old, in_flight=True)
+            old.writer.purge(in_flight=True)
             old.deadline = now + PURGE_GRACE_S
         else:
             # Events still queued on it would only time out; those in flight get Kafka's verdict.
-            self._purge(old, in_flight=False)
+            old.writer.purge(in_flight=False)
             old.deadline = now + self.message_timeout_s + PURGE_GRACE_S
         self.retiring.append(old)
 
-    @staticmethod
-    def _purge(flight: Flight, in_flight: bool) -> None:
-        try:
-            flight.kafka.purge(in_queue=True, in_flight=in_flight, blocking=False)
-        except Exception:  # a failed producer may refuse even this; its events are answered at the deadline
-            log.exception("purging the old Kafka producer failed")
-
     def _settle_retired(self) -> None:
         """Drop retired producers that owe nothing; answer for those past their deadline."""
-        self._deliver_reports()
         now = time.monotonic()
         for old in list(self.retiring):
-            if old.in_queue() and now < old.deadline:
+            old.writer.take_reports()
+            if len(old.writer) and now < old.deadline:
                 continue
             for target, event_id, _received_at in old.pending.values():
                 self.metrics.errors.labels("kafka_error").inc()
                 detail = f"Kafka did not confirm the event before its producer was replaced ({old.failed or 'stalled'})"
                 target.put(EventError("kafka_error", detail, event_id).frame())
             old.pending.clear()
-            self._purge(old, in_flight=True)
+            old.writer.purge(in_flight=True)
+            old.writer.stop()
             self.retiring.remove(old)
 
     async def _watch(self) -> None:
@@ -268,17 +225,17 @@ class Flights:
         return "stalled" if self.current.stalled(time.monotonic()) else "ok"
 
     def in_flight(self) -> int:
-        return self.current.in_queue() + sum(old.in_queue() for old in self.retiring)
+        return len(self.current.writer) + sum(len(old.writer) for old in self.retiring)
 
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self._poller.start()
+        self.current.writer.start()
         self._watcher = asyncio.create_task(self._watch())
 
     async def stop(self, flush_s: float = 10.0) -> int:
         """Flush the current producer; returns how many events it could not deliver."""
         if self._watcher is not None:
             self._watcher.cancel()
-        remaining = await asyncio.to_thread(self.current.kafka.flush, flush_s)
-        self._stopped.set()
-        return remaining
+        for old in self.retiring:
+            old.writer.stop()
+        return await self.current.writer.close(flush_s)

@@ -13,7 +13,9 @@ A watcher connects with optional query parameters:
   everything that remains. The labkit client sends these by itself when it reconnects.
 
 Each watcher has a bounded queue and its own writer task, and never receives the
-same (partition, offset) twice on one connection.
+same (partition, offset) twice on one connection: what a frame means for a watcher
+is decided by :class:`labkit.services.fanout.WatcherState`, with no I/O; the
+:class:`Watcher` here moves the bytes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import asyncio
 import concurrent.futures
 import re
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -32,18 +33,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from labkit.events import encode, is_reserved
-from labkit.services.serving import ServiceMetrics, can_write_now
+from labkit.events import encode
+from labkit.services.fanout import OVERFLOW, QUEUE, SEND, Frame, WatcherState
+from labkit.services.serving import ServiceMetrics, can_write_now, write_frames_now
 
 __all__ = ["WatchOptions", "parse_watch_query", "Watcher", "Frame", "Recovery", "recovery_frame"]
-
-class Frame(NamedTuple):
-    """One delivery: where Kafka put it, its event type, and the encoded watcher frame."""
-
-    partition: int
-    offset: int
-    type: str
-    data: bytes
 
 
 #: Chunks of read-back frames queued per resuming watcher: what a watcher that does not read can hold.
@@ -126,62 +120,54 @@ def recovery_frame(recovery: Recovery) -> bytes:
 
 
 class Watcher:
-    """One connected client: its filter, its bounded queue of frames and its writer."""
+    """One connected client: its :class:`WatcherState` (filter, queue, sent offsets), and the I/O around it."""
 
     def __init__(self, ws: ServerConnection, options: WatchOptions, limit: int) -> None:
         self.ws = ws
-        self.types = options.types
+        self.state = WatcherState(options.types, limit, options.resume, catching_up=options.resuming)
+        self.wants = self.state.wants
         self.limit = limit
-        self.frames: deque[Frame] = deque()
         self.ready = asyncio.Event()
-        self.closed = False
-        # The highest offset sent per partition: where read-back and live frames overlap,
-        # frames at or below it are not sent again.
-        self.sent_upto: dict[int, int] = dict(options.resume or {})
-        # Partitions whose live frames are past the overlap; from there on, every frame goes
-        # out (an offset going backwards then means the broker's log restarted).
-        self.merged: set[int] = set()
-        # The first live offset queued per partition: catching up can stop there.
-        self.first_live: dict[int, int] = {}
         # While resuming: what the read-back hands over (offsets counted as sent, chunks of frames,
         # then whether it read all), through a small bounded queue.
         self.missed: asyncio.Queue[Recovery | list[Frame] | bool] | None = (
             asyncio.Queue(MISSED_CHUNKS) if options.resuming else None
         )
-        # The writer waits with nothing queued: a live frame may go straight to the socket.
-        self.idle = False
 
-    def wants(self, event_type: str) -> bool:
-        if self.types is None:
-            return not is_reserved(event_type)
-        return event_type in self.types
+    @property
+    def closed(self) -> bool:
+        return self.state.closed
 
-    def push(self, frame: Frame) -> bool:
-        """Queue a live frame; False when the queue is full."""
-        if len(self.frames) >= self.limit:
-            return False
-        self.first_live.setdefault(frame.partition, frame.offset)
-        self.frames.append(frame)
-        self.ready.set()
-        return True
+    def deliver(self, frames: list[Frame], wires: list[bytes], joined: bytes) -> int | None:
+        """Live frames of one Kafka batch that this watcher wants, with their WebSocket bytes.
 
-    def send_now(self, frame: Frame, wire: bytes) -> bool:
-        """Write a live frame straight to the socket, when nothing waits before it and the socket keeps up.
-
-        ``wire`` is the frame's WebSocket bytes, built once for every watcher. False: queue it (``push``).
-        A thousand watchers cost a task switch and a websockets send each per event without this.
+        ``wires`` are built once for every watcher with the same filter, and ``joined`` is their
+        concatenation. What the writer is not waiting for is written now, in one write; the rest
+        is queued for it. Returns how many were written now; None when the queue overflowed (the
+        watcher is to be closed). A thousand watchers cost a task switch and a websockets send
+        each per event without this.
         """
-        if self.closed or not self.idle or self.frames or not can_write_now(self.ws):
-            return False
-        partition, offset = frame.partition, frame.offset
-        if partition not in self.merged:
-            if offset <= self.sent_upto.get(partition, -1):
-                return True  # sent while catching up
-            self.merged.add(partition)
-        self.sent_upto[partition] = offset
-        self.first_live.setdefault(partition, offset)
-        self.ws.transport.write(wire)
-        return True
+        state = self.state
+        writable = can_write_now(self.ws)
+        if state.takes_all(writable):
+            write_frames_now(self.ws, [joined])
+            return len(frames)
+        now: list[bytes] = []
+        queued = False
+        for frame, wire in zip(frames, wires):
+            action = state.live(frame, writable)
+            if action is SEND:
+                now.append(wire)
+            elif action is QUEUE:
+                queued = True
+            elif action is OVERFLOW:
+                self.ready.set()
+                return None
+        if now:
+            write_frames_now(self.ws, now)
+        if queued:
+            self.ready.set()
+        return len(now)
 
     def hand_over(self, item: Recovery | list[Frame] | bool, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
         """From the read-back thread: queue an item for the writer, waiting while the queue is full.
@@ -200,45 +186,48 @@ class Watcher:
         return not self.closed
 
     def preload(self, frames: Iterable[Frame]) -> None:
-        self.frames.extend(frames)
+        self.state.preload(frames)
         self.ready.set()
 
-    async def _send(self, frame: Frame, metrics: ServiceMetrics, live: bool = True) -> None:
-        partition, offset, _, data = frame
-        if partition not in self.merged:
-            if offset <= self.sent_upto.get(partition, -1):
-                return
-            if live:
-                self.merged.add(partition)
-        self.sent_upto[partition] = offset
-        await self.ws.send(data, text=True)
-        metrics.events_out.inc()
+    def stop(self) -> None:
+        """The connection is gone or is being closed: send nothing more."""
+        self.state.closed = True
+        self.ready.set()
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Stop, and close the connection (in the background)."""
+        self.stop()
+        asyncio.ensure_future(self.ws.close(code, reason))
 
     async def write(self, metrics: ServiceMetrics) -> None:
         """Send what was missed (when resuming), then the live frames, in order."""
-        frames = self.frames
+        state, ws = self.state, self.ws
         try:
             if self.missed is not None:
                 while not isinstance(item := await self.missed.get(), bool):
                     if isinstance(item, Recovery):
-                        self.sent_upto.update(item.sent_upto)  # a resume offset from an older log skips nothing
-                        await self.ws.send(recovery_frame(item), text=True)
+                        state.recovered(item.sent_upto)  # a resume offset from an older log skips nothing
+                        await ws.send(recovery_frame(item), text=True)
                         continue
                     for frame in item:
-                        if self.wants(frame.type):
-                            await self._send(frame, metrics, live=False)
+                        if state.missed(frame) is SEND:
+                            await ws.send(frame.data, text=True)
+                            metrics.events_out.inc()
+                state.caught_up()
                 if not item:
-                    await self.ws.close(CloseCode.TRY_AGAIN_LATER, "could not read back all missed events; resume again")
+                    await ws.close(CloseCode.TRY_AGAIN_LATER, "could not read back all missed events; resume again")
                     return
-            while not self.closed:
-                if not frames:
+            while not state.closed:
+                frame = state.next_queued()
+                if frame is None:
                     self.ready.clear()
-                    self.idle = True
+                    state.idle = True
                     try:
                         await self.ready.wait()
                     finally:
-                        self.idle = False
+                        state.idle = False
                     continue
-                await self._send(frames.popleft(), metrics)
+                await ws.send(frame.data, text=True)
+                metrics.events_out.inc()
         except ConnectionClosed:
             pass
