@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from labkit import Stack
 from labkit.settings import REPO_ROOT, free_port
@@ -41,6 +42,11 @@ CHROMIUM_FLAGS = [
 ]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 RUN_ALL_TIMEOUT_MS = 180_000
+CELL_STARTED = "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].some(p => /\\[(\\*|\\d+)\\]/.test(p.innerText))"
+NOTEBOOK_CURRENT = """(name) => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    return !!(panel && panel.context && panel.context.path.endsWith(name) && panel.sessionContext.session?.kernel);
+}"""
 ERROR_OUTPUTS = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
 # Every cell stays in the page (JupyterLab otherwise detaches cells scrolled out of view),
 # and no news or update toast covers the notebook.
@@ -159,6 +165,7 @@ def open_notebook(browser: Browser, lab: tuple[str, str], name: str) -> Page:
     accept_kernel_dialog(page)
     page.wait_for_function("() => window.jupyterapp !== undefined", timeout=30_000)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+    page.wait_for_function(NOTEBOOK_CURRENT, arg=name, timeout=30_000)
     page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
     return page
 
@@ -169,7 +176,15 @@ def run_all(page: Page, done_text: str | re.Pattern[str], screenshot: str, timeo
     On a timeout, a full-page screenshot goes to ``test-artifacts/<screenshot>-failed.png``
     and the test fails with the error outputs on the page.
     """
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    # A cold JupyterLab may take the command before the notebook is its current widget and run
+    # nothing: run again until a cell shows it started ([*] or a number in its prompt).
+    for _ in range(3):
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        try:
+            page.wait_for_function(CELL_STARTED, timeout=20_000)
+            break
+        except PlaywrightTimeout:
+            continue
     try:
         page.locator(".jp-OutputArea-output").filter(has_text=done_text).first.wait_for(timeout=timeout_ms)
     except Exception as exc:
