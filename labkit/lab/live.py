@@ -134,11 +134,11 @@ class LiveChart(w.VBox):
 
     def _make_figure(self) -> StreamChart:
         fig = make_subplots(
-            rows=3, cols=1, vertical_spacing=0.12, row_heights=[0.45, 0.25, 0.30],
+            rows=3, cols=1, vertical_spacing=0.15, row_heights=[0.45, 0.25, 0.30],
             subplot_titles=("value by event type", "events per second", "end-to-end latency (sent_at to arrival)"),
         )
         fig.update_layout(
-            width=680, height=640, margin=dict(l=60, r=20, t=40, b=50), template="plotly_white",
+            width=680, height=700, margin=dict(l=60, r=20, t=40, b=50), template="plotly_white",
             legend=dict(orientation="h", y=1.1, x=0), uirevision="labkit",
         )
         fig.update_xaxes(title_text="seconds since the chart started", row=1, col=1)
@@ -147,9 +147,9 @@ class LiveChart(w.VBox):
         fig.update_yaxes(title_text="events/s", rangemode="tozero", row=2, col=1)
         fig.update_xaxes(title_text="latency (ms)", row=3, col=1)
         fig.update_yaxes(title_text="events", rangemode="tozero", row=3, col=1)
-        bars = dict(type="bar", x=[], y=[], name="events/s", marker_color="#90a4ae", showlegend=False,
+        bars = dict(type="bar", x=[], y=[], name="events/s", marker=dict(color="#90a4ae"), showlegend=False,
                     xaxis="x2", yaxis="y2")
-        latency = dict(type="bar", x=[], y=[], name="latency ms", marker_color="#ffb74d", showlegend=False,
+        latency = dict(type="bar", x=[], y=[], name="latency ms", marker=dict(color="#ffb74d"), showlegend=False,
                        xaxis="x3", yaxis="y3")
         return StreamChart(
             fig.layout.to_plotly_json(), [bars, latency],
