@@ -76,7 +76,8 @@ function render({ model, el }) {
     const points = { ...a.points };
     for (const [index, [xs, ys]] of Object.entries(b.points)) {
       const [px, py] = points[index] || [[], []];
-      points[index] = [px.concat(xs), py.concat(ys)];
+      const keep = -b.max_points; // a hidden tab draws no frames: keep only what would be shown
+      points[index] = [px.concat(xs).slice(keep), py.concat(ys).slice(keep)];
     }
     return { ...b, points, traces: [...(a.traces || []), ...(b.traces || [])] };
   }
