@@ -4,8 +4,9 @@ Debian's Chromium, driven by Playwright (see ``browser_lab.py``), opens the note
 ten times, restarts the kernel and runs every cell (JupyterLab's "Restart Kernel and Run
 All Cells", its dialog accepted, as a person does). Each time it checks in the page (not
 in the kernel) that the live chart drew its traces and points, and that a click on the
-rendered **Send** button adds one point and one to the counters. Then it runs the chart's
-cell again and checks that the consumer still has one watcher for it: the old chart closed.
+rendered **Send** button adds one point and one to the counters. Then it reloads the page
+(the chart's new views draw everything again from a snapshot), and runs the chart's cell
+again: the consumer still has one watcher for it, so the old chart closed.
 A screenshot goes to ``test-artifacts/dashboard.png``.
 """
 
@@ -46,7 +47,7 @@ def restart_and_run_all(page: Page) -> None:
     page.locator(".jp-OutputArea-output:not([data-old])").filter(has_text=DONE).first.wait_for(timeout=120_000)
 
 
-def check_chart_drawn(page: Page, run: int) -> dict:
+def check_chart_drawn(page: Page, run: int | str) -> dict:
     """The chart holds traces with points and titled axes: not a blank canvas."""
     try:
         page.wait_for_function(f"() => {{ const s = ({CHART_STATE})(); return s && s.lines >= 2 && s.points >= 310; }}",
@@ -85,6 +86,14 @@ def test_dashboard_never_blank_over_ten_restarts(lab_server: tuple[str, str], ch
         assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
         check_chart_drawn(page, run)
         click_send_adds_a_point(page)
+
+    # A page reload makes new views of the same chart: each asks for plotly.js and a snapshot, and draws it all.
+    # (saved first: outputs live in the file; the kernel still holds the chart's state)
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+    page.reload()
+    page.wait_for_selector(".jp-NotebookPanel", timeout=60_000)
+    check_chart_drawn(page, "reload")
 
     # Running the chart's cell again closes the chart it made before: one watcher, not two.
     watchers = stack.health("consumer")["watchers"]
