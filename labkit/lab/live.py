@@ -7,12 +7,13 @@ sender's ``sent_at`` to arrival here)::
 
     from labkit.lab.live import LiveChart
     chart = LiveChart()
-    chart                        # the figure with its counters
+    chart                        # the figure with its counters and a Pause button
     chart.received, chart.counts, chart.latency_percentiles()
     chart.pause(); chart.resume(); await chart.aclose()
 
-Events are gathered as they come; the figure is redrawn in one batch at most
-``fps`` times a second, however fast events arrive, from bounded buffers.
+Events are gathered as they come; the figure (a :class:`~labkit.lab.chart.StreamChart`)
+gets only the new points, in one delta at most ``fps`` times a second, however fast
+events arrive. Creating a chart in a notebook cell closes the chart that cell made before.
 """
 
 from __future__ import annotations
@@ -20,35 +21,55 @@ from __future__ import annotations
 import asyncio
 import html
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Iterable
 
 import ipywidgets as w
 import numpy as np
-import plotly.graph_objects as go
 import websockets
 from plotly.subplots import make_subplots
 
 from labkit.client import watch
 from labkit.events import Delivered, now_ms
+from labkit.lab.chart import StreamChart
+from labkit.lab.tasks import cancel, close_tree
 from labkit.settings import Settings
 
 __all__ = ["LiveChart"]
 
 RETRY_S = 1.0  # wait before watching again after the connection dropped
+STALE_S = 1.0  # move the window along at least this often, events or not
+GAP_S = 5.0  # a line is broken where one type's events are further apart than this
+LATENCY_BINS = 40
+BARS, LATENCY = 0, 1  # the fixed traces: events per second, latency histogram
+
+
+def _cell_id() -> str | None:
+    """The notebook cell being run (JupyterLab and nbclient send its id), if any."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        return shell.kernel.get_parent("shell")["metadata"].get("cellId") if shell and shell.kernel else None
+    except Exception:  # no kernel, or an older one: then no cell owns the chart
+        return None
 
 
 class LiveChart(w.VBox):
-    """A plotly FigureWidget of the live event stream, with counters above it.
+    """A plotly.js chart of the live event stream, with a Pause button and counters above it.
 
     ``received`` counts every event, ``counts`` per type; :meth:`latency_percentiles`
-    summarises end-to-end latency. :meth:`pause` freezes the drawing (events
-    are still counted), :meth:`resume` catches up, :meth:`stop` ends the watch
-    and :meth:`aclose` also closes the widgets, leaving no task or connection.
+    summarises end-to-end latency. :meth:`pause` freezes the drawing (events are
+    still counted, and the counters stay live), :meth:`resume` catches up,
+    :meth:`stop` ends the watch and :meth:`aclose` also closes the widgets, leaving
+    no task or connection. ``redraws`` counts the updates sent to the figure,
+    ``draw_passes`` the passes of the redraw loop (drawn or not).
     """
 
     _watcher: asyncio.Task[None] | None = None
     _drawer: asyncio.Task[None] | None = None
+    _by_cell: weakref.WeakValueDictionary[str, LiveChart] = weakref.WeakValueDictionary()
 
     def __init__(
         self,
@@ -66,6 +87,12 @@ class LiveChart(w.VBox):
             raise RuntimeError(
                 "LiveChart runs on an asyncio event loop: create it in a Jupyter notebook or in async code"
             ) from None
+        cell = _cell_id()
+        if cell is not None:
+            previous = LiveChart._by_cell.get(cell)
+            if previous is not None:
+                previous.close()  # the cell runs again: its old chart stops watching
+            LiveChart._by_cell[cell] = self
         self.settings = settings
         self.types = list(types) if types else None
         self.window_s = window_s
@@ -74,26 +101,30 @@ class LiveChart(w.VBox):
         self.received = 0
         self.counts: Counter[str] = Counter()
         self.redraws = 0
-        self.draw_passes = 0  # passes of the redraw loop, drawn or not: shows the loop runs while paused
+        self.draw_passes = 0
         self.reconnects = 0
         self.last_error: str | None = None
         self.paused = False
         self.connected = asyncio.Event()
 
         self._t0 = time.monotonic()
-        self._points: dict[str, deque[tuple[float, float]]] = {}
         self._max_points = max_points
+        self._new: dict[str, list[tuple[float, float]]] = {}  # points not sent to the figure yet
+        self._dropped = False  # some were dropped while paused: redraw from a snapshot
         self._per_second: deque[list[float]] = deque(maxlen=int(window_s) + 2)  # [second, count]
         self._latencies: deque[float] = deque(maxlen=max_points * 2)  # the latency of the most recent events
         self._dirty = False
         self._last_draw = 0.0
+        self._shown = ""
 
         self.figure = self._make_figure()
         self.counters = w.HTML("")
         self.counters.add_class("labkit-live-counters")
-        self.pause_button = w.ToggleButton(value=False, description="Pause", icon="pause")
+        self.pause_button = w.ToggleButton(value=False, description="Pause", icon="pause", tooltip="freeze the chart")
+        self.pause_button.add_class("labkit-pause")
         self.pause_button.observe(lambda change: self.pause() if change["new"] else self.resume(), "value")
         super().__init__([w.HBox([self.pause_button, self.counters]), self.figure])
+        self.add_class("labkit-live")
 
         self._watcher = loop.create_task(self._watch())
         self._drawer = loop.create_task(self._draw_loop())
@@ -101,31 +132,30 @@ class LiveChart(w.VBox):
 
     # -- the figure ------------------------------------------------------------------
 
-    def _make_figure(self) -> go.FigureWidget:
+    def _make_figure(self) -> StreamChart:
         fig = make_subplots(
-            rows=3, cols=1, vertical_spacing=0.09, row_heights=[0.45, 0.25, 0.30],
-            subplot_titles=(
-                "value by event type (x: seconds since the chart started)",
-                "events per second",
-                "end-to-end latency in ms (sent_at to arrival)",
-            ),
+            rows=3, cols=1, vertical_spacing=0.15, row_heights=[0.45, 0.25, 0.30],
+            subplot_titles=("value by event type", "events per second", "end-to-end latency (sent_at to arrival)"),
         )
-        fig.add_bar(x=[], y=[], name="events/s", marker_color="#90a4ae", showlegend=False, row=2, col=1)
-        fig.add_histogram(x=[], nbinsx=40, name="latency ms", marker_color="#ffb74d", showlegend=False, row=3, col=1)
         fig.update_layout(
-            width=680, height=620, margin=dict(l=50, r=20, t=40, b=40), template="plotly_white",
-            legend=dict(orientation="h", y=1.08, x=0), uirevision="labkit",
+            width=680, height=700, margin=dict(l=60, r=20, t=40, b=50), template="plotly_white",
+            legend=dict(orientation="h", y=1.1, x=0), uirevision="labkit",
         )
-        return go.FigureWidget(fig)
-
-    def _trace_for(self, kind: str, create: bool = True) -> go.Scatter | None:
-        for trace in self.figure.data:
-            if trace.name == kind and isinstance(trace, go.Scatter):
-                return trace
-        if not create or sum(isinstance(t, go.Scatter) for t in self.figure.data) >= self.max_traces:
-            return None
-        self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=kind, marker_size=5, row=1, col=1)
-        return self.figure.data[-1]
+        fig.update_xaxes(title_text="seconds since the chart started", row=1, col=1)
+        fig.update_yaxes(title_text="value", row=1, col=1)
+        fig.update_xaxes(title_text="seconds since the chart started", row=2, col=1)
+        fig.update_yaxes(title_text="events/s", rangemode="tozero", row=2, col=1)
+        fig.update_xaxes(title_text="latency (ms)", row=3, col=1)
+        fig.update_yaxes(title_text="events", rangemode="tozero", row=3, col=1)
+        bars = dict(type="bar", x=[], y=[], name="events/s", marker=dict(color="#90a4ae"), showlegend=False,
+                    xaxis="x2", yaxis="y2")
+        latency = dict(type="bar", x=[], y=[], name="latency ms", marker=dict(color="#ffb74d"), showlegend=False,
+                       xaxis="x3", yaxis="y3")
+        return StreamChart(
+            fig.layout.to_plotly_json(), [bars, latency],
+            line=dict(type="scatter", mode="lines+markers", marker=dict(size=5), xaxis="x", yaxis="y"),
+            max_points=self._max_points, gap=GAP_S,
+        )
 
     # -- watching ----------------------------------------------------------------------
 
@@ -147,10 +177,12 @@ class LiveChart(w.VBox):
         now = time.monotonic() - self._t0
         self.received += 1
         self.counts[event.type] += 1
-        points = self._points.get(event.type)
-        if points is None:
-            points = self._points[event.type] = deque(maxlen=self._max_points)
-        points.append((now, float(event.value)))
+        if event.type in self._new or event.type in self.figure.lines or len(self.figure.lines) + len(self._new) < self.max_traces:
+            new = self._new.setdefault(event.type, [])
+            new.append((now, float(event.value)))
+            if len(new) > 2 * self._max_points:  # paused for long: keep the newest
+                del new[: -self._max_points]
+                self._dropped = True
         second = float(int(now))
         if self._per_second and self._per_second[-1][0] == second:
             self._per_second[-1][1] += 1
@@ -165,9 +197,10 @@ class LiveChart(w.VBox):
     async def _draw_loop(self) -> None:
         while True:
             await asyncio.sleep(1 / self.fps)
-            stale = time.monotonic() - self._last_draw > 1.0 and self.received
+            stale = time.monotonic() - self._last_draw > STALE_S and self.received
             if not self.paused and (self._dirty or stale):
                 self._draw()
+            self._show_counters()  # live while paused too
             self.draw_passes += 1
 
     def _draw(self) -> None:
@@ -175,27 +208,25 @@ class LiveChart(w.VBox):
         self._last_draw = time.monotonic()
         now = self._last_draw - self._t0
         start = max(0.0, now - self.window_s)
-        for kind, points in list(self._points.items()):
-            while points and points[0][0] < start:
-                points.popleft()
-            if not points and self._trace_for(kind, create=False) is None:
-                del self._points[kind]  # a type not drawn and not seen for a whole window
-        traces = {kind: self._trace_for(kind) for kind in self._points}
-        seconds = np.array([s for s, _ in self._per_second], dtype=float)
-        per_second = np.array([c for _, c in self._per_second], dtype=float)
-        keep = seconds >= start
-        with self.figure.batch_update():
-            for kind, trace in traces.items():
-                if trace is None:
-                    continue
-                xy = np.array(self._points[kind], dtype=float).reshape(-1, 2)
-                trace.x, trace.y = xy[:, 0], xy[:, 1]
-            self.figure.data[0].x, self.figure.data[0].y = seconds[keep], per_second[keep]
-            self.figure.data[1].x = np.array(self._latencies, dtype=float)
-            self.figure.layout.xaxis.range = [start, max(now, 10.0)]
-            self.figure.layout.xaxis2.range = [start - 0.5, max(now, 10.0) + 0.5]
+        end = max(now, 10.0) + 0.04 * self.window_s  # room at the right edge for the next points
+        seconds = [s for s, _ in self._per_second if s >= start]
+        per_second = [c for s, c in self._per_second if s >= start]
+        if self._latencies:
+            counts, edges = np.histogram(np.array(self._latencies, dtype=float), bins=LATENCY_BINS)
+            centers, width = ((edges[:-1] + edges[1:]) / 2).tolist(), float(edges[1] - edges[0]) or 1.0
+        else:
+            counts, centers, width = np.zeros(0), [], 1.0
+        new, self._new = self._new, {}
+        self.figure.extend(
+            new,
+            {BARS: {"x": seconds, "y": per_second, "width": None},
+             LATENCY: {"x": centers, "y": counts.tolist(), "width": [width] * len(centers)}},
+            {"xaxis.range": [start, end], "xaxis2.range": [start - 0.5, end]},
+            resync=self._dropped,
+        )
+        self._dropped = False
+        self.figure.trim(start)
         self.redraws += 1
-        self._show_counters()
 
     def events_per_second(self) -> float:
         """Events that arrived during the last complete second."""
@@ -218,13 +249,15 @@ class LiveChart(w.VBox):
         else:
             state = f"<span style='color:#c62828'>not connected</span> {html.escape(self.last_error or '')}"
         if self.paused:
-            state += " · paused"
+            state += " · <b>paused</b>: events are counted, the chart catches up on Resume"
         per_type = ", ".join(f"{html.escape(k)}: {v}" for k, v in self.counts.most_common(5))
-        self.counters.value = (
+        shown = (
             f"<span class='labkit-received'>received <b>{self.received}</b></span> · "
             f"<b>{self.events_per_second():g}</b> ev/s · {lat}<br>{state}"
             + (f" · {per_type}" if per_type else "")
         )
+        if shown != self._shown:  # send the counters only when they changed
+            self.counters.value = self._shown = shown
 
     # -- control -------------------------------------------------------------------------
 
@@ -242,18 +275,22 @@ class LiveChart(w.VBox):
         await asyncio.wait_for(enough(), timeout)
         if not self.paused:
             self._draw()
+        self._show_counters()
 
     def pause(self) -> None:
-        """Freeze the figure and counters; events are still received and counted."""
+        """Freeze the figure; events are still received and counted."""
         self.paused = True
         self.pause_button.value = True
+        self.pause_button.description, self.pause_button.icon = "Resume", "play"
         self._show_counters()
 
     def resume(self) -> None:
         """Draw again, with everything received while paused."""
         self.paused = False
         self.pause_button.value = False
+        self.pause_button.description, self.pause_button.icon = "Pause", "pause"
         self._draw()
+        self._show_counters()
 
     def _tasks(self) -> list[asyncio.Task[None]]:
         return [task for task in (self._watcher, self._drawer) if task is not None]
@@ -264,18 +301,14 @@ class LiveChart(w.VBox):
 
     def stop(self) -> None:
         """End the watch and the redraws; the figure keeps its last picture."""
-        for task in self._tasks():
-            task.cancel()
+        cancel(self._tasks())
         if hasattr(self, "connected"):
             self.connected.clear()
 
     def close(self) -> None:
         """Stop, and close the figure and counters."""
         self.stop()
-        for child in self.children:
-            for widget in getattr(child, "children", ()):
-                widget.close()
-            child.close()
+        close_tree(self)
         super().close()
 
     async def aclose(self) -> None:

@@ -1,0 +1,55 @@
+"""The live chart's drawing widget without a browser: what it sends the views, and when.
+
+:class:`StreamChart` keeps the recent points in the kernel, answers a view's hello with a
+full snapshot and its request for plotly.js with the plotly package's own file, and sends
+numbered deltas that only append. The browser side is tested in ``test_browser.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labkit.lab.chart import PLOTLY_JS, StreamChart
+
+
+def recording(chart: StreamChart) -> list[tuple[dict[str, Any], list[bytes]]]:
+    sent: list[tuple[dict[str, Any], list[bytes]]] = []
+    chart.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))  # type: ignore[method-assign]
+    return sent
+
+
+def test_deltas_append_numbered_points_and_break_lines_across_gaps():
+    chart = StreamChart({"title": {"text": "t"}}, [{"type": "bar", "x": [], "y": []}], max_points=4, gap=5.0)
+    sent = recording(chart)
+    chart.extend({"a": [(0.0, 1.0), (1.0, 2.0)]}, {0: {"x": [0], "y": [2]}}, {"xaxis.range": [0, 10]})
+    chart.extend({"a": [(9.0, 3.0)], "b": [(9.5, 7.0)]}, {}, {})
+    first, second = (content for content, _ in sent)
+    assert (first["type"], first["seq"], second["seq"]) == ("delta", 1, 2)
+    assert first["traces"][0]["name"] == "a" and first["points"] == {"1": ([0.0, 1.0], [1.0, 2.0])}
+    assert first["restyle"] == {"data": {"x": [[0]], "y": [[2]]}, "layout": {"xaxis.range": [0, 10]}, "traces": [0]}
+    # 8 s without an "a": a null point between, so no line is drawn across the gap
+    assert second["points"]["1"] == ([5.0, 9.0], [None, 3.0]) and [t["name"] for t in second["traces"]] == ["b"]
+    line = chart.data[0]
+    assert line.x == [0.0, 1.0, 5.0, 9.0] and line.y == [1.0, 2.0, None, 3.0]  # the kernel's copy, max_points long
+    assert chart.plot_layout["xaxis"] == {"range": [0, 10]}
+
+
+def test_a_view_gets_a_snapshot_of_everything_and_plotly_js_on_request():
+    chart = StreamChart({}, [], max_points=100)
+    sent = recording(chart)
+    chart.extend({"a": [(float(i), float(i)) for i in range(50)]}, {}, {})
+    chart.trim(10.0)
+    chart._on_view_message(chart, {"type": "hello", "view": "v1"}, [])
+    snapshot = sent[-1][0]
+    assert (snapshot["type"], snapshot["view"], snapshot["seq"]) == ("snapshot", "v1", 1)
+    assert snapshot["traces"][0]["x"] == [float(i) for i in range(10, 50)]
+    chart._on_view_message(chart, {"type": "need-plotly", "view": "v1"}, [])
+    content, buffers = sent[-1]
+    assert content["type"] == "plotly-js" and buffers == [PLOTLY_JS.read_bytes()]
+
+
+def test_a_resync_sends_every_view_a_snapshot():
+    chart = StreamChart({}, [])
+    sent = recording(chart)
+    chart.extend({"a": [(0.0, 1.0)]}, {}, {}, resync=True)
+    assert sent[-1][0]["type"] == "snapshot" and sent[-1][0]["view"] == "*" and sent[-1][0]["seq"] == 1
