@@ -42,6 +42,7 @@ from labkit.events import Ack, Event
 from labkit.lab.form_rules import FormError, checked_event, parse_number, read_burst, read_event
 from labkit.lab.tables import html_table
 from labkit.pacing import Schedule, due_ranges
+from labkit.lab.tasks import cancel, close_tree
 from labkit.settings import Settings
 
 __all__ = ["EventSender", "FormError", "StepProgress", "html_table", "parse_number"]
@@ -438,15 +439,11 @@ class EventSender(w.VBox):
         """Stop sending, close the connection (in the background) and the widgets."""
         if not self._closed:
             self._closed = True
-            for task in list(self._tasks):
-                task.cancel()
+            cancel(list(self._tasks))
             if self._sender is not None and _loop_running():
                 self._spawn(self._disconnect())
             # else: no loop runs (garbage collection, interpreter exit) and the socket goes with the process
-            for child in self.children:
-                for widget in getattr(child, "children", ()):
-                    widget.close()
-                child.close()
+            close_tree(self)
         super().close()
 
     async def aclose(self) -> None:
