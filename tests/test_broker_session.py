@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import urllib.request
 
@@ -20,6 +21,7 @@ from labkit.events import PROBE_TYPE
 from labkit.kafka import TailReader, Writer
 from labkit.services.retention import trim_points
 from labkit.settings import free_port
+from waiting import wait_until
 
 
 def consumer_health(stack: Stack) -> dict:
@@ -199,3 +201,64 @@ async def test_up_on_a_partly_running_stack_starts_only_what_is_missing(tmp_path
         async with websockets.connect(url, additional_headers={"apikey": key}) as ws:
             ids = {json.loads(await asyncio.wait_for(ws.recv(), 10))["id"] for _ in range(20)}
         assert ids == {a.ack for a in acks}
+
+
+async def test_a_broker_stopped_while_it_acks_keeps_every_record_it_acked(tmp_path):
+    """labkit stops noida-db with its own "stop" before SIGTERM: on SIGTERM alone it lost the last acked record."""
+    settings = Settings().with_free_ports(state_dir=tmp_path)
+    with Stack(settings) as stack:
+        acked: dict[tuple[int, int], bytes] = {}
+        errors: list[str] = []
+
+        def delivered(error, message) -> None:
+            if error is None:
+                acked[(message.partition(), message.offset())] = message.value()
+            else:
+                errors.append(str(error))
+
+        # A client labkit did not write, producing without pause while the broker stops and starts.
+        producer = Producer(settings.kafka_config(**{"enable.idempotence": True, "linger.ms": 0}))
+        producing = threading.Event()
+        producing.set()
+
+        def produce() -> None:
+            seq = 0
+            while producing.is_set():
+                producer.produce(settings.topic, value=str(seq).encode(), key=str(seq).encode(), on_delivery=delivered)
+                producer.poll(0.001)
+                seq += 1
+            producer.flush(60)
+
+        thread = threading.Thread(target=produce)
+        thread.start()
+        try:
+            await wait_until(lambda: len(acked) >= 300, 30, "300 records acked before the stop")
+            await asyncio.to_thread(stack.stop_component, "broker")
+            at_stop = len(acked)
+            await asyncio.to_thread(stack.start_component, "broker")
+            await wait_until(lambda: len(acked) >= at_stop + 300, 60, "300 more records acked after the restart")
+        finally:
+            producing.clear()
+            await asyncio.to_thread(thread.join)
+        assert not errors, errors[:3]
+        in_log = read_whole_topic(settings)
+        changed = {where: (value, in_log.get(where)) for where, value in acked.items() if in_log.get(where) != value}
+        assert not changed, f"{len(changed)} acked records lost or overwritten after the restart: {list(changed.items())[:3]}"
+
+
+def read_whole_topic(settings: Settings) -> dict[tuple[int, int], bytes]:
+    consumer = Consumer(settings.kafka_config(**{"group.id": "read-whole-topic", "enable.auto.commit": False}))
+    records: dict[tuple[int, int], bytes] = {}
+    try:
+        for partition in range(settings.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(settings.topic, partition), timeout=10)
+            consumer.assign([TopicPartition(settings.topic, partition, low)])
+            read, deadline = 0, time.monotonic() + 30
+            while read < high - low and time.monotonic() < deadline:
+                for message in consumer.consume(500, timeout=1):
+                    if not message.error():
+                        records[(partition, message.offset())] = message.value()
+                        read += 1
+    finally:
+        consumer.close()
+    return records

@@ -59,6 +59,8 @@ class Component:
     # Called before the process starts (may set the command), and once it answers.
     prepare: Callable[[Component], None] | None = None
     after_ready: Callable[[Component], None] | None = None
+    # Called before the process is sent SIGTERM, to let it finish cleanly.
+    before_stop: Callable[[Component], None] | None = None
     pid: int | None = None
     started_at: float | None = None
 
@@ -184,6 +186,7 @@ class Stack(StackCommon):
             # The broker we start makes the topic once it answers; an external one, before the producer starts.
             parts.append(Component("broker", s.kafka_port, "kafka_port", s.bootstrap_servers, [],
                                    detail=broker.describe(s), prepare=broker_command, after_ready=topic,
+                                   before_stop=lambda part: broker.stop_cleanly(s),
                                    restarted_note=f"the broker had stopped and was started again ({broker.keeps}): "
                                                   "watchers that resume are told if events were lost"))
             parts.append(service("producer", "producer_port"))
@@ -350,6 +353,8 @@ class Stack(StackCommon):
             proc = part.process()
             if proc is None:
                 continue
+            if part.before_stop is not None:
+                part.before_stop(part)
             family = [proc, *proc.children(recursive=True)]
             for member in family:
                 try:
