@@ -1,18 +1,25 @@
-"""The live chart's drawing widget without a browser: what it sends the views, and when.
+"""The chart widgets without a browser: what they send the views, and when.
 
 :class:`StreamChart` keeps the recent points in the kernel, answers a view's hello with a
 full snapshot and its request for plotly.js with the plotly package's own file, and sends
-numbered deltas that only append. The browser side is tested in ``test_browser.py``.
+numbered deltas that only append. :class:`FigureView` holds any figure's JSON and sends
+it as a snapshot on hello and to every view when a new figure is assigned. The browser side
+is tested in ``test_browser.py`` and ``test_browser_figure.py``.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from labkit.lab.chart import PLOTLY_JS, StreamChart
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from labkit.lab.chart import PLOTLY_JS, FigureView, PlotlyView, StreamChart
 
 
-def recording(chart: StreamChart) -> list[tuple[dict[str, Any], list[bytes]]]:
+def recording(chart: PlotlyView) -> list[tuple[dict[str, Any], list[bytes]]]:
     sent: list[tuple[dict[str, Any], list[bytes]]] = []
     chart.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))  # type: ignore[method-assign]
     return sent
@@ -53,3 +60,24 @@ def test_a_resync_sends_every_view_a_snapshot():
     sent = recording(chart)
     chart.extend({"a": [(0.0, 1.0)]}, {}, {}, resync=True)
     assert sent[-1][0]["type"] == "snapshot" and sent[-1][0]["view"] == "*" and sent[-1][0]["seq"] == 1
+
+
+def test_a_figure_view_sends_the_figure_on_hello_and_a_new_figure_to_every_view():
+    view = FigureView(go.Figure(go.Scatter(x=np.arange(3), y=np.array([1.0, 4.0, 9.0]), name="squares"), {"title": {"text": "t"}}))
+    sent = recording(view)
+    view._on_view_message(view, {"type": "hello", "view": "v1"}, [])
+    snapshot = sent[-1][0]
+    assert (snapshot["type"], snapshot["view"], snapshot["seq"]) == ("snapshot", "v1", 0)
+    assert snapshot["traces"][0]["name"] == "squares" and snapshot["layout"]["title"]["text"] == "t"
+    json.dumps(snapshot)  # numpy arrays arrive as plotly's JSON (typed arrays), which the comm can send
+    view._on_view_message(view, {"type": "need-plotly", "view": "v1"}, [])
+    assert sent[-1][0]["type"] == "plotly-js" and sent[-1][1] == [PLOTLY_JS.read_bytes()]
+    view.figure = {"data": [{"type": "bar", "x": [1, 2], "y": [3, 4]}], "layout": {}}
+    redraw = sent[-1][0]
+    assert (redraw["type"], redraw["view"], redraw["seq"]) == ("snapshot", "*", 1)
+    assert redraw["traces"] == [{"type": "bar", "x": [1, 2], "y": [3, 4]}] == view.figure["data"]
+
+
+def test_a_figure_view_of_something_else_says_what_it_needs():
+    with pytest.raises(TypeError, match="a go.Figure, or a dict with 'data' and 'layout'"):
+        FigureView([1, 2, 3])

@@ -1,4 +1,6 @@
-// labkit's live chart in the browser: plotly.js fed by snapshots and deltas from the kernel.
+// labkit's charts in the browser: plotly.js fed by snapshots and deltas from the kernel.
+// One view serves chart.py's StreamChart (a snapshot, then deltas) and FigureView (snapshots
+// only: a new figure comes as a snapshot for every view).
 //
 // This module stays a few KB on purpose: anywidget 0.11 drops every kernel message for a
 // widget whose ESM takes more than 2 s to load, which is what blanked plotly's 5 MB
@@ -21,7 +23,7 @@ function plotlyFrom(source) {
 function render({ model, el }) {
   const view = Math.random().toString(36).slice(2);
   const box = document.createElement("div");
-  box.className = "labkit-live-chart";
+  box.className = "labkit-chart";
   const status = document.createElement("div");
   status.className = "labkit-chart-status";
   status.style.cssText = "font-size:90%;color:#666;min-height:1.4em";

@@ -1,4 +1,4 @@
-"""A plotly.js chart in the notebook that the kernel feeds with points: snapshots, then deltas.
+"""plotly.js charts in the notebook that the kernel draws from snapshots: a live one fed deltas, and any figure.
 
 :class:`StreamChart` is a small anywidget (its front end is ``chart.js``). The kernel
 holds the authoritative recent points; each view asks for a full snapshot when it
@@ -6,15 +6,19 @@ renders (and again if it missed a delta), then appends points with
 ``Plotly.extendTraces`` as deltas arrive, instead of resending whole traces. plotly.js
 itself comes from the plotly package's bundled ``plotly.min.js``, sent once per page on
 the view's request, so the chart works offline and its ESM loads in milliseconds.
+:class:`FigureView` shows any plotly figure through the same front end: the kernel holds
+the figure's JSON, each view asks for it as a snapshot, and a new ``figure`` redraws them.
 
 Why not plotly's FigureWidget: its comm opens with an empty figure and the figure follows
 in later messages; anywidget 0.11 drops every message for a widget whose 5 MB ESM takes
 more than 2 s to load, and FigureWidget's view draws the model once and never again, so
-a slow load left a blank default canvas for good.
+a slow load left a blank default canvas for good. (A plain ``go.Figure`` shows nothing in a
+JupyterLab without plotly's mimetype renderer extension.)
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -24,10 +28,12 @@ from typing import Any
 
 import anywidget
 import plotly
+from plotly.utils import PlotlyJSONEncoder
 
-__all__ = ["StreamChart", "Trace"]
+__all__ = ["FigureView", "StreamChart", "Trace"]
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+CONFIG = {"displaylogo": False, "responsive": True}
 
 
 @cache
@@ -51,14 +57,33 @@ class Trace:
         return [y for _, y in self.points]
 
 
-class StreamChart(anywidget.AnyWidget):
+class PlotlyView(anywidget.AnyWidget):
+    """The kernel side of a ``chart.js`` view: plotly.js when a view lacks it, a snapshot when one says hello."""
+
+    _esm = Path(__file__).with_name("chart.js")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_msg(self._on_view_message)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a view needs to draw from nothing: ``type``, ``seq``, ``traces``, ``layout``, ``config``."""
+        raise NotImplementedError
+
+    def _on_view_message(self, _widget: object, content: Mapping[str, Any], _buffers: object) -> None:
+        kind, view = content.get("type"), content.get("view")
+        if kind == "hello":
+            self.send({**self.snapshot(), "view": view})
+        elif kind == "need-plotly":
+            self.send({"type": "plotly-js", "view": view}, [plotly_js()])
+
+
+class StreamChart(PlotlyView):
     """A plotly.js figure: ``fixed`` traces set whole, then one line per name given to :meth:`extend`.
 
     ``layout`` is a plotly layout (JSON); ``line`` the style of each new line; a line is
     broken (a ``None`` point) where two points are more than ``gap`` apart in x.
     """
-
-    _esm = Path(__file__).with_name("chart.js")
 
     def __init__(
         self,
@@ -77,7 +102,6 @@ class StreamChart(anywidget.AnyWidget):
         self.gap = gap
         self.lines: dict[str, Trace] = {}
         self.seq = 0  # deltas sent; a view that sees a hole in the numbers asks for a snapshot
-        self.on_msg(self._on_view_message)
 
     @property
     def data(self) -> list[Trace]:
@@ -97,7 +121,7 @@ class StreamChart(anywidget.AnyWidget):
             "seq": self.seq,
             "traces": self.fixed + [self._line_json(trace) for trace in self.lines.values()],
             "layout": self.plot_layout,
-            "config": {"displaylogo": False, "responsive": True},
+            "config": CONFIG,
         }
 
     def extend(
@@ -155,12 +179,51 @@ class StreamChart(anywidget.AnyWidget):
             while trace.points and trace.points[0][0] < before:
                 trace.points.popleft()
 
-    def _on_view_message(self, _widget: object, content: Mapping[str, Any], _buffers: object) -> None:
-        kind, view = content.get("type"), content.get("view")
-        if kind == "hello":
-            self.send({**self.snapshot(), "view": view})
-        elif kind == "need-plotly":
-            self.send({"type": "plotly-js", "view": view}, [plotly_js()])
+
+
+class FigureView(PlotlyView):
+    """Any plotly figure (a ``go.Figure`` or its JSON dict), drawn by plotly.js in every view of it.
+
+    Each view asks for the figure when it renders, so a slow load or a page reload still
+    draws it; assigning ``figure`` redraws every view. ``figure`` reads back the JSON drawn.
+    """
+
+    def __init__(self, figure: Any) -> None:
+        super().__init__()
+        self.seq = 0  # figures assigned after the first
+        self._figure = figure_json(figure)
+
+    @property
+    def figure(self) -> dict[str, Any]:
+        return self._figure
+
+    @figure.setter
+    def figure(self, figure: Any) -> None:
+        self._figure = figure_json(figure)
+        self.seq += 1
+        self.send({**self.snapshot(), "view": "*"})
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "type": "snapshot",
+            "seq": self.seq,
+            "traces": self._figure["data"],
+            "layout": self._figure["layout"],
+            "config": CONFIG,
+        }
+
+
+def figure_json(figure: Any) -> dict[str, Any]:
+    """``figure``'s ``data`` and ``layout`` as plain JSON (numpy arrays encoded as plotly encodes them)."""
+    if hasattr(figure, "to_plotly_json"):
+        figure = figure.to_plotly_json()
+    if not isinstance(figure, Mapping):
+        raise TypeError(
+            f"FigureView shows a plotly figure (a go.Figure, or a dict with 'data' and 'layout'), "
+            f"not a value of type {type(figure).__name__}: build one with plotly.graph_objects or plotly.express"
+        )
+    plain = json.loads(json.dumps({"data": figure.get("data", []), "layout": figure.get("layout", {})}, cls=PlotlyJSONEncoder))
+    return {"data": list(plain["data"]), "layout": dict(plain["layout"])}
 
 
 def _relayout(layout: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
