@@ -3,8 +3,8 @@
 :func:`lab_server` starts JupyterLab on a free loopback port in a temporary
 folder holding copies of every notebook, against the test stack (its kernels
 inherit the ``LABKIT_*`` variables). :func:`open_notebook` opens one in a page
-and waits for its kernel; :func:`run_all` runs every cell. Screenshots go to
-``test-artifacts/``.
+and waits for its kernel; :func:`run_all` runs every cell; :func:`put_notebook` adds a
+small notebook of a test's own to the server. Screenshots go to ``test-artifacts/``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import nbformat
 import psutil
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -118,6 +119,20 @@ def lab_server(stack: Stack, tmp_path: Path) -> Iterator[tuple[str, str]]:
         for leftover in psutil.wait_procs(kernels, timeout=5)[1]:
             leftover.kill()
         log.close()
+
+
+def put_notebook(lab: tuple[str, str], name: str, cells: list[str]) -> None:
+    """Save a notebook ``name`` of code ``cells`` in the server's root, through its contents API."""
+    url, token = lab
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    body = json.dumps({"type": "notebook", "format": "json", "content": notebook}).encode()
+    request = urllib.request.Request(
+        f"{url}/api/contents/{name}", data=body, method="PUT",
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status in (200, 201), f"saving {name}: HTTP {response.status}"
 
 
 def counter_number(page: Page, selector: str, label: str) -> int:
