@@ -32,6 +32,7 @@ from labkit.client import Sender, SendError, Watch
 from labkit.events import Ack
 from labkit.ops.brokers import broker_kind
 from labkit.ops.stack import Stack
+from labkit.lab.tasks import until
 
 __all__ = ["FaultDrill", "FaultResult", "EventStream", "LOST_LOG", "FAULTS"]
 
@@ -45,15 +46,6 @@ FAULTS = {
 }
 WAIT_S = 30.0  # longest wait for any one condition of a drill
 RED = "#c62828"
-
-
-async def _until(condition, what: str, timeout: float = WAIT_S) -> None:
-    """Poll ``condition`` until true; TimeoutError naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"after {timeout:g} s: {what}")
-        await asyncio.sleep(0.02)  # polling a condition, not waiting for time to pass
 
 
 class EventStream:
@@ -88,7 +80,7 @@ class EventStream:
 
     async def grows_by(self, count: int, what: str) -> None:
         target = len(self.acks) + count
-        await _until(lambda: len(self.acks) >= target or self.task.done(), f"{what} ({len(self.acks)} acks)")
+        await until(lambda: len(self.acks) >= target or self.task.done(), f"{what} ({len(self.acks)} acks)")
         if self.task.done():
             self.task.result()
 
@@ -185,7 +177,7 @@ class FaultDrill(w.VBox):
         stream: EventStream | None = None
         try:
             self._report(1, "watching, then sending")
-            await _until(receiver.opened.is_set, "the watcher did not connect")
+            await until(receiver.opened.is_set, "the watcher did not connect")
             stream = EventStream(self.stack, kind)
             await stream.grows_by(settle_events, "the stream did not start")
             self._report(2, f"stopping the {fault}")
@@ -195,7 +187,7 @@ class FaultDrill(w.VBox):
             await stream.stop()
             # After a lost log, what was acked before the restart may be gone: wait for what came after.
             expected = {ack.ack for ack in stream.acks[restart_from:]} if fault == LOST_LOG else stream.acked
-            await _until(lambda: expected <= receiver.ids, f"{len(expected - receiver.ids)} acked events did not arrive")
+            await until(lambda: expected <= receiver.ids, f"{len(expected - receiver.ids)} acked events did not arrive")
         finally:
             if stream is not None:
                 await stream.stop()
@@ -216,7 +208,7 @@ class FaultDrill(w.VBox):
         stack = self.stack
         if fault == "consumer":
             await asyncio.to_thread(stack.stop_component, "consumer")
-            await _until(lambda: not receiver.opened.is_set(), "the watcher did not notice the consumer stopped")
+            await until(lambda: not receiver.opened.is_set(), "the watcher did not notice the consumer stopped")
             self._report(3, "the consumer is down: the producer still acks")
             before = len(stream.acks)
             await stream.grows_by(20, "no event was acked while the consumer was down")
@@ -226,7 +218,7 @@ class FaultDrill(w.VBox):
         elif fault == "gateway":
             failed = stream.failed_connections
             await asyncio.to_thread(stack.stop_component, "gateway")
-            await _until(lambda: not receiver.opened.is_set() and stream.failed_connections > failed,
+            await until(lambda: not receiver.opened.is_set() and stream.failed_connections > failed,
                          "the sender and the watcher did not notice the gateway stopped")
             self._report(4, "starting the gateway")
             await asyncio.to_thread(stack.start_component, "gateway")
@@ -237,12 +229,12 @@ class FaultDrill(w.VBox):
                 return stack.health("producer")["in_flight"] > 0
 
             self._report(3, "the broker is down: the producer holds what is sent")
-            await _until(held, "the producer held no event while the broker was down")
+            await until(held, "the producer held no event while the broker was down")
             self._report(4, "starting the broker")
             await asyncio.to_thread(stack.start_component, "broker")
         else:  # LOST_LOG
             await asyncio.to_thread(stack.stop_component, "consumer")
-            await _until(lambda: not receiver.opened.is_set(), "the watcher did not notice the consumer stopped")
+            await until(lambda: not receiver.opened.is_set(), "the watcher did not notice the consumer stopped")
             self._report(3, "the consumer is down; events are acked, then the broker loses its log")
             before = len(stream.acks)
             await stream.grows_by(20, "no event was acked while the consumer was down")

@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from labkit.events import parse_record
 from labkit.settings import Settings
+from labkit.lab.tasks import until
 
 __all__ = ["ConsumerGroup", "GroupMember", "GroupView", "keys_for_partitions", "partition_for"]
 
@@ -212,21 +213,19 @@ class ConsumerGroup:
 
     async def settled(self, timeout: float = 30.0) -> dict[int, str]:
         """Wait until the group has shared out every partition after a join or a leave; returns the owners."""
-        deadline = time.monotonic() + timeout
-        while not self.is_settled():
-            errors = [f"{m.name}: {m.error}" for m in self.members if m.error]
-            if errors or time.monotonic() > deadline:
-                raise TimeoutError("; ".join(errors) or f"the group did not settle in {timeout:g} s; owners now {self.owners()}")
-            await asyncio.sleep(0.05)  # polling the members' state
+
+        def settled_or_failed() -> bool:
+            if errors := [f"{m.name}: {m.error}" for m in self.members if m.error]:
+                raise TimeoutError("; ".join(errors))
+            return self.is_settled()
+
+        await until(settled_or_failed, lambda: f"the group did not settle; owners now {self.owners()}", timeout)
         return self.owners()
 
     async def wait_for(self, total: int, timeout: float = 30.0) -> None:
         """Wait until the members together counted ``total`` records (of the group's type)."""
-        deadline = time.monotonic() + timeout
-        while sum(m.total for m in self.members) < total:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the members read {sum(m.total for m in self.members)} of {total} records")
-            await asyncio.sleep(0.05)
+        await until(lambda: sum(m.total for m in self.members) >= total,
+                    lambda: f"the members read {sum(m.total for m in self.members)} of {total} records", timeout)
 
     def close(self) -> None:
         while self.members:

@@ -33,7 +33,7 @@ from plotly.subplots import make_subplots
 from labkit.client import watch
 from labkit.events import Delivered, now_ms
 from labkit.lab.chart import StreamChart
-from labkit.lab.tasks import cancel, close_tree
+from labkit.lab.tasks import cancel, close_tree, until
 from labkit.settings import Settings
 
 __all__ = ["LiveChart"]
@@ -267,12 +267,8 @@ class LiveChart(w.VBox):
 
     async def wait_for(self, count: int, kind: str | None = None, timeout: float = 30.0) -> None:
         """Return once ``count`` events (of type ``kind``, if given) were received; TimeoutError otherwise."""
-
-        async def enough() -> None:
-            while (self.counts[kind] if kind else self.received) < count:
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(enough(), timeout)
+        await until(lambda: (self.counts[kind] if kind else self.received) >= count,
+                    lambda: f"{self.counts[kind] if kind else self.received} of {count} events received", timeout)
         if not self.paused:
             self._draw()
         self._show_counters()
