@@ -54,7 +54,8 @@ def build_settings(**flags: Any) -> Settings:
 
 
 def status_table(stack: Stack, cpu_sample_s: float = 0.0) -> Table:
-    table = Table(title=f"labkit stack ({stack.settings.mode}, broker {stack.settings.broker}, state in {stack.state_dir})")
+    table = Table(title=f"labkit stack ({stack.settings.mode}, broker {stack.settings.broker}, state in {stack.state_dir})",
+                  caption=f"broker: {stack.broker_choice}")
     rows = stack.status(cpu_sample_s) if cpu_sample_s and isinstance(stack, Stack) else stack.status()
     with_cpu = any("cpu" in row for row in rows)
     for column in ("component", "state", "pid", "url", *(["cpu (cores)"] if with_cpu else []), "detail"):

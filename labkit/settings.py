@@ -16,13 +16,13 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "REPO_ROOT", "free_port"]
+__all__ = ["Settings", "REPO_ROOT", "free_port", "free_port_range"]
 
 #: The checkout labkit runs from; kong/kong.yml and the state folder live here.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 Mode = Literal["embedded", "compose", "external"]
-BrokerName = Literal["noida", "tansu", "external"]
+BrokerName = Literal["auto", "kafka", "noida", "tansu", "external"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -30,6 +30,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def free_port_range(host: str, count: int, tries: int = 50) -> int:
+    """The first of ``count`` consecutive TCP ports that were free on ``host`` a moment ago."""
+    for _ in range(tries):
+        first = free_port(host)
+        if first + count > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(sock)
+                sock.bind((host, port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise OSError(f"found no {count} consecutive free ports on {host}")
 
 
 class Settings(BaseSettings):
@@ -43,10 +64,22 @@ class Settings(BaseSettings):
     producer_port: int = Field(6789, ge=0, le=65535)
     consumer_port: int = Field(6788, ge=0, le=65535)
     gateway_port: int = Field(8000, ge=0, le=65535)
-    kafka_port: int = Field(9092, ge=0, le=65535)
-    broker: BrokerName = Field(
-        "noida", description="The embedded broker (noida, tansu), or external: the cluster at kafka_bootstrap."
+    kafka_port: int = Field(9092, ge=0, le=65535, description="The (first) Kafka node's client port; node N uses +2(N-1).")
+    kafka_controller_port: int = Field(
+        9093, ge=0, le=65535, description="The (first) Apache Kafka node's KRaft controller port; node N uses +2(N-1)."
     )
+    broker: BrokerName = Field(
+        "auto",
+        description="kafka (Apache Kafka, a local JVM), noida, tansu, or external: the cluster at kafka_bootstrap; "
+        "auto: kafka where Java 17+ and its jars can be had, else noida.",
+    )
+    kafka_nodes: int = Field(1, ge=1, le=9, description="Apache Kafka nodes (1, or 3 or more for replication).")
+    kafka_home: Path | None = Field(None, description="An unpacked Apache Kafka distribution to run instead of fetched jars.")
+    kafka_mirror: str = Field(
+        "https://downloads.apache.org/kafka",
+        description="Where Apache's Kafka distribution is downloaded from when Maven is missing (checked by SHA-512).",
+    )
+    kafka_heap_mb: int = Field(256, ge=128, le=65536, description="Each Apache Kafka node's JVM heap.")
     kafka_bootstrap: str | None = Field(
         None, description="Bootstrap servers of an external cluster; default: the embedded broker."
     )
@@ -118,6 +151,18 @@ class Settings(BaseSettings):
         return values
 
     @model_validator(mode="after")
+    def _nodes_need_kafka(self) -> Settings:
+        if self.kafka_nodes == 1:
+            return self
+        if self.broker not in ("kafka", "auto"):
+            raise ValueError(f"kafka_nodes (--nodes) runs Apache Kafka nodes; broker {self.broker!r} is one process: "
+                             "use --broker kafka, or drop --nodes")
+        if self.kafka_nodes == 2:
+            raise ValueError("2 Kafka nodes cannot keep min.insync.replicas=2 with replication factor 3 when one dies "
+                             "(no majority either): use --nodes 1 or --nodes 3")
+        return self
+
+    @model_validator(mode="after")
     def _external_needs_servers(self) -> Settings:
         if (self.mode == "external" or self.broker == "external") and not self.kafka_bootstrap:
             raise ValueError("external mode needs the cluster's bootstrap servers: --kafka HOST:PORT or LABKIT_KAFKA_BOOTSTRAP")
@@ -149,6 +194,23 @@ class Settings(BaseSettings):
         """Where watchers connect: the gateway's /consume-events route."""
         return self.url(self.gateway_port, "/consume-events")
 
+    @property
+    def broker_long_polls(self) -> bool:
+        """Whether the broker holds an empty fetch until records come (Apache Kafka, Tansu, a real cluster).
+
+        noida-db 0.2.3 answers every fetch at once, so labkit's readers pause on it instead (labkit/kafka.py).
+        """
+        return self.broker != "noida"
+
+    def kafka_reader_config(self, **overrides: object) -> dict[str, object]:
+        """:meth:`kafka_config` for a reader: on a broker that long-polls, an idle fetch waits there.
+
+        librdkafka's default wait (500 ms) does not delay a record: the broker answers as soon as one
+        arrives. Only noida-db, which ignores the wait, gets the short one (labkit.kafka's CONSUMER_DEFAULTS).
+        """
+        waits = {"fetch.wait.max.ms": 500} if self.broker_long_polls else {}
+        return self.kafka_config(**{**waits, **overrides})
+
     def kafka_config(self, **overrides: object) -> dict[str, object]:
         """librdkafka properties shared by every Kafka client of the lab."""
         config: dict[str, object] = {"bootstrap.servers": self.bootstrap_servers, "socket.nagle.disable": True}
@@ -158,11 +220,10 @@ class Settings(BaseSettings):
 
     def with_free_ports(self, **changes: object) -> Settings:
         """A copy on ports that are free now (for tests and benchmarks)."""
-        ports = {
-            name: free_port(self.host)
-            for name in ("producer_port", "consumer_port", "gateway_port", "kafka_port")
-        }
-        return self.replace(**ports, **changes)
+        ports = {name: free_port(self.host) for name in ("producer_port", "consumer_port", "gateway_port")}
+        nodes = int(changes.get("kafka_nodes", self.kafka_nodes))  # type: ignore[call-overload]
+        base = free_port_range(self.host, 2 * nodes)  # node N: base + 2(N-1), its controller one above
+        return self.replace(**ports, kafka_port=base, kafka_controller_port=base + 1, **changes)
 
     def replace(self, **changes: object) -> Settings:
         """A validated copy with some fields changed."""

@@ -1,19 +1,22 @@
 """Broker conformance: real Kafka clients against every broker labkit can run on.
 
-Each embedded broker kind (noida, tansu) is started as a real process on a free
-port for each check; with LABKIT_KAFKA_BOOTSTRAP set, the same checks also run
+Each broker kind labkit starts (Apache Kafka, noida, tansu) runs as a real process
+on free ports: Apache Kafka once for the module (a JVM takes seconds to start), the
+others once per check. With LABKIT_KAFKA_BOOTSTRAP set, the same checks also run
 against that cluster. Every check uses a topic of its own:
 
 - confluent-kafka: an idempotent producer (acks=all) read back in order; a consumer
   group of two splitting three partitions, then rebalancing when one leaves;
   offsets_for_times; watermarks after single and batched produce; DeleteRecords;
+  fetch long polling (an idle consumer's fetch waits at the broker);
 - kafka-python and aiokafka: produce and consume; aiokafka's idempotent producer;
 - kcat (Debian's, librdkafka 2.0.2): -L list, -P produce, -C consume.
 
 A check a broker is known to fail is marked for that broker with the reason, as a
 strict xfail: a check that starts passing fails the suite until its mark goes.
 
-Against compose mode's Apache Kafka (`labkit up --mode compose`), the reference:
+Apache Kafka is the reference: no check is marked for it. Against compose mode's
+Kafka (`labkit up --mode compose`), or any cluster:
 
     LABKIT_KAFKA_BOOTSTRAP=127.0.0.1:9092 .venv/bin/python -m pytest tests/test_broker_conformance.py
 """
@@ -31,6 +34,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import json
+
 import aiokafka.errors
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -39,14 +44,14 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from labkit.ops.brokers import BROKERS
-from labkit.settings import Settings, free_port
+from labkit.settings import Settings
 
 with warnings.catch_warnings():  # kafka-python 3.0 loads its protocol schemas with deprecated importlib calls
     warnings.simplefilter("ignore", DeprecationWarning)
     import kafka
 
 EXTERNAL_BOOTSTRAP = os.environ.get("LABKIT_KAFKA_BOOTSTRAP")
-BROKER_KINDS = ["noida", "tansu"] + (["external"] if EXTERNAL_BOOTSTRAP else [])
+BROKER_KINDS = ["kafka", "noida", "tansu"] + (["external"] if EXTERNAL_BOOTSTRAP else [])
 KCAT = shutil.which("kcat") or "/usr/bin/kcat"
 TIMEOUT_S = 15.0  # for any one thing the broker should do: start, create a topic, deliver, rebalance
 MESSAGES = 20
@@ -87,27 +92,39 @@ def wait_until_broker_answers(bootstrap: str, process: subprocess.Popen, log: Pa
     wait_until(answers, f"the broker on {bootstrap} answering a metadata request")
 
 
-@pytest.fixture
-def bootstrap(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The bootstrap servers of a running broker of the kind named by the parameter."""
-    kind = BROKERS[request.param]
-    if kind.argv is None:
-        yield EXTERNAL_BOOTSTRAP
-        return
-    settings = Settings(broker=kind.name, kafka_bootstrap=None, kafka_port=free_port(), state_dir=tmp_path)
-    log = tmp_path / "broker.log"
+def started_broker(kind_name: str, folder: Path) -> Iterator[str]:
+    kind = BROKERS[kind_name]
+    settings = Settings(broker=kind.name, kafka_bootstrap=None, state_dir=folder).with_free_ports()
+    log = folder / "broker.log"
+    command = kind.command(settings)
     with log.open("wb") as output:
-        process = subprocess.Popen(kind.command(settings), stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     try:
         wait_until_broker_answers(settings.bootstrap_servers, process, log)
         yield settings.bootstrap_servers
     finally:
         process.terminate()
         try:
-            process.wait(2)  # Tansu waits for clients still connected (a failed check's) before it exits
+            process.wait(10)  # Tansu waits for clients still connected (a failed check's); Kafka shuts down in order
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+@pytest.fixture(scope="module")
+def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from started_broker("kafka", tmp_path_factory.mktemp("kafka"))
+
+
+@pytest.fixture
+def bootstrap(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The bootstrap servers of a running broker of the kind named by the parameter."""
+    if request.param == "external":
+        yield EXTERNAL_BOOTSTRAP
+    elif request.param == "kafka":
+        yield request.getfixturevalue("apache_kafka")
+    else:
+        yield from started_broker(request.param, tmp_path)
 
 
 def create_topic(bootstrap: str, partitions: int = 1) -> str:
@@ -388,3 +405,33 @@ def test_kcat_consumes(bootstrap):
     produce_confluent(bootstrap, topic, sent)
     consumed = kcat(bootstrap, "-C", "-t", topic, "-p", "0", "-o", "beginning", "-c", str(len(sent)), "-q").stdout
     assert consumed.splitlines() == [v.decode() for v in sent]
+
+
+def fetch_requests_while_idle(bootstrap: str, seconds: float = 2.0) -> int:
+    """Fetch requests an idle consumer sends in ``seconds`` with librdkafka's 500 ms fetch wait (its statistics)."""
+    topic = create_topic(bootstrap)
+    stats: list[dict] = []
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex[:8]}", "fetch.wait.max.ms": 500,
+                         "statistics.interval.ms": 500, "stats_cb": lambda text: stats.append(json.loads(text))})
+    try:
+        consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
+        wait_until(lambda: consumer.poll(0.1) is None and len(stats) >= 2, "statistics from the idle consumer")
+        first = len(stats)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline or len(stats) < first + 2:
+            consumer.poll(0.1)
+    finally:
+        consumer.close()
+
+    def fetches(report: dict) -> int:
+        return sum(b.get("req", {}).get("Fetch", 0) for b in report["brokers"].values())
+
+    return fetches(stats[-1]) - fetches(stats[first - 1])
+
+
+@on_every_broker(raises=AssertionError,
+                 noida="ignores fetch.wait.max.ms: answers an empty fetch at once, so an idle consumer spins")
+def test_an_idle_consumers_fetch_waits_at_the_broker(bootstrap):
+    # About 2 fetches a second at a 500 ms wait (the span between two statistics reports is about 2.5 s).
+    count = fetch_requests_while_idle(bootstrap)
+    assert count <= 15, f"an idle consumer sent {count} fetch requests in about 2.5 s: the broker does not long-poll"

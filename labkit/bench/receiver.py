@@ -124,7 +124,7 @@ def _read_kafka(spec: ReceiverSpec, arrivals: Arrivals, loop: asyncio.AbstractEv
     from labkit.kafka import TailReader
 
     reader = TailReader({**spec.kafka_config, "client.id": "labkit-bench-baseline",
-                         "group.id": f"labkit-bench-{uuid.uuid4().hex[:8]}"})
+                         "group.id": f"labkit-bench-{uuid.uuid4().hex[:8]}"}, pause_when_idle=spec.pause_when_idle)
     partitions = reader.consumer.list_topics(timeout=10).topics[spec.topic].partitions
     reader.assign(spec.topic, {p: OFFSET_END for p in partitions})
     assigned.set()

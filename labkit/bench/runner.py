@@ -88,7 +88,8 @@ class BenchRunner:
     def _receiver_spec(self, path: str, connections: int) -> ReceiverSpec:
         s = self.settings
         if path == BASELINE:
-            return ReceiverSpec("kafka", kafka_config=s.kafka_config(), topic=BASELINE_TOPIC)
+            return ReceiverSpec("kafka", kafka_config=s.kafka_reader_config(), pause_when_idle=not s.broker_long_polls,
+                                topic=BASELINE_TOPIC)
         url = s.url(s.consumer_port) if path == DIRECT else s.consume_url
         return ReceiverSpec("websocket", connections=connections, url=url, types=[BENCH_TYPE])
 

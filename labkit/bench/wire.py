@@ -19,6 +19,7 @@ class ReceiverSpec(msgspec.Struct):
     url: str = ""
     types: list[str] = []
     kafka_config: dict[str, object] = {}
+    pause_when_idle: bool = True  # as the consumer service reads: paused only on a broker that does not long-poll
     topic: str = ""
     open_concurrency: int = 64
 

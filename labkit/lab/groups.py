@@ -87,7 +87,10 @@ class GroupMember:
         self._log = log
         self._stop = threading.Event()
         self.error: str | None = None
-        self.consumer = Consumer({**settings.kafka_config(), **GROUP_DEFAULTS, "group.id": group_id, "client.id": name})
+        # On a broker that long-polls (Apache Kafka) an idle member waits in its fetch: no pausing needed.
+        self.pauses_when_idle = not settings.broker_long_polls
+        self.consumer = Consumer({**settings.kafka_reader_config(), **GROUP_DEFAULTS, "group.id": group_id,
+                                  "client.id": name})
         self.consumer.subscribe([settings.topic], on_assign=self._assigned, on_revoke=self._revoked)
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
@@ -135,7 +138,7 @@ class GroupMember:
                         self._idle.add(msg.partition())
                         # Paused only once every partition is at its end: pausing drops queued events,
                         # and librdkafka reports each end once.
-                        if self.owned and self._idle >= set(self.owned):
+                        if self.pauses_when_idle and self.owned and self._idle >= set(self.owned):
                             paused = self.consumer.assignment()
                             self.consumer.pause(paused)
                     continue

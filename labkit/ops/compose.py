@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from labkit.ops.kafka.dist import kafka_version
 from labkit.errors import ComponentFailed, LabkitError
 from labkit import discovery
 from labkit.ops.base import StackCommon, StepCallback
@@ -121,6 +122,7 @@ class ComposeStack(StackCommon):
         changes.setdefault("mode", "compose")
         self.settings = base.replace(**changes)
         self.started_here = False
+        self.broker_choice = f"Apache Kafka {kafka_version()} (the official image apache/kafka:{kafka_version()})"
         self.docker = "docker"
         self.admin_port = KONG_ADMIN_PORT
         self._docker_checked = False
@@ -167,6 +169,7 @@ class ComposeStack(StackCommon):
             "LABKIT_CONSUMER_PORT": str(s.consumer_port),
             "LABKIT_GATEWAY_PORT": str(s.gateway_port),
             "LABKIT_KAFKA_PORT": str(s.kafka_port),
+            "LABKIT_KAFKA_VERSION": kafka_version(),  # the one pin: labkit/ops/kafka/pom.xml
             "LABKIT_TOPIC": s.topic,
             "LABKIT_PARTITIONS": str(s.partitions),
         }

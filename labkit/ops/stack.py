@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from labkit.ops.brokers import broker_kind, ensure_topic
+from labkit.ops.brokers import Say, broker_kind, choose_broker, ensure_topic
 from labkit.errors import ComponentFailed, LabkitError, NotRunning, PortInUse
 from labkit.ops.gateway import gateway_command, load_kong_config, reload, routes_table, write_nginx_conf
 from labkit.procstats import cpu_cores
@@ -56,8 +56,12 @@ class Component:
     detail: str = ""
     #: What to tell when it had stopped in a recorded stack and was started again.
     restarted_note: str = ""
-    # Called before the process starts (may set the command), and once it answers.
-    prepare: Callable[[Component], None] | None = None
+    #: Other ports it listens on, with the setting that moves each (a Kafka node's controller port).
+    more_ports: list[tuple[int, str]] = field(default_factory=list)
+    #: How long it may take to answer after it starts (a JVM takes seconds on a busy machine).
+    ready_timeout_s: float = 30.0
+    # Called before the process starts (may set the command; says what a long step is doing), and once it answers.
+    prepare: Callable[[Component, Say], None] | None = None
     after_ready: Callable[[Component], None] | None = None
     # Called before the process is sent SIGTERM, to let it finish cleanly.
     before_stop: Callable[[Component], None] | None = None
@@ -149,7 +153,8 @@ class Stack(StackCommon):
 
     def __init__(self, settings: Settings | None = None, **changes: Any) -> None:
         base = settings or Settings()
-        self.settings = base.replace(**changes) if changes else base
+        #: Which broker runs and why ("auto" resolved: Apache Kafka where Java 17+ is, else noida-db).
+        self.settings, self.broker_choice = choose_broker(base.replace(**changes) if changes else base)
         self.started_here = False
         self.actions: list[str] = []
         self.ready_ms: float | None = None
@@ -168,13 +173,13 @@ class Stack(StackCommon):
         broker = broker_kind(s)
         parts: list[Component] = []
 
-        def topic(_: Component) -> None:
+        def topic(_: Component, say: Say | None = None) -> None:
             ensure_topic(s)  # an in-memory broker that restarted comes back without it
 
-        def broker_command(part: Component) -> None:
-            part.command = broker.command(s)
+        def broker_command(part: Component, say: Say) -> None:
+            part.command = broker.command(s, say)
 
-        def gateway_conf(part: Component) -> None:
+        def gateway_conf(part: Component, say: Say) -> None:
             part.command = gateway_command(write_nginx_conf(s, self.state_dir), self.state_dir)
 
         def service(name: str, port_setting: str, prepare: Callable[[Component], None] | None = None) -> Component:
@@ -184,8 +189,11 @@ class Stack(StackCommon):
 
         if broker.argv is not None:
             # The broker we start makes the topic once it answers; an external one, before the producer starts.
+            jvm = broker.name == "kafka"
             parts.append(Component("broker", s.kafka_port, "kafka_port", s.bootstrap_servers, [],
                                    detail=broker.describe(s), prepare=broker_command, after_ready=topic,
+                                   more_ports=[(s.kafka_controller_port, "kafka_controller_port")] if jvm else [],
+                                   ready_timeout_s=90.0 if jvm else READY_TIMEOUT_S,
                                    before_stop=lambda part: broker.stop_cleanly(s),
                                    restarted_note=f"the broker had stopped and was started again ({broker.keeps}): "
                                                   "watchers that resume are told if events were lost"))
@@ -208,6 +216,7 @@ class Stack(StackCommon):
     def _write_record(self, parts: list[Component]) -> None:
         record = {
             "settings": self.settings.model_dump(mode="json"),
+            "broker_choice": self.broker_choice,
             "components": {p.name: {"pid": p.pid, "started_at": p.started_at, "port": p.port} for p in parts},
         }
         # The settings may hold Kafka credentials (kafka_properties): readable by this user only.
@@ -238,7 +247,12 @@ class Stack(StackCommon):
         if settings is None:
             return False
         self.settings = settings
+        self.broker_choice = self._recorded_choice()
         return True
+
+    def _recorded_choice(self) -> str:
+        record = self._load_record() or {}
+        return str(record.get("broker_choice") or self.broker_choice)
 
     def is_running(self) -> bool:
         """As :meth:`adopt` (which callers that mean to take the running stack's settings should call)."""
@@ -259,14 +273,16 @@ class Stack(StackCommon):
         alive = {p.name: p for p in recorded if p.process() is not None}
         if alive:
             self.settings = recorded_settings  # the stack keeps the settings it was started with
+            self.broker_choice = self._recorded_choice()
         parts = self.components()
         missing = [p for p in parts if p.name not in alive]
         self.actions = [f"kept {name} (running, pid {part.pid})" for name, part in alive.items()]
         if not missing:
             return self
         for part in missing:
-            if not _port_free(self.settings.host, part.port):
-                raise PortInUse(part.name, self.settings.host, part.port, part.port_setting)
+            for port, setting in [(part.port, part.port_setting), *part.more_ports]:
+                if not _port_free(self.settings.host, port):
+                    raise PortInUse(part.name, self.settings.host, port, setting)
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         steps = len(missing) + 1
         step = 0
@@ -274,6 +290,9 @@ class Stack(StackCommon):
         def report(text: str) -> None:
             nonlocal step
             step += 1
+            say(text)
+
+        def say(text: str) -> None:  # within the current step
             if on_step is not None:
                 on_step(text, step, steps)
 
@@ -282,7 +301,7 @@ class Stack(StackCommon):
         try:
             for part in missing:
                 report(f"starting {part.name}")
-                self._start(part)
+                self._start(part, say)
                 started.append(part)
                 self._write_record([p for p in running if p.pid is not None])
                 self._wait_ready(part)
@@ -301,9 +320,9 @@ class Stack(StackCommon):
         self.started_here = not alive
         return self
 
-    def _start(self, part: Component) -> None:
+    def _start(self, part: Component, say: Say | None = None) -> None:
         if part.prepare is not None:
-            part.prepare(part)
+            part.prepare(part, say or (lambda text: None))
         log = self.log_path(part.name)
         with log.open("ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {part.name}\n".encode())
@@ -321,7 +340,7 @@ class Stack(StackCommon):
         part.started_at = psutil.Process(proc.pid).create_time()
 
     def _wait_ready(self, part: Component) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + part.ready_timeout_s
         while time.monotonic() < deadline:
             proc = part.process()
             if proc is None:
@@ -332,7 +351,7 @@ class Stack(StackCommon):
                 return
             time.sleep(0.05)
         raise ComponentFailed(
-            part.name, f"did not answer on port {part.port} within {READY_TIMEOUT_S:.0f} s",
+            part.name, f"did not answer on port {part.port} within {part.ready_timeout_s:.0f} s",
             self.log_tail(part.name), str(self.log_path(part.name)),
         )
 

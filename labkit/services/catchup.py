@@ -83,7 +83,7 @@ def read_missed(
     broker says it is read to its end (an EOF): never because the broker was slow. Past
     ``limit_s`` the gap counts as not read whole: the watcher is asked to resume again.
     """
-    config = {**CONSUMER_DEFAULTS, **settings.kafka_config(), "group.id": f"labkit-resume-{uuid.uuid4().hex[:8]}"}
+    config = {**CONSUMER_DEFAULTS, **settings.kafka_reader_config(), "group.id": f"labkit-resume-{uuid.uuid4().hex[:8]}"}
     reader = TailReader(config, pause_when_idle=False)
     complete = False
     began = time.monotonic()

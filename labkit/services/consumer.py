@@ -67,8 +67,8 @@ class ConsumerService:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.invalid_records = self.metrics.errors.labels("invalid_record")
-        config = {**CONSUMER_DEFAULTS, **settings.kafka_config(), "group.id": f"labkit-fanout-{id(self):x}"}
-        self.reader = TailReader(config)
+        config = {**CONSUMER_DEFAULTS, **settings.kafka_reader_config(), "group.id": f"labkit-fanout-{id(self):x}"}
+        self.reader = TailReader(config, pause_when_idle=not settings.broker_long_polls)
         self.kafka = self.reader.consumer
         self.probe = BrokerProbe(settings)
         self.watchers: set[Watcher] = set()
