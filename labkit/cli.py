@@ -109,7 +109,11 @@ def up(
     consumer_port: Port = None,
     gateway_port: Port = None,
     kafka_port: Port = None,
-    broker: Annotated[Optional[str], typer.Option(help="Embedded broker: noida (default) or tansu; external with --kafka.")] = None,
+    kafka_controller_port: Port = None,
+    broker: Annotated[Optional[str], typer.Option(
+        help="kafka (Apache Kafka, a local JVM), noida or tansu; default auto: kafka where Java 17+ runs, else noida. "
+             "External with --kafka.")] = None,
+    nodes: Annotated[Optional[int], typer.Option(help="Apache Kafka nodes: 1, or 3 for replication (--broker kafka).")] = None,
     kafka: Annotated[Optional[str], typer.Option(help="Bootstrap servers of an existing Kafka cluster (HOST:PORT[,...]).")] = None,
     kafka_config: Annotated[
         Optional[Path],
@@ -126,6 +130,7 @@ def up(
     settings = build_settings(
         mode=mode or ("external" if kafka else None), host=host, producer_port=producer_port,
         consumer_port=consumer_port, gateway_port=gateway_port, kafka_port=kafka_port, kafka_bootstrap=kafka, broker=broker,
+        kafka_controller_port=kafka_controller_port, kafka_nodes=nodes,
         kafka_properties=_read_properties(kafka_config) if kafka_config else None,
         topic=topic, partitions=partitions, state_dir=state_dir,
     )

@@ -199,14 +199,14 @@ def _download_fill(mirror: str, report: Report) -> Callable[[Path], None]:
     return fill
 
 
-def find_jars(kafka_home: Path | None, mirror: str, report: Report | None = None, *, use_maven: bool = True) -> KafkaJars:
+def find_jars(kafka_home: Path | None, mirror: str, report: Report | None = None) -> KafkaJars:
     """The broker's jars: from ``kafka_home``, the cache, Maven, or a verified Apache download (in that order)."""
     say = report or (lambda text: None)
     if kafka_home is not None:
         return _from_home(kafka_home)
     cached = cache_root() / f"kafka-{kafka_version()}"
     if not _complete(cached):
-        mvn = shutil.which("mvn") if use_maven else None
+        mvn = shutil.which("mvn")
         _fill_atomically(cached, _maven_fill(mvn, say) if mvn else _download_fill(mirror, say))
     source = "Maven cache" if not (cached / "from-download").exists() else "Apache download"
     return KafkaJars(cached / "libs", kafka_version(), source)
