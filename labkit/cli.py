@@ -29,6 +29,7 @@ from labkit.events import Event, parse_json_object
 from labkit.settings import Settings
 from labkit.discovery import running_settings
 from labkit.pacing import Schedule, due_ranges
+from labkit.ops.base import LabStack
 from labkit.ops.stack import Stack, open_stack
 
 app = typer.Typer(
@@ -66,6 +67,21 @@ def status_table(stack: Stack, cpu_sample_s: float = 0.0) -> Table:
         cpu = [f"{row['cpu']:.3f}" if row.get("cpu") is not None else "-"] if with_cpu else []
         table.add_row(row["component"], f"[{colour}]{row['state']}[/]", str(row["pid"] or "-"), row["url"], *cpu,
                       row.get("detail", ""))
+    return table
+
+
+def partitions_table(stack: LabStack) -> Table:
+    """Per partition: leader, replicas, in-sync replicas; under-replicated ones in red."""
+    rows = stack.partitions()
+    up = rows[0]["brokers_up"] if rows else []
+    table = Table(title=f"topic {stack.settings.topic!r}: brokers answering {up or 'none'}")
+    for column in ("partition", "leader", "replicas", "in sync", ""):
+        table.add_column(column)
+    for row in rows:
+        short = row["under_replicated"]
+        table.add_row(str(row["partition"]), str(row["leader"]) if row["leader"] >= 0 else "[red]none[/]",
+                      ", ".join(map(str, row["replicas"])), ", ".join(map(str, row["in_sync"])),
+                      "[red]under-replicated[/]" if short else "[green]fully replicated[/]")
     return table
 
 
@@ -184,6 +200,8 @@ def status(
     """Show each component, whether it answers, its URL, the CPU it uses, and which broker runs."""
     stack = open_stack(build_settings(state_dir=state_dir))
     out.print(status_table(stack, cpu_sample))
+    if stack.settings.broker == "kafka" and stack.is_running():
+        out.print(partitions_table(stack))
     if stack.is_running():
         for name in ("producer", "consumer"):
             try:

@@ -46,6 +46,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Me
 
 __all__ = [
     "PRODUCER_DEFAULTS", "CONSUMER_DEFAULTS", "Report", "Writer", "TailReader", "IDLE_TICK_MIN_S", "IDLE_TICK_MAX_S",
+    "read_everything", "PartitionState", "cluster_state",
 ]
 
 log = logging.getLogger("labkit.kafka")
@@ -306,3 +307,59 @@ class TailReader:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def read_everything(config: Mapping[str, Any], topic: str, timeout_s: float = 30.0) -> dict[tuple[int, int], bytes]:
+    """Every record the topic holds now, by (partition, offset): a plain consumer read to each partition's end.
+
+    For checks that acked records are stored (a crash, a leader election): the reader does no
+    deduplication and no resuming, so what it finds is what the broker keeps.
+    """
+    consumer = Consumer({**config, "group.id": f"labkit-check-{time.monotonic_ns():x}", "enable.auto.commit": False,
+                         "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+    found: dict[tuple[int, int], bytes] = {}
+    try:
+        partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
+        consumer.assign([TopicPartition(topic, p, low) for p, (low, _) in ends.items()])
+        done = {p for p, (low, high) in ends.items() if low >= high}
+        deadline = time.monotonic() + timeout_s
+        while len(done) < len(partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"read {len(found)} records of {topic!r} in {timeout_s:g} s; ends: {ends}")
+            for msg in consumer.consume(1000, timeout=0.5):
+                error = msg.error()
+                if error is None:
+                    found[(msg.partition(), msg.offset())] = msg.value()
+                if (error is None and msg.offset() + 1 >= ends[msg.partition()][1]) or \
+                        (error is not None and error.code() == KafkaError._PARTITION_EOF):
+                    done.add(msg.partition())
+    finally:
+        consumer.close()
+    return found
+
+
+class PartitionState(NamedTuple):
+    """One partition as the cluster's metadata shows it: its leader (-1: none), replicas and in-sync replicas."""
+
+    partition: int
+    leader: int
+    replicas: list[int]
+    isr: list[int]
+
+    @property
+    def under_replicated(self) -> bool:
+        return len(self.isr) < len(self.replicas)
+
+
+def cluster_state(client: Any, topic: str, timeout: float = 2.0) -> tuple[list[int], list[PartitionState]]:
+    """The brokers that answer, and each partition of ``topic``, from one metadata request (any confluent_kafka client).
+
+    Lists every topic: asking for one by name would let a broker auto-create it.
+    """
+    meta = client.list_topics(timeout=timeout)
+    found = meta.topics.get(topic)
+    partitions = [] if found is None else [
+        PartitionState(p.id, p.leader, list(p.replicas), list(p.isrs)) for p in sorted(found.partitions.values(), key=lambda p: p.id)
+    ]
+    return sorted(meta.brokers), partitions

@@ -178,8 +178,18 @@ class Settings(BaseSettings):
             yield name, ({key: "***" for key in value} if name == "kafka_properties" and value else value)
 
     @property
+    def kafka_node_ports(self) -> list[tuple[int, int, int]]:
+        """Each Apache Kafka node's (node.id, client port, controller port): node N at the base ports + 2(N-1)."""
+        return [(n, self.kafka_port + 2 * (n - 1), self.kafka_controller_port + 2 * (n - 1))
+                for n in range(1, self.kafka_nodes + 1)]
+
+    @property
     def bootstrap_servers(self) -> str:
-        return self.kafka_bootstrap or f"{self.host}:{self.kafka_port}"
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        if self.broker == "kafka" and self.kafka_nodes > 1:
+            return ",".join(f"{self.host}:{port}" for _, port, _ in self.kafka_node_ports)
+        return f"{self.host}:{self.kafka_port}"
 
     def url(self, port: int, path: str = "/", scheme: str = "ws") -> str:
         return f"{scheme}://{self.host}:{port}{path}"

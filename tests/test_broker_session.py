@@ -18,7 +18,7 @@ from labkit import Sender, Settings, Stack
 from labkit.ops.brokers import BROKERS
 from labkit.client import lab_api_key
 from labkit.events import PROBE_TYPE
-from labkit.kafka import TailReader, Writer
+from labkit.kafka import TailReader, Writer, read_everything
 from labkit.services.retention import trim_points
 from labkit.settings import free_port
 from waiting import wait_until
@@ -203,6 +203,7 @@ async def test_up_on_a_partly_running_stack_starts_only_what_is_missing(tmp_path
         assert ids == {a.ack for a in acks}
 
 
+@pytest.mark.both_brokers
 async def test_a_broker_stopped_while_it_acks_keeps_every_record_it_acked(tmp_path):
     """labkit stops noida-db with its own "stop" before SIGTERM: on SIGTERM alone it lost the last acked record."""
     settings = Settings().with_free_ports(state_dir=tmp_path)
@@ -241,24 +242,6 @@ async def test_a_broker_stopped_while_it_acks_keeps_every_record_it_acked(tmp_pa
             producing.clear()
             await asyncio.to_thread(thread.join)
         assert not errors, errors[:3]
-        in_log = read_whole_topic(settings)
+        in_log = read_everything(settings.kafka_config(), settings.topic)
         changed = {where: (value, in_log.get(where)) for where, value in acked.items() if in_log.get(where) != value}
         assert not changed, f"{len(changed)} acked records lost or overwritten after the restart: {list(changed.items())[:3]}"
-
-
-def read_whole_topic(settings: Settings) -> dict[tuple[int, int], bytes]:
-    consumer = Consumer(settings.kafka_config(**{"group.id": "read-whole-topic", "enable.auto.commit": False}))
-    records: dict[tuple[int, int], bytes] = {}
-    try:
-        for partition in range(settings.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(settings.topic, partition), timeout=10)
-            consumer.assign([TopicPartition(settings.topic, partition, low)])
-            read, deadline = 0, time.monotonic() + 30
-            while read < high - low and time.monotonic() < deadline:
-                for message in consumer.consume(500, timeout=1):
-                    if not message.error():
-                        records[(partition, message.offset())] = message.value()
-                        read += 1
-    finally:
-        consumer.close()
-    return records

@@ -18,6 +18,8 @@ from conftest import Collector, repeated_deliveries
 from streaming import Stream
 from waiting import health, wait_until
 
+pytestmark = pytest.mark.both_brokers  # `make test` runs this file on Apache Kafka and on noida-db
+
 
 @pytest.fixture
 def own_stack(tmp_path):

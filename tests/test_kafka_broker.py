@@ -18,12 +18,11 @@ from collections.abc import Iterator
 import psutil
 import pytest
 import websockets
-from confluent_kafka import Consumer, TopicPartition
 
 from labkit import Settings, Stack
 from labkit.discovery import lab_api_key
 from labkit.events import decode_delivered, decode_reply
-from waiting import wait_until
+from labkit.kafka import read_everything
 
 ACKS_BEFORE_KILL = 500
 
@@ -69,32 +68,6 @@ async def test_a_plain_websockets_clients_events_go_end_to_end(kafka_stack: Stac
     assert sorted(got) == sorted(ids)
 
 
-def read_topic(settings: Settings) -> dict[tuple[int, int], str]:
-    """Every record of the topic, by (partition, offset), with its event id: read with a plain confluent_kafka consumer."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"check-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False})
-    found: dict[tuple[int, int], str] = {}
-    try:
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(settings.topic, p), timeout=10)[1]
-                for p in range(settings.partitions)}
-        consumer.assign([TopicPartition(settings.topic, p, 0) for p in ends])
-
-        def read_to_the_end() -> bool:
-            for msg in consumer.consume(500, timeout=0.5):
-                if msg.error() is None:
-                    found[(msg.partition(), msg.offset())] = json.loads(msg.value()).get("id")
-            return all(sum(1 for (p, _) in found if p == part) >= end for part, end in ends.items())
-
-        wait_until_sync(read_to_the_end, 60, lambda: f"read {len(found)} records, the ends are {ends}")
-    finally:
-        consumer.close()
-    return found
-
-
-def wait_until_sync(condition, timeout: float, what) -> None:
-    asyncio.run(wait_until(condition, timeout, what))
-
-
 async def test_kill_9_of_the_broker_right_after_500_acks_loses_none(tmp_path):
     settings = Settings(broker="kafka").with_free_ports(state_dir=tmp_path)
     with Stack(settings) as stack:
@@ -112,6 +85,7 @@ async def test_kill_9_of_the_broker_right_after_500_acks_loses_none(tmp_path):
 
         again = Stack(settings).up()
         assert "started broker" in again.actions and not any("started producer" in a for a in again.actions), again.actions
-        stored = await asyncio.to_thread(read_topic, settings)
+        records = await asyncio.to_thread(read_everything, settings.kafka_config(), settings.topic, 60.0)
+        stored = {where: json.loads(value).get("id") for where, value in records.items()}
         missing = {where: event for where, event in acked.items() if stored.get(where) != event}
         assert len(acked) == ACKS_BEFORE_KILL and not missing, f"{len(missing)} acked events not stored: {list(missing.items())[:5]}"

@@ -48,7 +48,13 @@ def test_notebook_is_saved_without_outputs(name: str):
     assert "widgets" not in nb.metadata, f"{name} holds saved widget state (plotly's bundle is 5 MB)"
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+# The lessons on failure, groups and the topic run on both brokers (`make test` runs them again on noida-db).
+ON_BOTH_BROKERS = ("06", "07", "08")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.both_brokers] if name.startswith(ON_BOTH_BROKERS) else []) for name in NOTEBOOKS
+])
 def test_notebook_runs_top_to_bottom(name: str, stack: Stack, monkeypatch: pytest.MonkeyPatch):
     for variable, value in _settings_env(stack.settings).items():
         monkeypatch.setenv(variable, value)

@@ -20,6 +20,8 @@ import websockets
 
 from labkit import Settings, Stack
 
+pytestmark = pytest.mark.both_brokers  # `make test` runs this file on Apache Kafka and on noida-db
+
 # Kafka's verdict on an event queued while the broker is away comes after message.timeout.ms:
 # short, so that every event's reply arrives within the test.
 MESSAGE_TIMEOUT_MS = 8000

@@ -18,6 +18,8 @@ from confluent_kafka import Producer
 from labkit import Sender, Stack
 from labkit.client import lab_api_key
 
+pytestmark = pytest.mark.both_brokers  # `make test` runs this file on Apache Kafka and on noida-db
+
 
 async def frames(stack: Stack, query: str, count: int, timeout: float = 30) -> list[dict]:
     """``count`` event frames from a plain websockets watcher through the gateway (after a resume's first frame)."""

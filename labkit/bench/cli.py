@@ -122,3 +122,53 @@ def bench(
         problem = render_png(html, html.with_suffix(".png"))
         out.print(f"note: {problem}" if problem else f"plot (PNG): {html.with_suffix('.png')}", highlight=False)
 
+
+
+@bench_app.command("brokers")
+def bench_brokers(
+    brokers: Annotated[str, typer.Option(help="Brokers to compare, comma-separated.")] = "kafka,noida",
+    rates: Annotated[str, typer.Option(help="Offered rates for the full path and the baseline.")] = "100,1000,5000",
+    duration: Annotated[float, typer.Option(min=0.5, help="Seconds per rate.")] = 3.0,
+    idle_seconds: Annotated[float, typer.Option(min=1.0, help="Seconds of idle CPU measured.")] = 10.0,
+    out_dir: Annotated[Path, typer.Option(help="Where the JSON goes.")] = Path("bench-results"),
+) -> None:
+    """The brokers side by side: up to first ack, idle CPU, RSS, both paths per rate, acked events lost to kill -9."""
+    import json
+    import time
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from labkit.bench.brokers import measure_broker
+
+    names = [name.strip() for name in brokers.split(",") if name.strip()]
+    offered = _numbers(rates, "--rates")
+    results = []
+    for name in names:
+        with err.status(f"measuring {name}: up, idle, {len(offered)} rates on two paths, kill -9"):
+            results.append(measure_broker(name, offered, duration, idle_seconds))
+    table = Table(title="brokers side by side (each part on a fresh stack)")
+    table.add_column("figure")
+    for figures in results:
+        table.add_column(figures.broker, justify="right")
+
+    def row(label: str, values: list[str]) -> None:
+        table.add_row(label, *values)
+
+    row("up to first ack (s)", [f"{f.up_s:.1f}" for f in results])
+    row("probe round trip (ms)", [f"{f.first_ack_ms:.0f}" for f in results])
+    for component in results[0].idle_cores:
+        row(f"idle {component} (% core)", [f"{f.idle_cores.get(component, 0) * 100:.2f}" for f in results])
+        row(f"RSS {component} (MB)", [f"{f.rss_mb.get(component, 0):.0f}" for f in results])
+    for i, entry in enumerate(results[0].paths):
+        label = f"{entry['path']} {entry['rate']:g}/s"
+        row(f"{label} p50 / p99 (ms)", [f"{f.paths[i]['p50_ms']:.2f} / {f.paths[i]['p99_ms']:.2f}" for f in results])
+        for component in entry["cpu_us_per_event"]:
+            row(f"{label} µs CPU/event {component}",
+                [f"{f.paths[i]['cpu_us_per_event'].get(component, 0):.0f}" for f in results])
+    row("kill -9: acked / lost / offsets reused", [f"{f.crash_acked} / {f.crash_lost} / {f.crash_reused}" for f in results])
+    out.print(table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"brokers-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps([asdict(f) for f in results], indent=2))
+    out.print(f"results: {path}", highlight=False)

@@ -32,6 +32,7 @@ class LabStack(Protocol):
     def logs(self, component: str | None = None, lines: int = 40) -> str: ...
     def routes(self) -> list[dict[str, Any]]: ...
     def health(self, component: str) -> dict[str, Any]: ...
+    def partitions(self) -> list[dict[str, Any]]: ...
 
 
 class StackCommon:
@@ -54,6 +55,23 @@ class StackCommon:
         port = {"producer": self.settings.producer_port, "consumer": self.settings.consumer_port}[component]
         with urllib.request.urlopen(self.settings.url(port, "/healthz", "http"), timeout=2) as response:
             return json.loads(response.read())
+
+    def partitions(self) -> list[dict[str, Any]]:
+        """One row per partition of the topic: leader, replicas, in-sync replicas, and whether it is under-replicated.
+
+        Empty when no broker answers within a couple of seconds.
+        """
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        from labkit.kafka import cluster_state
+
+        try:
+            brokers, parts = cluster_state(AdminClient(self.settings.kafka_config()), self.settings.topic, timeout=3.0)
+        except KafkaException:
+            return []
+        return [{"partition": p.partition, "leader": p.leader, "replicas": p.replicas, "in_sync": p.isr,
+                 "under_replicated": p.under_replicated, "brokers_up": brokers} for p in parts]
 
     def __enter__(self) -> Any:
         return self.up()  # type: ignore[attr-defined]

@@ -150,6 +150,8 @@ def choose_broker(settings: Settings) -> tuple[Settings, str]:
     if settings.broker != "auto":
         return settings, "chosen by the settings (LABKIT_BROKER / --broker)"
     reason = kafka.why_not(settings)
+    if reason is not None and settings.kafka_nodes > 1:
+        raise LabkitError(f"{settings.kafka_nodes} Kafka nodes need Apache Kafka, which cannot run here: {reason}")
     if reason is None:
         return settings.replace(broker="kafka"), f"{kafka.describe(settings)}: Java 17+ and Kafka's jars are at hand"
     return settings.replace(broker="noida"), f"noida-db: {reason} (labkit up --broker kafka once it is)"
@@ -159,9 +161,14 @@ def broker_kind(settings: Settings) -> BrokerKind:
     return BROKERS[choose_broker(settings)[0].broker]
 
 
-def ensure_topic(settings: Settings, timeout: float = 20.0) -> int:
-    """Create the topic if it is missing and wait until its metadata shows; returns its partition count."""
-    admin = AdminClient(settings.kafka_config())
+def ensure_topic(settings: Settings, timeout: float | None = None) -> int:
+    """Create the topic if it is missing and wait until its metadata shows; returns its partition count.
+
+    A cluster's nodes register with their controller one by one, after its quorum has a leader: longer.
+    """
+    timeout = timeout or (90.0 if settings.kafka_nodes > 1 else 20.0)
+    # Its connection errors while the broker starts would flood the terminal; the last one is reported below.
+    admin = AdminClient(settings.kafka_config(log_level=0))
     topic = settings.topic
     deadline = time.monotonic() + timeout
     last_error: object = None

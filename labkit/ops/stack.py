@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from labkit.ops import kafka
 from labkit.ops.brokers import Say, broker_kind, choose_broker, ensure_topic
 from labkit.errors import ComponentFailed, LabkitError, NotRunning, PortInUse
 from labkit.ops.gateway import gateway_command, load_kong_config, reload, routes_table, write_nginx_conf
@@ -60,6 +61,9 @@ class Component:
     more_ports: list[tuple[int, str]] = field(default_factory=list)
     #: How long it may take to answer after it starts (a JVM takes seconds on a busy machine).
     ready_timeout_s: float = 30.0
+    #: Started and stopped together with its neighbours of the same group (a cluster's nodes: a node
+    #: neither finishes starting nor stops cleanly while the others are not there).
+    group: str = ""
     # Called before the process starts (may set the command; says what a long step is doing), and once it answers.
     prepare: Callable[[Component, Say], None] | None = None
     after_ready: Callable[[Component], None] | None = None
@@ -134,6 +138,17 @@ def _wait_exited(procs: list[psutil.Process], timeout: float) -> list[psutil.Pro
             return procs
 
 
+def _batches(parts: list[Component]) -> list[list[Component]]:
+    """Neighbours of the same group together, every other component alone, in order."""
+    batches: list[list[Component]] = []
+    for part in parts:
+        if batches and part.group and batches[-1][0].group == part.group:
+            batches[-1].append(part)
+        else:
+            batches.append([part])
+    return batches
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -187,7 +202,10 @@ class Stack(StackCommon):
             return Component(name, port, port_setting, s.url(port), [*serve, f"labkit.services.{name}"],
                              s.url(port, "/healthz", "http"), _settings_env(s), prepare=prepare)
 
-        if broker.argv is not None:
+        if broker.name == "kafka" and s.kafka_nodes > 1:
+            parts += self._kafka_nodes(s, topic)
+            parts.append(service("producer", "producer_port"))
+        elif broker.argv is not None:
             # The broker we start makes the topic once it answers; an external one, before the producer starts.
             jvm = broker.name == "kafka"
             parts.append(Component("broker", s.kafka_port, "kafka_port", s.bootstrap_servers, [],
@@ -203,6 +221,27 @@ class Stack(StackCommon):
         parts.append(service("consumer", "consumer_port"))
         gateway_url = f"{s.produce_url}  {s.consume_url}"
         parts.append(Component("gateway", s.gateway_port, "gateway_port", gateway_url, [], prepare=gateway_conf))
+        return parts
+
+    @staticmethod
+    def _kafka_nodes(s: Settings, topic: Callable[[Component], None]) -> list[Component]:
+        """A cluster's nodes, ``broker-<node.id>``, started together: a node opens its client port only once the
+        controller quorum has a leader, which needs a majority of the nodes running. The last makes the topic."""
+        nodes = kafka.nodes(s)
+        parts = []
+        for node in nodes:
+            def command(part: Component, say: Say, node_id: int = node.node_id) -> None:
+                part.command = kafka.prepare_node(s, node_id, say)[0]
+
+            parts.append(Component(
+                f"broker-{node.node_id}", node.port, "kafka_port", f"{s.host}:{node.port}", [],
+                detail=f"{kafka.describe(s)}, node {node.node_id} of {len(nodes)} (replication 3, min in-sync 2)",
+                prepare=command, after_ready=topic if node is nodes[-1] else None,
+                more_ports=[(node.controller_port, "kafka_controller_port")],
+                ready_timeout_s=90.0, group="kafka",
+                restarted_note=f"broker-{node.node_id} had stopped and was started again: it catches up from the "
+                               "other nodes and rejoins the in-sync replicas",
+            ))
         return parts
 
     # -- record ------------------------------------------------------------------
@@ -299,13 +338,16 @@ class Stack(StackCommon):
         running = [alive.get(p.name, p) for p in parts]
         started: list[Component] = []
         try:
-            for part in missing:
-                report(f"starting {part.name}")
-                self._start(part, say)
-                started.append(part)
-                self._write_record([p for p in running if p.pid is not None])
-                self._wait_ready(part)
-                self.actions.append(f"started {part.name}")
+            for batch in _batches(missing):
+                for part in batch:  # a group's members all start before any is waited for
+                    report(f"starting {part.name}")
+                    self._start(part, say)
+                    started.append(part)
+                    self._write_record([p for p in running if p.pid is not None])
+                for part in batch:
+                    say(f"waiting for {part.name} to answer")
+                    self._wait_ready(part)
+                    self.actions.append(f"started {part.name}")
             report("checking that an event goes through the gateway, producer, broker and consumer")
             self.ready_ms = probe_round_trip(self.settings)
         except BaseException:
@@ -365,26 +407,33 @@ class Stack(StackCommon):
 
     @staticmethod
     def _stop(parts: list[Component], on_step: StepCallback | None = None) -> list[str]:
+        """Stop in reverse order of start; a stop group (a cluster's nodes) is sent SIGTERM at once, then waited for."""
         stopped = []
-        for step, part in enumerate(reversed(parts), 1):
-            if on_step is not None:
-                on_step(f"stopping {part.name}", step, len(parts))
-            proc = part.process()
-            if proc is None:
-                continue
-            if part.before_stop is not None:
-                part.before_stop(part)
-            family = [proc, *proc.children(recursive=True)]
-            for member in family:
-                try:
-                    member.terminate()
-                except psutil.NoSuchProcess:
-                    pass
-            alive = _wait_exited(family, timeout=10)
+        order = list(reversed(parts))
+        step = 0
+        for batch in _batches(order):
+            family: list[psutil.Process] = []
+            for part in batch:
+                step += 1
+                if on_step is not None:
+                    on_step(f"stopping {part.name}", step, len(order))
+                proc = part.process()
+                if proc is None:
+                    continue
+                if part.before_stop is not None:
+                    part.before_stop(part)
+                members = [proc, *proc.children(recursive=True)]
+                for member in members:
+                    try:
+                        member.terminate()
+                    except psutil.NoSuchProcess:
+                        pass
+                family += members
+                stopped.append(part.name)
+            alive = _wait_exited(family, timeout=10 if len(batch) == 1 else 20)
             for member in alive:
                 member.kill()
             _wait_exited(alive, timeout=5)
-            stopped.append(part.name)
         return stopped
 
     def restart(self, on_step: StepCallback | None = None) -> Stack:

@@ -264,7 +264,7 @@ class ConsumerService:
         return {
             "service": "consumer",
             "status": "ok",
-            "broker": self.probe.state,
+            **self.probe.view(),
             "topic": self.settings.topic,
             "partitions": self.assigned,
             # Per partition, the offset of the next record it will read: its lag is the high watermark minus this.

@@ -190,7 +190,7 @@ class ProducerService:
             "service": "producer",
             # ok only when events can be stored now: the broker answers and the producer takes them.
             "status": "ok" if broker == "up" and producer == "ok" else "degraded",
-            "broker": broker,
+            **self.probe.view(),
             "producer": producer,
             "topic": self.settings.topic,
             "senders": self.senders,

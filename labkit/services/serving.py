@@ -23,6 +23,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from labkit.events import encode
+from labkit.kafka import cluster_state
 from labkit.settings import Settings
 
 __all__ = [
@@ -223,8 +224,17 @@ class BrokerProbe:
         from confluent_kafka.admin import AdminClient
 
         self.admin = AdminClient(settings.kafka_config(**{"client.id": "labkit-probe"}))
+        self.topic = settings.topic
         self.state = "unknown"
+        #: From the last metadata answer: the brokers that answer, and the topic's partitions whose
+        #: in-sync replicas are fewer than their replicas (a node down or catching up).
+        self.brokers: list[int] = []
+        self.under_replicated: list[int] = []
         self._task: asyncio.Task[None] | None = None
+
+    def view(self) -> dict[str, Any]:
+        """For /healthz: whether the broker answers, which nodes do, and the partitions short of in-sync replicas."""
+        return {"broker": self.state, "brokers_up": self.brokers, "under_replicated": self.under_replicated}
 
     def saw_broker(self) -> None:
         self.state = "up"
@@ -240,7 +250,9 @@ class BrokerProbe:
         while True:
             try:
                 # All topics: naming one would let the broker auto-create it.
-                await asyncio.to_thread(self.admin.list_topics, timeout=2.0)
+                brokers, partitions = await asyncio.to_thread(cluster_state, self.admin, self.topic)
+                self.brokers = brokers
+                self.under_replicated = [p.partition for p in partitions if p.under_replicated]
                 self.state = "up"
             except Exception as exc:  # any failure to get metadata means the broker is not answering
                 log.debug("broker probe failed: %s", exc)

@@ -28,7 +28,7 @@ def kafka_dir(settings: Settings) -> Path:
 def nodes(settings: Settings) -> list[KafkaNode]:
     """The stack's Kafka nodes, numbered by node.id from 1; ports step by 2 from the two base ports."""
     count = settings.kafka_nodes
-    ports = [(i, settings.kafka_port + 2 * (i - 1), settings.kafka_controller_port + 2 * (i - 1)) for i in range(1, count + 1)]
+    ports = settings.kafka_node_ports
     voters = ",".join(f"{i}@{settings.host}:{cport}" for i, _, cport in ports)
     base = kafka_dir(settings)
     return [

@@ -1,0 +1,113 @@
+"""``labkit bench brokers``: the lab's brokers side by side in one run, each on fresh stacks.
+
+Per broker: the time from ``up`` to the first ack, idle CPU and memory per
+component, the full path and the Kafka-only baseline at a few rates (p50, p99 and
+CPU per event per component, from the one benchmark runner), and how many acked
+events a ``kill -9`` of the broker loses. Events for the crash are sent and read
+back with plain ``websockets`` and ``confluent_kafka``, not labkit's client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import websockets
+
+from labkit.bench.config import BASELINE, FULL, BenchConfig
+from labkit.bench.goals import find_phase
+from labkit.discovery import lab_api_key
+from labkit.events import decode_reply
+from labkit.kafka import read_everything
+from labkit.ops.stack import Stack
+from labkit.procstats import cpu_cores, rss_bytes
+from labkit.settings import Settings
+
+__all__ = ["BrokerFigures", "measure_broker"]
+
+CRASH_ACKS = 500
+SETTLE_S = 5.0  # after up, before idle CPU is measured: the JVM compiles its hot paths first
+
+
+@dataclass
+class BrokerFigures:
+    broker: str
+    up_s: float = 0.0  # `up` called to its return: the probe event has gone end to end
+    first_ack_ms: float = 0.0  # the probe's round trip, part of up_s
+    idle_cores: dict[str, float] = field(default_factory=dict)
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    paths: list[dict[str, Any]] = field(default_factory=list)  # per path and rate: p50, p99, µs of CPU per event
+    crash_acked: int = 0
+    crash_lost: int = 0
+    crash_reused: int = 0  # acked (partition, offset) pairs now holding another event
+
+
+def _fresh(broker: str, name: str) -> Settings:
+    return Settings(broker=broker).with_free_ports(state_dir=Path(tempfile.mkdtemp(prefix=f"labkit-{name}-{broker}-")))
+
+
+async def _send_acked(settings: Settings, count: int) -> dict[tuple[int, int], str]:
+    key = lab_api_key(settings)
+    acked: dict[tuple[int, int], str] = {}
+    async with websockets.connect(settings.produce_url, additional_headers={"apikey": key} if key else None) as sender:
+        for i in range(count):
+            await sender.send(json.dumps({"type": "crash", "value": i, "id": f"c-{i}"}))
+        for _ in range(count):
+            ack = decode_reply(await asyncio.wait_for(sender.recv(), 60))
+            if ack.ok and ack.partition is not None and ack.offset is not None:
+                acked[(ack.partition, ack.offset)] = str(ack.ack)
+    return acked
+
+
+def _crash(broker: str, figures: BrokerFigures) -> None:
+    settings = _fresh(broker, "crash")
+    stack = Stack(settings).up()
+    try:
+        acked = asyncio.run(_send_acked(settings, CRASH_ACKS))
+        pid = json.loads(stack.record_path.read_text())["components"]["broker"]["pid"]
+        psutil.Process(pid).send_signal(signal.SIGKILL)
+        psutil.Process(pid).wait(10)
+        Stack(settings).up()
+        stored = {where: json.loads(value).get("id") for where, value in
+                  read_everything(settings.kafka_config(), settings.topic, timeout_s=60).items()}
+        figures.crash_acked = len(acked)
+        figures.crash_lost = sum(1 for where, event in acked.items() if stored.get(where) != event)
+        figures.crash_reused = sum(1 for where, event in acked.items() if stored.get(where) not in (None, event))
+    finally:
+        Stack(settings).down()
+
+
+def measure_broker(broker: str, rates: tuple[float, ...], duration_s: float, idle_s: float) -> BrokerFigures:
+    """Every figure for one broker; each part on a stack of its own."""
+    from labkit.bench import run_bench
+
+    figures = BrokerFigures(broker)
+    began = time.monotonic()
+    stack = Stack(_fresh(broker, "up")).up()
+    try:
+        figures.up_s = round(time.monotonic() - began, 2)
+        figures.first_ack_ms = round(stack.ready_ms or 0.0, 1)
+        pids = {row["component"]: row["pid"] for row in stack.status() if row["pid"]}
+        time.sleep(SETTLE_S)  # pacing a measurement, not waiting for a state
+        figures.idle_cores = {name: round(cores, 4) for name, cores in cpu_cores(pids, idle_s).items()}
+        figures.rss_mb = {name: round(rss_bytes(pid) / 1e6, 1) for name, pid in pids.items()}
+    finally:
+        stack.down()
+    config = BenchConfig(rates=rates, duration_s=duration_s, paths=(BASELINE, FULL), ramp=False, fanout=(),
+                         out_dir=Path(tempfile.mkdtemp(prefix="labkit-bench-brokers-")), png=False)
+    result, _ = run_bench(config, settings=Settings(broker=broker))
+    for rate in rates:
+        for path in (BASELINE, FULL):
+            phase = find_phase(result.phases, path, "fixed", rate)
+            if phase is not None:
+                figures.paths.append({"path": path, "rate": rate, "p50_ms": phase.latency.p50, "p99_ms": phase.latency.p99,
+                                      "lost": phase.lost, "cpu_us_per_event": phase.cpu_us_per_delivery()})
+    _crash(broker, figures)
+    return figures
