@@ -137,6 +137,7 @@ async def test_stop_ends_a_burst_and_close_leaves_nothing(stack: Stack, event_ty
     await wait_until(lambda: not form.busy, 10, "Stop did not end the burst")
     assert form.problems == {} and shown_under(form, "burst") == ""  # the message went with the burst
     assert 5 <= form.sent < 1000 and form.acked == form.sent and form.progress.bar_style == "warning"
+    assert form.burst_note.value == f"stopped: you pressed Stop, after {form.sent:,} of 1,000", form.burst_note.value
     connection = form.sender
     await form.aclose()
     assert not form.connected and connection.ws.state.name == "CLOSED"
