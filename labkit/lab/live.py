@@ -30,7 +30,7 @@ import numpy as np
 import websockets
 from plotly.subplots import make_subplots
 
-from labkit.client import watch
+from labkit.client import Watch
 from labkit.events import Delivered, now_ms
 from labkit.lab.chart import StreamChart
 from labkit.lab.tasks import cancel, close_tree, until
@@ -105,7 +105,10 @@ class LiveChart(w.VBox):
         self.reconnects = 0
         self.last_error: str | None = None
         self.paused = False
+        self.stopped = False
         self.connected = asyncio.Event()
+        self.stream: Watch | None = None  # its recovered and reason say how the last resume went
+        self.marks: list[tuple[str, float, float]] = []  # (label, start, end) on the time axis
 
         self._t0 = time.monotonic()
         self._max_points = max_points
@@ -162,7 +165,8 @@ class LiveChart(w.VBox):
     async def _watch(self) -> None:
         while True:
             try:
-                async for event in watch(settings=self.settings, types=self.types, opened=self.connected):
+                self.stream = Watch(settings=self.settings, types=self.types, opened=self.connected, report_gap=False)
+                async for event in self.stream:
                     self._add(event)
                 self.last_error = "the consumer closed the connection"
             except (OSError, websockets.InvalidStatus, websockets.ConnectionClosed, TimeoutError) as exc:
@@ -244,10 +248,15 @@ class LiveChart(w.VBox):
     def _show_counters(self) -> None:
         latency = self.latency_percentiles()
         lat = f"p50 <b>{latency['p50']:.1f}</b> ms · p99 <b>{latency['p99']:.1f}</b> ms" if latency else "no latency yet"
-        if self.connected.is_set():
+        if self.stopped:
+            state = "<b>stopped</b>: the picture is frozen as it was"
+        elif self.connected.is_set():
             state = "<span style='color:#2e7d32'>watching</span>"
         else:
             state = f"<span style='color:#c62828'>not connected</span> {html.escape(self.last_error or '')}"
+        if self.stream is not None and self.stream.recovered is not None:
+            news = "nothing missed" if self.stream.recovered else f"with a gap: {self.stream.reason}"
+            state += f" · <span class='labkit-resumed' style='color:#1565c0'>resumed {html.escape(news)}</span>"
         if self.paused:
             state += " · <b>paused</b>: events are counted, the chart catches up on Resume"
         per_type = ", ".join(f"{html.escape(k)}: {v}" for k, v in self.counts.most_common(5))
@@ -273,6 +282,23 @@ class LiveChart(w.VBox):
             self._draw()
         self._show_counters()
 
+    def now(self) -> float:
+        """The chart's time: seconds since it started, as on its time axis."""
+        return time.monotonic() - self._t0
+
+    def mark(self, label: str, start: float, end: float | None = None) -> None:
+        """Shade ``start`` to ``end`` (chart seconds, see :meth:`now`) on both time panels, labelled ``label``."""
+        self.marks.append((label, start, self.now() if end is None else end))
+        shapes = []
+        for label, x0, x1 in self.marks:
+            for axis in ("", "2"):
+                shapes.append({
+                    "type": "rect", "xref": f"x{axis}", "yref": f"y{axis} domain", "x0": x0, "x1": x1, "y0": 0, "y1": 1,
+                    "fillcolor": "#ef9a9a", "opacity": 0.35, "line": {"width": 0}, "layer": "below",
+                    **({"label": {"text": label, "textposition": "top center", "font": {"size": 11}}} if not axis else {}),
+                })
+        self.figure.extend({}, {}, {"shapes": shapes})
+
     def pause(self) -> None:
         """Freeze the figure; events are still received and counted."""
         self.paused = True
@@ -296,10 +322,12 @@ class LiveChart(w.VBox):
         return any(not task.done() for task in self._tasks())
 
     def stop(self) -> None:
-        """End the watch and the redraws; the figure keeps its last picture."""
+        """End the watch and the redraws; the figure keeps its last picture, and the counters say it is frozen."""
         cancel(self._tasks())
-        if hasattr(self, "connected"):
+        if hasattr(self, "counters"):
             self.connected.clear()
+            self.stopped = True
+            self._show_counters()
 
     def close(self) -> None:
         """Stop, and close the figure and counters."""
