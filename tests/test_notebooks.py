@@ -28,9 +28,10 @@ NOTEBOOKS = [
     "06_when_things_fail.ipynb",
     "07_partitions_keys_groups.ipynb",
     "08_inside_the_topic.ipynb",
+    "09_delivery_guarantees.ipynb",
 ]
 # Notebooks that start private stacks under the test stack's state folder (and stop them).
-PRIVATE_STACKS = ["tiny-limits", "faults"]
+PRIVATE_STACKS = ["tiny-limits", "faults", "slow-watcher"]
 CELL_TIMEOUT_S = 120
 
 
