@@ -42,6 +42,8 @@ RETRY_S = 1.0  # wait before watching again after the connection dropped
 STALE_S = 1.0  # move the window along at least this often, events or not
 GAP_S = 5.0  # a line is broken where one type's events are further apart than this
 LATENCY_BINS = 40
+# Whole-run latency: a histogram over log-spaced bins from 0.01 ms to 1,000 s (about 1% wide), bounded in memory.
+RUN_BINS = np.logspace(-2, 6, 1601)
 BARS, LATENCY = 0, 1  # the fixed traces: events per second, latency histogram
 
 
@@ -115,7 +117,14 @@ class LiveChart(w.VBox):
         self._new: dict[str, list[tuple[float, float]]] = {}  # points not sent to the figure yet
         self._dropped = False  # some were dropped while paused: redraw from a snapshot
         self._per_second: deque[list[float]] = deque(maxlen=int(window_s) + 2)  # [second, count]
-        self._latencies: deque[float] = deque(maxlen=max_points * 2)  # the latency of the most recent events
+        self._latencies: deque[tuple[float, float]] = deque(maxlen=100_000)  # (arrival, latency ms), recent
+        self._run_counts = np.zeros(len(RUN_BINS) + 1, dtype=np.int64)  # every latency since the chart started
+        self._run_max = 0.0
+        # The value panel draws at most this many points a second per type, so it covers the whole window at any
+        # rate (max_points over window_s), as the bars do; the counters count every event.
+        self.points_per_second = max(1, int(max_points / window_s))
+        self._drawn_this_second: dict[str, tuple[float, int]] = {}
+        self.thinned = 0  # events counted but not drawn as points
         self._dirty = False
         self._last_draw = 0.0
         self._shown = ""
@@ -181,19 +190,27 @@ class LiveChart(w.VBox):
         now = time.monotonic() - self._t0
         self.received += 1
         self.counts[event.type] += 1
-        if event.type in self._new or event.type in self.figure.lines or len(self.figure.lines) + len(self._new) < self.max_traces:
+        second = float(int(now))
+        at, drawn = self._drawn_this_second.get(event.type, (second, 0))
+        drawn = drawn if at == second else 0
+        if drawn >= self.points_per_second:
+            self.thinned += 1
+        elif event.type in self._new or event.type in self.figure.lines or len(self.figure.lines) + len(self._new) < self.max_traces:
+            self._drawn_this_second[event.type] = (second, drawn + 1)
             new = self._new.setdefault(event.type, [])
             new.append((now, float(event.value)))
             if len(new) > 2 * self._max_points:  # paused for long: keep the newest
                 del new[: -self._max_points]
                 self._dropped = True
-        second = float(int(now))
         if self._per_second and self._per_second[-1][0] == second:
             self._per_second[-1][1] += 1
         else:
             self._per_second.append([second, 1])
         if isinstance(event.sent_at, (int, float)):
-            self._latencies.append(arrived - event.sent_at)
+            latency = arrived - event.sent_at
+            self._latencies.append((now, latency))
+            self._run_counts[np.searchsorted(RUN_BINS, latency)] += 1
+            self._run_max = max(self._run_max, latency)
         self._dirty = True
 
     # -- drawing -------------------------------------------------------------------------
@@ -215,8 +232,9 @@ class LiveChart(w.VBox):
         end = max(now, 10.0) + 0.04 * self.window_s  # room at the right edge for the next points
         seconds = [s for s, _ in self._per_second if s >= start]
         per_second = [c for s, c in self._per_second if s >= start]
-        if self._latencies:
-            counts, edges = np.histogram(np.array(self._latencies, dtype=float), bins=LATENCY_BINS)
+        recent = self._recent_latencies()
+        if len(recent):
+            counts, edges = np.histogram(recent, bins=LATENCY_BINS)
             centers, width = ((edges[:-1] + edges[1:]) / 2).tolist(), float(edges[1] - edges[0]) or 1.0
         else:
             counts, centers, width = np.zeros(0), [], 1.0
@@ -237,17 +255,37 @@ class LiveChart(w.VBox):
         last = float(int(time.monotonic() - self._t0)) - 1
         return next((count for second, count in reversed(self._per_second) if second == last), 0.0)
 
+    def _recent_latencies(self) -> np.ndarray:
+        start = self.now() - self.window_s
+        return np.array([latency for at, latency in self._latencies if at >= start], dtype=float)
+
     def latency_percentiles(self) -> dict[str, float]:
-        """p50, p90, p99 and max of end-to-end latency in ms over the recent events (empty if none)."""
-        if not self._latencies:
+        """p50, p90, p99 and max of end-to-end latency in ms over the window's events (empty if none)."""
+        values = self._recent_latencies()
+        if not len(values):
             return {}
-        values = np.array(self._latencies, dtype=float)
         p50, p90, p99 = np.percentile(values, [50, 90, 99])
         return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(values.max())}
 
+    def run_percentiles(self) -> dict[str, float]:
+        """p50, p90, p99 and max over every event since the chart started (to about 1%), so a past stall shows."""
+        total = int(self._run_counts.sum())
+        if not total:
+            return {}
+        cumulative = np.cumsum(self._run_counts)
+        edges = np.concatenate([[0.0], RUN_BINS, [self._run_max]])
+
+        def at(q: float) -> float:
+            index = int(np.searchsorted(cumulative, q * total))
+            return float(min(edges[index + 1], self._run_max))  # the bin's upper edge
+
+        return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": self._run_max}
+
     def _show_counters(self) -> None:
-        latency = self.latency_percentiles()
-        lat = f"p50 <b>{latency['p50']:.1f}</b> ms · p99 <b>{latency['p99']:.1f}</b> ms" if latency else "no latency yet"
+        latency, run = self.latency_percentiles(), self.run_percentiles()
+        lat = (f"last {self.window_s:g} s: p50 <b>{latency['p50']:.1f}</b> ms · p99 <b>{latency['p99']:.1f}</b> ms"
+               f" · <span class='labkit-run-latency'>whole run: p50 {run['p50']:.1f} · p99 <b>{run['p99']:.1f}</b> ms</span>"
+               if latency and run else "no latency yet")
         if self.stopped:
             state = "<b>stopped</b>: the picture is frozen as it was"
         elif self.connected.is_set():
