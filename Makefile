@@ -51,7 +51,7 @@ test: $(STAMP) $(CHROMIUM) $(KCAT) kafka
 	$(BIN)/python -m pytest
 	LABKIT_BROKER=noida $(BIN)/python -m pytest -m both_brokers
 
-# The benchmark: the goals table (README "Performance") with its Kafka-only baseline, each phase on a fresh
+# The benchmark: the goals table (docs/performance.md) with its Kafka-only baseline, each phase on a fresh
 # stack on free ports. Results (JSON, HTML and PNG plot) go to bench-results/.
 # Other runs: make bench BENCH_ARGS="--rates 1000 --no-ramp" (see python -m labkit.bench --help).
 BENCH_ARGS ?= --goals

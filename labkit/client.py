@@ -271,8 +271,8 @@ async def _watch(state: Watch) -> AsyncIterator[Delivered]:
                         if frame.startswith(RECOVERED_PREFIX):
                             recovery = msgspec.json.decode(frame)
                             state.recovered, state.reason = recovery["recovered"], recovery.get("reason")
-                            if not state.recovered:
-                                log.warning("watch: resumed with a gap: %s", state.reason)
+                            if not state.recovered:  # a caller that shows it itself (a lab widget) keeps it out of stderr
+                                (log.warning if state.report_gap else log.info)("watch: resumed with a gap: %s", state.reason)
                             continue
                         event = decode_delivered(frame)
                         epoch = event.epoch or epoch
@@ -315,7 +315,8 @@ class Watch:
     Each resume names the epoch of the last event seen. ``recovered`` then says how
     it went: None before any resume, True when nothing was missed, False when the
     broker's log restarted or the events missed were trimmed (``reason`` says which);
-    the events that remain still arrive.
+    the events that remain still arrive. A gap is logged as a warning unless
+    ``report_gap=False``: then the caller shows ``recovered`` and ``reason`` itself.
     """
 
     def __init__(
@@ -330,7 +331,9 @@ class Watch:
         reconnect: bool = True,
         give_up_after: float = RECONNECT_GIVE_UP_S,
         raw: bool = False,
+        report_gap: bool = True,
     ) -> None:
+        self.report_gap = report_gap
         self.url, self.types, self.replay, self.count, self.settings = url, types, replay, count, settings
         self.opened, self.reconnect, self.give_up_after, self.raw = opened, reconnect, give_up_after, raw
         self.recovered: bool | None = None

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from playwright.sync_api import Browser, Page
 
-from browser_lab import ARTIFACTS, open_notebook, run_all
+from browser_lab import ARTIFACTS, ERROR_OUTPUTS, open_notebook, run_all
 from labkit import Sender, Stack
 
 TABLE_ROWS = """(selector) => {
@@ -23,6 +23,19 @@ TABLE_ROWS = """(selector) => {
     return [...table.querySelectorAll('tbody tr')].map(tr =>
         Object.fromEntries([...tr.querySelectorAll('td')].map((td, i) => [heads[i], td.innerText.trim()])));
 }"""
+
+
+# The last view of 06's chart, as the page draws it: trace names, shaded fault spans, the counters' words.
+FAULT_CHART = """(() => {
+    const charts = [...document.querySelectorAll('.labkit-live')];
+    const live = charts[charts.length - 1];
+    const gd = live && live.querySelector('.js-plotly-plot');
+    if (!gd || !gd.data) return {ok: false};
+    const names = gd.data.map(t => t.name);
+    const shaded = ((gd.layout || {}).shapes || []).length;
+    const counters = live.querySelector('.labkit-live-counters').innerText;
+    return {ok: shaded >= 8 && counters.includes('stopped'), names, shaded, counters};
+})()"""
 
 
 def table_rows(page: Page, selector: str) -> list[dict[str, str]]:
@@ -44,6 +57,15 @@ def test_faults_notebook_shows_every_acked_event_back(lab_server: tuple[str, str
         table = page.locator(".jp-OutputArea-output").filter(has=page.locator(".labkit-fault-table"))
         table.scroll_into_view_if_needed()
         table.screenshot(path=str(ARTIFACTS / "faults.png"))
+        # After Run All: no red box, and the chart still shows, frozen, each fault a line and a shaded span.
+        assert page.locator(ERROR_OUTPUTS).count() == 0, page.locator(ERROR_OUTPUTS).first.inner_text()
+        chart = page.locator(".jp-OutputArea-output").filter(has=page.locator(".labkit-live-counters")).last
+        chart.scroll_into_view_if_needed()
+        page.wait_for_function(FAULT_CHART + ".ok", timeout=30_000)
+        drawn = page.evaluate(FAULT_CHART)
+        assert {"consumer-fault", "gateway-fault", "broker-fault", "lost-log-fault"} <= set(drawn["names"]), drawn
+        assert drawn["shaded"] >= 8 and "stopped" in drawn["counters"] and "resumed with a gap" in drawn["counters"], drawn
+        chart.screenshot(path=str(ARTIFACTS / "faults-chart.png"))
     finally:
         # The notebook broke and stopped a private stack of its own; the test stack must be whole.
         Stack(stack.settings.replace(state_dir=stack.state_dir / "faults")).down()

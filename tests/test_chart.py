@@ -29,6 +29,7 @@ def test_deltas_append_numbered_points_and_break_lines_across_gaps():
     chart = StreamChart({"title": {"text": "t"}}, [{"type": "bar", "x": [], "y": []}], max_points=4, gap=5.0)
     sent = recording(chart)
     chart.extend({"a": [(0.0, 1.0), (1.0, 2.0)]}, {0: {"x": [0], "y": [2]}}, {"xaxis.range": [0, 10]})
+    chart._on_view_message(chart, {"type": "ack", "seq": 1, "view": "v1"}, None)  # the view drew it: the next may go
     chart.extend({"a": [(9.0, 3.0)], "b": [(9.5, 7.0)]}, {}, {})
     first, second = (content for content, _ in sent)
     assert (first["type"], first["seq"], second["seq"]) == ("delta", 1, 2)
@@ -81,3 +82,22 @@ def test_a_figure_view_sends_the_figure_on_hello_and_a_new_figure_to_every_view(
 def test_a_figure_view_of_something_else_says_what_it_needs():
     with pytest.raises(TypeError, match="a go.Figure, or a dict with 'data' and 'layout'"):
         FigureView([1, 2, 3])
+
+
+def test_one_delta_in_flight_the_rest_merged_until_a_view_acknowledges():
+    chart = StreamChart({}, [{"type": "bar", "x": [], "y": []}], max_points=3)
+    sent = recording(chart)
+    chart.extend({"a": [(0.0, 1.0)]}, {0: {"y": [1]}}, {"xaxis.range": [0, 1]})
+    for i in range(1, 6):  # the page has not drawn the first: these wait in the kernel, merged, bounded
+        chart.extend({"a": [(float(i), float(i))]}, {0: {"y": [i]}}, {"xaxis.range": [0, i]})
+    assert [c["seq"] for c, _ in sent] == [1] and chart.in_flight and chart.coalesced == 4
+    chart._on_view_message(chart, {"type": "ack", "seq": 1, "view": "v1"}, None)
+    assert [c["seq"] for c, _ in sent] == [1, 2]
+    merged = sent[-1][0]
+    assert merged["points"]["1"] == ([3.0, 4.0, 5.0], [3.0, 4.0, 5.0])  # the newest max_points only
+    assert merged["restyle"]["data"] == {"y": [[5]]} and merged["restyle"]["layout"] == {"xaxis.range": [0, 5]}
+    chart._on_view_message(chart, {"type": "ack", "seq": 1, "view": "v2"}, None)  # an old ack frees nothing
+    chart.extend({"a": [(6.0, 6.0)]}, {}, {})
+    assert len(sent) == 2
+    chart._on_view_message(chart, {"type": "hello", "view": "v3"}, None)  # a new view: pending first, then its snapshot
+    assert [c["type"] for c, _ in sent[-2:]] == ["delta", "snapshot"] and sent[-1][0]["seq"] == sent[-2][0]["seq"] == 3

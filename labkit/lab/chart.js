@@ -8,6 +8,9 @@
 // is asked of the kernel once per page instead. Each view asks for a full snapshot when
 // it renders (a new view, a page reload) and after any missed delta, so it can always
 // redraw the whole state; deltas then append points with Plotly.extendTraces.
+// Flow control: the view acknowledges each snapshot and delta once drawn, and the kernel sends
+// the next delta only then (merging what came meanwhile), so no queue of updates grows in the
+// kernel, the server or the page however fast events arrive.
 
 const RETRY_MS = 3000;
 
@@ -37,6 +40,7 @@ function render({ model, el }) {
   let queued = []; // deltas that came before the snapshot
   let pending = null; // merged deltas waiting for the next animation frame
   let closed = false;
+  let frames = 0;
 
   const ask = (type) => model.send({ type, view });
   const retry = setInterval(() => {
@@ -50,6 +54,7 @@ function render({ model, el }) {
   function draw(snapshot) {
     Plotly.react(plot, snapshot.traces, snapshot.layout, snapshot.config);
     seq = snapshot.seq;
+    model.send({ type: "ack", seq, view }); // drawn: the kernel may send the next delta
     pending = null; // older than the snapshot
     status.textContent = "";
     const waiting = queued.filter((d) => d.seq > seq);
@@ -96,6 +101,9 @@ function render({ model, el }) {
       Plotly.extendTraces(plot, { x, y }, indices, delta.max_points);
     }
     Plotly.update(plot, delta.restyle.data, delta.restyle.layout, delta.restyle.traces);
+    frames += 1;
+    el.dataset.frames = String(frames); // frames drawn, for the browser test
+    model.send({ type: "ack", seq: delta.seq, view }); // the kernel holds the next delta until this
   }
 
   function onMessage(msg, buffers) {

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -34,6 +35,9 @@ __all__ = ["FigureView", "StreamChart", "Trace"]
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 CONFIG = {"displaylogo": False, "responsive": True}
+# A delta not acknowledged by any view within this long no longer holds the next one back (no view is open,
+# or it was closed): the kernel then sends at most one delta per ACK_TIMEOUT_S, so nothing piles up anywhere.
+ACK_TIMEOUT_S = 2.0
 
 
 @cache
@@ -70,10 +74,19 @@ class PlotlyView(anywidget.AnyWidget):
         """Everything a view needs to draw from nothing: ``type``, ``seq``, ``traces``, ``layout``, ``config``."""
         raise NotImplementedError
 
+    def _flush(self, force: bool = False) -> None:
+        """Nothing to send by default (see StreamChart)."""
+
+    def _acked(self, seq: Any) -> None:
+        """A view drew up to ``seq`` (see StreamChart)."""
+
     def _on_view_message(self, _widget: object, content: Mapping[str, Any], _buffers: object) -> None:
         kind, view = content.get("type"), content.get("view")
         if kind == "hello":
+            self._flush(force=True)  # what is pending goes to every view first, so the snapshot's seq covers it
             self.send({**self.snapshot(), "view": view})
+        elif kind == "ack":
+            self._acked(content.get("seq"))
         elif kind == "need-plotly":
             self.send({"type": "plotly-js", "view": view}, [plotly_js()])
 
@@ -102,6 +115,12 @@ class StreamChart(PlotlyView):
         self.gap = gap
         self.lines: dict[str, Trace] = {}
         self.seq = 0  # deltas sent; a view that sees a hole in the numbers asks for a snapshot
+        # Flow control: one delta at a time is in flight to the views; what comes meanwhile is merged into
+        # ``_pending`` (bounded: max_points per line) and sent when a view acknowledges having drawn the last one.
+        self._pending: dict[str, Any] | None = None
+        self._in_flight_since: float | None = None
+        self.acks = 0  # deltas a view said it drew
+        self.coalesced = 0  # extends merged into a later delta instead of sent on their own
 
     @property
     def data(self) -> list[Trace]:
@@ -155,23 +174,67 @@ class StreamChart(PlotlyView):
         for index, attributes in fixed.items():
             self.fixed[index].update(attributes)
         self.plot_layout = _relayout(self.plot_layout, layout)
-        self.seq += 1
         if resync:
+            self.seq += 1
+            self._pending, self._in_flight_since = None, time.monotonic()
             self.send({**self.snapshot(), "view": "*"})
             return
+        self._merge(new_traces, {index: xy for index, xy in sent.items() if xy[0]}, fixed, layout)
+        self._flush()
+
+    def _merge(self, traces: list[dict[str, Any]], points: dict[str, tuple[list, list]],
+               fixed: Mapping[int, Mapping[str, Any]], layout: Mapping[str, Any]) -> None:
+        """Add one extend to what is waiting to be sent: new traces and points appended, attributes and layout replaced."""
+        if self._pending is None:
+            self._pending = {"traces": [], "points": {}, "fixed": {}, "layout": {}}
+        else:
+            self.coalesced += 1
+        pending = self._pending
+        pending["traces"] += traces
+        for index, (xs, ys) in points.items():
+            px, py = pending["points"].setdefault(index, ([], []))
+            px += xs
+            py += ys
+            del px[: -self.max_points], py[: -self.max_points]  # a view keeps no more than this anyway
+        for index, attributes in fixed.items():
+            pending["fixed"].setdefault(index, {}).update(attributes)
+        pending["layout"].update(layout)
+
+    def _flush(self, force: bool = False) -> None:
+        """Send what is pending as one delta, unless the last one is still in flight (and not too old)."""
+        if self._pending is None:
+            return
+        waiting = self._in_flight_since is not None and time.monotonic() - self._in_flight_since < ACK_TIMEOUT_S
+        if waiting and not force:
+            return
+        pending, self._pending = self._pending, None
+        fixed = pending["fixed"]
         names = sorted({key for attributes in fixed.values() for key in attributes})
+        self.seq += 1
+        self._in_flight_since = time.monotonic()
         self.send({
             "type": "delta",
             "seq": self.seq,
-            "traces": new_traces,
-            "points": {index: xy for index, xy in sent.items() if xy[0]},
+            "traces": pending["traces"],
+            "points": pending["points"],
             "max_points": self.max_points,
             "restyle": {
                 "data": {key: [fixed[i].get(key) for i in fixed] for key in names},
-                "layout": dict(layout),
+                "layout": pending["layout"],
                 "traces": list(fixed),
             },
         })
+
+    def _acked(self, seq: Any) -> None:
+        if seq == self.seq:  # the latest delta is drawn: the next may go
+            self.acks += 1
+            self._in_flight_since = None
+            self._flush()
+
+    @property
+    def in_flight(self) -> bool:
+        """A delta was sent and no view has said it drew it yet (for ACK_TIMEOUT_S at most)."""
+        return self._in_flight_since is not None and time.monotonic() - self._in_flight_since < ACK_TIMEOUT_S
 
     def trim(self, before: float) -> None:
         """Forget points left of ``before`` (the views keep them, off screen, up to ``max_points``)."""

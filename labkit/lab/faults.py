@@ -5,7 +5,7 @@ through the gateway and a :func:`labkit.client.watch` receives them, starts it
 again (``Stack.start_component``), and then compares the ids the producer
 acknowledged with the ids the watcher received::
 
-    drill = FaultDrill(stack)            # a progress bar and the table of faults so far
+    drill = FaultDrill(stack, chart=chart)   # a progress bar and the table of faults so far; marks them on the chart
     drill
     row = await drill.run("consumer")     # also "gateway", "broker", or LOST_LOG
     row.missing, row.recovered, row.reason
@@ -24,6 +24,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import ipywidgets as w
 import websockets
@@ -45,6 +46,7 @@ FAULTS = {
     LOST_LOG: "consumer down, events acked, then the broker restarts without its data: those events are gone",
 }
 WAIT_S = 30.0  # longest wait for any one condition of a drill
+DOWN_S = 5.0  # how long a part stays down at least: long enough to see "not connected" on a chart
 RED = "#c62828"
 
 
@@ -95,7 +97,7 @@ class _Receiver:
     def __init__(self, stack: Stack, event_type: str) -> None:
         self.opened = asyncio.Event()
         self.ids: set[str] = set()
-        self.watch = Watch(types=[event_type], settings=stack.settings, opened=self.opened)
+        self.watch = Watch(types=[event_type], settings=stack.settings, opened=self.opened, report_gap=False)
         self.task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
@@ -119,6 +121,7 @@ class FaultResult:
     recovered: bool | None = None
     reason: str | None = None
     seconds: float = 0.0
+    # Acked and not yet received when the watcher was cut off, plus acked until it was back (consumer, lost log).
     acked_while_away: int = 0
     missing_ids: set[str] = field(default_factory=set, repr=False)
 
@@ -133,8 +136,10 @@ class FaultResult:
 class FaultDrill(w.VBox):
     """Runs faults one at a time on ``stack`` and shows a progress bar and a table of the results."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, *, chart: Any = None, down_s: float = DOWN_S) -> None:
         self.stack = stack
+        self.chart = chart  # a LiveChart on ``stack``: each fault is shaded on its time axis, named after it
+        self.down_s = down_s
         self.results: list[FaultResult] = []
         self.problem: str | None = None
         self.progress = w.IntProgress(value=0, min=0, max=6, description="fault")
@@ -170,7 +175,9 @@ class FaultDrill(w.VBox):
         self.problem = None
         self.message.value = ""
         self.progress.bar_style = ""
-        kind = f"fault-{uuid.uuid4().hex[:8]}"
+        # The events' type (a chart's trace) is named after the fault; a second run of one fault gets a number.
+        runs = sum(r.fault == fault for r in self.results)
+        kind = f"{fault.replace(' ', '-')}-fault" + (f"-{runs + 1}" if runs else "")
         result = FaultResult(fault, FAULTS[fault])
         began = time.monotonic()
         receiver = _Receiver(self.stack, kind)
@@ -181,7 +188,10 @@ class FaultDrill(w.VBox):
             stream = EventStream(self.stack, kind)
             await stream.grows_by(settle_events, "the stream did not start")
             self._report(2, f"stopping the {fault}")
+            down_at = self.chart.now() if self.chart is not None else 0.0
             restart_from = await self._break(fault, stream, receiver, result)
+            if self.chart is not None:
+                self.chart.mark(f"{fault} down", down_at)
             self._report(5, "sending after the restart, then waiting for every acked event")
             await stream.grows_by(settle_events, f"no event was acked after the {fault} came back")
             await stream.stop()
@@ -206,13 +216,25 @@ class FaultDrill(w.VBox):
     async def _break(self, fault: str, stream: EventStream, receiver: _Receiver, result: FaultResult) -> int:
         """Stop and start the part; return how many acks came before the (last) restart."""
         stack = self.stack
+        stopped_at = time.monotonic()
+
+        async def hold() -> None:
+            """Keep the part down for ``down_s`` in all: a pace for the eye, not a wait for a condition."""
+            await asyncio.sleep(max(0.0, self.down_s - (time.monotonic() - stopped_at)))
+
+        def away() -> int:
+            # Not received when the watcher was cut off, then acked until now: the consumer stops reading a
+            # moment before it closes its watchers, so a few acked just before the cut count as away too.
+            return len(unseen_at_cut | {ack.ack for ack in stream.acks[before:] if ack.ack})
+
         if fault == "consumer":
             await asyncio.to_thread(stack.stop_component, "consumer")
             await until(lambda: not receiver.opened.is_set(), "the watcher did not notice the consumer stopped")
             self._report(3, "the consumer is down: the producer still acks")
-            before = len(stream.acks)
+            before, unseen_at_cut = len(stream.acks), stream.acked - receiver.ids
             await stream.grows_by(20, "no event was acked while the consumer was down")
-            result.acked_while_away = len(stream.acks) - before
+            await hold()
+            result.acked_while_away = away()
             self._report(4, "starting the consumer")
             await asyncio.to_thread(stack.start_component, "consumer")
         elif fault == "gateway":
@@ -220,6 +242,8 @@ class FaultDrill(w.VBox):
             await asyncio.to_thread(stack.stop_component, "gateway")
             await until(lambda: not receiver.opened.is_set() and stream.failed_connections > failed,
                          "the sender and the watcher did not notice the gateway stopped")
+            self._report(3, "the gateway is down: nobody gets through")
+            await hold()
             self._report(4, "starting the gateway")
             await asyncio.to_thread(stack.start_component, "gateway")
         elif fault == "broker":
@@ -230,16 +254,18 @@ class FaultDrill(w.VBox):
 
             self._report(3, "the broker is down: the producer holds what is sent")
             await until(held, "the producer held no event while the broker was down")
+            await hold()
             self._report(4, "starting the broker")
             await asyncio.to_thread(stack.start_component, "broker")
         else:  # LOST_LOG
             await asyncio.to_thread(stack.stop_component, "consumer")
             await until(lambda: not receiver.opened.is_set(), "the watcher did not notice the consumer stopped")
             self._report(3, "the consumer is down; events are acked, then the broker loses its log")
-            before = len(stream.acks)
+            before, unseen_at_cut = len(stream.acks), stream.acked - receiver.ids
             await stream.grows_by(20, "no event was acked while the consumer was down")
+            await hold()
             await asyncio.to_thread(stack.stop_component, "broker")
-            result.acked_while_away = len(stream.acks) - before  # stored only in the log about to be lost
+            result.acked_while_away = away()  # stored only in the log about to be lost
             await asyncio.to_thread(lose_broker_log, stack)
             self._report(4, "starting the consumer on the new, empty log")
             await asyncio.to_thread(stack.start_component, "consumer")

@@ -187,11 +187,13 @@ class ConsumerGroup:
         self.members: list[GroupMember] = []
         self.log: list[str] = []
         self._numbered = 0
+        self._step_from: dict[str, Counter[int]] = {}  # each member's counts when the last join or leave began a step
 
     def add_member(self) -> GroupMember:
         self._numbered += 1
         member = GroupMember(self.settings, self.group_id, f"member-{self._numbered}", self.event_type, self.log)
         self.members.append(member)
+        self._new_step()
         return member
 
     def remove_member(self, name: str | None = None) -> GroupMember:
@@ -202,7 +204,15 @@ class ConsumerGroup:
         member = candidates[-1]
         member.stop()
         self.members.remove(member)
+        self._new_step()
         return member
+
+    def _new_step(self) -> None:
+        self._step_from = {m.name: Counter(m.counts) for m in self.members}
+
+    def step_counts(self, member: GroupMember) -> Counter[int]:
+        """What ``member`` read per partition since the last join or leave (the current step), not since it joined."""
+        return member.counts - self._step_from.get(member.name, Counter())
 
     def owners(self) -> dict[int, str]:
         return {p: m.name for m in self.members for p in m.owned}
@@ -268,17 +278,20 @@ class GroupView(w.VBox):
         owners = self.group.owners()
         members = self.group.members
         head = "<th style='padding:2px 10px'>partition</th><th style='padding:2px 10px'>owner</th>" + "".join(
-            f"<th style='padding:2px 10px;color:{self._color(m.name)}'>{m.name} read</th>" for m in members)
+            f"<th style='padding:2px 10px;color:{self._color(m.name)}'>{m.name} read this step</th>" for m in members)
         rows = ""
         for p in range(self.group.settings.partitions):
             owner = owners.get(p)
             cell = (f"<td style='padding:2px 10px;background:{self._color(owner)};color:white'>{owner}</td>" if owner
                     else "<td style='padding:2px 10px;color:#999'>nobody</td>")
-            counts = "".join(f"<td style='padding:2px 10px'>{m.counts[p]}</td>" for m in members)
+            counts = "".join(f"<td style='padding:2px 10px'>{self.group.step_counts(m)[p]}</td>" for m in members)
             rows += f"<tr><td style='padding:2px 10px'>{p}</td>{cell}{counts}</tr>"
-        totals = "".join(f"<td style='padding:2px 10px'><b>{m.total}</b></td>" for m in members)
-        rows += f"<tr><td style='padding:2px 10px' colspan=2><b>total</b></td>{totals}</tr>"
-        self.picture.value = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+        totals = "".join(f"<td style='padding:2px 10px'><b>{sum(self.group.step_counts(m).values())}</b></td>" for m in members)
+        rows += f"<tr><td style='padding:2px 10px' colspan=2><b>this step</b></td>{totals}</tr>"
+        since = ("<div style='color:#666;font-size:90%'>a step begins when a member joins or leaves; "
+                 "each member's total since it joined: "
+                 + ", ".join(f"{html.escape(m.name)} {m.total}" for m in members) + "</div>") if members else ""
+        self.picture.value = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{since}"
         self.journal.value = "<br>".join(html.escape(line) for line in self.group.log[-8:])
 
     async def _refresh(self, every: float) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import websockets
 from plotly.subplots import make_subplots
 
-from labkit.client import watch
+from labkit.client import Watch
 from labkit.events import Delivered, now_ms
 from labkit.lab.chart import StreamChart
 from labkit.lab.tasks import cancel, close_tree, until
@@ -42,6 +42,8 @@ RETRY_S = 1.0  # wait before watching again after the connection dropped
 STALE_S = 1.0  # move the window along at least this often, events or not
 GAP_S = 5.0  # a line is broken where one type's events are further apart than this
 LATENCY_BINS = 40
+# Whole-run latency: a histogram over log-spaced bins from 0.01 ms to 1,000 s (about 1% wide), bounded in memory.
+RUN_BINS = np.logspace(-2, 6, 1601)
 BARS, LATENCY = 0, 1  # the fixed traces: events per second, latency histogram
 
 
@@ -105,14 +107,24 @@ class LiveChart(w.VBox):
         self.reconnects = 0
         self.last_error: str | None = None
         self.paused = False
+        self.stopped = False
         self.connected = asyncio.Event()
+        self.stream: Watch | None = None  # its recovered and reason say how the last resume went
+        self.marks: list[tuple[str, float, float]] = []  # (label, start, end) on the time axis
 
         self._t0 = time.monotonic()
         self._max_points = max_points
         self._new: dict[str, list[tuple[float, float]]] = {}  # points not sent to the figure yet
         self._dropped = False  # some were dropped while paused: redraw from a snapshot
         self._per_second: deque[list[float]] = deque(maxlen=int(window_s) + 2)  # [second, count]
-        self._latencies: deque[float] = deque(maxlen=max_points * 2)  # the latency of the most recent events
+        self._latencies: deque[tuple[float, float]] = deque(maxlen=100_000)  # (arrival, latency ms), recent
+        self._run_counts = np.zeros(len(RUN_BINS) + 1, dtype=np.int64)  # every latency since the chart started
+        self._run_max = 0.0
+        # The value panel draws at most this many points a second per type, so it covers the whole window at any
+        # rate (max_points over window_s), as the bars do; the counters count every event.
+        self.points_per_second = max(1, int(max_points / window_s))
+        self._drawn_this_second: dict[str, tuple[float, int]] = {}
+        self.thinned = 0  # events counted but not drawn as points
         self._dirty = False
         self._last_draw = 0.0
         self._shown = ""
@@ -162,7 +174,8 @@ class LiveChart(w.VBox):
     async def _watch(self) -> None:
         while True:
             try:
-                async for event in watch(settings=self.settings, types=self.types, opened=self.connected):
+                self.stream = Watch(settings=self.settings, types=self.types, opened=self.connected, report_gap=False)
+                async for event in self.stream:
                     self._add(event)
                 self.last_error = "the consumer closed the connection"
             except (OSError, websockets.InvalidStatus, websockets.ConnectionClosed, TimeoutError) as exc:
@@ -177,19 +190,27 @@ class LiveChart(w.VBox):
         now = time.monotonic() - self._t0
         self.received += 1
         self.counts[event.type] += 1
-        if event.type in self._new or event.type in self.figure.lines or len(self.figure.lines) + len(self._new) < self.max_traces:
+        second = float(int(now))
+        at, drawn = self._drawn_this_second.get(event.type, (second, 0))
+        drawn = drawn if at == second else 0
+        if drawn >= self.points_per_second:
+            self.thinned += 1
+        elif event.type in self._new or event.type in self.figure.lines or len(self.figure.lines) + len(self._new) < self.max_traces:
+            self._drawn_this_second[event.type] = (second, drawn + 1)
             new = self._new.setdefault(event.type, [])
             new.append((now, float(event.value)))
             if len(new) > 2 * self._max_points:  # paused for long: keep the newest
                 del new[: -self._max_points]
                 self._dropped = True
-        second = float(int(now))
         if self._per_second and self._per_second[-1][0] == second:
             self._per_second[-1][1] += 1
         else:
             self._per_second.append([second, 1])
         if isinstance(event.sent_at, (int, float)):
-            self._latencies.append(arrived - event.sent_at)
+            latency = arrived - event.sent_at
+            self._latencies.append((now, latency))
+            self._run_counts[np.searchsorted(RUN_BINS, latency)] += 1
+            self._run_max = max(self._run_max, latency)
         self._dirty = True
 
     # -- drawing -------------------------------------------------------------------------
@@ -211,8 +232,9 @@ class LiveChart(w.VBox):
         end = max(now, 10.0) + 0.04 * self.window_s  # room at the right edge for the next points
         seconds = [s for s, _ in self._per_second if s >= start]
         per_second = [c for s, c in self._per_second if s >= start]
-        if self._latencies:
-            counts, edges = np.histogram(np.array(self._latencies, dtype=float), bins=LATENCY_BINS)
+        recent = self._recent_latencies()
+        if len(recent):
+            counts, edges = np.histogram(recent, bins=LATENCY_BINS)
             centers, width = ((edges[:-1] + edges[1:]) / 2).tolist(), float(edges[1] - edges[0]) or 1.0
         else:
             counts, centers, width = np.zeros(0), [], 1.0
@@ -233,21 +255,46 @@ class LiveChart(w.VBox):
         last = float(int(time.monotonic() - self._t0)) - 1
         return next((count for second, count in reversed(self._per_second) if second == last), 0.0)
 
+    def _recent_latencies(self) -> np.ndarray:
+        start = self.now() - self.window_s
+        return np.array([latency for at, latency in self._latencies if at >= start], dtype=float)
+
     def latency_percentiles(self) -> dict[str, float]:
-        """p50, p90, p99 and max of end-to-end latency in ms over the recent events (empty if none)."""
-        if not self._latencies:
+        """p50, p90, p99 and max of end-to-end latency in ms over the window's events (empty if none)."""
+        values = self._recent_latencies()
+        if not len(values):
             return {}
-        values = np.array(self._latencies, dtype=float)
         p50, p90, p99 = np.percentile(values, [50, 90, 99])
         return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(values.max())}
 
+    def run_percentiles(self) -> dict[str, float]:
+        """p50, p90, p99 and max over every event since the chart started (to about 1%), so a past stall shows."""
+        total = int(self._run_counts.sum())
+        if not total:
+            return {}
+        cumulative = np.cumsum(self._run_counts)
+        edges = np.concatenate([[0.0], RUN_BINS, [self._run_max]])
+
+        def at(q: float) -> float:
+            index = int(np.searchsorted(cumulative, q * total))
+            return float(min(edges[index + 1], self._run_max))  # the bin's upper edge
+
+        return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": self._run_max}
+
     def _show_counters(self) -> None:
-        latency = self.latency_percentiles()
-        lat = f"p50 <b>{latency['p50']:.1f}</b> ms · p99 <b>{latency['p99']:.1f}</b> ms" if latency else "no latency yet"
-        if self.connected.is_set():
+        latency, run = self.latency_percentiles(), self.run_percentiles()
+        lat = (f"last {self.window_s:g} s: p50 <b>{latency['p50']:.1f}</b> ms · p99 <b>{latency['p99']:.1f}</b> ms"
+               f" · <span class='labkit-run-latency'>whole run: p50 {run['p50']:.1f} · p99 <b>{run['p99']:.1f}</b> ms</span>"
+               if latency and run else "no latency yet")
+        if self.stopped:
+            state = "<b>stopped</b>: the picture is frozen as it was"
+        elif self.connected.is_set():
             state = "<span style='color:#2e7d32'>watching</span>"
         else:
             state = f"<span style='color:#c62828'>not connected</span> {html.escape(self.last_error or '')}"
+        if self.stream is not None and self.stream.recovered is not None:
+            news = "nothing missed" if self.stream.recovered else f"with a gap: {self.stream.reason}"
+            state += f" · <span class='labkit-resumed' style='color:#1565c0'>resumed {html.escape(news)}</span>"
         if self.paused:
             state += " · <b>paused</b>: events are counted, the chart catches up on Resume"
         per_type = ", ".join(f"{html.escape(k)}: {v}" for k, v in self.counts.most_common(5))
@@ -273,6 +320,23 @@ class LiveChart(w.VBox):
             self._draw()
         self._show_counters()
 
+    def now(self) -> float:
+        """The chart's time: seconds since it started, as on its time axis."""
+        return time.monotonic() - self._t0
+
+    def mark(self, label: str, start: float, end: float | None = None) -> None:
+        """Shade ``start`` to ``end`` (chart seconds, see :meth:`now`) on both time panels, labelled ``label``."""
+        self.marks.append((label, start, self.now() if end is None else end))
+        shapes = []
+        for label, x0, x1 in self.marks:
+            for axis in ("", "2"):
+                shapes.append({
+                    "type": "rect", "xref": f"x{axis}", "yref": f"y{axis} domain", "x0": x0, "x1": x1, "y0": 0, "y1": 1,
+                    "fillcolor": "#ef9a9a", "opacity": 0.35, "line": {"width": 0}, "layer": "below",
+                    **({"label": {"text": label, "textposition": "top center", "font": {"size": 11}}} if not axis else {}),
+                })
+        self.figure.extend({}, {}, {"shapes": shapes})
+
     def pause(self) -> None:
         """Freeze the figure; events are still received and counted."""
         self.paused = True
@@ -296,10 +360,12 @@ class LiveChart(w.VBox):
         return any(not task.done() for task in self._tasks())
 
     def stop(self) -> None:
-        """End the watch and the redraws; the figure keeps its last picture."""
+        """End the watch and the redraws; the figure keeps its last picture, and the counters say it is frozen."""
         cancel(self._tasks())
-        if hasattr(self, "connected"):
+        if hasattr(self, "counters"):
             self.connected.clear()
+            self.stopped = True
+            self._show_counters()
 
     def close(self) -> None:
         """Stop, and close the figure and counters."""

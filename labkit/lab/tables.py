@@ -9,6 +9,10 @@ what a person reads; :func:`show` displays one or more results at once::
     show(ack)                                        # one row: ack, partition, offset
     show({"producer": stack.health("producer"), "consumer": stack.health("consumer")}, vertical=True)
     show(stack.status())
+    health_table({"producer": stack.health("producer"), "consumer": stack.health("consumer")})
+
+Raw field names (``in_flight``, ``replay_buffer``) go through :data:`HEALTH_FIELDS`, which
+gives each a name in plain words and what it means, so a notebook never shows one unexplained.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import msgspec
 from IPython.display import HTML, display
 
-__all__ = ["html_table", "show", "rows_of", "format_cell"]
+__all__ = ["html_table", "show", "rows_of", "format_cell", "HEALTH_FIELDS", "health_table", "health_summary"]
 
 _CELL = "padding:2px 10px;text-align:{align};vertical-align:top"
 
@@ -115,3 +119,44 @@ def show(*results: Any, caption: str | None = None, vertical: bool = False) -> N
     """Display each result as a small table (see :func:`rows_of` for the shapes it takes)."""
     for result in results:
         display(html_table(result, caption=caption, vertical=vertical))
+
+
+#: The services' ``/healthz`` fields a learner meets, in plain words and with what each means.
+#: Fields not listed here (the epoch, the reader's idle cycles) are for tests and tools; a
+#: notebook shows them only when it explains them.
+HEALTH_FIELDS: dict[str, tuple[str, str]] = {
+    "status": ("status", "ok: it can do its job now; degraded: it runs but cannot store or read events"),
+    "broker": ("broker", "up when the service's Kafka client reaches the broker"),
+    "topic": ("topic", "the Kafka topic events are written to and read from"),
+    "senders": ("senders connected", "WebSocket connections sending events to the producer"),
+    "in_flight": ("waiting for Kafka", "events the producer has sent to Kafka and not yet had acknowledged"),
+    "partitions": ("partitions read", "the consumer reads every partition of the topic itself (no consumer group)"),
+    "positions": ("next offset, per partition", "where the consumer reads next in each partition: everything before it was read"),
+    "watchers": ("watchers connected", "WebSocket connections the consumer pushes events to"),
+    "replay_buffer": ("events kept for replay", "the most recent events held in memory for ?replay=N"),
+    "resuming": ("watchers catching up", "watchers reading back what they missed after a reconnect"),
+}
+
+
+def health_table(health: Mapping[str, Mapping[str, Any]]) -> HTML:
+    """The services' health answers side by side, one row per field in plain words with what it means."""
+    rows = []
+    for field, (name, meaning) in HEALTH_FIELDS.items():
+        values = {service: answer.get(field) for service, answer in health.items()}
+        if any(field in answer for answer in health.values()):
+            rows.append({"": name, **{service: "" if value is None else value for service, value in values.items()},
+                         "what it means": meaning})
+    return html_table(rows)
+
+
+def health_summary(health: Mapping[str, Mapping[str, Any]]) -> str:
+    """One sentence in plain words: can events be sent and received now?"""
+    producer, consumer = health.get("producer", {}), health.get("consumer", {})
+    parts = []
+    if producer:
+        parts.append(f"the producer {'can store events' if producer.get('status') == 'ok' else 'cannot store events now'}"
+                     f" (broker {producer.get('broker')}, {producer.get('senders', 0)} sender(s) connected)")
+    if consumer:
+        parts.append(f"the consumer {'reads' if consumer.get('status') == 'ok' else 'cannot read'}"
+                     f" {len(consumer.get('partitions') or [])} partition(s) and feeds {consumer.get('watchers', 0)} watcher(s)")
+    return "; ".join(parts).capitalize() + "." if parts else "No health answer."

@@ -84,8 +84,10 @@ class StepProgress(w.VBox):
         self.bar.value = step
         self.label.value = f"{step}/{steps} {text}"
 
-    def done(self, text: str = "ready") -> None:
+    def done(self, text: str = "ready", description: str = "stack") -> None:
+        """Fill the bar and say how it ended; the bar's own label ("starting") gives way to ``description``."""
         self.bar.value = self.bar.max
+        self.bar.description = description
         self.bar.bar_style = "success"
         self.label.value = text
 
@@ -141,6 +143,8 @@ class EventSender(w.VBox):
         self.burst_button = w.Button(description="Send burst", icon="forward")
         self.stop_button = w.Button(description="Stop", icon="stop", disabled=True)
         self.progress = w.IntProgress(value=0, min=0, max=1, description="sent")
+        self.burst_note = w.Label("")  # what the burst is doing, or why it ended early, in words
+        self.burst_note.add_class("labkit-burst-note")
         self.counters = w.HTML("")
         self.counters.add_class("labkit-sender-counters")
         self.reply_log = w.HTML("")
@@ -167,7 +171,7 @@ class EventSender(w.VBox):
                 self.data_box, m["data"], self.send_button, m["form"],
                 w.HBox([self.burst_count, self.burst_rate]), w.HBox([m["burst"], m["rate"]]),
                 w.HBox([self.burst_button, self.stop_button]),
-                self.progress,
+                w.HBox([self.progress, self.burst_note]),
                 self.counters,
                 self.reply_log,
             ],
@@ -352,18 +356,26 @@ class EventSender(w.VBox):
         pending: list[asyncio.Task[Any]] = []
         self._walk = float(template["value"])
         self._burst_sent = 0
+        self.burst_note.value = f"sending {count:,} at {rate:g}/s"
+        ended = "stopped: an event could not be sent (see the log)"
         try:
             async with aclosing(due_ranges(Schedule.from_now(rate, count))) as ranges:
                 async for first, end in ranges:
                     if not await self._send_range(template, first, end, pending):
                         break
             await asyncio.gather(*pending)
+        except asyncio.CancelledError:
+            ended = "stopped: you pressed Stop"
+            raise
         finally:
             self.stop_button.disabled = True
             if self.problems.get("burst") == BURST_RUNNING:
                 self._show({k: v for k, v in self.problems.items() if k != "burst"})
             self._redraw()
-            self.progress.bar_style = "success" if self._burst_sent == count else "warning"
+            complete = self._burst_sent == count
+            self.progress.bar_style = "success" if complete else "warning"
+            self.burst_note.value = (f"sent all {count:,}" if complete
+                                     else f"{ended}, after {self._burst_sent:,} of {count:,}")
         return self.acked - acked_before
 
     async def _send_range(
