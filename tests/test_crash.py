@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from labkit import Sender, Settings, Stack
 from labkit.client import lab_api_key
+from labkit.lab.live import LiveChart
 from streaming import Stream
 from waiting import wait_until
 
@@ -92,6 +93,8 @@ async def test_a_broker_killed_mid_stream_comes_back_with_one_up_and_every_watch
         throughout = RawWatcher(stack, f"types={event_type}")
         resumer = RawWatcher(stack, f"types={event_type}")
         await asyncio.wait_for(asyncio.gather(throughout.opened.wait(), resumer.opened.wait()), 10)
+        chart = LiveChart(settings, types=[event_type])
+        await chart.ready()
         stream = Stream(settings.produce_url, settings, event_type, pause_s=0.02)  # about 200 ev/s
         try:
             await stream.grows_by(400, "the stream did not start")
@@ -150,6 +153,10 @@ async def test_a_broker_killed_mid_stream_comes_back_with_one_up_and_every_watch
             at = throughout.frames.index(next(f for f in throughout.frames if f.get("log_restarted") == notice))
             later = [f for f in throughout.frames[at:] if f.get("partition") == notice["partition"] and "id" in f]
             assert not any(f["offset"] < notice["offset"] for f in later)
+        # The live chart says so under the plot.
+        await wait_until(lambda: "the broker's log restarted" in chart.counters.value, 10, "the chart did not show the restart")
+        assert {(r.partition, r.lost_from) for r in chart.restarts} == {(n["partition"], n["offset"]) for n in notices}
+        await chart.aclose()
         first = resumed.frames[0]
         assert first["recovered"] is False and "lost records" in first["reason"], first
         for watcher in (throughout, resumed):
