@@ -21,7 +21,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import msgspec
@@ -32,7 +32,7 @@ from labkit.events import Ack, Delivered, Event, decode_delivered, decode_reply,
 from labkit.discovery import lab_api_key, running_settings
 from labkit.settings import Settings
 
-__all__ = ["Sender", "SendError", "Watch", "watch", "lab_api_key", "as_event", "stamped"]
+__all__ = ["Sender", "SendError", "Watch", "watch", "LogRestart", "lab_api_key", "as_event", "stamped"]
 
 ACK_TIMEOUT_S = 60.0  # longer than the producer's message.timeout.ms, so Kafka's verdict arrives first
 RECONNECT_FIRST_S = 0.05
@@ -41,6 +41,18 @@ RECONNECT_GIVE_UP_S = 120.0
 
 log = logging.getLogger("labkit.client")
 RECOVERED_PREFIX = '{"recovered"'  # the first frame of a resumed watch
+RESTARTED_PREFIX = '{"log_restarted"'  # the broker's log lost its tail while connected
+
+
+class LogRestart(NamedTuple):
+    """The broker's log lost records ``lost_from`` to ``lost_to`` of ``partition`` (a crash); from ``lost_from`` on
+    its offsets hold new events, now of ``epoch``."""
+
+    partition: int
+    lost_from: int
+    lost_to: int
+    epoch: str
+    reason: str
 
 
 class SendError(Exception):
@@ -274,6 +286,16 @@ async def _watch(state: Watch) -> AsyncIterator[Delivered]:
                             if not state.recovered:  # a caller that shows it itself (a lab widget) keeps it out of stderr
                                 (log.warning if state.report_gap else log.info)("watch: resumed with a gap: %s", state.reason)
                             continue
+                        if frame.startswith(RESTARTED_PREFIX):
+                            body = msgspec.json.decode(frame)
+                            where = body["log_restarted"]
+                            restart = LogRestart(where["partition"], *where["lost"], body["epoch"], body["reason"])
+                            state.restarts.append(restart)
+                            log.warning("watch: %s", restart.reason)
+                            epoch = restart.epoch
+                            if restart.partition in positions:  # a resume from here asks for the new records
+                                positions[restart.partition] = min(positions[restart.partition], restart.lost_from - 1)
+                            continue
                         event = decode_delivered(frame)
                         epoch = event.epoch or epoch
                         if seen is not None and not seen.first_time(event):
@@ -317,6 +339,10 @@ class Watch:
     broker's log restarted or the events missed were trimmed (``reason`` says which);
     the events that remain still arrive. A gap is logged as a warning unless
     ``report_gap=False``: then the caller shows ``recovered`` and ``reason`` itself.
+
+    ``restarts`` lists each :class:`LogRestart`: the broker lost the tail of a
+    partition (a crash) while this watch was connected; the records stored at those
+    offsets since are new events, and they arrive too.
     """
 
     def __init__(
@@ -338,6 +364,7 @@ class Watch:
         self.opened, self.reconnect, self.give_up_after, self.raw = opened, reconnect, give_up_after, raw
         self.recovered: bool | None = None
         self.reason: str | None = None
+        self.restarts: list[LogRestart] = []
         self._events = _watch(self)
 
     def __aiter__(self) -> AsyncIterator[Delivered]:

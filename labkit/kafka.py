@@ -261,8 +261,10 @@ class TailReader:
         return records
 
     def feed(self, loop: asyncio.AbstractEventLoop, on_batch: Callable[[list[Message]], None],
-             stopped: threading.Event, timeout: float = 0.1) -> None:
+             stopped: threading.Event, timeout: float = 0.1, before_read: Callable[[], None] | None = None) -> None:
         """In the reading thread, until ``stopped``: hand what is read to ``on_batch`` on the loop.
+
+        ``before_read``, when given, runs in this thread before each read (it may assign again).
 
         Batches read while the loop has not yet taken the last one go with it, in one call: a busy
         loop then handles one bigger batch (one write per watcher) instead of many small ones.
@@ -278,6 +280,8 @@ class TailReader:
                 on_batch(batch)
 
         while not stopped.is_set():
+            if before_read is not None:
+                before_read()
             batch = self.read(timeout)  # returns as soon as one record is there
             if batch:
                 waiting.append(batch)

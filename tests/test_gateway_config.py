@@ -302,3 +302,16 @@ def test_wrong_format_version_is_a_clear_error(tmp_path, text):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(GatewayConfigError, match="_format_version|mapping"):
         gateway.load_kong_config(path)
+
+
+def test_key_auth_disabled_with_rate_limiting_kept_renders_what_nginx_accepts(kong, settings, tmp_path):
+    # Kong accepts this and counts each client address; nginx once refused it with `unknown "lk_consumer" variable`.
+    for route in ("produce-events", "consume-events"):
+        for found in route_plugins(kong, route):
+            if found["name"] == "key-auth":
+                found["enabled"] = False
+    state_dir = tmp_path / "state"
+    conf = gateway.write_nginx_conf(settings.replace(kong_config=write_kong(tmp_path, kong)), state_dir)
+    result = nginx_test(conf, state_dir)
+    assert result.returncode == 0, result.stderr
+    assert "ip:$remote_addr" in conf.read_text()

@@ -183,3 +183,13 @@ async def test_a_broker_restart_changes_the_epoch_and_a_resume_from_before_says_
         assert recovery["recovered"] is False and "restarted" in recovery["reason"], recovery
         assert [f["value"] for f in got] == [0, 1, 2]
         assert {f["epoch"] for f in got} == {epoch_now()} != {old_epoch}
+
+
+async def test_a_resume_naming_a_partition_the_topic_lacks_is_not_recovered(stack: Stack, event_type):
+    acks = await send(stack, event_type, 2)
+    partition = acks[0].partition
+    for missing in (stack.settings.partitions, 999999):
+        query = f"types={event_type}&resume={partition}:{acks[0].offset},{missing}:5&since=0"
+        recovery, got = await resumed(stack, query, 1)
+        assert recovery["recovered"] is False and f"no partition {missing}" in recovery["reason"], recovery
+        assert got[0]["id"] == acks[1].ack  # the partitions that exist are still read back

@@ -30,7 +30,7 @@ import numpy as np
 import websockets
 from plotly.subplots import make_subplots
 
-from labkit.client import Watch
+from labkit.client import LogRestart, Watch
 from labkit.events import Delivered, now_ms
 from labkit.lab.chart import StreamChart
 from labkit.lab.tasks import cancel, close_tree, until
@@ -105,6 +105,8 @@ class LiveChart(w.VBox):
         self.redraws = 0
         self.draw_passes = 0
         self.reconnects = 0
+        self._watching: Watch | None = None
+        self._restarts_before: list[LogRestart] = []
         self.last_error: str | None = None
         self.paused = False
         self.stopped = False
@@ -174,12 +176,15 @@ class LiveChart(w.VBox):
     async def _watch(self) -> None:
         while True:
             try:
-                self.stream = Watch(settings=self.settings, types=self.types, opened=self.connected, report_gap=False)
+                self.stream = self._watching = Watch(settings=self.settings, types=self.types, opened=self.connected,
+                                                     report_gap=False)
                 async for event in self.stream:
                     self._add(event)
                 self.last_error = "the consumer closed the connection"
             except (OSError, websockets.InvalidStatus, websockets.ConnectionClosed, TimeoutError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+            self._restarts_before += self._watching.restarts if self._watching is not None else []
+            self._watching = None
             self.connected.clear()
             self.reconnects += 1
             self._dirty = True
@@ -281,6 +286,12 @@ class LiveChart(w.VBox):
 
         return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": self._run_max}
 
+    @property
+    def restarts(self) -> list[LogRestart]:
+        """Each time the broker's log lost its tail while this chart watched (see :class:`labkit.client.Watch`)."""
+        watching = getattr(self, "_watching", None)
+        return [*self._restarts_before, *(watching.restarts if watching is not None else [])]
+
     def _show_counters(self) -> None:
         latency, run = self.latency_percentiles(), self.run_percentiles()
         lat = (f"last {self.window_s:g} s: p50 <b>{latency['p50']:.1f}</b> ms · p99 <b>{latency['p99']:.1f}</b> ms"
@@ -297,6 +308,12 @@ class LiveChart(w.VBox):
             state += f" · <span class='labkit-resumed' style='color:#1565c0'>resumed {html.escape(news)}</span>"
         if self.paused:
             state += " · <b>paused</b>: events are counted, the chart catches up on Resume"
+        restarts = self.restarts
+        if restarts:  # a broker crash lost records: said under the chart, never hidden
+            last = restarts[-1]
+            state += (f" · <span class='labkit-restarted' style='color:#c62828'>the broker's log restarted "
+                      f"{len(restarts)}×</span>: partition {last.partition} lost offsets {last.lost_from} to "
+                      f"{last.lost_to}")
         per_type = ", ".join(f"{html.escape(k)}: {v}" for k, v in self.counts.most_common(5))
         shown = (
             f"<span class='labkit-received'>received <b>{self.received}</b></span> · "

@@ -74,7 +74,15 @@ class StackCommon:
                  "under_replicated": p.under_replicated, "brokers_up": brokers} for p in parts]
 
     def __enter__(self) -> Any:
-        return self.up()  # type: ignore[attr-defined]
+        recorded_before = self.record_path.exists()  # anything of a stack there, even partly running
+        try:
+            return self.up()  # type: ignore[attr-defined]
+        except BaseException:
+            # `up` leaves what started running, for `status` and a second `up`; a with block that
+            # never ran owns what it started, and nothing else will stop it.
+            if not recorded_before:
+                self.down()  # type: ignore[attr-defined]
+            raise
 
     def __exit__(self, *exc: object) -> None:
         if self.started_here:

@@ -23,8 +23,16 @@ from labkit.settings import Settings
 __all__ = ["probe_round_trip"]
 
 PROBE_TIMEOUT_S = 30.0
+
+
+class _StoreRefused(Exception):
+    """Kafka refused the probe event: a broker just restarted after a crash refuses the producer's old
+    session once, and the producer starts a new one (labkit.services.producer_flights); try again."""
+
+
 # Right after start-up the gateway may answer 502 for a moment, or a socket may not take connections yet.
-_TRANSIENT = (OSError, TimeoutError, websockets.InvalidStatus, websockets.InvalidHandshake, websockets.ConnectionClosed)
+_TRANSIENT = (OSError, TimeoutError, websockets.InvalidStatus, websockets.InvalidHandshake, websockets.ConnectionClosed,
+              _StoreRefused)
 
 
 def _one_probe(settings: Settings, api_key: str | None, deadline: float) -> None:
@@ -35,6 +43,8 @@ def _one_probe(settings: Settings, api_key: str | None, deadline: float) -> None
             connect(settings.produce_url, additional_headers=headers, open_timeout=5) as sender:
         sender.send(encode({"type": PROBE_TYPE, "value": 0, "id": probe_id}).decode())
         reply = decode_reply(sender.recv(timeout=max(0.1, deadline - time.monotonic())))
+        if reply.error == "kafka_error":
+            raise _StoreRefused(f"the producer could not store the probe: {reply.detail}")
         if not reply.ok:
             raise ComponentFailed("producer", f"refused the readiness probe: {reply.error}: {reply.detail}")
         while True:

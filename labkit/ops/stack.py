@@ -27,7 +27,7 @@ import psutil
 
 from labkit.ops import kafka
 from labkit.ops.brokers import Say, broker_kind, choose_broker, ensure_topic
-from labkit.errors import ComponentFailed, LabkitError, NotRunning, PortInUse
+from labkit.errors import ComponentFailed, LabkitError, NotRunning, PortInUse, StackIncomplete
 from labkit.ops.gateway import gateway_command, load_kong_config, reload, routes_table, write_nginx_conf
 from labkit.procstats import cpu_cores
 from labkit.ops.readiness import probe_round_trip
@@ -350,12 +350,17 @@ class Stack(StackCommon):
                     self.actions.append(f"started {part.name}")
             report("checking that an event goes through the gateway, producer, broker and consumer")
             self.ready_ms = probe_round_trip(self.settings)
-        except BaseException:
-            self._stop(started)
-            if not alive:
-                self.record_path.unlink(missing_ok=True)
+        except BaseException as exc:
+            # Nothing that started is stopped: a broker that came back after a crash holds what it kept,
+            # and stopping it because a later step failed left senders with errors and no broker (2026-12-03).
+            # The record says what runs, so `status` explains the stack and a second `up` starts only the rest.
+            left = [p for p in running if p.pid is not None and p.process() is not None]
+            if left:
+                self._write_record(left)
             else:
-                self._write_record(list(alive.values()))
+                self.record_path.unlink(missing_ok=True)
+            if isinstance(exc, LabkitError) and left:  # with nothing left running, the cause says it all
+                raise StackIncomplete(exc, [p.name for p in left], [p.name for p in parts if p not in left]) from exc
             raise
         if recorded:
             self.actions += [part.restarted_note for part in missing if part.restarted_note]
@@ -479,8 +484,10 @@ class Stack(StackCommon):
     def status(self, cpu_sample_s: float = 0.0) -> list[dict[str, Any]]:
         """One row per component: name, state, pid, url, detail; with ``cpu_sample_s``, the cores it used over that long."""
         # Reading changes nothing: the running stack's settings are used here, not taken.
-        settings = self._running() or self.settings
-        recorded = {p.name: p for p in self._recorded_components()[1]}
+        # A partly running stack (a component stopped or failed to start) keeps its recorded settings too.
+        recorded_settings, recorded_parts = self._recorded_components()
+        settings = recorded_settings if recorded_parts else self.settings
+        recorded = {p.name: p for p in recorded_parts}
         rows = []
         for part in self.components(settings):
             seen = recorded.get(part.name)

@@ -44,6 +44,10 @@ def _starts(
     partitions = sorted(meta.partitions) if meta is not None and meta.partitions else sorted(resume)
     starts: dict[int, int] = {}
     lost: list[str] = []
+    unknown = sorted(set(resume) - set(partitions))
+    if unknown:
+        lost.append(f"the topic has no partition {', '.join(map(str, unknown))}: its partitions are "
+                    f"{', '.join(map(str, partitions))}")
     for p in partitions:
         if p not in resume:
             continue

@@ -17,6 +17,12 @@ others. A watcher whose queue overflows is disconnected with close code 1013
 (try again later) and counted: the service never drops an event silently from a
 stream it is still sending.
 
+When the broker connection drops, the reader stops and checks the records it
+delivered last (:mod:`labkit.services.truncation`) before it reads on. A log that
+lost its tail gets a new epoch (:func:`labkit.epoch.new_epoch`), every watcher a
+frame saying where the log restarted, and reading goes on from there: no silent
+duplicate, no stored event skipped at a reused offset.
+
 What a watcher may ask for (``types``, ``replay``, ``resume``) is in
 :mod:`labkit.services.watchers`; reading back what a resuming watcher missed is in
 :mod:`labkit.services.catchup`.
@@ -25,6 +31,7 @@ What a watcher may ask for (``types``, ``replay``, ``resume``) is in
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -33,16 +40,16 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import Any
 
-from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, KafkaError, KafkaException, TopicPartition
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from labkit.services.catchup import LIMIT_S as READ_BACK_LIMIT_S
-from labkit.epoch import epoch_is_kept, log_epoch
+from labkit.epoch import EpochStep, Truncation, epoch_is_kept, log_epochs, losses_since, new_epoch
 from labkit.services.catchup import read_missed
-from labkit.events import delivered_frame, is_reserved, now_ms, parse_record
+from labkit.events import delivered_frame, encode, is_reserved, now_ms, parse_record
 from labkit.kafka import CONSUMER_DEFAULTS, TailReader
 from labkit.services.retention import INTERVAL_S as RETENTION_INTERVAL_S
 from labkit.services.retention import trim_topic
@@ -50,6 +57,8 @@ from labkit.services.serving import (
     BrokerProbe, ServiceMetrics, configure_logging, json_response, make_process_request, run_service, text_frame,
 )
 from labkit.settings import Settings
+from labkit.services.fanout import CONTROL
+from labkit.services.truncation import LogMemory
 from labkit.services.watchers import Frame, Watcher, WatchOptions, parse_watch_query
 
 __all__ = ["ConsumerService", "main"]
@@ -68,7 +77,7 @@ class ConsumerService:
         self.metrics = ServiceMetrics()
         self.invalid_records = self.metrics.errors.labels("invalid_record")
         config = {**CONSUMER_DEFAULTS, **settings.kafka_reader_config(), "group.id": f"labkit-fanout-{id(self):x}"}
-        self.reader = TailReader(config, pause_when_idle=not settings.broker_long_polls)
+        self.reader = TailReader({**config, "error_cb": self._kafka_error}, pause_when_idle=not settings.broker_long_polls)
         self.kafka = self.reader.consumer
         self.probe = BrokerProbe(settings)
         self.watchers: set[Watcher] = set()
@@ -77,6 +86,10 @@ class ConsumerService:
         self.started_at_ms = now_ms()
         self.kept_from: dict[int, int] = {}  # per partition, where the topic starts after trimming
         self.epoch = ""  # the broker log's identity (labkit.epoch), stamped on every delivery
+        self.epochs: list[EpochStep] = []  # how the log came to that epoch: what each lost tail took
+        self.memory = LogMemory()  # what was delivered last per partition, to check after a reconnect
+        self.log_restarts = 0
+        self._check_log = False  # the broker connection dropped: check the log before reading on
         self.reading: asyncio.Event = asyncio.Event()  # set once partitions are assigned and the epoch is known
         # Read-backs for resuming watchers run on a pool of their own, bounded: each holds a Kafka
         # consumer and up to MISSED_CHUNKS chunks of frames; past the bound, resumes are refused.
@@ -120,7 +133,49 @@ class ConsumerService:
         assert self.loop is not None
         self._assign()
         self.loop.call_soon_threadsafe(self.reading.set)
-        self.reader.feed(self.loop, self._dispatch, self._stopped)
+        self.reader.feed(self.loop, self._dispatch, self._stopped, before_read=self._before_read)
+
+    def _kafka_error(self, err: KafkaError) -> None:
+        """librdkafka's error_cb, called from poll() in the reader thread."""
+        if err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+            self._check_log = True
+
+    def _before_read(self) -> None:
+        """In the reader thread: after a dropped broker connection, check the log before reading on."""
+        if not self._check_log or not self.assigned:
+            return
+        self._check_log = False
+        try:
+            self._check_log_tail()
+        except Exception:  # the reader thread must go on whatever the check meets
+            log.exception("checking the log after the broker connection dropped failed; reading on")
+            self.reader.assign(self.settings.topic, {p: self.reader.next.get(p, OFFSET_END) for p in self.assigned})
+
+    def _check_log_tail(self) -> None:
+        assert self.loop is not None
+        self.kafka.unassign()  # nothing more is fetched (a fetch past a lost tail would restart from 0)
+        try:  # what was handed over is dispatched first: the memory is complete
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self.loop).result(timeout=5)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            return  # the loop is closing: the service is stopping
+        config = {**self.settings.kafka_config(), "client.id": "labkit-consumer-check"}
+        while not self._stopped.is_set():
+            try:
+                cut = self.memory.check(config, self.settings.topic)
+                break
+            except KafkaException as exc:  # the broker is not back yet
+                log.info("checking the log after the broker connection dropped: %s", exc)
+                self._stopped.wait(0.2)
+        else:
+            return
+        starts = {p: self.reader.next.get(p, OFFSET_END) for p in self.assigned}
+        if cut:
+            chain = new_epoch(self.settings, self.epoch, cut)
+            for partition, truncation in cut.items():
+                self.memory.forget_from(partition, truncation.offset)
+                starts[partition] = truncation.offset
+            self.loop.call_soon_threadsafe(self._log_restarted, chain, cut)
+        self.reader.assign(self.settings.topic, starts)
 
     # -- event loop side ---------------------------------------------------------
 
@@ -144,6 +199,7 @@ class ConsumerService:
             valid += 1
             kafka_ts = msg.timestamp()[1]
             partition, offset = msg.partition(), msg.offset()
+            self.memory.remember(partition, offset, kafka_ts)
             frame = Frame(partition, offset, record.type, delivered_frame(value, msg.topic(), partition, offset, kafka_ts, now, self.epoch))
             if not is_reserved(record.type):
                 self.recent.append(frame)  # the stack's readiness probes are not replayed
@@ -177,6 +233,24 @@ class ConsumerService:
                 sent += written
         if sent:
             metrics.events_out.inc(sent)
+
+    def _log_restarted(self, chain: list[EpochStep], cut: dict[int, Truncation]) -> None:
+        """The log lost its tail: a new epoch, and every watcher told in order where each partition restarted."""
+        before, self.epochs, self.epoch = self.epoch, chain, chain[-1].epoch
+        self.log_restarts += 1
+        self.metrics.errors.labels("log_truncated").inc()
+        kept = [f for f in self.recent if f.partition not in cut or f.offset < cut[f.partition].offset]
+        self.recent.clear()
+        self.recent.extend(kept)  # replay never offers a record that is gone
+        for partition, (offset, old_end) in sorted(cut.items()):
+            reason = (f"the broker lost records {offset} to {old_end - 1} of partition {partition} (a crash); "
+                      f"from offset {offset} on it holds new events (epoch {before} -> {self.epoch})")
+            log.warning("%s", reason)
+            body = {"log_restarted": {"partition": partition, "offset": offset, "lost": [offset, old_end - 1]},
+                    "epoch": self.epoch, "reason": reason}
+            frame = Frame(partition, offset, CONTROL, encode(body))
+            for watcher in tuple(self.watchers):
+                watcher.log_restarted_at(frame)
 
     def _overflow(self, watcher: Watcher) -> None:
         self.metrics.overflows.inc()
@@ -237,7 +311,16 @@ class ConsumerService:
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + READ_BACK_LIMIT_S
         resume, since_ms, known_loss = options.resume or {}, options.since_ms, None
-        if options.epoch is not None and self.epoch and options.epoch != self.epoch:
+        lost = losses_since(self.epochs, options.epoch) if options.epoch is not None and self.epochs else None
+        if options.epoch is not None and options.epoch != self.epoch and lost is not None:
+            # The log lost tails since its epoch: read from the first changed offset of each.
+            resume = {p: min(o, lost[p].offset - 1) if p in lost else o for p, o in resume.items()}
+            known_loss = "; ".join(
+                f"the broker lost records {cut.offset} to {cut.old_end - 1} of partition {p} in a crash since epoch "
+                f"{options.epoch} (now {self.epoch}); from offset {cut.offset} on it holds new events"
+                for p, cut in sorted(lost.items())
+            ) or None
+        elif options.epoch is not None and self.epoch and options.epoch != self.epoch:
             # Its offsets belong to a log that is gone: everything in the new one is news to it.
             resume, since_ms = {}, 0.0
             watcher.state.log_restarted()
@@ -273,20 +356,22 @@ class ConsumerService:
             "replay_buffer": len(self.recent),
             "kept_from": self.kept_from,
             "epoch": self.epoch,
+            "log_restarts": self.log_restarts,  # logs that lost their tail while this consumer read them
             "resuming": self.resuming,
             "idle_fetch_cycles": self.reader.idle_cycles,
         }
 
     def _check_epoch(self) -> None:
         try:
-            epoch = log_epoch(self.settings)
+            chain = log_epochs(self.settings)
         except KafkaException as exc:
             log.warning("could not read the log's epoch: %s", exc)
             return
+        epoch = chain[-1].epoch
         if self.epoch and epoch != self.epoch:
             log.warning("the broker's log restarted (epoch %s, before %s): offsets from before mean nothing now",
                         epoch, self.epoch)
-        self.epoch = epoch
+        self.epochs, self.epoch = chain, epoch
 
     async def _maintain(self) -> None:
         """Every few seconds: a new epoch after the broker comes back, and the retention (one task for all)."""

@@ -12,6 +12,11 @@ a duplicate until a live frame above it is sent, which settles the partition;
 frames read back never settle it. After that every frame of the partition goes
 out, even an offset going backwards (the broker's log began again). Partitions
 with nothing sent before their live frames have nothing to skip.
+
+When the broker's log loses its tail, the consumer tells every watcher in order
+(:meth:`WatcherState.log_restarted_at`, a control frame that no filter holds back):
+from there the partition's offsets hold new records, so nothing at or above that
+offset counts as sent any more.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import NamedTuple
 
 from labkit.events import is_reserved
 
-__all__ = ["Frame", "Action", "WatcherState", "SEND", "SKIP", "QUEUE", "OVERFLOW"]
+__all__ = ["Frame", "Action", "WatcherState", "SEND", "SKIP", "QUEUE", "OVERFLOW", "CONTROL"]
 
 
 class Frame(NamedTuple):
@@ -33,6 +38,10 @@ class Frame(NamedTuple):
     offset: int
     type: str
     data: bytes
+
+
+#: The type of a control frame (the log restarted): sent to every watcher, never skipped as a duplicate.
+CONTROL = "labkit.control"
 
 
 class Action(enum.Enum):
@@ -118,7 +127,7 @@ class WatcherState:
         queue = self.queue
         while queue:
             frame = queue.popleft()
-            if self._fresh(frame, True):
+            if frame.type == CONTROL or self._fresh(frame, True):
                 return frame
         return None
 
@@ -136,6 +145,21 @@ class WatcherState:
         """The read-back's first word: these offsets count as sent (less than the resume point where it lies outside the log)."""
         self.sent_upto.update(counted_as_sent)
         self.unsettled.update(counted_as_sent)
+
+    def log_restarted_at(self, frame: Frame, writable: bool) -> Action:
+        """A control frame: the log of ``frame.partition`` restarted at ``frame.offset``; SEND now or QUEUE it in order.
+
+        From that offset on, the partition holds new records: none of them counts as sent.
+        """
+        if self.closed:
+            return SKIP
+        partition = frame.partition
+        if partition in self.sent_upto:
+            self.sent_upto[partition] = min(self.sent_upto[partition], frame.offset - 1)
+        if self.idle and writable and not self.queue:
+            return SEND
+        self.queue.append(frame)  # past the limit by one at most per restart: a control frame is never dropped
+        return QUEUE
 
     def log_restarted(self) -> None:
         """The broker's log began again since the resume point: nothing counts as sent."""

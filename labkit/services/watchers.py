@@ -11,6 +11,12 @@ A watcher connects with optional query parameters:
   ``{"recovered": false, "reason": ...}`` when the log restarted since (the epoch E
   of its last event is gone) or events it missed were trimmed; then it gets
   everything that remains. The labkit client sends these by itself when it reconnects.
+  When the log lost its tail since E (a broker crash), the reason gives the lost
+  offsets and the watcher gets what the log holds from the first of them.
+
+A watcher connected while the broker's log loses its tail gets, in order, a frame
+``{"log_restarted": {"partition": P, "offset": T, "lost": [T, N]}, "epoch": E2, "reason": ...}``:
+records T to N of that partition are gone, and the records from T on are new.
 
 Each watcher has a bounded queue and its own writer task, and never receives the
 same (partition, offset) twice on one connection: what a frame means for a watcher
@@ -35,7 +41,7 @@ from websockets.frames import CloseCode
 
 from labkit.events import encode
 from labkit.services.fanout import OVERFLOW, QUEUE, SEND, Frame, WatcherState
-from labkit.services.serving import ServiceMetrics, can_write_now, write_frames_now
+from labkit.services.serving import ServiceMetrics, can_write_now, text_frame, write_frames_now
 
 __all__ = ["WatchOptions", "parse_watch_query", "Watcher", "Frame", "Recovery", "recovery_frame"]
 
@@ -168,6 +174,14 @@ class Watcher:
         if queued:
             self.ready.set()
         return len(now)
+
+    def log_restarted_at(self, frame: Frame) -> None:
+        """A control frame saying the log restarted at (partition, offset): written now or queued, in order."""
+        action = self.state.log_restarted_at(frame, can_write_now(self.ws))
+        if action is SEND:
+            write_frames_now(self.ws, [text_frame(frame.data)])
+        elif action is QUEUE:
+            self.ready.set()
 
     def hand_over(self, item: Recovery | list[Frame] | bool, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
         """From the read-back thread: queue an item for the writer, waiting while the queue is full.

@@ -159,7 +159,15 @@ location from its own plugin's key names). Regexes, because plain map keys compa
                 "map $lk_consumer $lk_consumer_custom_id",
                 ["default '';", *[f"{_q(c.label)} {_q(c.custom_id)};" for c in consumers if c.custom_id]],
             )
-    if _uses(gateway, "rate-limiting"):
+    if _uses(gateway, "rate-limiting") and not _uses(gateway, "key-auth"):
+        # No key-auth runs (absent, or `enabled: false`): no request has a consumer or a credential,
+        # and Kong counts each client address. $lk_consumer and $lk_api_key exist only with key-auth.
+        lines += [
+            *_comment("rate-limiting without key-auth: every request is counted by its client address, as Kong does."),
+            *_block("map $remote_addr $lk_rate_by_consumer", ["default ip:$remote_addr;"]),
+            *_block("map $remote_addr $lk_rate_by_credential", ["default ip:$remote_addr;"]),
+        ]
+    elif _uses(gateway, "rate-limiting"):
         lines += [
             *_comment(
                 "rate-limiting: who is counted; Kong falls back to the client address when there is no consumer."
