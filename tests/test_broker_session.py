@@ -52,7 +52,7 @@ def broker(tmp_path_factory):
     """A bare noida-db broker, for a reader of our own."""
     import subprocess
 
-    settings = Settings(kafka_port=free_port(), state_dir=tmp_path_factory.mktemp("broker"))
+    settings = Settings(broker="noida", kafka_port=free_port(), state_dir=tmp_path_factory.mktemp("broker"))
     process = subprocess.Popen(BROKERS["noida"].command(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     deadline = time.monotonic() + 20

@@ -88,7 +88,7 @@ def stored_ids(settings: Settings, event_type: str) -> dict[str, tuple[int, int]
 
 
 async def test_a_broker_killed_mid_stream_comes_back_with_one_up_and_every_watcher_hears_the_loss(tmp_path, event_type):
-    with Stack(Settings().with_free_ports(state_dir=tmp_path)) as stack:
+    with Stack(Settings(broker="noida").with_free_ports(state_dir=tmp_path)) as stack:
         settings = stack.settings
         throughout = RawWatcher(stack, f"types={event_type}")
         resumer = RawWatcher(stack, f"types={event_type}")
