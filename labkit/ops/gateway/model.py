@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labkit.errors import LabkitError
+
+if TYPE_CHECKING:
+    from labkit.ops.gateway.upstreams import Upstream
 
 #: Services that labkit runs itself in embedded mode, and the Settings field holding their port.
 EMBEDDED_SERVICE_PORTS = {"producer": "producer_port", "consumer": "consumer_port"}
@@ -53,6 +56,8 @@ class _Service:
     read_timeout: int
     write_timeout: int
     enabled: bool
+    retries: int = 5  # Kong's default: a failed connection is tried on up to 5 more targets
+    upstream: Upstream | None = None  # the Kong upstream named by the service's host, if any
 
 
 @dataclass
