@@ -153,6 +153,8 @@ async def test_consumer_replica_killed_mid_stream_its_watchers_resume_on_the_oth
 
         stream = Stream(s.produce_url, s, event_type, pause_s=0.01)  # about 300 to 400 events a second
         await stream.grows_by(300, "the stream did not start")
+        gateway_log = stack.log_path("gateway")
+        before = gateway_log.stat().st_size
         kill_9(stack, "consumer-1")
         # Its watchers reconnect through the gateway, which routes around the dead replica.
         await wait_until(lambda: sum(w.connections for w in plain) >= 3 or all(w.connections == 1 for w in plain), 10,
@@ -166,6 +168,9 @@ async def test_consumer_replica_killed_mid_stream_its_watchers_resume_on_the_oth
         for _ in range(6):
             async with websockets.connect(s.consume_url):
                 pass
+        # Nobody saw the dead replica: a refused upgrade went on to the other replica inside nginx.
+        answers = gateway_log.read_text()[before:]
+        assert '"GET /consume-events" 101' in answers and '" 502 ' not in answers, answers
         await stream.grows_by(300, "the stream did not go on after the kill")
         await stream.finish()
         assert stream.failed_connections == 0, "senders are not affected by a consumer replica"
