@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from labkit.errors import LabkitError
-
-if TYPE_CHECKING:
-    from labkit.ops.gateway.upstreams import Upstream
 
 #: Services that labkit runs itself in embedded mode, and the Settings field holding their port.
 EMBEDDED_SERVICE_PORTS = {"producer": "producer_port", "consumer": "consumer_port"}
@@ -42,6 +39,17 @@ class GatewayConfigError(LabkitError, ValueError):
     The message names the entity (route, service, plugin, consumer) and the
     field, and says what to do about it.
     """
+
+
+@dataclass
+class Upstream:
+    """A Kong upstream: the targets a service is balanced over, read by :mod:`.upstreams`."""
+
+    name: str
+    algorithm: str
+    targets: list[tuple[str, int, int]]  # host, port, weight
+    max_fails: int  # 0: nginx never marks a target down
+    fail_timeout_s: int
 
 
 @dataclass

@@ -27,17 +27,15 @@ Anything else on an upstream is refused with GatewayConfigError.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from labkit.ops.gateway.model import EMBEDDED_SERVICE_PORTS, GatewayConfigError, _ident
+from labkit.ops.gateway.model import EMBEDDED_SERVICE_PORTS, GatewayConfigError, Upstream, _ident, _Service
 from labkit.ops.gateway.nginx_text import _block, _host_port
 
 if TYPE_CHECKING:
-    from labkit.ops.gateway.model import _Service
     from labkit.settings import Settings
 
-__all__ = ["Upstream", "read_upstreams", "upstream_block", "upstream_name", "service_addresses"]
+__all__ = ["read_upstreams", "upstream_block", "upstream_name", "service_addresses"]
 
 ALGORITHMS = {"round-robin": None, "least-connections": "least_conn;"}
 KONG_DEFAULT_WEIGHT = 100
@@ -50,15 +48,6 @@ _ACTIVE_FIELDS = {"type", "http_path", "timeout", "concurrency", "healthy", "unh
 _PASSIVE_FIELDS = {"type", "healthy", "unhealthy"}
 _HEALTHY_FIELDS = {"interval", "successes", "http_statuses"}
 _UNHEALTHY_FIELDS = {"interval", "tcp_failures", "timeouts", "http_failures", "http_statuses"}
-
-
-@dataclass
-class Upstream:
-    name: str
-    algorithm: str
-    targets: list[tuple[str, int, int]]  # host, port, weight
-    max_fails: int  # 0: nginx never marks a target down
-    fail_timeout_s: int
 
 
 def _reject_unknown(entity: object, known: set[str], where: str) -> dict:
