@@ -26,7 +26,7 @@ from rich.table import Table
 from labkit.client import Sender, SendError, as_event, watch
 from labkit.errors import LabkitError
 from labkit.events import Event, parse_json_object
-from labkit.settings import Settings
+from labkit.settings import REPLICATED, Settings
 from labkit.discovery import running_settings
 from labkit.pacing import Schedule, due_ranges
 from labkit.ops.base import LabStack
@@ -137,6 +137,8 @@ def up(
     ] = None,
     topic: Annotated[Optional[str], typer.Option()] = None,
     partitions: Annotated[Optional[int], typer.Option(min=1)] = None,
+    producers: Annotated[Optional[int], typer.Option(help="Producer processes behind the gateway (ports up from --producer-port).")] = None,
+    consumers: Annotated[Optional[int], typer.Option(help="Consumer processes behind the gateway (ports down from --consumer-port).")] = None,
     state_dir: Annotated[Optional[Path], typer.Option(help="Folder for logs, pids and the stack record.")] = None,
 ) -> None:
     """Start broker, producer, consumer and gateway; return with them running in the background.
@@ -148,7 +150,7 @@ def up(
         consumer_port=consumer_port, gateway_port=gateway_port, kafka_port=kafka_port, kafka_bootstrap=kafka, broker=broker,
         kafka_controller_port=kafka_controller_port, kafka_nodes=nodes,
         kafka_properties=_read_properties(kafka_config) if kafka_config else None,
-        topic=topic, partitions=partitions, state_dir=state_dir,
+        topic=topic, partitions=partitions, producers=producers, consumers=consumers, state_dir=state_dir,
     )
     _run_up(open_stack(settings))
 
@@ -203,7 +205,7 @@ def status(
     if stack.settings.broker == "kafka" and stack.is_running():
         out.print(partitions_table(stack))
     if stack.is_running():
-        for name in ("producer", "consumer"):
+        for name in [name for service in REPLICATED for name, _ in stack.settings.replicas(service)]:
             try:
                 out.print(f"{name}: {json.dumps(stack.health(name))}", highlight=False)
             except OSError as exc:

@@ -10,10 +10,10 @@ class LabkitError(Exception):
 
 
 class PortInUse(LabkitError):
-    def __init__(self, component: str, host: str, port: int, setting: str) -> None:
+    def __init__(self, component: str, host: str, port: int, setting: str, note: str = "") -> None:
         super().__init__(
             f"port {port} ({component}) is in use on {host}: stop what uses it, "
-            f"or choose another port with LABKIT_{setting.upper()} or --{setting.replace('_', '-')}"
+            f"or choose another port with LABKIT_{setting.upper()} or --{setting.replace('_', '-')}{note}"
         )
         self.port = port
 

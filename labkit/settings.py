@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "REPO_ROOT", "free_port", "free_port_range"]
+__all__ = ["Settings", "REPO_ROOT", "free_port", "replica_names", "REPLICATED"]
 
 #: The checkout labkit runs from; kong/kong.yml and the state folder live here.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,25 +32,37 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def free_port_range(host: str, count: int, tries: int = 50) -> int:
-    """The first of ``count`` consecutive TCP ports that were free on ``host`` a moment ago."""
-    for _ in range(tries):
-        first = free_port(host)
-        if first + count > 65535:
-            continue
-        socks = []
-        try:
-            for port in range(first, first + count):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(sock)
+def replica_names(name: str, count: int) -> list[str]:
+    """Component names of ``count`` processes of one kind: ``name`` alone, else ``name-1``, ``name-2``…"""
+    return [name] if count == 1 else [f"{name}-{number}" for number in range(1, count + 1)]
+
+
+#: The services labkit runs in replicas: their count setting, base port setting, and which way
+#: their ports count from the base. Away from each other, so the seed's adjacent defaults
+#: (producer 6789, consumer 6788) never collide: producers 6789, 6790…; consumers 6788, 6787….
+REPLICATED = {"producer": ("producers", "producer_port", 1), "consumer": ("consumers", "consumer_port", -1)}
+
+
+def _free_range(host: str, count: int, step: int, taken: set[int]) -> int:
+    """A base port from which ``count`` ports (counting by ``step``) are all free now and not in ``taken``."""
+    while True:
+        base = free_port(host)
+        ports = [base + step * index for index in range(count)]
+        if all(0 < port <= 65535 and port not in taken for port in ports) and all(map(_bindable(host), ports[1:])):
+            taken.update(ports)
+            return base
+
+
+def _bindable(host: str):
+    def free(port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
                 sock.bind((host, port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise OSError(f"found no {count} consecutive free ports on {host}")
+            except OSError:
+                return False
+            return True
+
+    return free
 
 
 class Settings(BaseSettings):
@@ -89,6 +101,8 @@ class Settings(BaseSettings):
 
     topic: str = Field("events", min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(3, ge=1, le=1000)
+    producers: int = Field(1, ge=1, le=64, description="Producer processes behind the gateway (replicas).")
+    consumers: int = Field(1, ge=1, le=64, description="Consumer processes behind the gateway (replicas).")
 
     max_frame_bytes: int = Field(64 * 1024, ge=256, description="Largest WebSocket frame a sender may send.")
     max_batch: int = Field(1000, ge=1, description="Most events in one JSON array frame.")
@@ -142,6 +156,16 @@ class Settings(BaseSettings):
             return {k.strip(): v.strip() for k, v in pairs}
         return value
 
+    @field_validator("producers", "consumers", mode="before")
+    @classmethod
+    def _at_least_one(cls, value: object, info) -> object:
+        if isinstance(value, (int, str)) and str(value).strip().lstrip("-").isdigit() and int(value) < 1:
+            raise ValueError(
+                f"{info.field_name} must be 1 or more (the stack needs one {info.field_name[:-1]}; more run "
+                f"as replicas behind the gateway): --{info.field_name} N or LABKIT_{info.field_name.upper()}"
+            )
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _bootstrap_means_external(cls, values: object) -> object:
@@ -172,6 +196,42 @@ class Settings(BaseSettings):
                 "drop one (LABKIT_KAFKA_BOOTSTRAP or LABKIT_BROKER / --broker)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _replica_ports_apart(self) -> Settings:
+        # A replica whose port another component holds would fail only once started, mid-`up`.
+        owners: dict[int, tuple[str, str]] = {}
+        fixed = [("gateway", self.gateway_port, "gateway_port")]
+        if self.broker != "external":
+            fixed.append(("broker", self.kafka_port, "kafka_port"))
+        for service, (_, setting, _) in REPLICATED.items():
+            fixed += [(name, port, setting) for name, port in self.replicas(service)]
+        for name, port, setting in fixed:
+            if port == 0:
+                continue
+            if not 0 < port <= 65535:
+                raise ValueError(f"{name} would listen on port {port}, outside 1-65535: move {setting}")
+            if port in owners and owners[port][1] != setting:
+                other, other_setting = owners[port]
+                raise ValueError(
+                    f"{name} would listen on port {port}, which {other} uses: move one with "
+                    f"--{setting.replace('_', '-')} (LABKIT_{setting.upper()}) or "
+                    f"--{other_setting.replace('_', '-')} (LABKIT_{other_setting.upper()})"
+                )
+            owners[port] = (name, setting)
+        return self
+
+    def replicas(self, service: str) -> list[tuple[str, int]]:
+        """(component name, port) of each replica of ``service`` ("producer" or "consumer")."""
+        count_setting, port_setting, step = REPLICATED[service]
+        base, count = getattr(self, port_setting), getattr(self, count_setting)
+        ports = [base + step * index if base else 0 for index in range(count)]
+        return list(zip(replica_names(service, count), ports))
+
+    def replica_env(self, service: str, port: int) -> dict[str, object]:
+        """The changes that make one replica's own settings: its port, and a count of one."""
+        count_setting, port_setting, _ = REPLICATED[service]
+        return {port_setting: port, count_setting: 1}
 
     def __repr_args__(self):  # keep credentials in kafka_properties out of reprs and logs
         for name, value in super().__repr_args__():
@@ -230,10 +290,17 @@ class Settings(BaseSettings):
 
     def with_free_ports(self, **changes: object) -> Settings:
         """A copy on ports that are free now (for tests and benchmarks)."""
-        ports = {name: free_port(self.host) for name in ("producer_port", "consumer_port", "gateway_port")}
+        producers = int(changes.get("producers", self.producers))  # type: ignore[arg-type]
+        consumers = int(changes.get("consumers", self.consumers))  # type: ignore[arg-type]
         nodes = int(changes.get("kafka_nodes", self.kafka_nodes))  # type: ignore[call-overload]
-        base = free_port_range(self.host, 2 * nodes)  # node N: base + 2(N-1), its controller one above
-        return self.replace(**ports, kafka_port=base, kafka_controller_port=base + 1, **changes)
+        taken: set[int] = set()
+        ports = {
+            "producer_port": _free_range(self.host, producers, 1, taken),
+            "consumer_port": _free_range(self.host, consumers, -1, taken),
+            "gateway_port": _free_range(self.host, 1, 1, taken),
+            "kafka_port": _free_range(self.host, 2 * nodes, 1, taken),  # node N: base + 2(N-1), its controller one above
+        }
+        return self.replace(**ports, kafka_controller_port=ports["kafka_port"] + 1, **changes)
 
     def replace(self, **changes: object) -> Settings:
         """A validated copy with some fields changed."""

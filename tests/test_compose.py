@@ -168,14 +168,36 @@ def test_kong_runs_db_less_from_kong_yml(services: dict) -> None:
     assert kong["healthcheck"]["test"] == ["CMD", "kong", "health"]
 
 
+def kong_targets(kong: dict, kong_service: dict) -> list[tuple[str, int]]:
+    """(host, port) a Kong service sends to: its upstream's targets when its host names one, else its url."""
+    url = urlsplit(kong_service["url"])
+    upstream = next((u for u in kong.get("upstreams", []) if u["name"] == url.hostname), None)
+    if upstream is None:
+        return [(url.hostname, url.port)]
+    return [(host, int(port)) for host, _, port in (t["target"].rpartition(":") for t in upstream["targets"])]
+
+
 def test_kong_services_name_compose_services_and_their_ports(services: dict, kong: dict) -> None:
     assert kong["services"], "kong/kong.yml has no services"
     for kong_service in kong["services"]:
-        url = urlsplit(kong_service["url"])
-        assert url.hostname in services, f"{kong_service['url']}: no Compose service {url.hostname!r}"
-        assert url.port in listening_ports(services[url.hostname]), (
-            f"{kong_service['url']}: {url.hostname} listens on {sorted(listening_ports(services[url.hostname]))}"
-        )
+        for host, port in kong_targets(kong, kong_service):
+            assert host in services, f"{kong_service['name']}: no Compose service {host!r}"
+            assert port in listening_ports(services[host]), (
+                f"{kong_service['name']}: {host} listens on {sorted(listening_ports(services[host]))}"
+            )
+
+
+def test_services_scale_with_the_settings_behind_kongs_upstreams(services: dict, kong: dict) -> None:
+    # Compose runs LABKIT_CONSUMERS containers; Kong adds each address "consumer" resolves to as a target.
+    for name in ("producer", "consumer"):
+        assert services[name]["deploy"]["replicas"] == f"${{LABKIT_{name.upper()}S:-1}}"
+        assert "container_name" not in services[name]  # a fixed name cannot be scaled
+        (kong_service,) = [s for s in kong["services"] if s["name"] == name]
+        assert kong_targets(kong, kong_service) == [(name, Settings.model_fields[f"{name}_port"].default)]
+    settings = Settings(producers=2, consumers=3, producer_port=16789, consumer_port=16788)
+    environment = ComposeStack(settings).environment()
+    assert (environment["LABKIT_PRODUCERS"], environment["LABKIT_PRODUCER_PORTS"]) == ("2", "16789-16790")
+    assert (environment["LABKIT_CONSUMERS"], environment["LABKIT_CONSUMER_PORTS"]) == ("3", "16786-16788")
 
 
 def test_ports_agree_across_settings_compose_kong_and_readme(services: dict, kong: dict) -> None:
@@ -194,8 +216,8 @@ def test_ports_agree_across_settings_compose_kong_and_readme(services: dict, kon
         assert target == defaults[f"{name}_port"] == int(services[name]["environment"][f"LABKIT_{name.upper()}_PORT"])
         health = urlsplit(services[name]["environment"]["HEALTH_URL"])
         assert health.port == target and health.path == "/healthz"
-        kong_url = next(s["url"] for s in kong["services"] if urlsplit(s["url"]).hostname == name)
-        assert urlsplit(kong_url).port == defaults[f"{name}_port"]
+        (kong_service,) = [s for s in kong["services"] if s["name"] == name]
+        assert kong_targets(kong, kong_service) == [(name, defaults[f"{name}_port"])]
 
     readme = {}
     for line in (REPO_ROOT / "README.md").read_text().splitlines():
@@ -272,7 +294,8 @@ def test_compose_stack_passes_the_settings_as_environment(tmp_path: Path) -> Non
     stack = ComposeStack(settings)
     assert stack.settings.mode == "compose"
     assert stack.environment() == {
-        "LABKIT_PRODUCER_PORT": "16789", "LABKIT_CONSUMER_PORT": "16788", "LABKIT_GATEWAY_PORT": "18000",
+        "LABKIT_PRODUCERS": "1", "LABKIT_CONSUMERS": "1",
+        "LABKIT_PRODUCER_PORTS": "16789", "LABKIT_CONSUMER_PORTS": "16788", "LABKIT_GATEWAY_PORT": "18000",
         "LABKIT_KAFKA_PORT": "19093", "LABKIT_TOPIC": "clicks", "LABKIT_PARTITIONS": "6",
     }
     assert stack.urls()["producer"] == "ws://127.0.0.1:16789/"

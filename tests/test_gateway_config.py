@@ -16,6 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from urllib.parse import urlsplit
 
 from labkit.ops import gateway
 from labkit.ops.gateway import GatewayConfigError
@@ -121,11 +122,40 @@ def test_rendered_conf_runs_unprivileged_with_everything_in_state_dir(kong, sett
     assert f"listen {settings.host}:{settings.gateway_port};" in text
 
 
+def upstream_servers(text: str, service: str) -> list[str]:
+    """The server lines of one service's nginx upstream block."""
+    block = text.split(f"upstream lk_service_{service} {{", 1)[1].split("}", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip().startswith("server ")]
+
+
 def test_embedded_services_are_reached_on_the_settings_ports(kong, settings, tmp_path):
     text = gateway.render_nginx_conf(kong, settings, tmp_path)
-    assert f"proxy_pass http://{settings.host}:{settings.producer_port};" in text
-    assert f"proxy_pass http://{settings.host}:{settings.consumer_port};" in text
+    assert "proxy_pass http://lk_service_producer;" in text and "proxy_pass http://lk_service_consumer;" in text
+    assert upstream_servers(text, "producer") == [f"server {settings.host}:{settings.producer_port} weight=100 max_fails=1 fail_timeout=5s;"]
+    assert upstream_servers(text, "consumer") == [f"server {settings.host}:{settings.consumer_port} weight=100 max_fails=1 fail_timeout=5s;"]
     assert "producer:6789" not in text
+
+
+def test_replicas_are_kongs_upstream_targets_rendered_as_nginx_upstreams(kong, tmp_path):
+    # kong.yml names one target per service; in embedded mode it stands for every replica.
+    settings = Settings(producers=2, consumers=3).with_free_ports(state_dir=tmp_path / "state")
+    (upstream,) = [u for u in kong["upstreams"] if u["name"] == "consumer-replicas"]
+    assert upstream["algorithm"] == "least-connections" and upstream["targets"] == [{"target": "consumer:6788"}]
+    assert urlsplit(next(s["url"] for s in kong["services"] if s["name"] == "consumer")).hostname == "consumer-replicas"
+    text = gateway.render_nginx_conf(kong, settings, tmp_path)
+    ports = {service: [int(line.split()[1].rsplit(":", 1)[1]) for line in upstream_servers(text, service)]
+             for service in ("producer", "consumer")}
+    assert ports == {"producer": [settings.producer_port, settings.producer_port + 1],
+                     "consumer": [settings.consumer_port, settings.consumer_port - 1, settings.consumer_port - 2]}
+    assert all("max_fails=1 fail_timeout=5s" in line for line in upstream_servers(text, "consumer"))
+    assert text.count("least_conn;") == 2
+    # A dead replica refuses the upgrade: nginx tries the next one, up to Kong's retries (5) + 1 tries.
+    assert text.count("proxy_next_upstream error timeout;") == 2 and "proxy_next_upstream_tries 6;" in text
+    rows = {row["service"]: row["upstream"] for row in gateway.routes_table(kong, settings)}
+    assert rows["consumer"] == ", ".join(f"http://{settings.host}:{port}" for port in ports["consumer"])
+    conf = gateway.write_nginx_conf(settings, tmp_path / "state")
+    result = nginx_test(conf, tmp_path / "state")
+    assert result.returncode == 0, result.stderr
 
 
 def test_rendered_conf_carries_kongs_answers(kong, settings, tmp_path):
@@ -248,9 +278,21 @@ def test_unsupported_route_field_is_refused(kong, field):
         gateway.routes_table(kong)
 
 
-def test_upstreams_are_refused(kong):
-    kong["upstreams"] = [{"name": "producer", "targets": [{"target": "127.0.0.1:6789"}]}]
-    with pytest.raises(GatewayConfigError, match="field 'upstreams'"):
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"algorithm": "consistent-hashing"}, "algorithm 'consistent-hashing' is not supported"),
+        ({"hash_on": "ip"}, "field 'hash_on'"),
+        ({"targets": []}, "no targets"),
+        ({"targets": [{"target": "consumer:6788", "weight": 0}]}, "weight 0"),
+        ({"healthchecks": {"passive": {"unhealthy": {"tcp_failures": 2}}}}, "passive health checks without active ones"),
+        ({"healthchecks": {"passive": {"unhealthy": {"http_failures": 2}}}}, "http_failures is not supported"),
+    ],
+)
+def test_upstream_parts_the_gateway_cannot_honour_are_refused(kong, change, named):
+    upstream = next(u for u in kong["upstreams"] if u["name"] == "consumer-replicas")
+    upstream.update(change)
+    with pytest.raises(GatewayConfigError, match=f"upstream 'consumer-replicas'.*{named}"):
         gateway.routes_table(kong)
 
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from labkit.errors import LabkitError
 from labkit.settings import Settings
@@ -71,9 +72,9 @@ def fresh_stacks(settings: Settings | None, on_stack_step: Callable[[str, int, i
     """
 
     @asynccontextmanager
-    async def fresh() -> AsyncIterator[Stack]:
+    async def fresh(**changes: Any) -> AsyncIterator[Stack]:
         temporary = Path(tempfile.mkdtemp(prefix="labkit-bench-"))
-        stack = Stack((settings or Settings()).with_free_ports(state_dir=temporary))
+        stack = Stack((settings or Settings()).with_free_ports(state_dir=temporary, **changes))
         try:
             await asyncio.to_thread(stack.up, on_stack_step)
             yield stack
@@ -88,11 +89,15 @@ def fresh_stacks(settings: Settings | None, on_stack_step: Callable[[str, int, i
 
 
 def the_running_stack(stack: Stack) -> StackSource:
-    """The same running stack for every phase."""
+    """The same running stack for every phase; one that needs other settings (2 consumers) gets a fresh stack."""
 
     @asynccontextmanager
-    async def running() -> AsyncIterator[Stack]:
-        yield stack
+    async def running(**changes: Any) -> AsyncIterator[Stack]:
+        if all(getattr(stack.settings, name) == value for name, value in changes.items()):
+            yield stack
+        else:
+            async with fresh_stacks(stack.settings)(**changes) as other:
+                yield other
 
     return running
 

@@ -163,7 +163,7 @@ def scale_out_lines(result: BenchResult) -> list[str]:
     for other in runs[1:]:
         lines.append(
             f"{other.watchers:,} watchers x {other.offered_rate:,.0f} ev/s on {other.consumers} consumer processes "
-            f"against {one.consumers} (watchers on the consumers' own ports): p99 {_ms(other.latency.p99)} against "
+            f"against {one.consumers} (watchers through the gateway): p99 {_ms(other.latency.p99)} against "
             f"{_ms(one.latency.p99)} ms, lost {other.lost} against {one.lost}; consumer CPU "
             f"{other.cores().get('consumer', 0):.2f} against {one.cores().get('consumer', 0):.2f} cores"
         )

@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import os
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +27,11 @@ from labkit.ops.brokers import ensure_topic
 from labkit.client import lab_api_key
 from labkit.events import encode, now_ms
 from labkit.ops.stack import Stack
+from labkit.settings import REPLICATED
 from labkit.bench.config import BASELINE, DIRECT, FULL, BenchConfig
 from labkit.bench.load import BENCH_TYPE, LoadPlan
 from labkit.bench.profile import ServiceProfiler
 from labkit.bench.receivers import Receivers
-from labkit.bench.consumers import extra_consumers
 from labkit.bench.resources import ResourceSampler
 from labkit.bench.search import StepSearch
 from labkit.bench.senders import KafkaLoad, WebSocketLoad
@@ -46,7 +46,7 @@ PRIME_WAIT_S = 3.0
 START_AHEAD_MS = 50.0  # the first event of a phase is due this long after the plan is made
 
 ProgressHook = Callable[[str, int | None, int], None]  # description, total events (None: unknown), done
-StackSource = Callable[[], AbstractAsyncContextManager[Stack]]  # a running stack for one phase
+StackSource = Callable[..., AbstractAsyncContextManager[Stack]]  # a running stack for one phase (Settings changes)
 
 
 @dataclass
@@ -79,7 +79,12 @@ class BenchRunner:
         self.log_dir = stack.settings.state_dir / "logs"
         self.api_key = lab_api_key(stack.settings)
         self.sampler = ResourceSampler.for_stack(self.status_rows, os.getpid())
-        self.consumer_pids = [row["pid"] for row in self.status_rows if row["component"] == "consumer" and row.get("pid")]
+        for service in REPLICATED:  # replicas are measured together, as their service
+            names = [name for name, _ in stack.settings.replicas(service)]
+            pids = [row["pid"] for row in self.status_rows if row["component"] in names and row.get("pid")]
+            for name in names:
+                self.sampler.forget(name)
+            self.sampler.set_processes(service, pids)
 
     def _partitions(self, topic: str) -> int:
         meta = AdminClient(self.settings.kafka_config()).list_topics(timeout=10).topics.get(topic)
@@ -123,7 +128,7 @@ class BenchRunner:
     async def _phase(self, path: str, phase: str, sender: KafkaLoad | WebSocketLoad, receivers: Receivers,
                      rate: float, duration_s: float) -> PhaseResult:
         cfg = self.config
-        watchers, consumers = receivers.spec.connections, len(receivers.urls)
+        watchers, consumers = receivers.spec.connections, self.settings.consumers
         label = f"{path} @ {rate:,.0f} ev/s" + (f", {watchers} watchers" if phase in ("fanout", "consumers") else f" ({phase})")
         if phase == "consumers":
             label += f" on {consumers} consumer{'s' if consumers > 1 else ''}"
@@ -152,25 +157,20 @@ class BenchRunner:
                        consumers: int = 1) -> PhaseResult:
         """One phase on a stack of its own: connect, prime, send, drain, sum up.
 
-        With ``consumers`` above 1, that many consumer processes serve the watchers, each
-        on its own port (the stack's, and ``consumers - 1`` started for the phase).
+        With ``consumers`` above 1 the stack runs that many consumer replicas, and the
+        watchers reach them through the gateway, which spreads them (least connections).
         """
         cfg = self.config
         if phase in ("fanout", "consumers"):
             self.on_progress(f"{phase}: starting a stack and {watchers} watchers", None, 0)
-        async with self.stacks() as stack, AsyncExitStack() as extra:
+        async with self.stacks(**({"consumers": consumers} if consumers > 1 else {})) as stack:
             self._attach(stack)
             topic = BASELINE_TOPIC if path == BASELINE else self.settings.topic
             if path == BASELINE:
                 await asyncio.to_thread(ensure_topic, self.settings.replace(topic=BASELINE_TOPIC))
             spec = self._receiver_spec(path, watchers)
-            urls = [spec.url]
-            if consumers > 1:
-                more = await extra.enter_async_context(extra_consumers(self.settings, consumers - 1, self.log_dir))
-                urls += [url for _, url in more]
-                self.sampler.set_processes("consumer", self.consumer_pids + [pid for pid, _ in more])
             processes = cfg.watcher_processes if phase in ("fanout", "consumers") else 1
-            async with Receivers(spec, processes, self.log_dir, urls) as receivers, self._sender(path) as sender:
+            async with Receivers(spec, processes, self.log_dir, [spec.url]) as receivers, self._sender(path) as sender:
                 self.sampler.set_processes("bench watchers", receivers.pids)
                 await self._prime(sender, receivers, await asyncio.to_thread(self._partitions, topic))
                 profiler = None
@@ -214,11 +214,11 @@ class BenchRunner:
             await self._measure(FULL, "fanout", self.config.fanout_rate, self.config.fanout_duration_s, watchers)
 
     async def run_consumers(self) -> None:
-        """The largest fan-out size on 1, 2, ... consumer processes, watchers on the consumers' own ports."""
+        """The largest fan-out size on 1, 2, ... consumer replicas, watchers through the gateway."""
         cfg = self.config
         watchers = max(cfg.fanout)
         for consumers in cfg.consumers:
-            await self._measure(DIRECT, "consumers", cfg.fanout_rate, cfg.fanout_duration_s, watchers, consumers)
+            await self._measure(FULL, "consumers", cfg.fanout_rate, cfg.fanout_duration_s, watchers, consumers)
 
     async def run(self) -> None:
         """Everything the config asks for."""

@@ -65,7 +65,7 @@ def architecture_svg(
     by_service = {route.get("service"): route for route in routes}
 
     def part(name: str) -> tuple[str, str | None]:
-        row = parts.get(name)
+        row = parts.get(name) or parts.get(f"{name}-1")  # with replicas, the box shows the first
         return (_address(row.get("url", "")), row.get("state")) if row else ("not in this stack", None)
 
     gateway, producer, consumer, broker = part("gateway"), part("producer"), part("consumer"), part("broker")

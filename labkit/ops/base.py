@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from labkit.settings import Settings
+from labkit.settings import REPLICATED, Settings
 
 __all__ = ["LabStack", "StackCommon", "StepCallback"]
 
@@ -51,8 +51,9 @@ class StackCommon:
         return self.state_dir / self.RECORD
 
     def health(self, component: str) -> dict[str, Any]:
-        """A service's own /healthz answer (producer or consumer)."""
-        port = {"producer": self.settings.producer_port, "consumer": self.settings.consumer_port}[component]
+        """A service's own /healthz answer: a replica by name (``consumer-2``), or the first one (``consumer``)."""
+        replicas = {name: port for service in REPLICATED for name, port in self.settings.replicas(service)}
+        port = replicas.get(component) or self.settings.replicas(component)[0][1]
         with urllib.request.urlopen(self.settings.url(port, "/healthz", "http"), timeout=2) as response:
             return json.loads(response.read())
 

@@ -164,9 +164,17 @@ class ComposeStack(StackCommon):
     def environment(self) -> dict[str, str]:
         """The LABKIT_* variables compose/compose.yml reads."""
         s = self.settings
+
+        def host_ports(service: str) -> str:
+            # The replicas' ports as a Compose range: each container takes one of them.
+            ports = sorted(port for _, port in s.replicas(service))
+            return str(ports[0]) if len(ports) == 1 else f"{ports[0]}-{ports[-1]}"
+
         return {
-            "LABKIT_PRODUCER_PORT": str(s.producer_port),
-            "LABKIT_CONSUMER_PORT": str(s.consumer_port),
+            "LABKIT_PRODUCERS": str(s.producers),
+            "LABKIT_CONSUMERS": str(s.consumers),
+            "LABKIT_PRODUCER_PORTS": host_ports("producer"),
+            "LABKIT_CONSUMER_PORTS": host_ports("consumer"),
             "LABKIT_GATEWAY_PORT": str(s.gateway_port),
             "LABKIT_KAFKA_PORT": str(s.kafka_port),
             "LABKIT_KAFKA_VERSION": kafka_version(),  # the one pin: labkit/ops/kafka/pom.xml

@@ -33,7 +33,7 @@ from labkit.procstats import cpu_cores
 from labkit.ops.readiness import probe_round_trip
 from labkit import discovery
 from labkit.ops.base import LabStack, StackCommon, StepCallback
-from labkit.settings import Settings
+from labkit.settings import REPLICATED, Settings
 
 __all__ = ["Stack", "Component", "open_stack"]
 
@@ -159,6 +159,15 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _replica_note(part: Component, settings: Settings) -> str:
+    """For a replica: how its port follows from the setting (a range can run into another stack's ports)."""
+    service = part.name.rpartition("-")[0]
+    if service not in REPLICATED or getattr(settings, REPLICATED[service][0]) == 1:
+        return ""
+    ports = [port for _, port in settings.replicas(service)]
+    return f" ({service} replicas use ports {ports[0]} to {ports[-1]}, counting from {part.port_setting})"
+
+
 class Stack(StackCommon):
     """The lab's processes: ``Stack(settings).up()``, ``.down()``, or ``with Stack() as stack:``.
 
@@ -197,10 +206,15 @@ class Stack(StackCommon):
         def gateway_conf(part: Component, say: Say) -> None:
             part.command = gateway_command(write_nginx_conf(s, self.state_dir), self.state_dir)
 
-        def service(name: str, port_setting: str, prepare: Callable[[Component], None] | None = None) -> Component:
-            port = getattr(s, port_setting)
-            return Component(name, port, port_setting, s.url(port), [*serve, f"labkit.services.{name}"],
-                             s.url(port, "/healthz", "http"), _settings_env(s), prepare=prepare)
+        def service(name: str, prepare: Callable[[Component], None] | None = None) -> list[Component]:
+            # One component per replica, each on its own port (Settings.replicas); the gateway balances them.
+            port_setting = REPLICATED[name][1]
+            return [
+                Component(part, port, port_setting, s.url(port), [*serve, f"labkit.services.{name}"],
+                          s.url(port, "/healthz", "http"), _settings_env(s.replace(**s.replica_env(name, port))),
+                          prepare=prepare)
+                for part, port in s.replicas(name)
+            ]
 
         if broker.name == "kafka" and s.kafka_nodes > 1:
             parts += self._kafka_nodes(s, topic)
@@ -215,10 +229,10 @@ class Stack(StackCommon):
                                    before_stop=lambda part: broker.stop_cleanly(s),
                                    restarted_note=f"the broker had stopped and was started again ({broker.keeps}): "
                                                   "watchers that resume are told if events were lost"))
-            parts.append(service("producer", "producer_port"))
+            parts += service("producer")
         else:
-            parts.append(service("producer", "producer_port", prepare=topic))
-        parts.append(service("consumer", "consumer_port"))
+            parts += service("producer", prepare=topic)
+        parts += service("consumer")
         gateway_url = f"{s.produce_url}  {s.consume_url}"
         parts.append(Component("gateway", s.gateway_port, "gateway_port", gateway_url, [], prepare=gateway_conf))
         return parts
@@ -321,7 +335,8 @@ class Stack(StackCommon):
         for part in missing:
             for port, setting in [(part.port, part.port_setting), *part.more_ports]:
                 if not _port_free(self.settings.host, port):
-                    raise PortInUse(part.name, self.settings.host, port, setting)
+                    note = _replica_note(part, self.settings) if port == part.port else ""
+                    raise PortInUse(part.name, self.settings.host, port, setting, note)
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         steps = len(missing) + 1
         step = 0

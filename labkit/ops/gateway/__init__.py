@@ -10,9 +10,11 @@ plugin is never silently left out.
 
 What is understood (everything else is refused):
 
-- services: ``url`` (or protocol/host/port/path), connect/read/write timeouts;
+- services: ``url`` (or protocol/host/port/path), connect/read/write timeouts, ``retries``;
   in embedded mode the services named ``producer`` and ``consumer`` are reached
-  at ``settings.host`` on ``settings.producer_port`` / ``consumer_port``;
+  at ``settings.host`` on their replicas' ports (``Settings.replicas``);
+- upstreams (a service's host naming one) with targets, round-robin or
+  least-connections, passive health checks (:mod:`.upstreams`);
 - routes: prefix ``paths`` (a string prefix, as Kong matches them: ``/a`` also takes
   ``/ab``) and exact ones written as Kong regex paths ``~/a$`` (``location =``),
   ``strip_path`` (Kong's "v0" path handling),
@@ -37,6 +39,7 @@ One module per step:
 - :mod:`.model`: Kong's entities as dataclasses, the shared limits, GatewayConfigError;
 - :mod:`.config`: reading and checking kong.yml (services, routes, consumers), routes_table;
 - :mod:`.plugins`: reading each plugin's config, with Kong's defaults;
+- :mod:`.upstreams`: Kong upstreams and targets, rendered as nginx upstream blocks;
 - :mod:`.nginx`: rendering nginx.conf (main context, maps, server, locations);
 - :mod:`.nginx_plugins`: what key-auth, rate-limiting and cors add to it;
 - :mod:`.nginx_limits`: labkit's limits: connection budgets per route, refused keys per address;

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from labkit.settings import Settings
-from labkit.ops.gateway.nginx_text import upstream_address
+from labkit.ops.gateway.upstreams import read_upstreams, service_addresses
 
 from labkit.ops.gateway.model import (
     _API_KEY_RE,
@@ -93,6 +93,7 @@ _TOP_LEVEL = {
     "routes",
     "plugins",
     "consumers",
+    "upstreams",
 }
 _SERVICE_FIELDS = {
     "name", "id", "tags", "url", "protocol", "host", "port", "path", "enabled", "retries",
@@ -121,8 +122,10 @@ def _read_gateway(kong: dict) -> _Gateway:
         routes.update(dict.fromkeys(filter(None, (raw.get("name"), raw.get("id"))), route))
         scoped_plugins.extend((plugin, "route", route.name) for plugin in raw.get("plugins") or [])
 
+    upstreams = read_upstreams(kong)
     for raw in kong.get("services") or []:
         service = _read_service(raw)
+        service.upstream = upstreams.get(service.host)  # Kong: a service whose host names an upstream is balanced
         services.update(dict.fromkeys(filter(None, (raw.get("name"), raw.get("id"))), service))
         scoped_plugins.extend((plugin, "service", service.name) for plugin in raw.get("plugins") or [])
         for raw_route in raw.get("routes") or []:
@@ -186,7 +189,10 @@ def _read_service(raw: dict) -> _Service:
         timeouts[key] = value
     port = 80 if port is None else port
     url = raw.get("url") or f"{protocol}://{host}:{port}{raw.get('path') or ''}"
-    return _Service(name, url, protocol, host, port, path, enabled=raw.get("enabled", True), **timeouts)
+    retries = raw.get("retries", 5)
+    if not isinstance(retries, int) or retries < 0:
+        raise GatewayConfigError(f"{where}: retries must be 0 or more, not {retries!r}")
+    return _Service(name, url, protocol, host, port, path, enabled=raw.get("enabled", True), retries=retries, **timeouts)
 
 
 def _read_route(raw: dict, service: _Service, taken_idents: set[str]) -> _Route:
@@ -311,18 +317,18 @@ def routes_table(kong: dict, settings: Settings | None = None) -> list[dict]:
     """One row per route, for status tables and notebooks: where each path goes, through which plugins.
 
     An exact path ("~/produce-events$" in kong.yml) reads as the path a client uses ("/produce-events").
-    With the embedded stack's ``settings``, the upstream is the address the gateway really
-    proxies to (labkit's own producer and consumer on their ports), not kong.yml's Compose host.
+    The upstream is the service's targets (a Kong upstream's, when its host names one); with the
+    embedded stack's ``settings``, the addresses the gateway really proxies to (labkit's own
+    producer and consumer replicas on their ports), not kong.yml's Compose host.
     """
     return [
         {
             "route": route.name,
             "paths": [request_path(path) for path in route.paths],
             "service": route.service.name,
-            "upstream": route.service.url if settings is None else (
-                f"{route.service.protocol}://"
-                f"{upstream_address(route.service.name, route.service.host, route.service.port, settings)}"
-                f"{route.service.path if route.service.path != '/' else ''}"
+            "upstream": ", ".join(
+                f"{route.service.protocol}://{address}{route.service.path if route.service.path != '/' else ''}"
+                for address in service_addresses(route.service, settings)
             ),
             "plugins": list(route.plugins),
         }

@@ -42,6 +42,17 @@ class GatewayConfigError(LabkitError, ValueError):
 
 
 @dataclass
+class Upstream:
+    """A Kong upstream: the targets a service is balanced over, read by :mod:`.upstreams`."""
+
+    name: str
+    algorithm: str
+    targets: list[tuple[str, int, int]]  # host, port, weight
+    max_fails: int  # 0: nginx never marks a target down
+    fail_timeout_s: int
+
+
+@dataclass
 class _Service:
     name: str
     url: str
@@ -53,6 +64,8 @@ class _Service:
     read_timeout: int
     write_timeout: int
     enabled: bool
+    retries: int = 5  # Kong's default: a failed connection is tried on up to 5 more targets
+    upstream: Upstream | None = None  # the Kong upstream named by the service's host, if any
 
 
 @dataclass

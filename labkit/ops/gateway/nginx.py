@@ -10,7 +10,7 @@ from pathlib import Path
 from labkit.settings import Settings
 
 from labkit.ops.gateway.config import _read_gateway
-from labkit.ops.gateway.model import EMBEDDED_SERVICE_PORTS, _Gateway, _Plugin, _Route, _Service, exact_path
+from labkit.ops.gateway.model import EMBEDDED_SERVICE_PORTS, _Gateway, _Plugin, _Route, exact_path
 from labkit.ops.gateway.nginx_limits import (
     ConnectionBudget,
     budget_comment,
@@ -28,8 +28,8 @@ from labkit.ops.gateway.nginx_plugins import (
     _rate_limit_headers,
     _rate_limited_location,
 )
+from labkit.ops.gateway.upstreams import service_addresses, upstream_block, upstream_name
 from labkit.ops.gateway.nginx_text import (
-    upstream_address,
     BAD_GATEWAY,
     GATEWAY_TIMEOUT,
     NO_ROUTE,
@@ -50,6 +50,8 @@ def render_nginx_conf(kong: dict, settings: Settings, state_dir: Path) -> str:
     http = [*_http_basics(state_dir), *_global_maps(gateway), "", *http_limits(_uses(gateway, "key-auth"), settings)]
     for plugin in _plugin_instances(gateway):
         http += ["", *_PLUGIN_MAPS[plugin.name](plugin, gateway)]
+    for service in {id(route.service): route.service for route in gateway.routes}.values():
+        http += ["", *upstream_block(service, settings)]
     http += ["", *_server(gateway, settings, budget)]
     lines = [
         *_comment(
@@ -216,15 +218,11 @@ def _server(gateway: _Gateway, settings: Settings, budget: ConnectionBudget) -> 
     return _block("server", body)
 
 
-def _upstream(service: _Service, settings: Settings) -> str:
-    return upstream_address(service.name, service.host, service.port, settings)
-
-
 def _route_location(
     route: _Route, path: str, gateway: _Gateway, settings: Settings, budget: ConnectionBudget
 ) -> list[str]:
     service = route.service
-    target = _upstream(service, settings)
+    target = ", ".join(service_addresses(service, settings))
     prefix = exact_path(path) or path
     embedded = " (labkit's own, in embedded mode)" if service.name in EMBEDDED_SERVICE_PORTS else ""
     body = _comment(f"route '{route.name}' -> service '{service.name}' at {target}{embedded}")
@@ -235,7 +233,11 @@ def _route_location(
     body += _path_rewrite(route, path)
     body += [
         "",
-        f"proxy_pass http://{target};",
+        f"proxy_pass http://{upstream_name(service)};",
+        # A target that refuses or times out: the next one, as Kong retries (a WebSocket upgrade too,
+        # since nothing has reached the client yet); the service's retries bound the tries.
+        "proxy_next_upstream error timeout;",
+        f"proxy_next_upstream_tries {service.retries + 1};",
         "proxy_http_version 1.1;",
         "proxy_set_header Upgrade $http_upgrade;",
         "proxy_set_header Connection $connection_upgrade;",

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
-
-from labkit.ops.gateway.model import EMBEDDED_SERVICE_PORTS
-
-if TYPE_CHECKING:
-    from labkit.settings import Settings
 
 # Kong 3.x answers its own errors with this JSON template (kong/tools/http.lua);
 # nginx's $request_id stands in for Kong's request id.
@@ -55,14 +49,6 @@ def _error_body(message: str) -> str:
 
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-def upstream_address(name: str, host: str, port: int, settings: Settings | None) -> str:
-    """Where the gateway really sends a service's traffic: labkit's own producer and consumer
-    run on the settings' host and ports in embedded mode, whatever host kong.yml names."""
-    if settings is not None and name in EMBEDDED_SERVICE_PORTS:
-        return _host_port(settings.host, getattr(settings, EMBEDDED_SERVICE_PORTS[name]))
-    return _host_port(host, port)
 
 
 def _block(head: str, body: list[str], indent: str = "    ") -> list[str]:

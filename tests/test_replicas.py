@@ -1,0 +1,275 @@
+"""Service replicas behind the gateway: components of their own, and a replica killed mid-stream.
+
+Each test runs its own stack with two producers or two consumers (``Settings.producers`` /
+``consumers``) behind the embedded gateway's nginx upstreams. Watchers are raw: labkit's
+``Collector`` (every frame, duplicates included) and a resuming watcher written on plain
+websockets, so the resume protocol is checked without labkit's client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from urllib.parse import urlencode
+
+import pytest
+import websockets
+
+from labkit import Ack, Sender, Settings, Stack
+from labkit.discovery import lab_api_key
+from labkit.errors import PortInUse
+from labkit.events import decode_reply, new_id
+from conftest import Collector, repeated_deliveries
+from streaming import Stream
+from waiting import health, wait_until
+
+
+def replica_stack(tmp_path, **counts: int) -> Stack:
+    return Stack(Settings(**counts).with_free_ports(state_dir=tmp_path))
+
+
+@pytest.fixture
+def two_consumers(tmp_path):
+    with replica_stack(tmp_path, consumers=2) as stack:
+        yield stack
+
+
+@pytest.fixture
+def two_producers(tmp_path):
+    # No per-connection message limit: the burst below is one sender's 400 frames at once.
+    with replica_stack(tmp_path, producers=2, sender_rate_limit=0) as stack:
+        yield stack
+
+
+def kill_9(stack: Stack, component: str) -> None:
+    (row,) = [row for row in stack.status() if row["component"] == component]
+    os.kill(row["pid"], signal.SIGKILL)
+
+
+class PlainWatcher:
+    """A resuming watcher on plain websockets: what the consumer's protocol promises, without labkit's client."""
+
+    def __init__(self, url: str, event_type: str) -> None:
+        self.frames: list[dict] = []
+        self.resumes: list[dict] = []  # the {"recovered": ...} frame of each resume
+        self.connections = 0
+        self.opened = asyncio.Event()
+        self.task = asyncio.create_task(self._run(url, event_type))
+
+    async def _run(self, url: str, event_type: str) -> None:
+        positions: dict[int, int] = {}
+        epoch, since = None, None
+        while True:
+            query = {"types": event_type}
+            if since is not None:
+                query |= {"resume": ",".join(f"{p}:{o}" for p, o in sorted(positions.items())), "since": since, "epoch": epoch}
+            try:
+                async with websockets.connect(f"{url}?{urlencode(query, safe=',:')}", max_size=None) as ws:
+                    since = since or str(int(time.time() * 1000) - 1000)
+                    self.connections += 1
+                    self.opened.set()
+                    async for frame in ws:
+                        message = json.loads(frame)
+                        if "recovered" in message:
+                            self.resumes.append(message)
+                            continue
+                        self.frames.append(message)
+                        positions[message["partition"]] = message["offset"]
+                        epoch = message["epoch"]
+            except (OSError, websockets.WebSocketException):
+                pass
+            self.opened.clear()
+            await asyncio.sleep(0.05)  # reconnection backoff, not synchronisation
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+# -- components ----------------------------------------------------------------------------
+
+
+def test_each_replica_is_a_component_and_up_starts_only_the_missing_one(tmp_path):
+    with replica_stack(tmp_path / "a", producers=2, consumers=2) as stack:
+        s = stack.settings
+        rows = {row["component"]: row for row in stack.status()}
+        assert list(rows) == ["broker", "producer-1", "producer-2", "consumer-1", "consumer-2", "gateway"]
+        assert all(row["state"] == "running" and row["pid"] for row in rows.values())
+        assert rows["consumer-2"]["url"] == s.url(s.consumer_port - 1)
+        assert rows["producer-2"]["url"] == s.url(s.producer_port + 1)
+        # Every replica answers on its own port, with the one epoch of the log.
+        assert len({stack.health(name)["epoch"] for name in ("consumer-1", "consumer-2")}) == 1
+
+        kill_9(stack, "consumer-2")
+        assert {row["component"]: row["state"] for row in stack.status()}["consumer-2"] == "stopped"
+        again = Stack(state_dir=s.state_dir).up()  # a partly running stack: only the missing replica starts
+        kept = [f"kept {name} (running, pid {row['pid']})" for name, row in rows.items() if name != "consumer-2"]
+        assert again.actions == [*kept, "started consumer-2"]
+        after = {row["component"]: row for row in stack.status()}
+        assert after["consumer-2"]["state"] == "running" and after["consumer-2"]["pid"] != rows["consumer-2"]["pid"]
+
+        # Another stack whose consumer range runs into this one's: the error names the port and the setting.
+        other = Settings(consumers=3).with_free_ports(state_dir=tmp_path / "b").replace(consumer_port=s.consumer_port + 1)
+        with pytest.raises(PortInUse, match=rf"port {s.consumer_port} \(consumer-2\).*LABKIT_CONSUMER_PORT.*--consumer-port"
+                                            rf".*consumer replicas use ports {s.consumer_port + 1} to {s.consumer_port - 1}"):
+            Stack(other).up()
+
+
+def test_zero_replicas_and_overlapping_ranges_are_usage_errors(tmp_path):
+    def up(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "labkit", "up", "--state-dir", str(tmp_path), *flags],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+
+    zero = up("--consumers", "0")
+    assert zero.returncode == 2 and "consumers must be 1 or more" in zero.stderr and "--consumers N" in zero.stderr
+    clash = up("--consumers", "2", "--consumer-port", "7000", "--producer-port", "6999")
+    assert clash.returncode == 2
+    assert "consumer-2 would listen on port 6999, which producer" in clash.stderr and "--consumer-port" in clash.stderr
+    assert not (tmp_path / "stack.json").exists()
+
+
+# -- faults --------------------------------------------------------------------------------
+
+
+async def test_consumer_replica_killed_mid_stream_its_watchers_resume_on_the_other(two_consumers: Stack, event_type):
+    stack, s = two_consumers, two_consumers.settings
+    collectors = [Collector(s, types=[event_type]) for _ in range(2)]
+    plain = [PlainWatcher(s.consume_url, event_type) for _ in range(2)]
+    stream = None
+    try:
+        for watcher in [*collectors, *plain]:
+            await (watcher.connected() if isinstance(watcher, Collector) else
+                   wait_until(watcher.opened.is_set, 10, "a plain watcher did not connect"))
+        # least-connections spreads the four watchers over both replicas.
+        counts = {name: (await health(stack, name))["watchers"] for name in ("consumer-1", "consumer-2")}
+        assert counts == {"consumer-1": 2, "consumer-2": 2}, counts
+
+        stream = Stream(s.produce_url, s, event_type, pause_s=0.01)  # about 300 to 400 events a second
+        await stream.grows_by(300, "the stream did not start")
+        gateway_log = stack.log_path("gateway")
+        before = gateway_log.stat().st_size
+        kill_9(stack, "consumer-1")
+        # Its watchers reconnect through the gateway, which routes around the dead replica.
+        await wait_until(lambda: sum(w.connections for w in plain) >= 3 or all(w.connections == 1 for w in plain), 10,
+                         "no plain watcher reconnected")
+
+        async def all_on_the_survivor() -> bool:
+            return (await health(stack, "consumer-2"))["watchers"] == 4
+
+        await wait_until(all_on_the_survivor, 30, "the killed replica's watchers did not move to consumer-2")
+        # New connections never meet the dead replica: nginx skips it (max_fails) or tries the next one.
+        for _ in range(6):
+            async with websockets.connect(s.consume_url):
+                pass
+        # Nobody saw the dead replica: a refused upgrade went on to the other replica inside nginx.
+        answers = gateway_log.read_text()[before:]
+        assert '"GET /consume-events" 101' in answers and '" 502 ' not in answers, answers
+        await stream.grows_by(300, "the stream did not go on after the kill")
+        await stream.finish()
+        assert stream.failed_connections == 0, "senders are not affected by a consumer replica"
+
+        acked = {(a.partition, a.offset): a.ack for a in stream.acks}
+        for collector in collectors:
+            await collector.until_ids(acked.values(), timeout=60)
+            events = await collector.settle(event_type, {p for p, _ in acked})
+            assert not repeated_deliveries(events), "a record was delivered twice to one watcher"
+            assert {(e.partition, e.offset): e.id for e in events if (e.partition, e.offset) in acked} == acked
+        moved = [w for w in plain if w.connections > 1]
+        assert moved, "no plain watcher was on the killed replica"
+        for watcher in plain:
+            await wait_until(lambda w=watcher: set(acked) <= {(f["partition"], f["offset"]) for f in w.frames}, 60,
+                             lambda w=watcher: f"a plain watcher misses {len(set(acked) - {(f['partition'], f['offset']) for f in w.frames})} acked events")
+            places = Counter((f["partition"], f["offset"]) for f in watcher.frames)
+            assert not [p for p, n in places.items() if n > 1], "a record was delivered twice to a plain watcher"
+            assert {(f["partition"], f["offset"]): f["id"] for f in watcher.frames if (f["partition"], f["offset"]) in acked} == acked
+            # The epoch is the log's, so the other replica resumes it: no gap.
+            assert all(resume == {"recovered": True} for resume in watcher.resumes), watcher.resumes
+        assert {f["epoch"] for w in plain for f in w.frames} == {(await health(stack, "consumer-2"))["epoch"]}
+    finally:
+        if stream is not None:
+            await stream.abandon()
+        for watcher in [*collectors, *plain]:
+            await watcher.stop()
+        stack.up()  # brings consumer-1 back for a clean `down`
+
+
+async def test_producer_replica_killed_in_flight_events_are_resent_with_their_ids(two_producers: Stack, event_type):
+    """What a sender sees when the producer replica it talks to dies (kill -9) mid-burst.
+
+    - acked before the kill: stored once, never resent;
+    - sent and not acked (in flight): the connection closes and each gets SendError. The first
+      attempt may or may not be in the log (Kafka may have stored it before the process died,
+      its ack never sent). The sender reconnects through the gateway, lands on the other replica
+      and resends them with the same ids: each is then in the log once or twice. Twice means two
+      records, same id and partition (same key), the resend at a later offset: a watcher tells a
+      resent copy by an id it has already seen, at a new (partition, offset).
+    """
+    stack, s = two_producers, two_producers.settings
+    watcher = Collector(s, types=[event_type])
+    other = None
+    try:
+        await watcher.connected()
+        events = [{"type": event_type, "value": i, "key": f"k{i % 5}", "id": new_id()} for i in range(10_000)]
+        # A plain websockets sender, its frames encoded beforehand: it sends faster than the producer
+        # acknowledges, so the kill lands while the producer still works through the burst.
+        frames = [json.dumps(events[start:start + 50]) for start in range(0, len(events), 50)]
+        first: dict[str, Ack] = {}
+        async with websockets.connect(s.produce_url, additional_headers={"apikey": lab_api_key(s)}, max_size=None) as burst:
+            (victim,) = [n for n in ("producer-1", "producer-2") if (await health(stack, n))["senders"] == 1]
+            survivor = "producer-2" if victim == "producer-1" else "producer-1"
+            other = Stream(s.produce_url, s, event_type)  # least-connections: on the survivor
+            await other.grows_by(20, "the other sender did not start")
+            assert (await health(stack, survivor))["senders"] == 1
+            sent = 0
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for number, frame in enumerate(frames):
+                    if number == len(frames) // 2:
+                        kill_9(stack, victim)  # half the burst is written, the rest follows at once
+                    await burst.send(frame)
+                    sent += 50
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async for text in burst:
+                    reply = decode_reply(text)
+                    assert reply.ok, reply  # an error reply would be a refusal, not a death
+                    first[reply.ack] = reply
+        # The connection closed with them unanswered: each may or may not be in Kafka.
+        in_flight = [e for e in events[:sent] if e["id"] not in first]
+        assert in_flight, "the whole burst was acknowledged before the kill"
+        assert first, "nothing was acknowledged before the kill"
+
+        async with Sender(settings=s) as again:  # reconnects through the gateway: only the survivor answers
+            resent = {ack.ack: ack for ack in await again.send_many(in_flight, batch=50)}
+        assert set(resent) == {e["id"] for e in in_flight}
+        await other.finish()
+        assert other.failed_connections == 0, "the other replica's sender was disturbed"
+
+        every = {**{a.ack: a for a in other.acks}, **first}
+        delivered = await watcher.until_ids([*every, *resent], timeout=60)
+        delivered = await watcher.settle(event_type, {a.partition for a in [*every.values(), *resent.values()]})
+        assert not repeated_deliveries(delivered), "a record was delivered twice"
+        copies: dict[str, list] = {}
+        for event in delivered:
+            copies.setdefault(event.id, []).append(event)
+        for event_id, ack in every.items():
+            assert [(e.partition, e.offset) for e in copies[event_id]] == [(ack.partition, ack.offset)], "an acked event is not stored exactly once"
+        stored_twice = 0
+        for event_id, ack in resent.items():
+            places = sorted((e.partition, e.offset) for e in copies[event_id])
+            assert places[-1] == (ack.partition, ack.offset), "the resend is not the later copy"
+            assert len(places) in (1, 2) and {p for p, _ in places} == {ack.partition}
+            stored_twice += len(places) == 2
+        print(f"\nproducer replica killed: {len(first)} acked before, {len(in_flight)} in flight and resent, "
+              f"{stored_twice} of them stored twice (first attempt kept by Kafka, ack lost), "
+              f"{len(in_flight) - stored_twice} stored once (only the resend)")
+    finally:
+        if other is not None:
+            await other.abandon()
+        await watcher.stop()
+        stack.up()
