@@ -12,12 +12,9 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from urllib.parse import urlencode
 
 import pytest
 import websockets
@@ -27,6 +24,7 @@ from labkit.discovery import lab_api_key
 from labkit.errors import PortInUse
 from labkit.events import decode_reply, new_id
 from conftest import Collector, repeated_deliveries
+from plain import PlainWatcher, kill_9
 from streaming import Stream
 from waiting import health, wait_until
 
@@ -46,51 +44,6 @@ def two_producers(tmp_path):
     # No per-connection message limit: the burst below is one sender's 400 frames at once.
     with replica_stack(tmp_path, producers=2, sender_rate_limit=0) as stack:
         yield stack
-
-
-def kill_9(stack: Stack, component: str) -> None:
-    (row,) = [row for row in stack.status() if row["component"] == component]
-    os.kill(row["pid"], signal.SIGKILL)
-
-
-class PlainWatcher:
-    """A resuming watcher on plain websockets: what the consumer's protocol promises, without labkit's client."""
-
-    def __init__(self, url: str, event_type: str) -> None:
-        self.frames: list[dict] = []
-        self.resumes: list[dict] = []  # the {"recovered": ...} frame of each resume
-        self.connections = 0
-        self.opened = asyncio.Event()
-        self.task = asyncio.create_task(self._run(url, event_type))
-
-    async def _run(self, url: str, event_type: str) -> None:
-        positions: dict[int, int] = {}
-        epoch, since = None, None
-        while True:
-            query = {"types": event_type}
-            if since is not None:
-                query |= {"resume": ",".join(f"{p}:{o}" for p, o in sorted(positions.items())), "since": since, "epoch": epoch}
-            try:
-                async with websockets.connect(f"{url}?{urlencode(query, safe=',:')}", max_size=None) as ws:
-                    since = since or str(int(time.time() * 1000) - 1000)
-                    self.connections += 1
-                    self.opened.set()
-                    async for frame in ws:
-                        message = json.loads(frame)
-                        if "recovered" in message:
-                            self.resumes.append(message)
-                            continue
-                        self.frames.append(message)
-                        positions[message["partition"]] = message["offset"]
-                        epoch = message["epoch"]
-            except (OSError, websockets.WebSocketException):
-                pass
-            self.opened.clear()
-            await asyncio.sleep(0.05)  # reconnection backoff, not synchronisation
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
 
 
 # -- components ----------------------------------------------------------------------------

@@ -218,7 +218,7 @@ class Stack(StackCommon):
 
         if broker.name == "kafka" and s.kafka_nodes > 1:
             parts += self._kafka_nodes(s, topic)
-            parts.append(service("producer", "producer_port"))
+            parts += service("producer")
         elif broker.argv is not None:
             # The broker we start makes the topic once it answers; an external one, before the producer starts.
             jvm = broker.name == "kafka"
