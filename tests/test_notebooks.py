@@ -29,9 +29,10 @@ NOTEBOOKS = [
     "07_partitions_keys_groups.ipynb",
     "08_inside_the_topic.ipynb",
     "09_delivery_guarantees.ipynb",
+    "10_scaling_out.ipynb",
 ]
 # Notebooks that start private stacks under the test stack's state folder (and stop them).
-PRIVATE_STACKS = ["tiny-limits", "faults", "slow-watcher"]
+PRIVATE_STACKS = ["tiny-limits", "faults", "slow-watcher", "cluster"]
 CELL_TIMEOUT_S = 120
 
 

@@ -35,15 +35,17 @@ from labkit.ops.brokers import broker_kind
 from labkit.ops.stack import Stack
 from labkit.lab.tasks import until
 
-__all__ = ["FaultDrill", "FaultResult", "EventStream", "LOST_LOG", "FAULTS"]
+__all__ = ["FaultDrill", "FaultResult", "EventStream", "LOST_LOG", "LEADER", "FAULTS"]
 
 LOST_LOG = "lost log"
+LEADER = "leader"  # on a Kafka cluster (--nodes 3)
 #: What each fault does while the part is down, in words for the table.
 FAULTS = {
     "consumer": "watchers cut off; the producer goes on acking; the watcher resumes from its last offsets",
     "gateway": "senders and watchers cut off; both reconnect when it is back",
     "broker": "the producer holds events until the broker is back, then acks them; watchers stay connected",
     LOST_LOG: "consumer down, events acked, then the broker restarts without its data: those events are gone",
+    LEADER: "kill -9 of the Kafka node leading partition 0: an in-sync replica takes over, the producer resends to it",
 }
 WAIT_S = 30.0  # longest wait for any one condition of a drill
 DOWN_S = 5.0  # how long a part stays down at least: long enough to see "not connected" on a chart
@@ -148,6 +150,20 @@ class FaultDrill(w.VBox):
         self.table.add_class("labkit-fault-table")
         self.message = w.HTML("")
         super().__init__([w.HBox([self.progress, self.step]), self.message, self.table])
+
+    def button(self, fault: str, description: str) -> w.Button:
+        """A button that runs ``fault`` (one run at a time; a click while one runs is ignored)."""
+        button = w.Button(description=description, button_style="danger", layout=w.Layout(width="auto"))
+
+        def clicked(_: w.Button) -> None:
+            if button.disabled:
+                return
+            button.disabled = True
+            task = asyncio.get_running_loop().create_task(self.run(fault))
+            task.add_done_callback(lambda _: setattr(button, "disabled", False))
+
+        button.on_click(clicked)
+        return button
 
     def _report(self, number: int, text: str) -> None:
         self.progress.value = number
@@ -257,6 +273,21 @@ class FaultDrill(w.VBox):
             await hold()
             self._report(4, "starting the broker")
             await asyncio.to_thread(stack.start_component, "broker")
+        elif fault == LEADER:
+            leader = (await asyncio.to_thread(stack.partitions))[0]["leader"]
+            await asyncio.to_thread(stack.kill_component, f"broker-{leader}")
+            self._report(3, f"broker-{leader}, the leader of partition 0, was killed: waiting for a new leader")
+
+            def elected() -> bool:
+                rows = stack.partitions()
+                return bool(rows) and rows[0]["leader"] not in (leader, -1)
+
+            await until(elected, "no other node took over partition 0")
+            result.what_happened = (f"broker-{leader} led partition 0 and was killed (kill -9); "
+                                    f"broker-{stack.partitions()[0]['leader']} took over")
+            await hold()
+            self._report(4, f"starting broker-{leader}: it catches up and rejoins the in-sync replicas")
+            await asyncio.to_thread(stack.start_component, f"broker-{leader}")
         else:  # LOST_LOG
             await asyncio.to_thread(stack.stop_component, "consumer")
             await until(lambda: not receiver.opened.is_set(), "the watcher did not notice the consumer stopped")

@@ -30,10 +30,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import ipywidgets as w
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from labkit.kafka import TailReader
+from labkit.kafka import PartitionState, TailReader, cluster_state
 from labkit.ops.base import LabStack
 from labkit.settings import Settings
 
@@ -100,6 +100,15 @@ def _table(rows: list[dict[str, Any]], empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _replication_columns(state: PartitionState | None) -> dict[str, str]:
+    """Leader, replicas and in-sync replicas of one partition, in words for the table."""
+    if state is None:
+        return {"leader": "?", "replicas": "?", "in sync": "?"}
+    short = " (under-replicated)" if state.under_replicated else ""
+    return {"leader": f"broker {state.leader}" if state.leader >= 0 else "none",
+            "replicas": ", ".join(map(str, state.replicas)), "in sync": ", ".join(map(str, state.isr)) + short}
+
+
 class TopicViewer(w.VBox):
     """Watermarks, the consumer service's lag, and a live tail of one topic, with a seek."""
 
@@ -109,6 +118,7 @@ class TopicViewer(w.VBox):
         self.topic = self.settings.topic
         self.partitions = list(range(self.settings.partitions))
         self.watermarks: dict[int, tuple[int, int]] = {}
+        self.replication: dict[int, PartitionState] = {}  # per partition: leader, replicas, in-sync replicas
         self.positions: dict[int, int] = {}  # the consumer service's, per partition
         self.rows: deque[dict[str, Any]] = deque(maxlen=tail_rows)
         self.read_count = 0  # records the tail read since the last seek
@@ -190,6 +200,10 @@ class TopicViewer(w.VBox):
             p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5, cached=False)
             for p in self.partitions
         }
+        try:  # who leads each partition, and which replicas are in sync: one metadata request
+            self.replication = {state.partition: state for state in cluster_state(consumer, self.topic)[1]}
+        except KafkaException:
+            self.replication = {}
         seek, self._pending_seek = self._pending_seek, None
         if seek is not None:
             self._apply_seek(seek)
@@ -228,7 +242,8 @@ class TopicViewer(w.VBox):
     def _draw(self) -> None:
         lag = self.lag()
         marks = [{"partition": p, "low watermark": low, "high watermark": high, "records kept": high - low,
-                  "consumer position": self.positions.get(p, "?"), "consumer lag": "?" if lag[p] is None else lag[p]}
+                  "consumer position": self.positions.get(p, "?"), "consumer lag": "?" if lag[p] is None else lag[p],
+                  **_replication_columns(self.replication.get(p))}
                  for p, (low, high) in sorted(self.watermarks.items())]
         self.marks.value = _table(marks, "no partition yet")
         self.tail.value = _table(list(self.rows), "no record since the seek: send some events")

@@ -486,6 +486,16 @@ class Stack(StackCommon):
         _, parts = self._recorded_components()
         self._stop([p for p in parts if p.name == name])
 
+    def kill_component(self, name: str) -> None:
+        """Kill one component of the running stack with SIGKILL, as a crash would: no clean shutdown, no flush."""
+        self.adopt()
+        part = next((p for p in self._recorded_components()[1] if p.name == name), None)
+        proc = part.process() if part is not None else None
+        if proc is None:
+            raise NotRunning(f"{name} is not running in the stack at {self.state_dir}")
+        proc.kill()
+        _wait_exited([proc], timeout=10)
+
     def start_component(self, name: str) -> None:
         """Start one stopped component again with the stack's settings, and wait until it answers."""
         _, parts = self._recorded_components()
