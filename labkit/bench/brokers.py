@@ -1,9 +1,10 @@
 """``labkit bench brokers``: the lab's brokers side by side in one run, each on fresh stacks.
 
-Per broker: the time from ``up`` to the first ack, idle CPU and memory per
-component, the full path and the Kafka-only baseline at a few rates (p50, p99 and
-CPU per event per component, from the one benchmark runner), and how many acked
-events a ``kill -9`` of the broker loses. Events for the crash are sent and read
+Per broker, on one stack: the time from ``up`` to the first ack; after a warm-up
+phase (a JVM compiles its hot paths in its first seconds of work), the full path and
+the Kafka-only baseline at a few rates (p50, p99 and CPU per event per component,
+from the one benchmark runner); then idle CPU and memory per component. On a fresh
+stack: how many acked events a ``kill -9`` of the broker loses. Events for the crash are sent and read
 back with plain ``websockets`` and ``confluent_kafka``, not labkit's client.
 """
 
@@ -33,7 +34,8 @@ from labkit.settings import Settings
 __all__ = ["BrokerFigures", "measure_broker"]
 
 CRASH_ACKS = 500
-SETTLE_S = 5.0  # after up, before idle CPU is measured: the JVM compiles its hot paths first
+SETTLE_S = 5.0  # after the last phase, before idle CPU is measured
+WARM_UP_S = 5.0
 
 
 @dataclass
@@ -85,7 +87,7 @@ def _crash(broker: str, figures: BrokerFigures) -> None:
 
 
 def measure_broker(broker: str, rates: tuple[float, ...], duration_s: float, idle_s: float) -> BrokerFigures:
-    """Every figure for one broker; each part on a stack of its own."""
+    """Every figure for one broker: one stack for up, the paths and idle (warmed first), a fresh one for the crash."""
     from labkit.bench import run_bench
 
     figures = BrokerFigures(broker)
@@ -94,20 +96,26 @@ def measure_broker(broker: str, rates: tuple[float, ...], duration_s: float, idl
     try:
         figures.up_s = round(time.monotonic() - began, 2)
         figures.first_ack_ms = round(stack.ready_ms or 0.0, 1)
+
+        def paths(offered: tuple[float, ...], seconds: float) -> Any:
+            config = BenchConfig(rates=offered, duration_s=seconds, paths=(BASELINE, FULL), ramp=False, fanout=(),
+                                 out_dir=Path(tempfile.mkdtemp(prefix="labkit-bench-brokers-")), png=False)
+            return run_bench(config, settings=stack.settings, use_running=True)[0]
+
+        paths((1000.0,), WARM_UP_S)  # a JVM compiles its hot paths in its first seconds of work: not measured
+        result = paths(rates, duration_s)
+        for rate in rates:
+            for path in (BASELINE, FULL):
+                phase = find_phase(result.phases, path, "fixed", rate)
+                if phase is not None:
+                    figures.paths.append({"path": path, "rate": rate, "p50_ms": phase.latency.p50,
+                                          "p99_ms": phase.latency.p99, "lost": phase.lost,
+                                          "cpu_us_per_event": phase.cpu_us_per_delivery()})
         pids = {row["component"]: row["pid"] for row in stack.status() if row["pid"]}
-        time.sleep(SETTLE_S)  # pacing a measurement, not waiting for a state
+        time.sleep(SETTLE_S)  # pacing a measurement: the last phase's work drains first
         figures.idle_cores = {name: round(cores, 4) for name, cores in cpu_cores(pids, idle_s).items()}
         figures.rss_mb = {name: round(rss_bytes(pid) / 1e6, 1) for name, pid in pids.items()}
     finally:
         stack.down()
-    config = BenchConfig(rates=rates, duration_s=duration_s, paths=(BASELINE, FULL), ramp=False, fanout=(),
-                         out_dir=Path(tempfile.mkdtemp(prefix="labkit-bench-brokers-")), png=False)
-    result, _ = run_bench(config, settings=Settings(broker=broker))
-    for rate in rates:
-        for path in (BASELINE, FULL):
-            phase = find_phase(result.phases, path, "fixed", rate)
-            if phase is not None:
-                figures.paths.append({"path": path, "rate": rate, "p50_ms": phase.latency.p50, "p99_ms": phase.latency.p99,
-                                      "lost": phase.lost, "cpu_us_per_event": phase.cpu_us_per_delivery()})
     _crash(broker, figures)
     return figures
