@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import websockets
 
 from labkit.bench.config import BASELINE, FULL, BenchConfig
@@ -52,7 +50,10 @@ class BrokerFigures:
 
 
 def _fresh(broker: str, name: str) -> Settings:
-    return Settings(broker=broker).with_free_ports(state_dir=Path(tempfile.mkdtemp(prefix=f"labkit-{name}-{broker}-")))
+    """``kafka:3`` is a three-node Apache Kafka cluster (replication factor 3); a bare name, one broker."""
+    kind, _, nodes = broker.partition(":")
+    return Settings(broker=kind, kafka_nodes=int(nodes or 1)).with_free_ports(
+        state_dir=Path(tempfile.mkdtemp(prefix=f"labkit-{name}-{kind}{nodes}-")))
 
 
 async def _send_acked(settings: Settings, count: int) -> dict[tuple[int, int], str]:
@@ -73,9 +74,9 @@ def _crash(broker: str, figures: BrokerFigures) -> None:
     stack = Stack(settings).up()
     try:
         acked = asyncio.run(_send_acked(settings, CRASH_ACKS))
-        pid = json.loads(stack.record_path.read_text())["components"]["broker"]["pid"]
-        psutil.Process(pid).send_signal(signal.SIGKILL)
-        psutil.Process(pid).wait(10)
+        # One broker: it; a cluster: the node leading partition 0.
+        victim = "broker" if settings.kafka_nodes == 1 else f"broker-{stack.partitions()[0]['leader']}"
+        stack.kill_component(victim)
         Stack(settings).up()
         stored = {where: json.loads(value).get("id") for where, value in
                   read_everything(settings.kafka_config(), settings.topic, timeout_s=60).items()}

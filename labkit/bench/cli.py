@@ -126,7 +126,8 @@ def bench(
 
 @bench_app.command("brokers")
 def bench_brokers(
-    brokers: Annotated[str, typer.Option(help="Brokers to compare, comma-separated.")] = "kafka,noida",
+    brokers: Annotated[str, typer.Option(
+        help="Brokers to compare, comma-separated; kafka:3 is a three-node cluster (replication factor 3).")] = "kafka,noida",
     rates: Annotated[str, typer.Option(help="Offered rates for the full path and the baseline.")] = "100,1000,5000",
     duration: Annotated[float, typer.Option(min=0.5, help="Seconds per rate.")] = 3.0,
     idle_seconds: Annotated[float, typer.Option(min=1.0, help="Seconds of idle CPU measured.")] = 10.0,
