@@ -9,6 +9,7 @@ defaults below, which are the seed's ports.
 from __future__ import annotations
 
 import json
+import random
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,8 +26,30 @@ Mode = Literal["embedded", "compose", "external"]
 BrokerName = Literal["auto", "kafka", "noida", "tansu", "external"]
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux: ip_local_port_range)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that was free on ``host`` a moment ago."""
+    """Return a TCP port that was free on ``host`` a moment ago, below the kernel's ephemeral range.
+
+    A port from ``bind(0)`` is an ephemeral one, which the kernel may give to any outgoing
+    connection before the service that was meant to get it binds: a JVM that starts seconds
+    later found its port taken (seen 3 times in one afternoon of parallel tests).
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
