@@ -206,3 +206,16 @@ def test_no_maven_and_no_network_is_a_clear_error(tmp_path, monkeypatch):
         port = closed.getsockname()[1]
     with pytest.raises(KafkaJarsMissing, match=r"no Maven on PATH.*could not be downloaded.*apt-get install maven"):
         find_jars(None, f"http://127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--broker", "kafka", "--nodes", "2"], "2 Kafka nodes cannot keep min.insync.replicas=2"),
+    (["--broker", "kafka", "--nodes", "0"], "kafka_nodes"),
+    (["--broker", "noida", "--nodes", "3"], "use --broker kafka, or drop --nodes"),
+])
+def test_node_counts_that_cannot_work_are_usage_errors(tmp_path, flags, said):
+    done = subprocess.run([sys.executable, "-m", "labkit", "up", "--state-dir", str(tmp_path), *flags],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert said in " ".join(done.stderr.split()), done.stderr
+    assert not (tmp_path / "stack.json").exists()
