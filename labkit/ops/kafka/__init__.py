@@ -50,7 +50,7 @@ def prepare_node(settings: Settings, node_id: int, say: Callable[[str], None]) -
     write_config(node)
     formatted = format_storage(node, cluster_id(kafka_dir(settings)), java, jars, say)
     say(f"starting broker-{node_id}'s JVM (Apache Kafka {jars.version}, {java.describe()})")
-    return jvm_command(node, java, jars, settings.kafka_heap_mb), formatted
+    return jvm_command(node, java, jars, settings.kafka_heap_mb, settings.kafka_jvm_options), formatted
 
 
 def describe(settings: Settings) -> str:
