@@ -1,8 +1,8 @@
-"""Notebooks 06 and 08 in a real browser: the fault table and the topic's live tail show in the page.
+"""Notebooks 06, 08 and 10 in a real browser: the fault tables and the topic's live tail show in the page.
 
 Debian's Chromium, driven by Playwright (``browser_lab.py``), runs every cell in
 JupyterLab; the checks read the rendered widgets (not the kernel). Screenshots go
-to ``test-artifacts/faults.png`` and ``test-artifacts/topic-tail.png``.
+to ``test-artifacts/faults.png``, ``test-artifacts/topic-tail.png`` and ``test-artifacts/scaling-out.png``.
 """
 
 from __future__ import annotations
@@ -101,3 +101,24 @@ def test_topic_notebook_tail_shows_records_live(lab_server: tuple[str, str], chr
     viewer = page.locator(".jp-OutputArea-output").filter(has=page.locator(".labkit-topic-marks"))
     viewer.scroll_into_view_if_needed()
     viewer.screenshot(path=str(ARTIFACTS / "topic-tail.png"))
+
+
+def test_scaling_out_notebook_shows_the_leader_move_and_nothing_missing(lab_server: tuple[str, str], chromium: Browser,
+                                                                         stack: Stack):
+    page = open_notebook(chromium, lab_server, "10_scaling_out.ipynb")
+    try:
+        # Three JVMs start first: minutes on a busy 2-core machine.
+        run_all(page, "the leader of partition 0 was killed and nothing acked went missing", "scaling-out", timeout_ms=600_000)
+        rows = {row["fault"]: row for row in table_rows(page, ".labkit-fault-table")}
+        leader = rows["leader"]
+        assert leader["missing"] == "0" and leader["received"] == leader["acked"] != "0", leader
+        assert "took over" in leader["what happened"], leader
+        marks = table_rows(page, ".labkit-topic-marks")
+        assert [row["replicas"].count(",") for row in marks] == [2, 2, 2], marks  # three replicas per partition
+        assert page.locator(ERROR_OUTPUTS).count() == 0, page.locator(ERROR_OUTPUTS).first.inner_text()
+        table = page.locator(".jp-OutputArea-output").filter(has=page.locator(".labkit-fault-table"))
+        table.scroll_into_view_if_needed()
+        table.screenshot(path=str(ARTIFACTS / "scaling-out.png"))
+    finally:
+        Stack(stack.settings.replace(state_dir=stack.state_dir / "cluster")).down()
+    assert stack.is_running() and stack.health("consumer")["status"] == "ok"
