@@ -141,13 +141,19 @@ def bench_brokers(
     from rich.table import Table
 
     from labkit.bench.brokers import measure_broker
+    from labkit.errors import LabkitError
 
     names = [name.strip() for name in brokers.split(",") if name.strip()]
     offered = _numbers(rates, "--rates")
     results = []
     for name in names:
-        with err.status(f"measuring {name}: up, idle, {len(offered)} rates on two paths, kill -9"):
-            results.append(measure_broker(name, offered, duration, idle_seconds))
+        with err.status(f"measuring {name}: up, {len(offered)} rates on two paths, idle, kill -9"):
+            try:
+                results.append(measure_broker(name, offered, duration, idle_seconds))
+            except LabkitError as exc:  # one broker that cannot run must not cost the others' figures
+                err.print(f"[red]{name}: {exc}[/]")
+    if not results:
+        raise typer.Exit(1)
     table = Table(title="brokers side by side (each part on a fresh stack)")
     table.add_column("figure")
     for figures in results:
