@@ -81,7 +81,7 @@ def test_java_older_than_17_is_a_clear_error_and_auto_falls_back_to_noida(tmp_pa
     monkeypatch.setenv("PATH", str(tmp_path / "jdk" / "bin"))
     with pytest.raises(JavaMissing, match=r"needs Java 17 or newer.*openjdk-17-jre-headless"):
         find_java()
-    settings, why = choose_broker(Settings(state_dir=tmp_path))
+    settings, why = choose_broker(Settings(broker="auto", state_dir=tmp_path))
     assert settings.broker == "noida" and "no Java 17+" in why
 
 
