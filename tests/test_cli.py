@@ -201,7 +201,10 @@ def hold_connections(settings) -> subprocess.Popen:
 
 
 def test_restart_and_down_show_progress_and_do_not_wait_on_connected_clients(tmp_path):
+    began = time.monotonic()
     stack = Stack(Settings().with_free_ports(state_dir=tmp_path / "held")).up()
+    # A restart starts the stack again (a JVM takes seconds on a busy machine): that part is not waiting.
+    starting = {"restart": time.monotonic() - began, "down": 0.0}
     holders = []
     try:
         for command in ("restart", "down"):
@@ -210,7 +213,8 @@ def test_restart_and_down_show_progress_and_do_not_wait_on_connected_clients(tmp
             done = labkit(stack, command)
             took = time.monotonic() - began
             assert done.returncode == 0, done.stderr
-            assert took < 15, f"labkit {command} took {took:.1f} s with clients connected"
+            # Waiting on each held client's close frame cost 10 s a component (four: 40 s and more).
+            assert took < 15 + starting[command], f"labkit {command} took {took:.1f} s with clients connected"
             for name in ("gateway", "consumer", "producer", "broker"):
                 assert f"stopping {name}" in done.stderr, done.stderr  # progress, one line per step
         assert "Stopped: gateway, consumer, producer, broker in" in done.stdout and not stack.is_running()

@@ -338,6 +338,9 @@ class Stack(StackCommon):
                     note = _replica_note(part, self.settings) if port == part.port else ""
                     raise PortInUse(part.name, self.settings.host, port, setting, note)
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if any(p.name == "gateway" for p in missing):
+            # A kong.yml the gateway cannot honour is refused before anything starts, not after the broker did.
+            write_nginx_conf(self.settings, self.state_dir)
         steps = len(missing) + 1
         step = 0
 

@@ -154,10 +154,17 @@ class ConsumerService:
     def _check_log_tail(self) -> None:
         assert self.loop is not None
         self.kafka.unassign()  # nothing more is fetched (a fetch past a lost tail would restart from 0)
-        try:  # what was handed over is dispatched first: the memory is complete
-            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self.loop).result(timeout=5)
-        except (concurrent.futures.TimeoutError, RuntimeError):
-            return  # the loop is closing: the service is stopping
+        while True:  # what was handed over is dispatched first: the memory is complete
+            try:
+                asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self.loop).result(timeout=5)
+                break
+            except RuntimeError:
+                return  # the loop is closing: the service is stopping
+            except concurrent.futures.TimeoutError:
+                # A loop busy for 5 s (a loaded machine): wait on. Giving up here left the reader
+                # unassigned, and the consumer delivered nothing more.
+                if self._stopped.is_set():
+                    return
         config = {**self.settings.kafka_config(), "client.id": "labkit-consumer-check"}
         while not self._stopped.is_set():
             try:
