@@ -49,6 +49,15 @@ class BrokerFigures:
     crash_reused: int = 0  # acked (partition, offset) pairs now holding another event
 
 
+def _by_kind(figures: dict[str, float]) -> dict[str, float]:
+    """Replicas and nodes added up under their kind: broker-1..3 as broker, consumer-1..2 as consumer."""
+    summed: dict[str, float] = {}
+    for name, value in figures.items():
+        kind = name.rpartition("-")[0] if name.rpartition("-")[2].isdigit() else name
+        summed[kind] = round(summed.get(kind, 0.0) + value, 4)
+    return summed
+
+
 def _fresh(broker: str, name: str) -> Settings:
     """``kafka:3`` is a three-node Apache Kafka cluster (replication factor 3); a bare name, one broker."""
     kind, _, nodes = broker.partition(":")
@@ -111,11 +120,11 @@ def measure_broker(broker: str, rates: tuple[float, ...], duration_s: float, idl
                 if phase is not None:
                     figures.paths.append({"path": path, "rate": rate, "p50_ms": phase.latency.p50,
                                           "p99_ms": phase.latency.p99, "lost": phase.lost,
-                                          "cpu_us_per_event": phase.cpu_us_per_delivery()})
+                                          "cpu_us_per_event": _by_kind(phase.cpu_us_per_delivery())})
         pids = {row["component"]: row["pid"] for row in stack.status() if row["pid"]}
         time.sleep(SETTLE_S)  # pacing a measurement: the last phase's work drains first
-        figures.idle_cores = {name: round(cores, 4) for name, cores in cpu_cores(pids, idle_s).items()}
-        figures.rss_mb = {name: round(rss_bytes(pid) / 1e6, 1) for name, pid in pids.items()}
+        figures.idle_cores = _by_kind({name: round(cores, 4) for name, cores in cpu_cores(pids, idle_s).items()})
+        figures.rss_mb = _by_kind({name: round(rss_bytes(pid) / 1e6, 1) for name, pid in pids.items()})
     finally:
         stack.down()
     _crash(broker, figures)
