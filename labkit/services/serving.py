@@ -218,7 +218,7 @@ class BrokerProbe:
     thread does not answer metadata requests promptly.
     """
 
-    INTERVAL_S = 2.0
+    INTERVAL_S = 2.0  # how soon /healthz sees a broker go or come back
 
     def __init__(self, settings: Settings) -> None:
         from confluent_kafka.admin import AdminClient
