@@ -8,6 +8,7 @@ defaults below, which are the seed's ports.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
 import socket
@@ -152,6 +153,9 @@ class Settings(BaseSettings):
     max_resumes: int = Field(
         8, ge=1, le=64, description="Read-backs for resuming watchers at once per consumer; more are refused with 1013."
     )
+    max_resumes_per_address: int = Field(
+        2, ge=1, le=64, description="Of those, read-backs at once for one client address; more are refused with 1013."
+    )
     retain_events: int = Field(
         # noida-db's CPU grows with the records it holds (about 0.005 core per 1,000 while the topic
         # changes, measured): 10,000 per partition keeps a long session flat.
@@ -163,6 +167,16 @@ class Settings(BaseSettings):
     ping_timeout_s: float = Field(20, gt=0, description="A client that does not answer a ping this long is dropped (half-open).")
     handshake_timeout_s: float = Field(10, gt=0, description="A connection that does not finish its WebSocket handshake is dropped.")
     max_connections: int = Field(4096, ge=1, description="WebSocket connections per service; more are closed with 1013.")
+    max_connections_per_address: int = Field(
+        # One address holding every connection locks everyone else out (4,096 idle watchers took 4.2 s).
+        256, ge=1, description="Of those, connections from one client address, per service and per gateway route; "
+        "more are closed with 1013 (the gateway answers 503). The benchmark raises it for its watchers.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Networks whose X-Real-IP header the services take as the client's address (the gateway's); "
+        "a connection from elsewhere is counted by its own address.",
+    )
     allowed_origins: list[str] = Field(
         default_factory=lambda: [r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"],
         description="Origin headers the services accept (regular expressions); requests without Origin always pass.",
@@ -184,6 +198,16 @@ class Settings(BaseSettings):
             if bad:
                 raise ValueError("expected key=value pairs separated by commas")
             return {k.strip(): v.strip() for k, v in pairs}
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network: write an address or address/prefix, e.g. 10.0.0.0/8") from None
         return value
 
     @field_validator("producers", "consumers", mode="before")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from labkit.services.fanout import OVERFLOW, QUEUE, SEND, SKIP, Frame, WatcherState
+from labkit.services.fanout import OVERFLOW, QUEUE, SEND, SKIP, Delivery, WatcherState
 
 
-def frame(partition: int, offset: int, type_: str = "t") -> Frame:
-    return Frame(partition, offset, type_, b"{}")
+def frame(partition: int, offset: int, type_: str = "t") -> Delivery:
+    return Delivery(partition, offset, type_, b"{}")
 
 
 def idle(state: WatcherState) -> WatcherState:

@@ -17,6 +17,7 @@ from confluent_kafka import Producer
 
 from labkit import Sender, Stack
 from labkit.client import lab_api_key
+from waiting import wait_until
 
 pytestmark = pytest.mark.both_brokers  # `make test` runs this file on Apache Kafka and on noida-db
 
@@ -99,7 +100,8 @@ async def test_resumes_that_do_not_read_hold_little_memory_and_past_the_pool_are
 
     from labkit import Settings
 
-    settings = Settings(max_resumes=2).with_free_ports(state_dir=tmp_path)
+    # 20,000 events in one partition: the retention (10,000 by default) would trim what the last resume reads.
+    settings = Settings(max_resumes=2, retain_events=30_000).with_free_ports(state_dir=tmp_path)
     with Stack(settings) as stack:
         padding = "x" * 900
         async with Sender(settings=settings) as sender:
@@ -193,3 +195,35 @@ async def test_a_resume_naming_a_partition_the_topic_lacks_is_not_recovered(stac
         recovery, got = await resumed(stack, query, 1)
         assert recovery["recovered"] is False and f"no partition {missing}" in recovery["reason"], recovery
         assert got[0]["id"] == acks[1].ack  # the partitions that exist are still read back
+
+
+async def test_the_consumer_gives_read_back_memory_back(tmp_path, event_type):
+    """16 whole-log read-backs, then RSS within 60 MB of its idle figure (it grew by 280 MB and kept it before)."""
+    import psutil
+
+    from labkit import Settings
+
+    # The 4 read-backs of each round come from one address: its share of the pool raised for them.
+    # noida-db answers a fetch with all it holds (it ignores fetch.max.bytes): the growth shows soonest there.
+    settings = Settings(broker="noida", max_resumes_per_address=4).with_free_ports(state_dir=tmp_path)
+    with Stack(settings) as stack:
+        async with Sender(settings=settings) as sender:
+            acks = await sender.send_many(
+                [{"type": event_type, "value": i, "key": str(i % 3), "data": {"pad": "x" * 900}} for i in range(12_000)],
+                batch=50,
+            )
+        consumer = psutil.Process({r["component"]: r["pid"] for r in stack.status()}["consumer"])
+        idle_mb = consumer.memory_info().rss / 2**20
+        firsts: dict[int, int] = {}
+        for ack in acks:
+            firsts.setdefault(ack.partition, ack.offset)
+        query = f"types={event_type}&resume={','.join(f'{p}:{o - 1}' for p, o in firsts.items())}&since=0"
+        for _ in range(4):
+            rounds = await asyncio.gather(*(resumed(stack, query, len(acks), timeout=60) for _ in range(4)))
+            assert all(recovery == {"recovered": True} and len(got) == len(acks) for recovery, got in rounds)
+
+        def rss_mb() -> float:
+            return consumer.memory_info().rss / 2**20
+
+        await wait_until(lambda: stack.health("consumer")["resuming"] == 0 and rss_mb() <= idle_mb + 60, 20,
+                         lambda: f"the consumer holds {rss_mb():.0f} MB after its read-backs, idle {idle_mb:.0f} MB")

@@ -15,7 +15,7 @@ from websockets.protocol import State
 from labkit import Delivered, Settings
 from labkit.client import _SeenDeliveries, watch_url
 from labkit.services.producer import RateLimiter
-from labkit.services.serving import text_frame, write_frames_now
+from labkit.services.wire import text_frame, write_frames_now
 from labkit.services.watchers import WatchOptions, parse_watch_query
 
 REPLAY_LIMIT = 100

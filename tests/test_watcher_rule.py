@@ -17,9 +17,10 @@ from types import SimpleNamespace
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 from websockets.protocol import State
 
-from labkit.services.serving import ServiceMetrics, text_frame
+from labkit.services.serving import ServiceMetrics
+from labkit.services.wire import text_frame
 from labkit.services.fanout import QUEUE
-from labkit.services.watchers import Frame, Recovery, Watcher, WatchOptions
+from labkit.services.watchers import Delivery, Recovery, Watcher, WatchOptions
 from waiting import wait_until
 
 
@@ -53,18 +54,18 @@ class RecordingSocket:
         self.protocol.state = State.CLOSED
 
 
-def frame(partition: int, offset: int) -> Frame:
-    return Frame(partition, offset, "t", f"{partition}:{offset}".encode())
+def frame(partition: int, offset: int) -> Delivery:
+    return Delivery(partition, offset, "t", f"{partition}:{offset}".encode())
 
 
-def frames(partition: int, offsets) -> list[Frame]:
+def frames(partition: int, offsets) -> list[Delivery]:
     return [frame(partition, offset) for offset in offsets]
 
 
 class Run:
     """A Watcher resuming from ``resume``, its catch-up already read, its writer running."""
 
-    def __init__(self, resume: dict[int, int], missed: list[Frame], live: list[Frame],
+    def __init__(self, resume: dict[int, int], missed: list[Delivery], live: list[Delivery],
                  counted_as_sent: dict[int, int] | None = None) -> None:
         self.socket = RecordingSocket()
         self.watcher = Watcher(self.socket, WatchOptions(resume=resume), limit=100_000)  # type: ignore[arg-type]
@@ -82,7 +83,7 @@ class Run:
         await wait_until(drained, 5, "the watcher's writer did not drain its queue")
         return self.socket.sent
 
-    def deliver(self, item: Frame) -> int | None:
+    def deliver(self, item: Delivery) -> int | None:
         """A live frame while the writer is idle: how many frames went out at once."""
         wire = text_frame(item.data)
         return self.watcher.deliver([item], [wire], wire)

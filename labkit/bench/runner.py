@@ -27,7 +27,7 @@ from labkit.ops.brokers import ensure_topic
 from labkit.client import lab_api_key
 from labkit.events import encode, now_ms
 from labkit.ops.stack import Stack
-from labkit.settings import REPLICATED
+from labkit.settings import REPLICATED, Settings
 from labkit.bench.config import BASELINE, DIRECT, FULL, BenchConfig
 from labkit.bench.load import BENCH_TYPE, LoadPlan
 from labkit.bench.profile import ServiceProfiler
@@ -163,7 +163,11 @@ class BenchRunner:
         cfg = self.config
         if phase in ("fanout", "consumers"):
             self.on_progress(f"{phase}: starting a stack and {watchers} watchers", None, 0)
-        async with self.stacks(**({"consumers": consumers} if consumers > 1 else {})) as stack:
+        changes: dict[str, int] = {"consumers": consumers} if consumers > 1 else {}
+        if watchers > Settings.model_fields["max_connections_per_address"].default:
+            # Every bench watcher comes from this one address: raised explicitly, past the per-address limit.
+            changes["max_connections_per_address"] = watchers
+        async with self.stacks(**changes) as stack:
             self._attach(stack)
             topic = BASELINE_TOPIC if path == BASELINE else self.settings.topic
             if path == BASELINE:

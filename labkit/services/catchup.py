@@ -7,10 +7,20 @@ with a short-lived consumer of its own, in a thread, and streams it to the
 watcher in chunks through a small bounded queue. Reading stops per partition
 where the watcher's live queue begins, or where the broker says the partition ends; the
 watcher skips any offset it already sent, so the two overlap without duplicates.
+
+Memory. A read-back holds at most its Kafka consumer's prefetch (``READ_BACK_CONFIG``)
+and ``MISSED_CHUNKS`` chunks of frames, and stops as soon as its watcher leaves. Measured
+on noida-db, a consumer at 74 MB idle, 4 rounds of 4 whole-log read-backs (19,000 to
+27,000 events of 1 KB) took it to 142, 228, 291 and 356 MB, never given back: freed
+memory stayed in glibc's per-thread malloc arenas, and each read-back's consumer could
+prefetch librdkafka's default 64 MB. With 2 arenas (:func:`limit_arenas`), a 2 MB
+prefetch and :func:`give_back_memory` after each read-back: 76, 75, 75, 76 MB.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import time
 import uuid
@@ -18,17 +28,56 @@ from collections.abc import Callable, Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from labkit.events import delivered_frame, now_ms, parse_record
+from labkit.events import now_ms
 from labkit.kafka import CONSUMER_DEFAULTS, TailReader
 from labkit.settings import Settings
-from labkit.services.fanout import Frame
+from labkit.services.fanout import Delivery, delivery_of
 from labkit.services.watchers import Recovery
 
-__all__ = ["read_missed"]
+__all__ = ["read_missed", "give_back_memory", "limit_arenas", "READ_BACK_CONFIG"]
 
 log = logging.getLogger("labkit.services.consumer")
 
 LIMIT_S = 30.0  # a gap that takes longer is cut short; the watcher is asked to resume again
+
+#: librdkafka's prefetch for one read-back: the watcher reads it as fast as its socket lets it,
+#: so more than a few fetches ahead only holds memory (the default allows 64 MB per consumer).
+READ_BACK_CONFIG = {"queued.max.messages.kbytes": 2048, "queued.min.messages": 1000}
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc: its allocator gives memory back by itself, or not at all
+        return None
+
+
+_TRIM = _malloc_trim()
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_arenas(count: int = 2) -> None:
+    """Let glibc keep at most ``count`` malloc arenas (its default: 8 per core), before the read-back threads start.
+
+    Each thread that allocates may get an arena of its own, and memory freed into it stays there,
+    fragmented between what is still held: fewer arenas, less kept.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).mallopt(M_ARENA_MAX, count) if name else None
+    except (OSError, AttributeError):
+        pass
+
+
+def give_back_memory() -> None:
+    """Return the allocator's free pages to the system (glibc's malloc_trim; nothing elsewhere).
+
+    librdkafka and the read-back threads allocate from glibc's per-thread arenas, which keep
+    freed memory for reuse: without this, RSS stays at its peak after the read-backs end.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def _starts(
@@ -67,7 +116,7 @@ def _starts(
 
 CHUNK = 500  # frames handed to the watcher at once
 #: What read_missed hands over, in order: a Recovery, chunks of frames, and whether it read all.
-Deliver = Callable[["Recovery | list[Frame] | bool"], bool]
+Deliver = Callable[["Recovery | list[Delivery] | bool"], bool]
 
 
 def read_missed(
@@ -87,7 +136,8 @@ def read_missed(
     broker says it is read to its end (an EOF): never because the broker was slow. Past
     ``limit_s`` the gap counts as not read whole: the watcher is asked to resume again.
     """
-    config = {**CONSUMER_DEFAULTS, **settings.kafka_reader_config(), "group.id": f"labkit-resume-{uuid.uuid4().hex[:8]}"}
+    config = {**CONSUMER_DEFAULTS, **READ_BACK_CONFIG, **settings.kafka_reader_config(),
+              "group.id": f"labkit-resume-{uuid.uuid4().hex[:8]}"}
     reader = TailReader(config, pause_when_idle=False)
     complete = False
     began = time.monotonic()
@@ -100,16 +150,15 @@ def read_missed(
         if starts:
             reader.assign(settings.topic, starts)
         pending = set(starts)
-        chunk: list[Frame] = []
+        chunk: list[Delivery] = []
         while pending and time.monotonic() - began < limit_s:
             for msg in reader.read(0.1):
                 if msg.error() is not None or msg.partition() not in pending:
                     continue
-                partition, offset, value = msg.partition(), msg.offset(), msg.value()
-                record = parse_record(value)
-                if record is not None:
-                    frame = delivered_frame(value, msg.topic(), partition, offset, msg.timestamp()[1], now_ms(), epoch)
-                    chunk.append(Frame(partition, offset, record.type, frame))
+                partition, offset = msg.partition(), msg.offset()
+                found = delivery_of(msg, now_ms(), epoch)
+                if found is not None:
+                    chunk.append(found[0])
                 live = first_live.get(partition)
                 if live is not None and offset >= live - 1:
                     pending.discard(partition)
@@ -123,5 +172,6 @@ def read_missed(
         log.warning("could not read back what a resuming watcher missed: %s", exc)
     finally:
         reader.close()
+        give_back_memory()
     deliver(complete)
     return complete

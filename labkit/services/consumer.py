@@ -48,18 +48,20 @@ from websockets.http11 import Request, Response
 
 from labkit.services.catchup import LIMIT_S as READ_BACK_LIMIT_S
 from labkit.epoch import EpochStep, Truncation, epoch_is_kept, log_epochs, losses_since, new_epoch
-from labkit.services.catchup import read_missed
-from labkit.events import delivered_frame, encode, is_reserved, now_ms, parse_record
+from labkit.services.catchup import give_back_memory, limit_arenas, read_missed
+from labkit.events import encode, is_reserved, now_ms
 from labkit.kafka import CONSUMER_DEFAULTS, TailReader
 from labkit.services.retention import INTERVAL_S as RETENTION_INTERVAL_S
 from labkit.services.retention import trim_topic
 from labkit.services.serving import (
-    BrokerProbe, ServiceMetrics, configure_logging, json_response, make_process_request, run_service, text_frame,
+    BrokerProbe, ServiceMetrics, configure_logging, json_response, make_process_request, run_service,
 )
+from labkit.services.wire import text_frame
 from labkit.settings import Settings
-from labkit.services.fanout import CONTROL
+from labkit.services.fanout import CONTROL, delivery_of
 from labkit.services.truncation import LogMemory
-from labkit.services.watchers import Frame, Watcher, WatchOptions, parse_watch_query
+from labkit.services.addresses import Tally, client_address
+from labkit.services.watchers import Delivery, Watcher, WatchOptions, parse_watch_query
 
 __all__ = ["ConsumerService", "main"]
 
@@ -81,7 +83,7 @@ class ConsumerService:
         self.kafka = self.reader.consumer
         self.probe = BrokerProbe(settings)
         self.watchers: set[Watcher] = set()
-        self.recent: deque[Frame] = deque(maxlen=settings.replay_buffer or 1)
+        self.recent: deque[Delivery] = deque(maxlen=settings.replay_buffer or 1)
         self.assigned: list[int] = []
         self.started_at_ms = now_ms()
         self.kept_from: dict[int, int] = {}  # per partition, where the topic starts after trimming
@@ -94,7 +96,9 @@ class ConsumerService:
         # Read-backs for resuming watchers run on a pool of their own, bounded: each holds a Kafka
         # consumer and up to MISSED_CHUNKS chunks of frames; past the bound, resumes are refused.
         self.read_backs = ThreadPoolExecutor(settings.max_resumes, thread_name_prefix="read-back")
-        self.resuming = 0
+        # Per client address too: resumers that never read, from one address, would hold every slot.
+        self.resumes = Tally(settings.max_resumes, settings.max_resumes_per_address)
+        self.read_back_slots: dict[Watcher, str] = {}  # watcher -> its address, while its read-back holds a slot
         self._maintenance: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stopped = threading.Event()
@@ -189,7 +193,7 @@ class ConsumerService:
     def _dispatch(self, batch: list[Any]) -> None:
         now = now_ms()
         metrics = self.metrics
-        live: list[Frame] = []
+        live: list[Delivery] = []
         valid = 0
         for msg in batch:
             error = msg.error()
@@ -197,17 +201,15 @@ class ConsumerService:
                 metrics.errors.labels("kafka_error").inc()
                 log.warning("Kafka: %s", error.str())
                 continue
-            value = msg.value()
-            record = parse_record(value)
-            if record is None:
+            found = delivery_of(msg, now, self.epoch)
+            if found is None:
                 self.invalid_records.inc()
                 log.warning("skipped a record that is not a labkit event at %s/%s@%s", msg.topic(), msg.partition(), msg.offset())
                 continue
+            frame, record = found
             valid += 1
             kafka_ts = msg.timestamp()[1]
-            partition, offset = msg.partition(), msg.offset()
-            self.memory.remember(partition, offset, kafka_ts)
-            frame = Frame(partition, offset, record.type, delivered_frame(value, msg.topic(), partition, offset, kafka_ts, now, self.epoch))
+            self.memory.remember(frame.partition, frame.offset, kafka_ts)
             if not is_reserved(record.type):
                 self.recent.append(frame)  # the stack's readiness probes are not replayed
             if kafka_ts < self.started_at_ms:
@@ -221,7 +223,7 @@ class ConsumerService:
             return
         wires = [text_frame(frame.data) for frame in live]  # encoded once, the same bytes for every watcher
         # What each filter selects, worked out once for all the watchers that share it.
-        selections: dict[frozenset[str] | None, tuple[list[Frame], list[bytes], bytes]] = {}
+        selections: dict[frozenset[str] | None, tuple[list[Delivery], list[bytes], bytes]] = {}
         sent = 0
         for watcher in tuple(self.watchers):
             types = watcher.state.types
@@ -255,7 +257,7 @@ class ConsumerService:
             log.warning("%s", reason)
             body = {"log_restarted": {"partition": partition, "offset": offset, "lost": [offset, old_end - 1]},
                     "epoch": self.epoch, "reason": reason}
-            frame = Frame(partition, offset, CONTROL, encode(body))
+            frame = Delivery(partition, offset, CONTROL, encode(body))
             for watcher in tuple(self.watchers):
                 watcher.log_restarted_at(frame)
 
@@ -287,11 +289,12 @@ class ConsumerService:
             matching = [frame for frame in reversed(self.recent) if watcher.wants(frame.type)]
             watcher.preload(reversed(matching[: options.replay]))
         self.watchers.add(watcher)
-        if options.resuming and not self._start_read_back(watcher, options):
+        refusal = self._start_read_back(watcher, options, client_address(ws, self.settings.trusted_proxies)) \
+            if options.resuming else None
+        if refusal is not None:
             self.watchers.discard(watcher)
             self.metrics.errors.labels("resume_refused").inc()
-            limit = self.settings.max_resumes
-            await ws.close(CloseCode.TRY_AGAIN_LATER, f"too many resumes in progress (limit {limit}); try again shortly")
+            await ws.close(CloseCode.TRY_AGAIN_LATER, f"too many resumes in progress ({refusal}); try again shortly")
             return
         self.metrics.clients.inc()
         writer = asyncio.create_task(watcher.write(self.metrics))
@@ -306,15 +309,20 @@ class ConsumerService:
             self.metrics.clients.dec()
             watcher.stop()
             writer.cancel()
+            self._free_slot(watcher)  # its read-back stops at its next hand-over; the slot is free now
+            if options.resuming:  # what it was handed, now freed, goes back to the system (catchup.py)
+                await asyncio.to_thread(give_back_memory)
 
-    def _start_read_back(self, watcher: Watcher, options: WatchOptions) -> bool:
-        """Read back from Kafka what a resuming watcher missed, on the bounded pool; False when it is full.
+    def _start_read_back(self, watcher: Watcher, options: WatchOptions, address: str) -> str | None:
+        """Read back from Kafka what a resuming watcher missed, on the bounded pool; else which limit is full.
 
         Live frames queue up meanwhile and the watcher skips any offset it has already sent.
         """
-        if self.resuming >= self.settings.max_resumes:
-            return False
-        self.resuming += 1
+        refusal = self.resumes.refusal(address)
+        if refusal is not None:
+            return refusal
+        self.resumes.take(address)
+        self.read_back_slots[watcher] = address
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + READ_BACK_LIMIT_S
         resume, since_ms, known_loss = options.resume or {}, options.since_ms, None
@@ -343,12 +351,18 @@ class ConsumerService:
         )
 
         def finished(done: asyncio.Future[bool]) -> None:
-            self.resuming -= 1
+            self._free_slot(watcher)
             if not watcher.closed and (done.cancelled() or done.exception() is not None or not done.result()):
                 watcher.close(CloseCode.TRY_AGAIN_LATER, "could not read back all missed events in time; resume again")
 
         job.add_done_callback(finished)
-        return True
+        return None
+
+    def _free_slot(self, watcher: Watcher) -> None:
+        """The read-back's slot, once: when it ends, or when its watcher leaves (whichever is first)."""
+        address = self.read_back_slots.pop(watcher, None)
+        if address is not None:
+            self.resumes.give_back(address)
 
     def health(self) -> dict[str, Any]:
         return {
@@ -364,7 +378,7 @@ class ConsumerService:
             "kept_from": self.kept_from,
             "epoch": self.epoch,
             "log_restarts": self.log_restarts,  # logs that lost their tail while this consumer read them
-            "resuming": self.resuming,
+            "resuming": self.resumes.count,
             "idle_fetch_cycles": self.reader.idle_cycles,
         }
 
@@ -432,6 +446,7 @@ class ConsumerService:
 def main(settings: Settings | None = None) -> None:
     """Run the consumer in the foreground until SIGTERM (``python -m labkit.services.consumer``)."""
     configure_logging()
+    limit_arenas()  # before any thread allocates (labkit.services.catchup: memory after read-backs)
     asyncio.run(ConsumerService(settings or Settings()).run())
 
 

@@ -24,20 +24,34 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from labkit.events import is_reserved
+from labkit.events import Recorded, delivered_frame, is_reserved, parse_record
 
-__all__ = ["Frame", "Action", "WatcherState", "SEND", "SKIP", "QUEUE", "OVERFLOW", "CONTROL"]
+__all__ = ["Delivery", "delivery_of", "Action", "WatcherState", "SEND", "SKIP", "QUEUE", "OVERFLOW", "CONTROL"]
 
 
-class Frame(NamedTuple):
-    """One delivery: where Kafka put it, its event type, and the encoded watcher frame (the JSON payload)."""
+class Delivery(NamedTuple):
+    """One delivery to watchers: where Kafka put the record, its event type, and the JSON a watcher gets."""
 
     partition: int
     offset: int
     type: str
     data: bytes
+
+
+def delivery_of(msg: Any, now: float, epoch: str) -> tuple[Delivery, Recorded] | None:
+    """A Kafka record (a confluent_kafka Message) as a delivery, and the event it holds; None when it is not one.
+
+    The one place a record becomes what watchers get, live (the consumer) or read back (catchup).
+    """
+    value = msg.value()
+    record = parse_record(value)
+    if record is None:
+        return None
+    partition, offset = msg.partition(), msg.offset()
+    data = delivered_frame(value, msg.topic(), partition, offset, msg.timestamp()[1], now, epoch)
+    return Delivery(partition, offset, record.type, data), record
 
 
 #: The type of a control frame (the log restarted): sent to every watcher, never skipped as a duplicate.
@@ -63,7 +77,7 @@ class WatcherState:
                  catching_up: bool = False) -> None:
         self.types = types
         self.limit = limit
-        self.queue: deque[Frame] = deque()
+        self.queue: deque[Delivery] = deque()
         #: Per partition, the highest offset counted as sent while it is unsettled.
         self.sent_upto: dict[int, int] = dict(resume or {})
         #: Partitions where frames at or below ``sent_upto`` are duplicates (no live frame sent yet).
@@ -81,7 +95,7 @@ class WatcherState:
 
     # -- the rule, in one place ------------------------------------------------------
 
-    def _fresh(self, frame: Frame, live: bool) -> bool:
+    def _fresh(self, frame: Delivery, live: bool) -> bool:
         """Whether a frame was not sent yet; records it as sent."""
         partition = frame.partition
         if partition not in self.unsettled:
@@ -104,7 +118,7 @@ class WatcherState:
         """
         return writable and self.idle and not self.queue and not self.unsettled and not self.closed
 
-    def live(self, frame: Frame, writable: bool) -> Action:
+    def live(self, frame: Delivery, writable: bool) -> Action:
         """A live frame from Kafka (of a type the watcher wants).
 
         ``writable``: the socket is open and keeps up. SEND when the writer is idle, else QUEUE (OVERFLOW
@@ -122,7 +136,7 @@ class WatcherState:
         self.queue.append(frame)
         return QUEUE
 
-    def next_queued(self) -> Frame | None:
+    def next_queued(self) -> Delivery | None:
         """The writer's next frame to send from the queue, duplicates skipped; None when the queue is empty."""
         queue = self.queue
         while queue:
@@ -131,13 +145,13 @@ class WatcherState:
                 return frame
         return None
 
-    def missed(self, frame: Frame) -> Action:
+    def missed(self, frame: Delivery) -> Action:
         """A frame read back while catching up: SEND or SKIP."""
         return SEND if self.wants(frame.type) and self._fresh(frame, False) else SKIP
 
     # -- what the consumer tells it --------------------------------------------------
 
-    def preload(self, frames: Iterable[Frame]) -> None:
+    def preload(self, frames: Iterable[Delivery]) -> None:
         """Replayed frames, sent before any live one."""
         self.queue.extend(frames)
 
@@ -146,7 +160,7 @@ class WatcherState:
         self.sent_upto.update(counted_as_sent)
         self.unsettled.update(counted_as_sent)
 
-    def log_restarted_at(self, frame: Frame, writable: bool) -> Action:
+    def log_restarted_at(self, frame: Delivery, writable: bool) -> Action:
         """A control frame: the log of ``frame.partition`` restarted at ``frame.offset``; SEND now or QUEUE it in order.
 
         From that offset on, the partition holds new records: none of them counts as sent.

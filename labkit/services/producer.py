@@ -30,7 +30,8 @@ from websockets.frames import CloseCode
 from labkit.kafka import PRODUCER_DEFAULTS
 from labkit.events import UNSET, Event, EventError, FrameError, encode, new_id, now_ms, parse_frame
 from labkit.services.producer_flights import Flights
-from labkit.services.producer_replies import InputRefused, Replies, SenderConnection
+from labkit.services.producer_replies import Replies
+from labkit.services.wire import InputRefused, SenderConnection
 from labkit.services.serving import BrokerProbe, ServiceMetrics, configure_logging, make_process_request, run_service
 from labkit.settings import Settings
 

@@ -11,7 +11,7 @@ Policy for replies (one per event, in order):
 
 websockets closes a connection at once for a frame over ``max_size`` (1009) or a
 text frame that is not UTF-8 (1007). Events the sender sent before that frame
-would lose their acks, so :class:`SenderConnection` holds that close back until
+would lose their acks, so :class:`labkit.services.wire.SenderConnection` holds that close back until
 the handler has written every reply it owes (``close_after_replies``).
 """
 
@@ -20,91 +20,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any
 
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed, TooManyFragments
-from websockets.frames import Close, CloseCode
-from websockets.protocol import CLOSING, OPEN
+from websockets.exceptions import ConnectionClosed
 
-from labkit.services.serving import text_frame
+from labkit.services.wire import SenderConnection, text_frame
 
-__all__ = ["InputRefused", "Replies", "SenderConnection"]
-
-
-class InputRefused(Exception):
-    """The sender sent a frame the connection must close for; the frames before it were all read."""
-
-    def __init__(self, close: Close) -> None:
-        super().__init__(f"{close.code} {close.reason}")
-        self.close = close
-
-
-class SenderConnection(ServerConnection):
-    """A WebSocket that, when a frame makes it close, closes only after the replies already owed.
-
-    It relies on websockets' connection internals (``protocol``, ``recv_messages``,
-    ``send_data``), pinned with websockets; tests/test_producer_close.py checks the behaviour.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.refusal: Close | None = None
-        self._held: list[bytes] | None = None  # the close frame and EOF websockets wanted to send
-
-    def send_data(self) -> None:
-        protocol = self.protocol
-        if (
-            self.refusal is None
-            and protocol.state is CLOSING
-            and protocol.close_rcvd is None
-            and protocol.close_sent is not None
-            and protocol.close_sent.code == CloseCode.MESSAGE_TOO_BIG
-        ):
-            # websockets failed the connection on a frame's header (too big). The frames before it
-            # are still to be read: end the stream after them rather than now.
-            self.refusal, self._held = protocol.close_sent, []
-            self.loop.call_soon(self.recv_messages.close)
-        if self._held is not None:
-            self._held.extend(protocol.data_to_send())
-            return
-        super().send_data()
-
-    async def recv(self, decode: bool | None = None) -> Any:
-        if self.refusal is None or self._held is not None:  # frames received before a too-big one
-            try:
-                return await self.recv_messages.get(decode)
-            except UnicodeDecodeError as exc:
-                self.refusal = self.refusal or Close(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
-            except TooManyFragments:
-                self.refusal = self.refusal or Close(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
-            except EOFError:
-                if self.refusal is None:
-                    return await super().recv(decode)  # websockets' own end of stream
-        assert self.refusal is not None
-        raise InputRefused(self.refusal)
-
-    async def write_frames(self, data: bytes) -> None:
-        """Write ready-made frames, waiting while the socket's buffer is full (the peer reads slowly)."""
-        if (self.protocol.state is not OPEN and self._held is None) or self.transport.is_closing():
-            raise ConnectionClosed(self.protocol.close_rcvd, self.protocol.close_sent)
-        self.transport.write(data)
-        await self.drain()
-
-    async def close_after_replies(self) -> None:
-        """Send the close that a refused frame called for, now that the replies are out."""
-        if self._held is not None:
-            held, self._held = self._held, None
-            for data in held:
-                if data:
-                    self.transport.write(data)
-                elif self.transport.can_write_eof():
-                    self.transport.write_eof()
-                else:
-                    self.transport.close()
-        elif self.refusal is not None and self.protocol.state is OPEN:
-            async with self.send_context():
-                self.protocol.fail(self.refusal.code, self.refusal.reason)
+__all__ = ["Replies"]
 
 
 class Replies:

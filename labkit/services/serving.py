@@ -20,53 +20,20 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from labkit.events import encode
+from labkit.services.addresses import Tally, client_address
 from labkit.kafka import cluster_state
 from labkit.settings import Settings
 
 __all__ = [
     "BrokerProbe", "ServiceMetrics", "make_process_request", "run_service", "http_response", "json_response",
-    "text_frame", "can_write_now", "write_frames_now",
 ]
 
 log = logging.getLogger("labkit")
 
-# Bytes waiting in a client's socket above which frames go through websockets' own send, which waits.
-WRITE_HIGH_WATER = 64 * 1024
 # On SIGTERM, a client that has not answered the close frame this long is cut off.
 SHUTDOWN_CLOSE_S = 1.0
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A WebSocket text frame as a server sends it (servers do not mask): the same bytes suit every client.
-
-    Built once per event and written straight to the socket, it skips websockets' per-send work and,
-    for many frames at once, costs one write instead of one each.
-    """
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size < 65536:
-        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
-
-
-def can_write_now(ws: ServerConnection) -> bool:
-    """True when frames may go straight to the socket: the connection is open and its socket keeps up."""
-    return ws.protocol.state is State.OPEN and ws.transport.get_write_buffer_size() < WRITE_HIGH_WATER
-
-
-def write_frames_now(ws: ServerConnection, wires: list[bytes]) -> None:
-    """Write ready-made text frames (:func:`text_frame`) to an open connection, in one write, without waiting.
-
-    What websockets' ``broadcast()`` does for each connection (it skips one that is not open, and has no
-    backpressure: call it when :func:`can_write_now`), except that ``broadcast()`` encodes the frame
-    again for every connection, where the consumer encodes it once for all its watchers.
-    """
-    if ws.protocol.state is State.OPEN:
-        ws.transport.write(wires[0] if len(wires) == 1 else b"".join(wires))
 
 
 # Delivery latencies of a local lab sit between a tenth of a millisecond and a few seconds.
@@ -147,21 +114,23 @@ def _raise_open_files_limit() -> None:
 
 
 def limit_connections(
-    handler: Callable[[ServerConnection], Awaitable[None]], limit: int
+    handler: Callable[[ServerConnection], Awaitable[None]], settings: Settings
 ) -> Callable[[ServerConnection], Awaitable[None]]:
-    """Close connections past ``limit`` with 1013 (try again later), so a flood cannot exhaust the service."""
-    active = 0
+    """Close connections past ``max_connections``, or past ``max_connections_per_address`` from one client
+    address, with 1013 (try again later): a flood cannot exhaust the service, nor one address starve the others."""
+    held = Tally(settings.max_connections, settings.max_connections_per_address)
 
     async def guarded(ws: ServerConnection) -> None:
-        nonlocal active
-        if active >= limit:
-            await ws.close(CloseCode.TRY_AGAIN_LATER, f"too many connections (limit {limit}); try again later")
+        address = client_address(ws, settings.trusted_proxies)
+        refusal = held.refusal(address)
+        if refusal is not None:
+            await ws.close(CloseCode.TRY_AGAIN_LATER, f"too many connections ({refusal}); try again later")
             return
-        active += 1
+        held.take(address)
         try:
             await handler(ws)
         finally:
-            active -= 1
+            held.give_back(address)
 
     return guarded
 
@@ -184,7 +153,7 @@ async def run_service(
     _raise_open_files_limit()
     origins = [None, *(re.compile(pattern) for pattern in settings.allowed_origins)]
     async with serve(
-        limit_connections(handler, settings.max_connections),
+        limit_connections(handler, settings),
         settings.host,
         port,
         process_request=process_request,

@@ -40,10 +40,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from labkit.events import encode
-from labkit.services.fanout import OVERFLOW, QUEUE, SEND, Frame, WatcherState
-from labkit.services.serving import ServiceMetrics, can_write_now, text_frame, write_frames_now
+from labkit.services.fanout import OVERFLOW, QUEUE, SEND, Delivery, WatcherState
+from labkit.services.serving import ServiceMetrics
+from labkit.services.wire import can_write_now, text_frame, write_frames_now
 
-__all__ = ["WatchOptions", "parse_watch_query", "Watcher", "Frame", "Recovery", "recovery_frame"]
+__all__ = ["WatchOptions", "parse_watch_query", "Watcher", "Delivery", "Recovery", "recovery_frame"]
 
 
 #: Chunks of read-back frames queued per resuming watcher: what a watcher that does not read can hold.
@@ -136,15 +137,16 @@ class Watcher:
         self.ready = asyncio.Event()
         # While resuming: what the read-back hands over (offsets counted as sent, chunks of frames,
         # then whether it read all), through a small bounded queue.
-        self.missed: asyncio.Queue[Recovery | list[Frame] | bool] | None = (
+        self.missed: asyncio.Queue[Recovery | list[Delivery] | bool] | None = (
             asyncio.Queue(MISSED_CHUNKS) if options.resuming else None
         )
+        self._put: concurrent.futures.Future[None] | None = None  # the read-back's hand-over waiting for room
 
     @property
     def closed(self) -> bool:
         return self.state.closed
 
-    def deliver(self, frames: list[Frame], wires: list[bytes], joined: bytes) -> int | None:
+    def deliver(self, frames: list[Delivery], wires: list[bytes], joined: bytes) -> int | None:
         """Live frames of one Kafka batch that this watcher wants, with their WebSocket bytes.
 
         ``wires`` are built once for every watcher with the same filter, and ``joined`` is their
@@ -175,7 +177,7 @@ class Watcher:
             self.ready.set()
         return len(now)
 
-    def log_restarted_at(self, frame: Frame) -> None:
+    def log_restarted_at(self, frame: Delivery) -> None:
         """A control frame saying the log restarted at (partition, offset): written now or queued, in order."""
         action = self.state.log_restarted_at(frame, can_write_now(self.ws))
         if action is SEND:
@@ -183,7 +185,7 @@ class Watcher:
         elif action is QUEUE:
             self.ready.set()
 
-    def hand_over(self, item: Recovery | list[Frame] | bool, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
+    def hand_over(self, item: Recovery | list[Delivery] | bool, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
         """From the read-back thread: queue an item for the writer, waiting while the queue is full.
 
         False when the watcher is gone, or has not made room by ``deadline`` (monotonic): stop reading.
@@ -191,22 +193,31 @@ class Watcher:
         assert self.missed is not None
         if self.closed:
             return False
-        put = asyncio.run_coroutine_threadsafe(self.missed.put(item), loop)
+        put = self._put = asyncio.run_coroutine_threadsafe(self.missed.put(item), loop)
         try:
             put.result(timeout=max(0.0, deadline - time.monotonic()))
         except concurrent.futures.TimeoutError:
             put.cancel()
             return False
+        except concurrent.futures.CancelledError:  # stop(): the watcher is gone, reading stops now
+            return False
+        finally:
+            self._put = None
         return not self.closed
 
-    def preload(self, frames: Iterable[Frame]) -> None:
+    def preload(self, frames: Iterable[Delivery]) -> None:
         self.state.preload(frames)
         self.ready.set()
 
     def stop(self) -> None:
-        """The connection is gone or is being closed: send nothing more."""
+        """The connection is gone or is being closed: send nothing more, and let a waiting read-back go.
+
+        A read-back blocked on a full queue would otherwise hold its slot and its memory until its deadline.
+        """
         self.state.closed = True
         self.ready.set()
+        if self._put is not None:
+            self._put.cancel()
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Stop, and close the connection (in the background)."""

@@ -5,7 +5,11 @@ accepts connections (``settings.max_connections``, 4,096 by default; a proxied
 WebSocket is one request for its whole life). So watchers on ``/consume-events``
 have a budget of their own that senders cannot use up, and the other way round;
 past it the gateway answers 503 (try again later) instead of passing on a
-connection the service would close with 1013. nginx holds two connections per
+connection the service would close with 1013. One client address may hold at
+most ``settings.max_connections_per_address`` of a route's budget (the services
+count the same per address, from ``X-Real-IP``), so one address cannot starve
+the others; Kong has no such plugin, and in compose mode the services' own
+count is the limit. nginx holds two connections per
 proxied WebSocket (the client's and the service's), so ``worker_connections`` is
 twice the sum of the route budgets plus ``HEADROOM`` for answers that are never
 proxied (401, 404, 429, preflights). Where the open-files limit cannot hold that
@@ -36,13 +40,14 @@ from labkit.ops.gateway.nginx_text import DUPLICATE_API_KEY, INVALID_API_KEY, NO
 HEADROOM = 256  # connections that are never proxied: refusals, 404s, preflights
 FILES_OVERHEAD = 64  # open files that are not connections: logs, the listening socket, temp files
 NOFILE_CAP = 1 << 20  # where the hard limit is unlimited
-ROUTE_FULL = "Too many connections on this route: try again later"
+ROUTE_FULL = "Too many connections on this route, or from your address on it: try again later"
 RATE_LIMITED = "API rate limit exceeded"  # Kong's rate-limiting message
 
 
 @dataclass(frozen=True)
 class ConnectionBudget:
     per_route: int  # requests (WebSockets) each route admits at once
+    per_address: int  # of those, from one client address
     wanted: int  # what the services take: settings.max_connections
     worker_connections: int
     worker_rlimit_nofile: int
@@ -57,12 +62,14 @@ def connection_budget(routes: int, settings: Settings) -> ConnectionBudget:
     per_route = min(settings.max_connections, fits)
     worker_connections = 2 * per_route * routes + HEADROOM
     nginx_files = worker_connections + FILES_OVERHEAD
-    return ConnectionBudget(per_route, settings.max_connections, worker_connections, nginx_files)
+    per_address = min(settings.max_connections_per_address, per_route)
+    return ConnectionBudget(per_route, per_address, settings.max_connections, worker_connections, nginx_files)
 
 
 def budget_comment(budget: ConnectionBudget, routes: int) -> list[str]:
     text = (
-        f"Each of the {routes} routes admits {budget.per_route} connections at once (its budget); a proxied\n"
+        f"Each of the {routes} routes admits {budget.per_route} connections at once (its budget), {budget.per_address} "
+        "of them from one client address; a proxied\n"
         f"WebSocket holds two nginx connections, so 2 x {routes} x {budget.per_route} + {HEADROOM} for answers "
         "that are not proxied."
     )
@@ -79,6 +86,7 @@ def route_connection_limit(route: _Route, budget: ConnectionBudget) -> list[str]
     return [
         f"set $lk_route {_q(route.ident)};",
         f"limit_conn lk_route_connections {budget.per_route};",
+        f"limit_conn lk_address_connections {budget.per_address};  # per client address, of the route's budget",
         "limit_conn_status 503;",
         "limit_conn_log_level info;  # a full route is an answer, not an error worth logging",
         "error_page 503 = @lk_route_full;",
@@ -95,8 +103,10 @@ def _auth_failures(settings: Settings) -> tuple[float, int]:
 
 def http_limits(uses_key_auth: bool, settings: Settings) -> list[str]:
     lines = [
-        *_comment("labkit's limits (labkit/gateway/nginx_limits.py): connections per route, failed API keys."),
+        *_comment("labkit's limits (labkit/ops/gateway/nginx_limits.py): connections per route and per address on it, "
+                 "failed API keys."),
         "limit_conn_zone $lk_route zone=lk_route_connections:1m;",
+        "limit_conn_zone $lk_route$binary_remote_addr zone=lk_address_connections:10m;",
     ]
     if uses_key_auth:
         lines.append(
