@@ -50,7 +50,9 @@ def restart_and_run_all(page: Page) -> None:
 def check_chart_drawn(page: Page, run: int | str) -> dict:
     """The chart holds traces with points and titled axes: not a blank canvas."""
     try:
-        page.wait_for_function(f"() => {{ const s = ({CHART_STATE})(); return s && s.lines >= 2 && s.points >= 310; }}",
+        # The value panel draws at most 83 points a second per type (labkit/lab/chart.py thins what it
+        # sends so both panels cover one window): 03's 310 events show as fewer points, and never as none.
+        page.wait_for_function(f"() => {{ const s = ({CHART_STATE})(); return s && s.lines >= 2 && s.points >= 100; }}",
                                timeout=30_000)
     except Exception:
         page.screenshot(path=str(ARTIFACTS / f"dashboard-blank-{run}.png"), full_page=True)
