@@ -93,6 +93,11 @@ def stamped(event: Event | Mapping[str, Any]) -> Event:
     return item
 
 
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Sender:
     """A WebSocket connection to the producer that matches every ack to its event.
 
@@ -145,6 +150,9 @@ class Sender:
     def _prepare(self, event: Event | Mapping[str, Any]) -> tuple[Event, asyncio.Future[Ack]]:
         item = stamped(event)
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        # A caller that stopped waiting (a cancelled batch) still gets the failure when it awaits; nobody
+        # else is told "Future exception was never retrieved" on stderr, which a notebook shows in red.
+        future.add_done_callback(_mark_retrieved)
         self._pending[item.id] = future
         return item, future
 
@@ -189,7 +197,7 @@ class Sender:
     ) -> list[Ack]:
         """Wait for submitted events' replies; raises SendError on the first refusal if asked to."""
         try:
-            replies = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+            replies = await asyncio.wait_for(asyncio.gather(*futures), timeout)  # the first failure raises
         except TimeoutError:
             raise SendError(f"no reply from the producer within {timeout:g} s; is the stack running? (labkit status)") from None
         if raise_on_error:
