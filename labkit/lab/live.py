@@ -384,6 +384,12 @@ class LiveChart(w.VBox):
             self.stopped = True
             self._show_counters()
 
+    async def astop(self) -> None:
+        """Stop, and return once the watcher and the redraws have ended (the picture stays, frozen)."""
+        tasks = self._tasks()
+        self.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def close(self) -> None:
         """Stop, and close the figure and counters."""
         self.stop()
