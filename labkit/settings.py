@@ -329,12 +329,12 @@ class Settings(BaseSettings):
     def kafka_reader_config(self, **overrides: object) -> dict[str, object]:
         """:meth:`kafka_config` for a reader: on a broker that long-polls, an idle fetch waits there.
 
-        A long wait does not delay a record: the broker answers as soon as one arrives. It only sets how
-        often an idle reader asks again: 5 s, not librdkafka's 500 ms (measured on Apache Kafka: the idle
-        broker's request threads were most of its 1.8 % of a core). Only noida-db, which ignores the wait,
-        gets the short one (labkit.kafka's CONSUMER_DEFAULTS).
+        The wait does not delay a record: the broker answers as soon as one arrives. It is librdkafka's
+        500 ms, not longer: a broker reads one request at a time from a connection, so a client's other
+        requests (watermarks, metadata) wait behind its held fetch (at 5 s, the topic viewer's watermark
+        look-ups timed out). Only noida-db, which ignores the wait, gets the short one (CONSUMER_DEFAULTS).
         """
-        waits = {"fetch.wait.max.ms": 5000} if self.broker_long_polls else {}
+        waits = {"fetch.wait.max.ms": 500} if self.broker_long_polls else {}
         return self.kafka_config(**{**waits, **overrides})
 
     def kafka_config(self, **overrides: object) -> dict[str, object]:

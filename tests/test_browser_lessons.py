@@ -113,8 +113,6 @@ def test_scaling_out_notebook_shows_the_leader_move_and_nothing_missing(lab_serv
         leader = rows["leader"]
         assert leader["missing"] == "0" and leader["received"] == leader["acked"] != "0", leader
         assert "took over" in leader["what happened"], leader
-        marks = table_rows(page, ".labkit-topic-marks")
-        assert [row["replicas"].count(",") for row in marks] == [2, 2, 2], marks  # three replicas per partition
         assert page.locator(ERROR_OUTPUTS).count() == 0, page.locator(ERROR_OUTPUTS).first.inner_text()
         table = page.locator(".jp-OutputArea-output").filter(has=page.locator(".labkit-fault-table"))
         table.scroll_into_view_if_needed()
