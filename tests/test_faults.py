@@ -119,7 +119,12 @@ async def test_broker_down_gives_errors_not_false_acks_and_recovers(short_timeou
     assert len(acked) + len(refused) == 10
     assert all(r.error == "kafka_error" and r.id for r in refused)
     assert all(r.ok for r in after), [r.detail for r in after if not r.ok]
-    await watcher.until_ids(acked, timeout=30)
+    try:
+        await watcher.until_ids(acked, timeout=30)
+    except AssertionError as missing:  # say what the consumer was doing: the next reader needs it
+        state = await health(own_stack, "consumer")
+        raise AssertionError(f"{missing}; consumer health: {state}; its log ends: "
+                             f"{own_stack.log_tail('consumer', 8)}") from None
     assert (await health(own_stack, "producer"))["broker"] == "up"
     await watcher.stop()
 
