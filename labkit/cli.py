@@ -54,10 +54,10 @@ def build_settings(**flags: Any) -> Settings:
         raise typer.BadParameter(problems) from None
 
 
-def status_table(stack: Stack, cpu_sample_s: float = 0.0) -> Table:
+def status_table(stack: LabStack, cpu_sample_s: float = 0.0) -> Table:
     table = Table(title=f"labkit stack ({stack.settings.mode}, broker {stack.settings.broker}, state in {stack.state_dir})",
                   caption=f"broker: {stack.broker_choice}")
-    rows = stack.status(cpu_sample_s) if cpu_sample_s and isinstance(stack, Stack) else stack.status()
+    rows = stack.status(cpu_sample_s)
     with_cpu = any("cpu" in row for row in rows)
     for column in ("component", "state", "pid", "url", *(["cpu (cores)"] if with_cpu else []), "detail"):
         table.add_column(column)
@@ -100,18 +100,18 @@ def step_progress(first: str):
         yield on_step
 
 
-def _run_up(stack: Stack, restart: bool = False) -> None:
-    if not restart and stack.is_running():
+def _run_up(stack: LabStack, restart: bool = False) -> None:
+    if not restart and stack.adopt():
         out.print("[yellow]The stack is already running; nothing to start.[/]")
         out.print(status_table(stack))
         return
     began = time.monotonic()
     with step_progress("stopping" if restart else "starting") as on_step:
         (stack.restart if restart else stack.up)(on_step)
-    for action in getattr(stack, "actions", []):
+    for action in stack.actions:
         out.print(f"  {action}", highlight=False)
     out.print(status_table(stack))
-    ready_ms = getattr(stack, "ready_ms", None)
+    ready_ms = stack.ready_ms
     through = f" (a probe event went through end to end in {ready_ms:.0f} ms)" if ready_ms is not None else ""
     out.print(f"Ready in {time.monotonic() - began:.1f} s{through}. Try: [bold]labkit watch[/] in one terminal, "
               "[bold]labkit send --type click --value 1[/] in another; [bold]labkit down[/] stops it all.")
@@ -173,13 +173,9 @@ def _read_properties(path: Path) -> dict[str, str]:
 def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
     """Stop the stack and start it again with the same settings."""
     stack = open_stack(build_settings(state_dir=state_dir))
-    stack.is_running()
-    if isinstance(stack, Stack) and stack.settings.broker != "external":
-        from labkit.ops.brokers import broker_kind
-
-        kind = broker_kind(stack.settings)
-        if not kind.keeps_data:
-            err.print(f"[yellow]Restarting the broker loses the events it holds ({kind.describe(stack.settings)}).[/]")
+    stack.adopt()  # restart with the settings the running stack was started with
+    if (warning := stack.restart_warning()) is not None:
+        err.print(f"[yellow]{warning}[/]")
     _run_up(stack, restart=True)
 
 
@@ -189,7 +185,7 @@ def down(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
     stack = open_stack(build_settings(state_dir=state_dir))
     began = time.monotonic()
     with step_progress("stopping") as on_step:
-        stopped = stack.down(on_step) if isinstance(stack, Stack) else stack.down()
+        stopped = stack.down(on_step)
     took = f" in {time.monotonic() - began:.1f} s"
     out.print(f"Stopped: {', '.join(stopped)}{took}." if stopped else "Nothing was running.")
 
@@ -201,10 +197,11 @@ def status(
 ) -> None:
     """Show each component, whether it answers, its URL, the CPU it uses, and which broker runs."""
     stack = open_stack(build_settings(state_dir=state_dir))
+    running = stack.adopt()  # the running stack's own settings: its broker, partitions and addresses
     out.print(status_table(stack, cpu_sample))
-    if stack.settings.broker == "kafka" and stack.is_running():
+    if stack.settings.broker == "kafka" and running:
         out.print(partitions_table(stack))
-    if stack.is_running():
+    if running:
         for name in [name for service in REPLICATED for name, _ in stack.settings.replicas(service)]:
             try:
                 out.print(f"{name}: {json.dumps(stack.health(name))}", highlight=False)
@@ -360,8 +357,6 @@ app.add_typer(gateway_app, name="gateway")
 def gateway_reload(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
     """Apply an edited kong/kong.yml without dropping open connections; a broken file is refused."""
     stack = open_stack(build_settings(state_dir=state_dir))
-    if not isinstance(stack, Stack):
-        raise LabkitError("in compose mode Kong reads kong.yml: `docker compose restart kong` applies an edit")
     stack.reload_gateway()
     out.print(f"Gateway reloaded from {stack.settings.kong_config}.")
     for row in stack.routes():

@@ -121,7 +121,7 @@ def run_bench(
     started = time.time()
     if use_running:
         stack = Stack(settings)
-        if not stack.is_running():
+        if not stack.adopt():
             raise LabkitError(f"no stack runs from {stack.state_dir}: start one with `labkit up`, or drop --use-running")
         stacks = the_running_stack(stack)
     else:
