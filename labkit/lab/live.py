@@ -34,6 +34,7 @@ from labkit.client import LogRestart, Watch
 from labkit.events import Delivered, now_ms
 from labkit.lab.chart import StreamChart
 from labkit.lab.tasks import cancel, close_tree, until
+from labkit.percentiles import binned_percentiles, percentiles
 from labkit.settings import Settings
 
 __all__ = ["LiveChart"]
@@ -266,25 +267,11 @@ class LiveChart(w.VBox):
 
     def latency_percentiles(self) -> dict[str, float]:
         """p50, p90, p99 and max of end-to-end latency in ms over the window's events (empty if none)."""
-        values = self._recent_latencies()
-        if not len(values):
-            return {}
-        p50, p90, p99 = np.percentile(values, [50, 90, 99])
-        return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(values.max())}
+        return percentiles(self._recent_latencies())
 
     def run_percentiles(self) -> dict[str, float]:
         """p50, p90, p99 and max over every event since the chart started (to about 1%), so a past stall shows."""
-        total = int(self._run_counts.sum())
-        if not total:
-            return {}
-        cumulative = np.cumsum(self._run_counts)
-        edges = np.concatenate([[0.0], RUN_BINS, [self._run_max]])
-
-        def at(q: float) -> float:
-            index = int(np.searchsorted(cumulative, q * total))
-            return float(min(edges[index + 1], self._run_max))  # the bin's upper edge
-
-        return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": self._run_max}
+        return binned_percentiles(self._run_counts, np.append(RUN_BINS, self._run_max), self._run_max)
 
     @property
     def restarts(self) -> list[LogRestart]:

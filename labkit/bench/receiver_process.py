@@ -1,6 +1,6 @@
 """The bench's receiving side, in a process of its own: watchers, or a plain Kafka consumer.
 
-Run as ``python -m labkit.bench.receiver SPEC`` (SPEC: a JSON :class:`ReceiverSpec`),
+Run as ``python -m labkit.bench.receiver_process SPEC`` (SPEC: a JSON :class:`ReceiverSpec`),
 so the measuring client does not share a core's event loop with the senders. It
 opens ``connections`` raw watchers on :mod:`labkit.bench.lean_watch` (kind
 ``websocket``: every frame filed, duplicates included, no reconnection), or one confluent-kafka consumer that ``assign()``s every
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import sys
 import threading
 import uuid
@@ -32,11 +31,12 @@ from dataclasses import dataclass, field
 import msgspec
 
 from labkit.events import now_ms
-from labkit.bench.wire import ConnectionReport, ReceiverSpec, TagReport
+from labkit.rlimits import raise_open_files_limit
+from labkit.bench.receiver_pool import ConnectionReport, ReceiverSpec, TagReport
 
 __all__ = ["main"]
 
-log = logging.getLogger("labkit.bench.receiver")
+log = logging.getLogger("labkit.bench.receiver_process")
 
 
 @dataclass
@@ -203,9 +203,7 @@ async def serve(spec: ReceiverSpec) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:  # a thousand watchers need a thousand sockets
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()  # a thousand watchers need a thousand sockets
     spec = msgspec.json.decode(sys.argv[1], type=ReceiverSpec)
     asyncio.run(serve(spec))
 
