@@ -22,7 +22,6 @@ import asyncio
 import html
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +33,8 @@ from labkit.events import Ack
 from labkit.ops.brokers import broker_kind
 from labkit.ops.stack import Stack
 from labkit.lab.tasks import until
+from labkit.lab.palette import RED
+from labkit.lab.tables import html_table
 
 __all__ = ["FaultDrill", "FaultResult", "EventStream", "LOST_LOG", "FAULTS"]
 
@@ -47,7 +48,6 @@ FAULTS = {
 }
 WAIT_S = 30.0  # longest wait for any one condition of a drill
 DOWN_S = 5.0  # how long a part stays down at least: long enough to see "not connected" on a chart
-RED = "#c62828"
 
 
 class EventStream:
@@ -155,13 +155,7 @@ class FaultDrill(w.VBox):
 
     def _show(self) -> None:
         rows = [result.row() for result in self.results]
-        head = "".join(f"<th style='text-align:left;padding:2px 8px'>{html.escape(c)}</th>" for c in rows[0])
-        body = ""
-        for row in rows:
-            color = RED if row["missing"] else "inherit"
-            cells = "".join(f"<td style='padding:2px 8px;text-align:left'>{html.escape(str(v))}</td>" for v in row.values())
-            body += f"<tr style='color:{color}'>{cells}</tr>"
-        self.table.value = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        self.table.value = html_table(rows, row_style=lambda row: f"color:{RED}" if row["missing"] else "").data
 
     async def run(self, fault: str, *, settle_events: int = 30) -> FaultResult | None:
         """Stop ``fault``'s component mid-stream, start it again, and count what the watcher got back.

@@ -33,6 +33,7 @@ from plotly.subplots import make_subplots
 from labkit.client import LogRestart, Watch
 from labkit.events import Delivered, now_ms
 from labkit.lab.chart import StreamChart
+from labkit.lab.palette import BLUE, GREEN, RED
 from labkit.lab.tasks import cancel, close_tree, until
 from labkit.percentiles import binned_percentiles, percentiles
 from labkit.settings import Settings
@@ -287,18 +288,18 @@ class LiveChart(w.VBox):
         if self.stopped:
             state = "<b>stopped</b>: the picture is frozen as it was"
         elif self.connected.is_set():
-            state = "<span style='color:#2e7d32'>watching</span>"
+            state = f"<span style='color:{GREEN}'>watching</span>"
         else:
-            state = f"<span style='color:#c62828'>not connected</span> {html.escape(self.last_error or '')}"
+            state = f"<span style='color:{RED}'>not connected</span> {html.escape(self.last_error or '')}"
         if self.stream is not None and self.stream.recovered is not None:
             news = "nothing missed" if self.stream.recovered else f"with a gap: {self.stream.reason}"
-            state += f" · <span class='labkit-resumed' style='color:#1565c0'>resumed {html.escape(news)}</span>"
+            state += f" · <span class='labkit-resumed' style='color:{BLUE}'>resumed {html.escape(news)}</span>"
         if self.paused:
             state += " · <b>paused</b>: events are counted, the chart catches up on Resume"
         restarts = self.restarts
         if restarts:  # a broker crash lost records: said under the chart, never hidden
             last = restarts[-1]
-            state += (f" · <span class='labkit-restarted' style='color:#c62828'>the broker's log restarted "
+            state += (f" · <span class='labkit-restarted' style='color:{RED}'>the broker's log restarted "
                       f"{len(restarts)}×</span>: partition {last.partition} lost offsets {last.lost_from} to "
                       f"{last.lost_to}")
         per_type = ", ".join(f"{html.escape(k)}: {v}" for k, v in self.counts.most_common(5))
