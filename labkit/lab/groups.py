@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from labkit.events import parse_record
 from labkit.settings import Settings
-from labkit.lab.tasks import until
+from labkit.waiting import until
 from labkit.lab.palette import GREY, RED, SERIES
 from labkit.lab.tables import Styled, html_table
 

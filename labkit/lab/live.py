@@ -34,7 +34,8 @@ from labkit.client import LogRestart, Watch
 from labkit.events import Delivered, now_ms
 from labkit.lab.chart import StreamChart
 from labkit.lab.palette import BLUE, GREEN, RED
-from labkit.lab.tasks import cancel, close_tree, until
+from labkit.lab.tasks import cancel, close_tree
+from labkit.waiting import until
 from labkit.percentiles import binned_percentiles, percentiles
 from labkit.settings import Settings
 
