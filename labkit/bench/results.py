@@ -193,8 +193,8 @@ class LongRun:
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{self.kind}-{self.broker}" if self.kind == "endurance" else self.kind
         path = folder / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        data = {**asdict(self), "lost": self.lost, "duplicates": self.duplicates, "p99_ratio": self.p99_ratio,
-                "passed": self.passed, "memory_growth_mb": self.memory_growth_mb()}
+        data = {**asdict(self), "events": self.events, "lost": self.lost, "duplicates": self.duplicates,
+                "p99_ratio": self.p99_ratio, "passed": self.passed, "memory_growth_mb": self.memory_growth_mb()}
         path.write_text(json.dumps(data, indent=2))
         self.figure().write_html(path.with_suffix(".html"), include_plotlyjs=True)
         return [path, path.with_suffix(".html")]

@@ -286,9 +286,8 @@ class GroupView(w.VBox):
                          "owner": Styled(owner, f"background:{self._color(owner)};color:white") if owner
                          else Styled("nobody", f"color:{GREY}"),
                          **{read[m.name]: self.group.step_counts(m)[p] for m in members}})
-        bold = "font-weight:bold"
-        rows.append({"partition": Styled("this step", bold, span=2),
-                     **{read[m.name]: Styled(sum(self.group.step_counts(m).values()), bold) for m in members}})
+        rows.append({"partition": Styled("this step", span=2, bold=True),
+                     **{read[m.name]: Styled(sum(self.group.step_counts(m).values()), bold=True) for m in members}})
         table = html_table(rows, ["partition", "owner", *read.values()],
                            head_style={read[m.name]: f"color:{self._color(m.name)}" for m in members}).data
         since = ("<div style='color:#666;font-size:90%'>a step begins when a member joins or leaves; "

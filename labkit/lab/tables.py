@@ -90,11 +90,12 @@ def _transposed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @dataclasses.dataclass(frozen=True)
 class Styled:
-    """A cell with CSS of its own (a colour, a background), spanning ``span`` columns from its own."""
+    """A cell with CSS of its own (a colour, a background), in bold, spanning ``span`` columns from its own."""
 
     value: Any
     style: str = ""
     span: int = 1
+    bold: bool = False
 
 
 def _plain(value: Any) -> Any:
@@ -121,9 +122,10 @@ def html_table(
     numeric = {name: all(_is_number(_plain(row.get(name))) for row in rows if _plain(row.get(name)) is not None)
                for name in names}
 
-    def cell(tag: str, text: str, number: bool, extra: str = "", span: int = 1) -> str:
+    def cell(tag: str, text: str, number: bool, extra: str = "", span: int = 1, bold: bool = False) -> str:
         css = _CELL.format(align="right" if number else "left") + (f";{extra}" if extra else "")
-        return f"<{tag}{f' colspan={span}' if span > 1 else ''} style='{css}'>{html.escape(text)}</{tag}>"
+        shown = f"<b>{html.escape(text)}</b>" if bold else html.escape(text)
+        return f"<{tag}{f' colspan={span}' if span > 1 else ''} style='{css}'>{shown}</{tag}>"
 
     def line(row: dict[str, Any]) -> str:
         cells, skip = [], 0
@@ -132,9 +134,9 @@ def html_table(
                 skip -= 1
                 continue
             value = row.get(name)
-            extra, span = (value.style, value.span) if isinstance(value, Styled) else ("", 1)
+            extra, span, bold = (value.style, value.span, value.bold) if isinstance(value, Styled) else ("", 1, False)
             skip = span - 1
-            cells.append(cell("td", format_cell(_plain(value)), _is_number(_plain(value)), extra, span))
+            cells.append(cell("td", format_cell(_plain(value)), _is_number(_plain(value)), extra, span, bold))
         css = row_style(row) if row_style is not None else ""
         return (f"<tr style='{css}'>" if css else "<tr>") + "".join(cells) + "</tr>"
 
