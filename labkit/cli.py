@@ -30,7 +30,8 @@ from labkit.settings import REPLICATED, Settings
 from labkit.discovery import running_settings
 from labkit.pacing import Schedule, due_ranges
 from labkit.ops.base import LabStack
-from labkit.ops.stack import Stack, open_stack
+from labkit.ops.stack import open_stack
+from labkit.bench.cli import bench_app
 
 app = typer.Typer(
     help="labkit: a lab for real-time event delivery (WebSocket -> Kafka -> WebSocket, behind a gateway).",
@@ -54,10 +55,10 @@ def build_settings(**flags: Any) -> Settings:
         raise typer.BadParameter(problems) from None
 
 
-def status_table(stack: Stack, cpu_sample_s: float = 0.0) -> Table:
+def status_table(stack: LabStack, cpu_sample_s: float = 0.0) -> Table:
     table = Table(title=f"labkit stack ({stack.settings.mode}, broker {stack.settings.broker}, state in {stack.state_dir})",
                   caption=f"broker: {stack.broker_choice}")
-    rows = stack.status(cpu_sample_s) if cpu_sample_s and isinstance(stack, Stack) else stack.status()
+    rows = stack.status(cpu_sample_s)
     with_cpu = any("cpu" in row for row in rows)
     for column in ("component", "state", "pid", "url", *(["cpu (cores)"] if with_cpu else []), "detail"):
         table.add_column(column)
@@ -100,18 +101,18 @@ def step_progress(first: str):
         yield on_step
 
 
-def _run_up(stack: Stack, restart: bool = False) -> None:
-    if not restart and stack.is_running():
+def _run_up(stack: LabStack, restart: bool = False) -> None:
+    if not restart and stack.adopt():
         out.print("[yellow]The stack is already running; nothing to start.[/]")
         out.print(status_table(stack))
         return
     began = time.monotonic()
     with step_progress("stopping" if restart else "starting") as on_step:
         (stack.restart if restart else stack.up)(on_step)
-    for action in getattr(stack, "actions", []):
+    for action in stack.actions:
         out.print(f"  {action}", highlight=False)
     out.print(status_table(stack))
-    ready_ms = getattr(stack, "ready_ms", None)
+    ready_ms = stack.ready_ms
     through = f" (a probe event went through end to end in {ready_ms:.0f} ms)" if ready_ms is not None else ""
     out.print(f"Ready in {time.monotonic() - began:.1f} s{through}. Try: [bold]labkit watch[/] in one terminal, "
               "[bold]labkit send --type click --value 1[/] in another; [bold]labkit down[/] stops it all.")
@@ -173,13 +174,9 @@ def _read_properties(path: Path) -> dict[str, str]:
 def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
     """Stop the stack and start it again with the same settings."""
     stack = open_stack(build_settings(state_dir=state_dir))
-    stack.is_running()
-    if isinstance(stack, Stack) and stack.settings.broker != "external":
-        from labkit.ops.brokers import broker_kind
-
-        kind = broker_kind(stack.settings)
-        if not kind.keeps_data:
-            err.print(f"[yellow]Restarting the broker loses the events it holds ({kind.describe(stack.settings)}).[/]")
+    stack.adopt()  # restart with the settings the running stack was started with
+    if (warning := stack.restart_warning()) is not None:
+        err.print(f"[yellow]{warning}[/]")
     _run_up(stack, restart=True)
 
 
@@ -189,7 +186,7 @@ def down(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
     stack = open_stack(build_settings(state_dir=state_dir))
     began = time.monotonic()
     with step_progress("stopping") as on_step:
-        stopped = stack.down(on_step) if isinstance(stack, Stack) else stack.down()
+        stopped = stack.down(on_step)
     took = f" in {time.monotonic() - began:.1f} s"
     out.print(f"Stopped: {', '.join(stopped)}{took}." if stopped else "Nothing was running.")
 
@@ -201,10 +198,11 @@ def status(
 ) -> None:
     """Show each component, whether it answers, its URL, the CPU it uses, and which broker runs."""
     stack = open_stack(build_settings(state_dir=state_dir))
+    running = stack.adopt()  # the running stack's own settings: its broker, partitions and addresses
     out.print(status_table(stack, cpu_sample))
-    if stack.settings.broker == "kafka" and stack.is_running():
+    if stack.settings.broker == "kafka" and running:
         out.print(partitions_table(stack))
-    if stack.is_running():
+    if running:
         for name in [name for service in REPLICATED for name, _ in stack.settings.replicas(service)]:
             try:
                 out.print(f"{name}: {json.dumps(stack.health(name))}", highlight=False)
@@ -360,8 +358,6 @@ app.add_typer(gateway_app, name="gateway")
 def gateway_reload(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
     """Apply an edited kong/kong.yml without dropping open connections; a broken file is refused."""
     stack = open_stack(build_settings(state_dir=state_dir))
-    if not isinstance(stack, Stack):
-        raise LabkitError("in compose mode Kong reads kong.yml: `docker compose restart kong` applies an edit")
     stack.reload_gateway()
     out.print(f"Gateway reloaded from {stack.settings.kong_config}.")
     for row in stack.routes():
@@ -375,136 +371,7 @@ def gateway_routes(state_dir: Annotated[Optional[Path], typer.Option()] = None) 
         out.print(f"{', '.join(row['paths'])} -> {row['upstream']}  [{', '.join(row['plugins']) or 'no plugins'}]")
 
 
-from labkit.bench.cli import bench_app  # noqa: E402 - the sub-app defines its own options
-
 app.add_typer(bench_app, name="bench")
-
-
-@contextlib.contextmanager
-def _bench_stack(use_running: bool, broker: str | None, name: str):
-    """The running stack, or a fresh one on free ports (stopped afterwards), for a bench phase."""
-    import tempfile
-
-    if use_running:
-        stack = Stack(running_settings(build_settings()))
-        if not stack.is_running():
-            raise LabkitError("no stack is running: start one with `labkit up`, or leave out --use-running")
-        yield stack
-        return
-    settings = build_settings(broker=broker).with_free_ports(state_dir=Path(tempfile.mkdtemp(prefix=f"labkit-{name}-")))
-    with step_progress(f"starting a {settings.broker} stack") as on_step:
-        stack = Stack(settings).up(on_step)
-    try:
-        yield stack
-    finally:
-        stack.down()
-
-
-BrokerOption = Annotated[Optional[str], typer.Option(help="Broker of the fresh stack: noida (default) or tansu.")]
-
-
-@bench_app.command("endurance")
-def bench_endurance(
-    events: Annotated[int, typer.Option(min=100, help="Events to send, one per frame.")] = 50_000,
-    rate: Annotated[float, typer.Option(min=1, max=2000, help="Events (frames) per second through the gateway.")] = 1000.0,
-    window: Annotated[int, typer.Option(min=10, help="Events per latency window.")] = 5_000,
-    broker: BrokerOption = None,
-    use_running: Annotated[bool, typer.Option(help="Use the stack `labkit up` started.")] = False,
-    out_dir: Annotated[Path, typer.Option(help="Where the JSON and the plot go.")] = Path("bench-results"),
-) -> None:
-    """One event per frame through the gateway for EVENTS events: latency per window, broker memory and CPU."""
-    from labkit.bench.endurance import run_endurance, write_endurance
-
-    with _bench_stack(use_running, broker, "endurance") as stack:
-        with Progress(TextColumn("endurance"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[received]}"),
-                      TimeElapsedColumn(), console=err) as progress:
-            task = progress.add_task("endurance", total=events, received="")
-
-            def on_progress(sent: int, received: int) -> None:
-                progress.update(task, completed=sent, received=f"received {received:,}")
-
-            result = asyncio.run(run_endurance(stack, events, rate, window, on_progress))
-    table = Table(title=f"endurance on {result.broker}: {result.events:,} events at {result.rate:g}/s, one per frame")
-    for column in ("events", "p50 ms", "p99 ms", "max ms", "broker RSS MB", "broker CPU (cores)"):
-        table.add_column(column, justify="right")
-    for w in result.windows:
-        table.add_row(f"{w.first:,}-{w.last:,}", f"{w.p50_ms:.2f}", f"{w.p99_ms:.2f}", f"{w.max_ms:.1f}",
-                      f"{w.broker_rss_mb:.1f}", f"{w.broker_cpu_cores:.3f}")
-    out.print(table)
-    verdict = "[green]passed[/]" if result.passed else "[red]failed[/]"
-    out.print(f"acknowledged {result.acked:,}, refused {result.refused:,}, received {result.received:,}, "
-              f"lost {result.lost:,}, duplicates {result.duplicates:,}; last/first window p99 = {result.p99_ratio} "
-              f"(goal <= 2, nothing lost): {verdict}")
-    for path in write_endurance(result, out_dir):
-        out.print(f"wrote {path}")
-    if not result.passed:
-        raise typer.Exit(1)
-
-
-@bench_app.command("idle")
-def bench_idle(
-    seconds: Annotated[float, typer.Option(min=1, max=600, help="How long to measure.")] = 30.0,
-    broker: BrokerOption = None,
-    use_running: Annotated[bool, typer.Option(help="Use the stack `labkit up` started.")] = False,
-) -> None:
-    """CPU of each component with the stack up and no traffic (goal: under 5% of one core in total)."""
-    from labkit.bench.endurance import run_idle
-
-    with _bench_stack(use_running, broker, "idle") as stack:
-        with Progress(TextColumn(f"measuring idle CPU for {seconds:g} s"), TimeElapsedColumn(), console=err, transient=True) as progress:
-            progress.add_task("idle")
-            cores = run_idle(stack, seconds)
-        table = Table(title=f"idle CPU over {seconds:g} s, broker {stack.settings.broker}")
-    table.add_column("component")
-    table.add_column("cores", justify="right")
-    table.add_column("% of one core", justify="right")
-    for name, used in cores.items():
-        table.add_row(name, f"{used:.4f}", f"{used * 100:.1f}")
-    total = sum(cores.values())
-    table.add_row("[bold]total[/]", f"{total:.4f}", f"{total * 100:.1f}")
-    out.print(table)
-    out.print("[green]under 5% of one core[/]" if total < 0.05 else "[red]over the 5% goal[/]")
-    if total >= 0.05:
-        raise typer.Exit(1)
-
-
-@bench_app.command("soak")
-def bench_soak(
-    minutes: Annotated[float, typer.Option(min=0.05, help="How long to run.")] = 10.0,
-    rate: Annotated[float, typer.Option(min=1, help="Events per second through the gateway.")] = 200.0,
-    watchers: Annotated[int, typer.Option(min=1, max=100)] = 2,
-    sample_every: Annotated[float, typer.Option(min=0.5, help="Seconds between memory samples.")] = 10.0,
-    use_running: Annotated[bool, typer.Option(help="Soak the stack `labkit up` started instead of a fresh one.")] = False,
-    out_dir: Annotated[Path, typer.Option(help="Where the JSON and the memory plot go.")] = Path("bench-results"),
-) -> None:
-    """Steady load for MINUTES: losses per watcher and each component's memory over time."""
-    from labkit.bench.soak import run_soak, write_soak
-
-    with _bench_stack(use_running, None, "soak") as stack:
-        with Progress(TextColumn("soak"), BarColumn(), TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=err) as progress:
-            task = progress.add_task("soak", total=minutes * 60, counts="")
-
-            def on_progress(elapsed: float, sent: int, received: int) -> None:
-                progress.update(task, completed=elapsed, counts=f"sent {sent:,}  received {received:,}")
-
-            result = asyncio.run(run_soak(stack, minutes, rate, watchers, sample_every, on_progress))
-    table = Table(title=f"soak: {result.minutes:g} min at {result.rate:g} events/s, {result.watchers} watchers")
-    components = sorted(result.memory[-1][1]) if result.memory else []
-    table.add_column("seconds", justify="right")
-    for name in components:
-        table.add_column(f"{name} MB", justify="right")
-    for seconds, sizes in result.memory:
-        table.add_row(f"{seconds:g}", *(f"{sizes.get(name, 0):.1f}" for name in components))
-    out.print(table)
-    out.print(
-        f"sent {result.sent:,}, acknowledged {result.acked:,}, refused {result.refused:,}; "
-        f"lost per watcher {result.lost_per_watcher}, duplicates {result.duplicates_per_watcher}; "
-        f"latency {result.latency_ms}; memory growth MB {result.memory_growth_mb()}"
-    )
-    for path in write_soak(result, out_dir):
-        out.print(f"wrote {path}")
-    if result.lost or result.refused:
-        raise typer.Exit(1)
 
 
 @app.command(hidden=True)

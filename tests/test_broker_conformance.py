@@ -45,6 +45,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from labkit.ops.brokers import BROKERS
 from labkit.settings import Settings
+from waiting import wait_until_blocking
 
 with warnings.catch_warnings():  # kafka-python 3.0 loads its protocol schemas with deprecated importlib calls
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -69,14 +70,6 @@ def on_every_broker(raises: type[BaseException] | None = None, **known_to_fail: 
     ], indirect=True)
 
 
-def wait_until(condition: Callable[[], object], what: str | Callable[[], str], timeout: float = TIMEOUT_S) -> None:
-    """Call condition until it is true (it blocks briefly itself, polling a client); else fail saying what."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what() if callable(what) else what}: not within {timeout:.0f} s")
-
-
 def wait_until_broker_answers(bootstrap: str, process: subprocess.Popen, log: Path) -> None:
     """A Kafka metadata request that names at least one broker, or the broker's exit status and log."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "reconnect.backoff.ms": 10, "reconnect.backoff.max.ms": 100})
@@ -89,7 +82,7 @@ def wait_until_broker_answers(bootstrap: str, process: subprocess.Popen, log: Pa
         except KafkaException:
             return False
 
-    wait_until(answers, f"the broker on {bootstrap} answering a metadata request")
+    wait_until_blocking(answers, TIMEOUT_S, f"the broker on {bootstrap} answering a metadata request")
 
 
 def started_broker(kind_name: str, folder: Path) -> Iterator[str]:
@@ -138,7 +131,7 @@ def create_topic(bootstrap: str, partitions: int = 1) -> str:
         leaders = [p.leader for p in meta.partitions.values()] if meta else []
         return len(leaders) == partitions and all(leader >= 0 for leader in leaders)
 
-    wait_until(has_leaders, f"topic {topic} with {partitions} partitions in the metadata")
+    wait_until_blocking(has_leaders, TIMEOUT_S, f"topic {topic} with {partitions} partitions in the metadata")
     return topic
 
 
@@ -177,7 +170,7 @@ def consume_confluent(consumer: Consumer, count: int) -> list[Message]:
             received.append(message)
         return len(received) >= count
 
-    wait_until(enough, lambda: f"{count} messages consumed (got {len(received)})")
+    wait_until_blocking(enough, TIMEOUT_S, lambda: f"{count} messages consumed (got {len(received)})")
     return received
 
 
@@ -219,10 +212,10 @@ def test_consumer_group_splits_three_partitions_then_one_member_takes_all(bootst
     try:
         first.subscribe([topic])
         second.subscribe([topic])
-        wait_until(split, "two group members each owning some of partitions 0, 1, 2")
+        wait_until_blocking(split, TIMEOUT_S, "two group members each owning some of partitions 0, 1, 2")
         second.close()
-        wait_until(lambda: first.poll(0.1) is None and owned(first) == {0, 1, 2},
-                   "the remaining member owning all three partitions after the other left")
+        wait_until_blocking(lambda: first.poll(0.1) is None and owned(first) == {0, 1, 2}, TIMEOUT_S,
+                            "the remaining member owning all three partitions after the other left")
         for partition in range(3):
             produce_confluent(bootstrap, topic, [f"after the rebalance {partition}".encode()], partition=partition)
         received = consume_confluent(first, 3)
@@ -308,7 +301,8 @@ def test_kafka_python_produces_and_consumes(bootstrap):
         return len(received) >= len(sent)
 
     try:
-        wait_until(enough, lambda: f"{len(sent)} messages consumed with kafka-python (got {len(received)})")
+        wait_until_blocking(enough, TIMEOUT_S,
+                            lambda: f"{len(sent)} messages consumed with kafka-python (got {len(received)})")
     finally:
         consumer.close()
     assert received == sent
@@ -415,7 +409,8 @@ def fetch_requests_while_idle(bootstrap: str, seconds: float = 2.0) -> int:
                          "statistics.interval.ms": 500, "stats_cb": lambda text: stats.append(json.loads(text))})
     try:
         consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
-        wait_until(lambda: consumer.poll(0.1) is None and len(stats) >= 2, "statistics from the idle consumer")
+        wait_until_blocking(lambda: consumer.poll(0.1) is None and len(stats) >= 2, TIMEOUT_S,
+                            "statistics from the idle consumer")
         first = len(stats)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline or len(stats) < first + 2:

@@ -30,14 +30,6 @@ def consumer_health(stack: Stack) -> dict:
         return json.loads(response.read())
 
 
-async def wait_for(condition, timeout: float, what: str, every: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"within {timeout:g} s: {what}")
-        await asyncio.sleep(every)
-
-
 def test_trim_points_keep_the_newest_events_and_what_is_young_enough():
     ends = {0: (0, 1000), 1: (0, 50), 2: (900, 1000)}
     assert trim_points(ends, retain_events=100) == {0: 900}  # 1 holds less, 2 is already trimmed
@@ -125,10 +117,10 @@ async def test_the_writer_hands_each_report_to_the_loop_once_and_the_feed_every_
     try:
         for n in range(300):
             writer.produce(topic, b"%d" % n, b"k%d" % (n % 7), n)
-        await wait_for(lambda: len(reports) == 300, 10, "every event's delivery report")
+        await wait_until(lambda: len(reports) == 300, 10, "every event's delivery report")
         assert sorted(report.tag for report in reports) == list(range(300))
         assert all(report.error is None and report.offset >= 0 for report in reports)
-        await wait_for(lambda: len(read) == 300, 10, "every record read back")
+        await wait_until(lambda: len(read) == 300, 10, "every record read back")
         assert sorted(read, key=int) == [b"%d" % n for n in range(300)]
     finally:
         assert await writer.close(5) == 0
@@ -170,9 +162,9 @@ async def test_the_topic_stays_bounded_and_a_late_resume_gets_what_remains(small
     def low() -> int:
         return watermarks.get_watermark_offsets(TopicPartition(stack.settings.topic, partition), timeout=5, cached=False)[0]
 
-    await wait_for(lambda: low() >= acks[-1].offset + 1 - 50, 30, "the consumer did not trim the topic to 50 events")
+    await wait_until(lambda: low() >= acks[-1].offset + 1 - 50, 30, "the consumer did not trim the topic to 50 events")
     # The broker moves its low watermark before its answer reaches the consumer, which then records it.
-    await wait_for(lambda: consumer_health(stack)["kept_from"].get(str(partition), -1) >= acks[-1].offset + 1 - 50, 10,
+    await wait_until(lambda: consumer_health(stack)["kept_from"].get(str(partition), -1) >= acks[-1].offset + 1 - 50, 10,
                    "the consumer's health does not say where the topic now starts")
     # A plain client resuming from the very first offset gets the 50 that remain, in order.
     key = lab_api_key(stack.settings)

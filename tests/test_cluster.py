@@ -21,9 +21,8 @@ import websockets
 
 from labkit import Settings, Stack
 from labkit.discovery import lab_api_key
-from labkit.events import decode_reply
+from labkit.event_stream import EventStream
 from plain import PlainWatcher, kill_9
-from streaming import Stream
 from waiting import health, wait_until
 
 # Events waiting for a partition's new leader, or for a second in-sync replica, get Kafka's
@@ -70,7 +69,7 @@ async def test_the_leader_then_a_consumer_replica_killed_every_acked_event_reach
     try:
         for watcher in watchers:
             await wait_until(watcher.opened.is_set, 15, "a plain watcher did not connect")
-        stream = Stream(s.produce_url, s, event_type, pause_s=0.01)
+        stream = EventStream(s, event_type, url=s.produce_url, keys=5, pause_s=0.01)
         await stream.grows_by(300, "the stream did not start")
 
         leader = partition_rows(cluster)[0]["leader"]
@@ -115,7 +114,7 @@ async def test_the_leader_then_a_consumer_replica_killed_every_acked_event_reach
               f"(new leader broker-{new_leader}); {len(acked)} acked, 0 lost, 0 twice")
     finally:
         if stream is not None:
-            await stream.abandon()
+            await stream.stop()
         for watcher in watchers:
             await watcher.stop()
     await whole_again(cluster)

@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, TopicPartition
 from labkit import Sender, Settings, Stack
 from labkit.client import lab_api_key
 from labkit.lab.live import LiveChart
-from streaming import Stream
+from labkit.event_stream import EventStream
 from waiting import wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -95,7 +95,7 @@ async def test_a_broker_killed_mid_stream_comes_back_with_one_up_and_every_watch
         await asyncio.wait_for(asyncio.gather(throughout.opened.wait(), resumer.opened.wait()), 10)
         chart = LiveChart(settings, types=[event_type])
         await chart.ready()
-        stream = Stream(settings.produce_url, settings, event_type, pause_s=0.02)  # about 200 ev/s
+        stream = EventStream(settings, event_type, url=settings.produce_url, keys=5, pause_s=0.02)  # about 200 ev/s
         try:
             await stream.grows_by(400, "the stream did not start")
             # The resuming watcher leaves mid-stream, keeping where it was and its epoch.

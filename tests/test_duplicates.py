@@ -18,7 +18,7 @@ from conftest import Collector, repeated_deliveries
 from labkit import Ack, Sender, Stack
 from labkit.client import lab_api_key
 from labkit.events import now_ms
-from streaming import Stream
+from labkit.event_stream import EventStream
 
 RESUMES = 8  # watchers resuming one after another while the stream flows
 BETWEEN_RESUMES = 100  # acks between one resume and the next
@@ -70,7 +70,7 @@ async def test_raw_watchers_resuming_while_events_flow_never_see_a_record_twice(
     # Resuming from the newest acks, the consumer's read-back and its live queue both hold the
     # next records: the watcher's rule (skip what was sent until a live frame passes it) decides.
     since_ms = now_ms() - 1000  # partitions a watcher has no position on are read back from here
-    stream = Stream(stack.settings.produce_url, stack.settings, event_type, pause_s=STREAM_PAUSE_S)
+    stream = EventStream(stack.settings, event_type, url=stack.settings.produce_url, keys=5, pause_s=STREAM_PAUSE_S)
     resumed: list[tuple[Collector, dict[int, int]]] = []
     try:
         await stream.grows_by(BETWEEN_RESUMES, "the stream did not start")
@@ -84,7 +84,7 @@ async def test_raw_watchers_resuming_while_events_flow_never_see_a_record_twice(
             await stream.grows_by(BETWEEN_RESUMES, "the stream stopped while watchers resumed")
         await stream.finish()
     finally:
-        await stream.abandon()
+        await stream.stop()
     for watcher, positions in resumed:
         await check_once_each(watcher, positions, stream.acks, event_type)
 

@@ -35,7 +35,7 @@ async def test_up_with_kafka_runs_against_an_existing_cluster(tmp_path):
         assert "broker external" in started.stdout and "noida" not in started.stdout  # nothing embedded started
         assert "lab-rack" not in started.stdout + started.stderr
         stack = Stack(Settings(state_dir=state))
-        assert stack.is_running() and stack.settings.mode == "external"
+        assert stack.adopt() and stack.settings.mode == "external"
         assert stack.settings.kafka_properties == {"client.rack": "lab-rack"}
 
         opened = asyncio.Event()

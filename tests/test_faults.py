@@ -15,7 +15,7 @@ import websockets
 from labkit import Sender, Settings, Stack
 from labkit.ops.gateway import GatewayConfigError
 from conftest import Collector, repeated_deliveries
-from streaming import Stream
+from labkit.event_stream import EventStream
 from waiting import health, wait_until
 
 pytestmark = pytest.mark.both_brokers  # `make test` runs this file on Apache Kafka and on noida-db
@@ -34,7 +34,7 @@ async def run_through_fault(stack: Stack, event_type: str, fault, sender_url: st
     try:
         for watcher in watchers:
             await watcher.connected()
-        stream = Stream(sender_url or stack.settings.produce_url, stack.settings, event_type)
+        stream = EventStream(stack.settings, event_type, url=sender_url or stack.settings.produce_url, keys=5)
         await stream.grows_by(50, "the stream did not start")
         await fault(stream, watchers)
         for watcher in watchers:
@@ -50,7 +50,7 @@ async def run_through_fault(stack: Stack, event_type: str, fault, sender_url: st
             assert len(ids) == len(set(ids)), "an acknowledged event was stored twice in Kafka"
     finally:
         if stream is not None:
-            await stream.abandon()
+            await stream.stop()
         for watcher in watchers:
             await watcher.stop()
 

@@ -17,6 +17,7 @@ import websockets
 from websockets.frames import CloseCode
 
 from labkit import Settings, Stack
+from waiting import wait_until
 
 # Each frame is a batch of events the producer refuses one by one, so each one costs a reply.
 REFUSED_BATCH = json.dumps([{"type": "", "value": i} for i in range(1000)])
@@ -48,11 +49,11 @@ def metric(settings: Settings, name: str) -> float:
 
 async def wait_for_metric(settings: Settings, name: str, unless: asyncio.Task | None = None) -> None:
     """Until the producer's counter ``name`` is at least 1 (or ``unless`` finished first)."""
-    async with asyncio.timeout(60):
-        while await asyncio.to_thread(metric, settings, name) < 1:
-            if unless is not None and unless.done():
-                return
-            await asyncio.sleep(0.05)
+
+    def counted() -> bool:
+        return (unless is not None and unless.done()) or metric(settings, name) >= 1
+
+    await wait_until(lambda: asyncio.to_thread(counted), 60, f"the producer's {name} to count")
 
 
 async def test_a_sender_that_never_reads_is_paused_then_closed_and_others_go_on(backlog_stack: Stack):

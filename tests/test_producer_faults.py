@@ -19,6 +19,7 @@ import pytest
 import websockets
 
 from labkit import Settings, Stack
+from waiting import wait_until
 
 pytestmark = pytest.mark.both_brokers  # `make test` runs this file on Apache Kafka and on noida-db
 
@@ -41,15 +42,6 @@ def producer_health(settings: Settings) -> dict:
     url = settings.url(settings.producer_port, "/healthz", "http")
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
-
-
-async def wait_for(condition, timeout: float, what: str) -> None:
-    """Poll ``condition`` (a plain function, run in a thread) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(condition):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 class Stream:
@@ -90,20 +82,20 @@ async def test_every_event_gets_one_reply_across_a_broker_restart_and_acks_resum
     settings = restartable_stack.settings
     async with websockets.connect(settings.url(settings.producer_port)) as ws:
         stream = Stream(ws)
-        await wait_for(lambda: len(stream.acked_at) >= 50, 10, "acks before the fault")
+        await wait_until(lambda: len(stream.acked_at) >= 50, 10, "acks before the fault")
 
         await asyncio.to_thread(restartable_stack.stop_component, "broker")
         # While nothing can be produced, /healthz must say so.
-        await wait_for(lambda: producer_health(settings)["status"] != "ok", 15, "/healthz to stop saying ok")
+        await wait_until(lambda: asyncio.to_thread(lambda: producer_health(settings)["status"] != "ok"), 15, "/healthz to stop saying ok")
         await asyncio.to_thread(restartable_stack.start_component, "broker")  # it comes back empty
         restarted_at, first_after = time.monotonic(), len(stream.sent)
 
-        await wait_for(lambda: stream.acked_after(first_after), RECOVERY_BOUND_S, "acks after the restart")
+        await wait_until(lambda: stream.acked_after(first_after), RECOVERY_BOUND_S, "acks after the restart")
         recovered_in = time.monotonic() - restarted_at
         stream.stop.set()
         await stream.writer
-        await wait_for(stream.all_answered, MESSAGE_TIMEOUT_MS / 1000 + 20, "a reply to every event")
-        await wait_for(lambda: producer_health(settings)["status"] == "ok", 10, "/healthz to say ok again")
+        await wait_until(stream.all_answered, MESSAGE_TIMEOUT_MS / 1000 + 20, "a reply to every event")
+        await wait_until(lambda: asyncio.to_thread(lambda: producer_health(settings)["status"] == "ok"), 10, "/healthz to say ok again")
 
     unanswered = [e for e in stream.sent if e not in stream.replies]
     doubled = [e for e in stream.sent if len(stream.replies[e]) > 1]

@@ -24,8 +24,8 @@ from labkit.discovery import lab_api_key
 from labkit.errors import PortInUse
 from labkit.events import decode_reply, new_id
 from conftest import Collector, repeated_deliveries
+from labkit.event_stream import EventStream
 from plain import PlainWatcher, kill_9
-from streaming import Stream
 from waiting import health, wait_until
 
 
@@ -104,7 +104,7 @@ async def test_consumer_replica_killed_mid_stream_its_watchers_resume_on_the_oth
         counts = {name: (await health(stack, name))["watchers"] for name in ("consumer-1", "consumer-2")}
         assert counts == {"consumer-1": 2, "consumer-2": 2}, counts
 
-        stream = Stream(s.produce_url, s, event_type, pause_s=0.01)  # about 300 to 400 events a second
+        stream = EventStream(s, event_type, url=s.produce_url, keys=5, pause_s=0.01)  # about 300 to 400 events a second
         await stream.grows_by(300, "the stream did not start")
         gateway_log = stack.log_path("gateway")
         before = gateway_log.stat().st_size
@@ -147,7 +147,7 @@ async def test_consumer_replica_killed_mid_stream_its_watchers_resume_on_the_oth
         assert {f["epoch"] for w in plain for f in w.frames} == {(await health(stack, "consumer-2"))["epoch"]}
     finally:
         if stream is not None:
-            await stream.abandon()
+            await stream.stop()
         for watcher in [*collectors, *plain]:
             await watcher.stop()
         stack.up()  # brings consumer-1 back for a clean `down`
@@ -177,7 +177,7 @@ async def test_producer_replica_killed_in_flight_events_are_resent_with_their_id
         async with websockets.connect(s.produce_url, additional_headers={"apikey": lab_api_key(s)}, max_size=None) as burst:
             (victim,) = [n for n in ("producer-1", "producer-2") if (await health(stack, n))["senders"] == 1]
             survivor = "producer-2" if victim == "producer-1" else "producer-1"
-            other = Stream(s.produce_url, s, event_type)  # least-connections: on the survivor
+            other = EventStream(s, event_type, url=s.produce_url, keys=5)  # least-connections: on the survivor
             await other.grows_by(20, "the other sender did not start")
             assert (await health(stack, survivor))["senders"] == 1
             sent = 0
@@ -223,6 +223,6 @@ async def test_producer_replica_killed_in_flight_events_are_resent_with_their_id
               f"{len(in_flight) - stored_twice} stored once (only the resend)")
     finally:
         if other is not None:
-            await other.abandon()
+            await other.stop()
         await watcher.stop()
         stack.up()

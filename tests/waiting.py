@@ -1,6 +1,6 @@
 """Waiting on conditions, never on the clock: the one way tests synchronise.
 
-``wait_until`` checks a condition until it holds and fails after ``timeout``
+``wait_until`` (labkit's :func:`labkit.waiting.until`, failing as a test fails) checks a condition until it holds and fails after ``timeout``
 seconds with a message saying what did not happen. The short pause between
 checks is polling, not synchronisation: nothing is assumed to be done because
 time passed.
@@ -9,11 +9,9 @@ time passed.
 from __future__ import annotations
 
 import asyncio
-import inspect
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-Condition = Callable[[], bool | Awaitable[bool]]
+from labkit.waiting import Condition, until, until_blocking
 
 POLL_S = 0.01
 
@@ -23,18 +21,14 @@ async def wait_until(condition: Condition, timeout: float, what: str | Callable[
 
     ``condition`` may be a coroutine function (for a health answer over HTTP, say);
     ``what`` may be a callable, to describe the state at the moment of failure.
+    The loop is labkit's own (:func:`labkit.waiting.until`), with a test's failure.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        held = condition()
-        if inspect.isawaitable(held):
-            held = await held
-        if held:
-            return
-        if time.monotonic() >= deadline:
-            message = what() if callable(what) else what
-            raise AssertionError(f"after {timeout:g} s: {message}")
-        await asyncio.sleep(POLL_S)
+    await until(condition, what, timeout, poll_s=POLL_S, error=AssertionError)
+
+
+def wait_until_blocking(condition: Condition, timeout: float, what: str | Callable[[], str]) -> None:
+    """:func:`wait_until` outside an event loop (a condition that itself polls a Kafka client)."""
+    until_blocking(condition, what, timeout, poll_s=0.0, error=AssertionError)
 
 
 async def health(stack, component: str) -> dict:

@@ -1,21 +1,35 @@
-"""``labkit bench``: the command (a typer sub-app, added to the labkit CLI as ``bench``).
+"""``labkit bench``: every bench command (a typer sub-app, added to the labkit CLI as ``bench``).
 
     labkit bench --goals                  # exactly the goals table (labkit.bench.goals), with its baseline
     labkit bench                          # fresh stack on free ports, default rates, ramp, fan-out
     labkit bench --use-running            # the stack `labkit up` started
     labkit bench --rates 1000 --no-ramp --fanout 1000 --profile
+    labkit bench endurance | soak | idle  # the long phases, and the idle stack's CPU
+    labkit bench brokers                  # the brokers side by side
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from labkit.bench.config import BenchConfig
+from labkit.discovery import running_settings
+from labkit.errors import LabkitError
+from labkit.ops.stack import Stack
+from labkit.settings import Settings
+
+if TYPE_CHECKING:
+    from labkit.bench.results import LongRun
 
 __all__ = ["bench_app"]
 
@@ -64,7 +78,6 @@ def bench(
     """Measure baseline, direct and full paths side by side, then fan-out; write JSON and a plot."""
     if ctx.invoked_subcommand is not None:  # `labkit bench soak`: only the subcommand runs
         return
-    from labkit.settings import Settings
     from labkit.bench import run_bench
 
     config = BenchConfig(
@@ -179,3 +192,132 @@ def bench_brokers(
     path = out_dir / f"brokers-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps([asdict(f) for f in results], indent=2))
     out.print(f"results: {path}", highlight=False)
+
+
+@contextlib.contextmanager
+def _bench_stack(use_running: bool, broker: str | None, name: str) -> Iterator[Stack]:
+    """The running stack, or a fresh one on free ports (stopped afterwards), for a long phase."""
+    if use_running:
+        stack = Stack(running_settings(Settings()))
+        if not stack.adopt():
+            raise LabkitError("no stack is running: start one with `labkit up`, or leave out --use-running")
+        yield stack
+        return
+    given = {"broker": broker} if broker else {}
+    settings = Settings(**given).with_free_ports(state_dir=Path(tempfile.mkdtemp(prefix=f"labkit-{name}-")))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(f"starting a {settings.broker} stack", total=None)
+        stack = Stack(settings).up(lambda text, step, steps: bar.update(task, description=text, completed=step - 1,
+                                                                         total=steps))
+    try:
+        yield stack
+    finally:
+        stack.down()
+
+
+def _run_long(stack: Stack, title: str, run) -> LongRun:
+    """A long phase with a progress bar of events sent."""
+    with Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=err) as progress:
+        task = progress.add_task("", total=None)
+
+        def on_progress(label: str, total: int | None, done: int) -> None:
+            progress.update(task, description=label.partition(": ")[2], total=total, completed=done)
+
+        return asyncio.run(run(on_progress))
+
+
+def _finish(result: LongRun, out_dir: Path) -> None:
+    for path in result.write(out_dir):
+        out.print(f"wrote {path}")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+BrokerOption = Annotated[Optional[str], typer.Option(help="Broker of the fresh stack: kafka, noida or tansu.")]
+UseRunning = Annotated[bool, typer.Option(help="Use the stack `labkit up` started instead of a fresh one.")]
+OutDir = Annotated[Path, typer.Option(help="Where the JSON and the plot go.")]
+
+
+@bench_app.command("endurance")
+def bench_endurance(
+    events: Annotated[int, typer.Option(min=100, help="Events to send, one per frame.")] = 50_000,
+    rate: Annotated[float, typer.Option(min=1, max=2000, help="Events (frames) per second through the gateway.")] = 1000.0,
+    window: Annotated[int, typer.Option(min=10, help="Events per latency window.")] = 5_000,
+    broker: BrokerOption = None,
+    use_running: UseRunning = False,
+    out_dir: OutDir = Path("bench-results"),
+) -> None:
+    """One event per frame through the gateway for EVENTS events: latency per window, broker memory and CPU."""
+    from labkit.bench import run_endurance
+
+    with _bench_stack(use_running, broker, "endurance") as stack:
+        result = _run_long(stack, "endurance", lambda hook: run_endurance(stack, events, rate, window, hook))
+    table = Table(title=f"endurance on {result.broker}: {result.events:,} events at {result.rate:g}/s, one per frame")
+    for column in ("events", "p50 ms", "p99 ms", "max ms", "broker RSS MB", "broker CPU (cores)"):
+        table.add_column(column, justify="right")
+    for w in result.windows:
+        table.add_row(f"{w.first:,}-{w.last:,}", f"{w.p50_ms:.2f}", f"{w.p99_ms:.2f}", f"{w.max_ms:.1f}",
+                      f"{w.broker_rss_mb:.1f}", f"{w.broker_cpu_cores:.3f}")
+    out.print(table)
+    verdict = "[green]passed[/]" if result.passed else "[red]failed[/]"
+    out.print(f"acknowledged {result.acked:,}, refused {result.refused:,}, received {result.received:,}, "
+              f"lost {result.lost:,}, duplicates {result.duplicates:,}; last/first window p99 = {result.p99_ratio} "
+              f"(goal <= 2, nothing lost): {verdict}")
+    _finish(result, out_dir)
+
+
+@bench_app.command("idle")
+def bench_idle(
+    seconds: Annotated[float, typer.Option(min=1, max=600, help="How long to measure.")] = 30.0,
+    broker: BrokerOption = None,
+    use_running: UseRunning = False,
+) -> None:
+    """CPU of each component with the stack up and no traffic (goal: under 5% of one core in total)."""
+    from labkit.bench import run_idle
+
+    with _bench_stack(use_running, broker, "idle") as stack:
+        with err.status(f"measuring idle CPU for {seconds:g} s"):
+            cores = run_idle(stack, seconds)
+        table = Table(title=f"idle CPU over {seconds:g} s, broker {stack.settings.broker}")
+    table.add_column("component")
+    table.add_column("cores", justify="right")
+    table.add_column("% of one core", justify="right")
+    for name, used in cores.items():
+        table.add_row(name, f"{used:.4f}", f"{used * 100:.1f}")
+    total = sum(cores.values())
+    table.add_row("[bold]total[/]", f"{total:.4f}", f"{total * 100:.1f}")
+    out.print(table)
+    out.print("[green]under 5% of one core[/]" if total < 0.05 else "[red]over the 5% goal[/]")
+    if total >= 0.05:
+        raise typer.Exit(1)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    minutes: Annotated[float, typer.Option(min=0.05, help="How long to run.")] = 10.0,
+    rate: Annotated[float, typer.Option(min=1, help="Events per second through the gateway.")] = 200.0,
+    watchers: Annotated[int, typer.Option(min=1, max=100)] = 2,
+    sample_every: Annotated[float, typer.Option(min=0.5, help="Seconds between memory samples.")] = 10.0,
+    use_running: UseRunning = False,
+    out_dir: OutDir = Path("bench-results"),
+) -> None:
+    """Steady load for MINUTES: losses per watcher and each component's memory over time."""
+    from labkit.bench import run_soak
+
+    with _bench_stack(use_running, None, "soak") as stack:
+        result = _run_long(stack, "soak", lambda hook: run_soak(stack, minutes, rate, watchers, sample_every, hook))
+    table = Table(title=f"soak: {result.minutes:g} min at {result.rate:g} events/s, {result.watchers} watchers")
+    components = sorted(result.memory[-1][1]) if result.memory else []
+    table.add_column("seconds", justify="right")
+    for name in components:
+        table.add_column(f"{name} MB", justify="right")
+    for seconds, sizes in result.memory:
+        table.add_row(f"{seconds:g}", *(f"{sizes.get(name, 0):.1f}" for name in components))
+    out.print(table)
+    out.print(
+        f"sent {result.sent:,}, acknowledged {result.acked:,}, refused {result.refused:,}; "
+        f"lost per watcher {result.lost_per_watcher}, duplicates {result.duplicates_per_watcher}; "
+        f"latency {result.latency_ms}; memory growth MB {result.memory_growth_mb()}"
+    )
+    _finish(result, out_dir)

@@ -91,3 +91,4 @@ def render_png(html_path: Path, png_path: Path) -> str | None:
         finally:
             browser.close()
     return None
+

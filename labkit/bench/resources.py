@@ -41,6 +41,7 @@ class ResourceSampler:
         self._busy_at_begin = 0.0
         self._began = 0.0
         self._stop = threading.Event()
+        self.timeline: list[tuple[float, int, dict[str, dict[str, float]]]] = []
 
     @classmethod
     def for_stack(cls, status_rows: Iterable[dict], bench_pid: int) -> ResourceSampler:
@@ -89,8 +90,20 @@ class ResourceSampler:
         self._stop.set()
         self._thread.join()
 
+    def elapsed(self) -> float:
+        return time.monotonic() - self._began
+
+    def mark(self, sent: int) -> None:
+        """Add to :attr:`timeline` where the phase stands: seconds since ``begin()``, events sent, each component's
+        CPU seconds since ``begin()`` and resident MB now (an endurance window's end, a soak's memory sample)."""
+        with self._lock:
+            figures = {name: {"cpu_s": round(self._cpu_seconds(name) - self._cpu_at_begin.get(name, 0.0), 3),
+                              "rss_mb": round(self._rss(name) / 2**20, 1)} for name in self.components}
+            self.timeline.append((round(time.monotonic() - self._began, 2), sent, figures))
+
     def begin(self) -> None:
         with self._lock:
+            self.timeline = []
             self._peak = {name: self._rss(name) for name in self.components}
             self._cpu_at_begin = {name: self._cpu_seconds(name) for name in self.components}
             self._busy_at_begin = _machine_busy_s()

@@ -1,4 +1,5 @@
-"""One benchmark run: each path at fixed offered rates and up a ramp, then fan-out, then N consumers.
+"""One benchmark run: each path at fixed offered rates and up a ramp, then fan-out, then N consumers;
+or one long phase of the full path, an endurance run or a soak (:meth:`BenchRunner.run_long`).
 
 Every phase (one path at one rate, or one fan-out size) runs on a stack of its
 own when the bench starts the stacks: the embedded broker answers fetches more
@@ -31,14 +32,13 @@ from labkit.settings import REPLICATED, Settings
 from labkit.bench.config import BASELINE, DIRECT, FULL, BenchConfig
 from labkit.bench.load import BENCH_TYPE, LoadPlan
 from labkit.bench.profile import ServiceProfiler
-from labkit.bench.receivers import Receivers
+from labkit.bench.receiver_pool import ReceiverSpec, Receivers
 from labkit.bench.resources import ResourceSampler
 from labkit.bench.search import StepSearch
 from labkit.bench.senders import KafkaLoad, WebSocketLoad
-from labkit.bench.stats import PhaseResult, summarize
-from labkit.bench.wire import ReceiverSpec
+from labkit.bench.stats import PhaseResult, summarize, windows
 
-__all__ = ["BenchRunner", "RampResult", "BASELINE_TOPIC", "StackSource"]
+__all__ = ["BenchRunner", "Pace", "RampResult", "BASELINE_TOPIC", "StackSource"]
 
 BASELINE_TOPIC = "labkit-bench-baseline"
 PRIME_ROUNDS = 10
@@ -47,6 +47,17 @@ START_AHEAD_MS = 50.0  # the first event of a phase is due this long after the p
 
 ProgressHook = Callable[[str, int | None, int], None]  # description, total events (None: unknown), done
 StackSource = Callable[..., AbstractAsyncContextManager[Stack]]  # a running stack for one phase (Settings changes)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How a phase sends and samples, where it differs from the config's: one event per frame for an endurance
+    run (``max_batch=1``), a frame every 0.1 s for a soak; a timeline mark every N events sent or every S seconds."""
+
+    max_batch: int = 0  # 0: as many as fit a frame
+    frame_interval_s: float = 0.0  # 0: the config's
+    mark_every_events: int = 0
+    mark_every_s: float = 0.0
 
 
 @dataclass
@@ -126,7 +137,7 @@ class BenchRunner:
         )
 
     async def _phase(self, path: str, phase: str, sender: KafkaLoad | WebSocketLoad, receivers: Receivers,
-                     rate: float, duration_s: float) -> PhaseResult:
+                     rate: float, duration_s: float, pace: Pace) -> PhaseResult:
         cfg = self.config
         watchers, consumers = receivers.spec.connections, self.settings.consumers
         label = f"{path} @ {rate:,.0f} ev/s" + (f", {watchers} watchers" if phase in ("fanout", "consumers") else f" ({phase})")
@@ -135,17 +146,36 @@ class BenchRunner:
         plan = LoadPlan(f"{path}-{next(self._tags)}", rate, duration_s, now_ms() + START_AHEAD_MS, cfg.keys)
         self.on_progress(label, plan.total, 0)
         self.sampler.begin()
+        marking = bool(pace.mark_every_events or pace.mark_every_s)
+        if marking:
+            self.sampler.mark(0)
+
+        def progress(done: int) -> None:
+            self.on_progress(label, plan.total, done)
+            seconds, last, _ = self.sampler.timeline[-1] if marking else (0.0, 0, None)
+            if marking and done > last and (
+                done == plan.total or (pace.mark_every_events and done // pace.mark_every_events > last // pace.mark_every_events)
+                or (pace.mark_every_s and self.sampler.elapsed() >= seconds + pace.mark_every_s)
+            ):
+                self.sampler.mark(done)
+
         outcome = await sender.run(
-            plan, max_batch=self._events_per_frame(plan), frame_interval_s=cfg.frame_interval_s,
-            ack_timeout_s=cfg.ack_timeout_s, on_progress=lambda done: self.on_progress(label, plan.total, done),
+            plan, max_batch=pace.max_batch or self._events_per_frame(plan),
+            frame_interval_s=pace.frame_interval_s or cfg.frame_interval_s, ack_timeout_s=cfg.ack_timeout_s,
+            on_progress=progress,
         )
         self.on_progress(f"{label}: waiting for deliveries", plan.total, plan.total)
         report = await receivers.drain(plan.tag, len(outcome.acked), cfg.drain_quiet_s, cfg.drain_limit_s)
+        if pace.mark_every_s:  # memory once everything has arrived, too
+            self.sampler.mark(plan.total)
         elapsed_s, resources = self.sampler.end()
         result = summarize(path, phase, plan, outcome.stats, outcome.acked, outcome.refused, outcome.ack_latency_ms,
                            report, kafka_only=path == BASELINE)
         result.resources = resources
         result.consumers = consumers
+        if marking:
+            result.timeline = list(self.sampler.timeline)
+            result.windows = windows(report, result.timeline) if pace.mark_every_events else []
         if outcome.closed_because:
             result.closed.append(f"sender: {outcome.closed_because}")
         result.elapsed_s = round(elapsed_s, 2)
@@ -154,7 +184,7 @@ class BenchRunner:
         return result
 
     async def _measure(self, path: str, phase: str, rate: float, duration_s: float, watchers: int = 1,
-                       consumers: int = 1) -> PhaseResult:
+                       consumers: int = 1, pace: Pace = Pace()) -> PhaseResult:
         """One phase on a stack of its own: connect, prime, send, drain, sum up.
 
         With ``consumers`` above 1 the stack runs that many consumer replicas, and the
@@ -183,7 +213,7 @@ class BenchRunner:
                     profiler.start()
                 self.sampler.start()
                 try:
-                    return await self._phase(path, phase, sender, receivers, rate, duration_s)
+                    return await self._phase(path, phase, sender, receivers, rate, duration_s, pace)
                 finally:
                     self.sampler.stop()
                     if profiler is not None:
@@ -223,6 +253,10 @@ class BenchRunner:
         watchers = max(cfg.fanout)
         for consumers in cfg.consumers:
             await self._measure(FULL, "consumers", cfg.fanout_rate, cfg.fanout_duration_s, watchers, consumers)
+
+    async def run_long(self, phase: str, rate: float, duration_s: float, watchers: int, pace: Pace) -> PhaseResult:
+        """An endurance or soak phase: the full path for minutes, marked as ``pace`` says (windows, memory samples)."""
+        return await self._measure(FULL, phase, rate, duration_s, watchers, pace=pace)
 
     async def run(self) -> None:
         """Everything the config asks for."""

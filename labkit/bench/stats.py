@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from labkit.percentiles import percentiles
 from labkit.bench.load import LoadPlan, SendStats
-from labkit.bench.wire import TagReport
+from labkit.bench.receiver_pool import TagReport
 
-__all__ = ["Latency", "PhaseResult", "summarize", "HOPS"]
+__all__ = ["Latency", "PhaseResult", "Window", "summarize", "windows", "HOPS"]
 
 # The path of one event, from the stamps it carries (all epoch ms on one machine's clock).
 HOPS = ("sender→producer", "producer→Kafka", "Kafka→consumer", "consumer→watcher")
@@ -34,10 +35,24 @@ class Latency:
     @classmethod
     def of(cls, values: np.ndarray | list[float]) -> Latency:
         data = np.asarray(values, dtype=np.float64)
-        if data.size == 0:
+        cuts = percentiles(data, (50, 90, 99, 99.9))
+        if not cuts:
             return cls()
-        p50, p90, p99, p999 = np.percentile(data, [50, 90, 99, 99.9])
-        return cls(int(data.size), *(round(float(v), 3) for v in (p50, p90, p99, p999, data.max(), data.mean())))
+        return cls(int(data.size), **{name: round(value, 3) for name, value in cuts.items()},
+                   mean=round(float(data.mean()), 3))
+
+
+@dataclass
+class Window:
+    """One stretch of a long phase (an endurance window): latency of its events, the broker's memory and CPU then."""
+
+    first: int
+    last: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    broker_rss_mb: float
+    broker_cpu_cores: float
 
 
 @dataclass
@@ -56,6 +71,8 @@ class PhaseResult:
     delivered: int = 0  # distinct (watcher, event) arrivals
     lost: int = 0  # acknowledged events a watcher never received, summed over watchers
     watchers_with_loss: int = 0
+    lost_per_watcher: list[int] = field(default_factory=list)
+    duplicates_per_watcher: list[int] = field(default_factory=list)
     duplicates: int = 0
     unexpected: int = 0  # arrivals of events that were not acknowledged
     throughput: float = 0.0  # events per second reaching one watcher (the mean over watchers)
@@ -69,6 +86,9 @@ class PhaseResult:
     closed: list[str] = field(default_factory=list)  # watchers that were disconnected, and why
     elapsed_s: float = 0.0  # wall time of the phase, sending and draining: what CPU seconds compare to
     resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Long phases: (seconds, events sent, {component: {"cpu_s", "rss_mb"}}) at each mark, and the windows between.
+    timeline: list[tuple[float, int, dict[str, dict[str, float]]]] = field(default_factory=list)
+    windows: list[Window] = field(default_factory=list)
     carried: bool = False
 
     def cores(self) -> dict[str, float]:
@@ -122,6 +142,8 @@ def summarize(
         latency = np.asarray(connection.latency_ms, dtype=np.float64)
         distinct = np.unique(seqs)
         missing = np.setdiff1d(acked_seqs, distinct, assume_unique=True).size
+        result.lost_per_watcher.append(int(missing))
+        result.duplicates_per_watcher.append(int(seqs.size - distinct.size))
         result.lost += int(missing)
         result.watchers_with_loss += int(missing > 0)
         result.duplicates += int(seqs.size - distinct.size)
@@ -139,3 +161,22 @@ def summarize(
     result.ack_latency = Latency.of(ack_latency_ms)
     result.hops = _hops(report, kafka_only)
     return result
+
+
+def windows(report: TagReport, timeline: list[tuple[float, int, dict[str, dict[str, float]]]],
+            component: str = "broker") -> list[Window]:
+    """Between each two marks of the timeline: the first watcher's latency of the events sent then, and
+    ``component``'s memory at the window's end and the cores it kept busy during it."""
+    if not report.connections:
+        return []
+    seqs = np.asarray(report.connections[0].seqs, dtype=np.int64)
+    latency = np.asarray(report.connections[0].latency_ms, dtype=np.float64)
+    found = []
+    for (t0, start, before), (t1, end, after) in zip(timeline, timeline[1:]):
+        if end <= start:
+            continue
+        cuts = percentiles(latency[(seqs >= start) & (seqs < end)], (50, 99))
+        cpu = after.get(component, {}).get("cpu_s", 0.0) - before.get(component, {}).get("cpu_s", 0.0)
+        found.append(Window(start, end - 1, *(round(cuts.get(name, 0.0), 2) for name in ("p50", "p99", "max")),
+                            after.get(component, {}).get("rss_mb", 0.0), round(cpu / max(t1 - t0, 1e-6), 3)))
+    return found

@@ -17,11 +17,10 @@ from urllib.parse import urlsplit
 
 from IPython.display import SVG
 
+from labkit.lab.palette import INK, STATE_FILL, STATE_LINE
+
 __all__ = ["architecture", "architecture_svg"]
 
-STATE_FILL = {"running": "#e8f5e9", "stopped": "#ffebee"}
-STATE_LINE = {"running": "#2e7d32", "stopped": "#c62828"}
-UNKNOWN_FILL, UNKNOWN_LINE = "#fff8e1", "#f9a825"  # "not answering"
 
 
 def _address(url: str) -> str:
@@ -31,8 +30,8 @@ def _address(url: str) -> str:
 
 
 def _box(x: int, y: int, width: int, height: int, title: str, lines: Sequence[str], state: str | None) -> str:
-    fill = STATE_FILL.get(state or "", UNKNOWN_FILL if state else "#f5f5f5")
-    line = STATE_LINE.get(state or "", UNKNOWN_LINE if state else "#9e9e9e")
+    known = (state if state in STATE_FILL else "not answering") if state else None
+    fill, line = STATE_FILL[known], STATE_LINE[known]
     texts = [f"<text x='{x + width / 2}' y='{y + 20}' font-weight='bold'>{html.escape(title)}</text>"]
     texts += [f"<text x='{x + width / 2}' y='{y + 38 + 15 * i}' font-size='11'>{html.escape(text)}</text>"
               for i, text in enumerate(lines)]
@@ -46,7 +45,7 @@ def _arrow(x1: int, y1: int, x2: int, y2: int, labels: Sequence[str]) -> str:
         f"<text x='{mid_x}' y='{mid_y - 13 * (len(labels) - 1 - i)}' font-size='11' fill='#37474f'>{html.escape(t)}</text>"
         for i, t in enumerate(labels)
     )
-    return (f"<line x1='{x1}' y1='{y1}' x2='{x2}' y2='{y2}' stroke='#455a64' stroke-width='1.6' "
+    return (f"<line x1='{x1}' y1='{y1}' x2='{x2}' y2='{y2}' stroke='{INK}' stroke-width='1.6' "
             f"marker-end='url(#labkit-arrow)'/><g text-anchor='middle'>{texts}</g>")
 
 
@@ -91,7 +90,7 @@ def architecture_svg(
         "<svg xmlns='http://www.w3.org/2000/svg' width='1080' height='300' viewBox='0 0 1080 300' "
         "font-family='sans-serif' font-size='13' class='labkit-architecture'>"
         "<defs><marker id='labkit-arrow' viewBox='0 0 10 10' refX='9' refY='5' markerWidth='7' markerHeight='7' "
-        "orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' fill='#455a64'/></marker></defs>"
+        f"orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' fill='{INK}'/></marker></defs>"
         + "".join(pieces) + "</svg>"
     )
 

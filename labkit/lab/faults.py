@@ -22,20 +22,20 @@ import asyncio
 import html
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import ipywidgets as w
-import websockets
 
-from labkit.client import Sender, SendError, Watch
-from labkit.events import Ack
+from labkit.client import Watch
 from labkit.ops.brokers import broker_kind
 from labkit.ops.stack import Stack
-from labkit.lab.tasks import until
+from labkit.event_stream import EventStream
+from labkit.waiting import until
+from labkit.lab.palette import RED
+from labkit.lab.tables import html_table
 
-__all__ = ["FaultDrill", "FaultResult", "EventStream", "LOST_LOG", "LEADER", "FAULTS"]
+__all__ = ["FaultDrill", "FaultResult", "LOST_LOG", "LEADER", "FAULTS"]
 
 LOST_LOG = "lost log"
 LEADER = "leader"  # on a Kafka cluster (--nodes 3)
@@ -49,48 +49,6 @@ FAULTS = {
 }
 WAIT_S = 30.0  # longest wait for any one condition of a drill
 DOWN_S = 5.0  # how long a part stays down at least: long enough to see "not connected" on a chart
-RED = "#c62828"
-
-
-class EventStream:
-    """Events of one type sent through the gateway in small batches until stopped, reconnecting when cut off."""
-
-    def __init__(self, stack: Stack, event_type: str, batch: int = 5, pause_s: float = 0.02) -> None:
-        self.acks: list[Ack] = []
-        self.refused = 0
-        self.failed_connections = 0
-        self.stopping = asyncio.Event()
-        self.task = asyncio.ensure_future(self._run(stack, event_type, batch, pause_s))
-
-    async def _run(self, stack: Stack, event_type: str, batch: int, pause_s: float) -> None:
-        value = 0
-        while not self.stopping.is_set():
-            try:
-                async with Sender(settings=stack.settings) as sender:
-                    while not self.stopping.is_set():
-                        events = [{"type": event_type, "value": value + i, "key": f"k{value + i}"} for i in range(batch)]
-                        value += batch
-                        replies = await sender.send_many(events, raise_on_error=False, timeout=40)
-                        self.acks += [reply for reply in replies if reply.ok]
-                        self.refused += sum(not reply.ok for reply in replies)
-                        await asyncio.sleep(pause_s)  # the pace of the stream
-            except (SendError, OSError, TimeoutError, websockets.WebSocketException):
-                self.failed_connections += 1  # the gateway is down or restarting: connect again
-                await asyncio.sleep(0.1)
-
-    @property
-    def acked(self) -> set[str]:
-        return {ack.ack for ack in self.acks if ack.ack}
-
-    async def grows_by(self, count: int, what: str) -> None:
-        target = len(self.acks) + count
-        await until(lambda: len(self.acks) >= target or self.task.done(), f"{what} ({len(self.acks)} acks)")
-        if self.task.done():
-            self.task.result()
-
-    async def stop(self) -> None:
-        self.stopping.set()
-        await asyncio.wait_for(asyncio.gather(self.task, return_exceptions=True), 60)
 
 
 class _Receiver:
@@ -171,13 +129,7 @@ class FaultDrill(w.VBox):
 
     def _show(self) -> None:
         rows = [result.row() for result in self.results]
-        head = "".join(f"<th style='text-align:left;padding:2px 8px'>{html.escape(c)}</th>" for c in rows[0])
-        body = ""
-        for row in rows:
-            color = RED if row["missing"] else "inherit"
-            cells = "".join(f"<td style='padding:2px 8px;text-align:left'>{html.escape(str(v))}</td>" for v in row.values())
-            body += f"<tr style='color:{color}'>{cells}</tr>"
-        self.table.value = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        self.table.value = html_table(rows, row_style=lambda row: f"color:{RED}" if row["missing"] else "").data
 
     async def run(self, fault: str, *, settle_events: int = 30) -> FaultResult | None:
         """Stop ``fault``'s component mid-stream, start it again, and count what the watcher got back.
@@ -201,7 +153,7 @@ class FaultDrill(w.VBox):
         try:
             self._report(1, "watching, then sending")
             await until(receiver.opened.is_set, "the watcher did not connect")
-            stream = EventStream(self.stack, kind)
+            stream = EventStream(self.stack.settings, kind)
             await stream.grows_by(settle_events, "the stream did not start")
             self._report(2, f"stopping the {fault}")
             down_at = self.chart.now() if self.chart is not None else 0.0

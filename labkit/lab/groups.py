@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+from typing import Any
 import threading
 import time
 import uuid
@@ -32,12 +33,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from labkit.events import parse_record
 from labkit.settings import Settings
-from labkit.lab.tasks import until
+from labkit.waiting import until
+from labkit.lab.palette import GREY, RED, SERIES
+from labkit.lab.tables import Styled, html_table
 
 __all__ = ["ConsumerGroup", "GroupMember", "GroupView", "keys_for_partitions", "partition_for"]
 
-COLORS = ["#1e88e5", "#e53935", "#43a047", "#fb8c00", "#8e24aa", "#00897b"]
-RED = "#c62828"
 # A member joins in about half a second on noida-db at these settings (librdkafka's default session
 # timeout, 45 s, makes a first join wait about 23 s on brokers that delay it).
 GROUP_DEFAULTS = {
@@ -272,26 +273,27 @@ class GroupView(w.VBox):
         self.redraw()
 
     def _color(self, name: str) -> str:
-        return COLORS[(int(name.rsplit("-", 1)[-1]) - 1) % len(COLORS)]
+        return SERIES[(int(name.rsplit("-", 1)[-1]) - 1) % len(SERIES)]
 
     def redraw(self) -> None:
         owners = self.group.owners()
         members = self.group.members
-        head = "<th style='padding:2px 10px'>partition</th><th style='padding:2px 10px'>owner</th>" + "".join(
-            f"<th style='padding:2px 10px;color:{self._color(m.name)}'>{m.name} read this step</th>" for m in members)
-        rows = ""
+        read = {m.name: f"{m.name} read this step" for m in members}
+        rows: list[dict[str, Any]] = []
         for p in range(self.group.settings.partitions):
             owner = owners.get(p)
-            cell = (f"<td style='padding:2px 10px;background:{self._color(owner)};color:white'>{owner}</td>" if owner
-                    else "<td style='padding:2px 10px;color:#999'>nobody</td>")
-            counts = "".join(f"<td style='padding:2px 10px'>{self.group.step_counts(m)[p]}</td>" for m in members)
-            rows += f"<tr><td style='padding:2px 10px'>{p}</td>{cell}{counts}</tr>"
-        totals = "".join(f"<td style='padding:2px 10px'><b>{sum(self.group.step_counts(m).values())}</b></td>" for m in members)
-        rows += f"<tr><td style='padding:2px 10px' colspan=2><b>this step</b></td>{totals}</tr>"
+            rows.append({"partition": p,
+                         "owner": Styled(owner, f"background:{self._color(owner)};color:white") if owner
+                         else Styled("nobody", f"color:{GREY}"),
+                         **{read[m.name]: self.group.step_counts(m)[p] for m in members}})
+        rows.append({"partition": Styled("this step", span=2, bold=True),
+                     **{read[m.name]: Styled(sum(self.group.step_counts(m).values()), bold=True) for m in members}})
+        table = html_table(rows, ["partition", "owner", *read.values()],
+                           head_style={read[m.name]: f"color:{self._color(m.name)}" for m in members}).data
         since = ("<div style='color:#666;font-size:90%'>a step begins when a member joins or leaves; "
                  "each member's total since it joined: "
                  + ", ".join(f"{html.escape(m.name)} {m.total}" for m in members) + "</div>") if members else ""
-        self.picture.value = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{since}"
+        self.picture.value = table + since
         self.journal.value = "<br>".join(html.escape(line) for line in self.group.log[-8:])
 
     async def _refresh(self, every: float) -> None:

@@ -33,7 +33,10 @@ from plotly.subplots import make_subplots
 from labkit.client import LogRestart, Watch
 from labkit.events import Delivered, now_ms
 from labkit.lab.chart import StreamChart
-from labkit.lab.tasks import cancel, close_tree, until
+from labkit.lab.palette import BLUE, GREEN, RED
+from labkit.lab.tasks import cancel, close_tree
+from labkit.waiting import until
+from labkit.percentiles import binned_percentiles, percentiles
 from labkit.settings import Settings
 
 __all__ = ["LiveChart"]
@@ -266,25 +269,11 @@ class LiveChart(w.VBox):
 
     def latency_percentiles(self) -> dict[str, float]:
         """p50, p90, p99 and max of end-to-end latency in ms over the window's events (empty if none)."""
-        values = self._recent_latencies()
-        if not len(values):
-            return {}
-        p50, p90, p99 = np.percentile(values, [50, 90, 99])
-        return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(values.max())}
+        return percentiles(self._recent_latencies())
 
     def run_percentiles(self) -> dict[str, float]:
         """p50, p90, p99 and max over every event since the chart started (to about 1%), so a past stall shows."""
-        total = int(self._run_counts.sum())
-        if not total:
-            return {}
-        cumulative = np.cumsum(self._run_counts)
-        edges = np.concatenate([[0.0], RUN_BINS, [self._run_max]])
-
-        def at(q: float) -> float:
-            index = int(np.searchsorted(cumulative, q * total))
-            return float(min(edges[index + 1], self._run_max))  # the bin's upper edge
-
-        return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": self._run_max}
+        return binned_percentiles(self._run_counts, np.append(RUN_BINS, self._run_max), self._run_max)
 
     @property
     def restarts(self) -> list[LogRestart]:
@@ -300,18 +289,18 @@ class LiveChart(w.VBox):
         if self.stopped:
             state = "<b>stopped</b>: the picture is frozen as it was"
         elif self.connected.is_set():
-            state = "<span style='color:#2e7d32'>watching</span>"
+            state = f"<span style='color:{GREEN}'>watching</span>"
         else:
-            state = f"<span style='color:#c62828'>not connected</span> {html.escape(self.last_error or '')}"
+            state = f"<span style='color:{RED}'>not connected</span> {html.escape(self.last_error or '')}"
         if self.stream is not None and self.stream.recovered is not None:
             news = "nothing missed" if self.stream.recovered else f"with a gap: {self.stream.reason}"
-            state += f" · <span class='labkit-resumed' style='color:#1565c0'>resumed {html.escape(news)}</span>"
+            state += f" · <span class='labkit-resumed' style='color:{BLUE}'>resumed {html.escape(news)}</span>"
         if self.paused:
             state += " · <b>paused</b>: events are counted, the chart catches up on Resume"
         restarts = self.restarts
         if restarts:  # a broker crash lost records: said under the chart, never hidden
             last = restarts[-1]
-            state += (f" · <span class='labkit-restarted' style='color:#c62828'>the broker's log restarted "
+            state += (f" · <span class='labkit-restarted' style='color:{RED}'>the broker's log restarted "
                       f"{len(restarts)}×</span>: partition {last.partition} lost offsets {last.lost_from} to "
                       f"{last.lost_to}")
         per_type = ", ".join(f"{html.escape(k)}: {v}" for k, v in self.counts.most_common(5))

@@ -20,14 +20,14 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from numbers import Number
 from typing import Any
 
 import msgspec
 from IPython.display import HTML, display
 
-__all__ = ["html_table", "show", "rows_of", "format_cell", "HEALTH_FIELDS", "health_table", "health_summary"]
+__all__ = ["html_table", "Styled", "show", "rows_of", "format_cell", "HEALTH_FIELDS", "health_table", "health_summary"]
 
 _CELL = "padding:2px 10px;text-align:{align};vertical-align:top"
 
@@ -88,31 +88,63 @@ def _transposed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"": field, **{title: row.get(field) for title, row in zip(titles, rows)}} for field in fields]
 
 
+@dataclasses.dataclass(frozen=True)
+class Styled:
+    """A cell with CSS of its own (a colour, a background), in bold, spanning ``span`` columns from its own."""
+
+    value: Any
+    style: str = ""
+    span: int = 1
+    bold: bool = False
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Styled) else value
+
+
 def html_table(
-    rows: Any, columns: Iterable[str] | None = None, *, caption: str | None = None, vertical: bool = False
+    rows: Any, columns: Iterable[str] | None = None, *, caption: str | None = None, vertical: bool = False,
+    empty: str = "nothing to show", row_style: Callable[[dict[str, Any]], str] | None = None,
+    head_style: Mapping[str, str] | None = None, style: str = "",
 ) -> HTML:
     """An HTML table, one column per key met in any row (or ``columns``): text left, numbers right.
 
     ``vertical`` turns it: one row per field, one column per item (health answers side by side).
+    A cell may be :class:`Styled`; ``row_style`` gives a row's CSS (a row in red), ``head_style`` a column
+    title's, ``style`` the table's; ``empty`` is said when there is no row. Every ``<table>`` labkit shows is made here.
     """
     rows = rows_of(rows)
     if not rows:
-        return HTML("<i>nothing to show</i>")
+        return HTML(f"<i>{html.escape(empty)}</i>")
     if vertical:
         rows = _transposed(rows)
     names: list[str] = list(columns) if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
-    numeric = {name: all(_is_number(row.get(name)) for row in rows if row.get(name) is not None) for name in names}
+    numeric = {name: all(_is_number(_plain(row.get(name))) for row in rows if _plain(row.get(name)) is not None)
+               for name in names}
 
-    def cell(tag: str, text: str, number: bool) -> str:
-        return f"<{tag} style='{_CELL.format(align='right' if number else 'left')}'>{html.escape(text)}</{tag}>"
+    def cell(tag: str, text: str, number: bool, extra: str = "", span: int = 1, bold: bool = False) -> str:
+        css = _CELL.format(align="right" if number else "left") + (f";{extra}" if extra else "")
+        shown = f"<b>{html.escape(text)}</b>" if bold else html.escape(text)
+        return f"<{tag}{f' colspan={span}' if span > 1 else ''} style='{css}'>{shown}</{tag}>"
 
-    head = "".join(cell("th", name, numeric[name]) for name in names)
-    body = "".join(
-        "<tr>" + "".join(cell("td", format_cell(row.get(name)), _is_number(row.get(name))) for name in names) + "</tr>"
-        for row in rows
-    )
+    def line(row: dict[str, Any]) -> str:
+        cells, skip = [], 0
+        for name in names:
+            if skip:
+                skip -= 1
+                continue
+            value = row.get(name)
+            extra, span, bold = (value.style, value.span, value.bold) if isinstance(value, Styled) else ("", 1, False)
+            skip = span - 1
+            cells.append(cell("td", format_cell(_plain(value)), _is_number(_plain(value)), extra, span, bold))
+        css = row_style(row) if row_style is not None else ""
+        return (f"<tr style='{css}'>" if css else "<tr>") + "".join(cells) + "</tr>"
+
+    head = "".join(cell("th", name, numeric[name], (head_style or {}).get(name, "")) for name in names)
+    body = "".join(line(row) for row in rows)
     title = f"<caption style='text-align:left;font-weight:bold'>{html.escape(caption)}</caption>" if caption else ""
-    return HTML(f"<table class='labkit-table'>{title}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    css = f" style='{style}'" if style else ""
+    return HTML(f"<table class='labkit-table'{css}>{title}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
 def show(*results: Any, caption: str | None = None, vertical: bool = False) -> None:

@@ -36,10 +36,11 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from labkit.kafka import PartitionState, TailReader, cluster_state
 from labkit.ops.base import LabStack
 from labkit.settings import Settings
+from labkit.lab.palette import RED
+from labkit.lab.tables import html_table
 
 __all__ = ["TopicViewer", "group_lag", "parse_when"]
 
-RED = "#c62828"
 READ_PER_REFRESH = 5_000  # records read in one refresh at most, so a seek to the start shows progress
 _AGO = re.compile(r"^\s*-?\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)\s*(ago)?\s*$", re.IGNORECASE)
 
@@ -90,14 +91,7 @@ def group_lag(settings: Settings, group_id: str, timeout: float = 10.0) -> list[
 
 
 def _table(rows: list[dict[str, Any]], empty: str) -> str:
-    if not rows:
-        return f"<i>{html.escape(empty)}</i>"
-    head = "".join(f"<th style='text-align:left;padding:1px 8px'>{html.escape(c)}</th>" for c in rows[0])
-    body = "".join(
-        "<tr>" + "".join(f"<td style='padding:1px 8px'>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return html_table(rows, empty=empty).data
 
 
 def _replication_columns(state: PartitionState | None) -> dict[str, str]:

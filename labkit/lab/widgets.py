@@ -40,17 +40,17 @@ from labkit.client import Sender, SendError
 from labkit.discovery import running_settings
 from labkit.events import Ack, Event
 from labkit.lab.form_rules import FormError, checked_event, parse_number, read_burst, read_event
-from labkit.lab.tables import html_table
+from labkit.lab.tables import Styled, html_table
 from labkit.pacing import Schedule, due_ranges
 from labkit.lab.tasks import cancel, close_tree
 from labkit.settings import Settings
+from labkit.lab.palette import GREEN, RED
 
 __all__ = ["EventSender", "FormError", "StepProgress", "html_table", "parse_number"]
 
 DEFAULT_TYPES = ("click", "view", "purchase", "tick")
 REFRESH_S = 0.1  # the form redraws its counters and log at most this often
-RED = "#c62828"
-GREEN = "#2e7d32"
+REPLY_COLUMNS = ("ack id", "partition", "offset", "round trip ms")  # the form's log of replies, newest first
 BURST_RUNNING = "a burst is already running: stop it first"
 
 
@@ -120,7 +120,7 @@ class EventSender(w.VBox):
         self._connecting = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._burst: asyncio.Task[Any] | None = None
-        self._replies: deque[str] = deque(maxlen=history)
+        self._replies: deque[dict[str, Any]] = deque(maxlen=history)
         self._refresh_pending = False
         self._burst_sent = 0
         self._walk = 0.0  # a burst's values wander from the form's value
@@ -315,18 +315,15 @@ class EventSender(w.VBox):
             return None
         self.acked += 1
         rtt = (time.perf_counter() - started) * 1000
-        cells = (html.escape((ack.ack or "")[:12]), ack.partition, ack.offset, f"{rtt:.1f}")
-        self._replies.appendleft(
-            "<tr>" + "".join(f"<td style='text-align:{'left' if i == 0 else 'right'}'>{cell}</td>"
-                             for i, cell in enumerate(cells)) + "</tr>"
-        )
+        self._replies.appendleft({"ack id": (ack.ack or "")[:12], "partition": ack.partition, "offset": ack.offset,
+                                  "round trip ms": round(rtt, 1)})
         self._refresh()
         return ack
 
     def _record_error(self, text: str, count: int = 1) -> None:
         self.errors += count
         self.last_error = text
-        self._replies.appendleft(f"<tr><td colspan=4 style='color:{RED}'>{html.escape(text)}</td></tr>")
+        self._replies.appendleft({"ack id": Styled(text, f"color:{RED}", span=4)})
         self._refresh()
 
     def _url(self) -> str:
@@ -437,10 +434,7 @@ class EventSender(w.VBox):
             f"<span style='color:{color}'>errors <b>{self.errors}</b></span>"
         )
         if self._replies:
-            head = ("<tr><th style='text-align:left'>ack id</th><th style='text-align:right'>partition</th>"
-                    "<th style='text-align:right'>offset</th><th style='text-align:right'>round trip ms</th></tr>")
-            rows = "".join(self._replies)
-            self.reply_log.value = f"<table style='font-size:90%;border-spacing:10px 0'>{head}{rows}</table>"
+            self.reply_log.value = html_table(list(self._replies), REPLY_COLUMNS, style="font-size:90%").data
 
     @property
     def busy(self) -> bool:

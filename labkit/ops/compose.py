@@ -1,6 +1,6 @@
 """Compose mode: the lab as containers (Apache Kafka, the services, Kong), run by Docker Compose.
 
-:class:`ComposeStack` has the surface of :class:`labkit.ops.stack.Stack` (``up``, ``down``,
+:class:`ComposeStack` is a :class:`labkit.ops.base.LabStack` like :class:`labkit.ops.stack.Stack` (``up``, ``down``,
 ``restart``, ``status``, ``logs``) and does each step with one ``docker compose`` command
 on ``compose/compose.yml``; :meth:`ComposeStack.commands` shows them, so they can be read,
 tested and copied. The settings reach Compose as ``LABKIT_*`` variables, which the
@@ -125,6 +125,8 @@ class ComposeStack(StackCommon):
         self.broker_choice = f"Apache Kafka {kafka_version()} (the official image apache/kafka:{kafka_version()})"
         self.docker = "docker"
         self.admin_port = KONG_ADMIN_PORT
+        self.actions: list[str] = []
+        self.ready_ms: float | None = None
         self._docker_checked = False
 
     # -- layout ------------------------------------------------------------------
@@ -239,21 +241,35 @@ class ComposeStack(StackCommon):
             raise ComponentFailed("compose stack", f"could not be listed: {_first_line(result.stderr)}")
         return parse_ps(result.stdout)
 
+    def _recorded_settings(self) -> Settings | None:
+        try:
+            return Settings(**json.loads(self.record_path.read_text())["settings"])
+        except (OSError, ValueError, KeyError):
+            return None  # started by hand with `docker compose`: these settings stand
+
     def is_running(self) -> bool:
-        """True when every component's container runs; then this object takes the recorded settings."""
+        """True when every component's container runs; changes nothing (:meth:`adopt` takes the recorded settings)."""
         if not self._docker_checked and docker_available() is not None:
             return False
         try:
             containers = self._containers()
         except ComponentFailed:
             return False
-        if not all(_state(containers.get(service)) == "running" for service in SERVICES.values()):
+        return all(_state(containers.get(service)) == "running" for service in SERVICES.values())
+
+    def adopt(self) -> bool:
+        """True when the compose stack runs; then this object takes the settings it was started with."""
+        if not self.is_running():
             return False
-        try:
-            self.settings = Settings(**json.loads(self.record_path.read_text())["settings"])
-        except (OSError, ValueError, KeyError):
-            pass  # started by hand with `docker compose`: keep these settings
+        self.settings = self._recorded_settings() or self.settings
         return True
+
+    def restart_warning(self) -> str | None:
+        """None: the containers restart in place and Kafka's volume keeps the events."""
+        return None
+
+    def reload_gateway(self) -> None:
+        raise LabkitError("in compose mode Kong reads kong.yml: `docker compose restart kong` applies an edit")
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -267,7 +283,7 @@ class ComposeStack(StackCommon):
 
         report("checking Docker and Compose", 1)
         self._check_docker()
-        if self.is_running():
+        if self.adopt():
             return self
         report("building the service image; starting kafka, the topic, producer, consumer and kong", 2)
         result = self._run(self.commands()["up"], capture=False)
@@ -282,9 +298,11 @@ class ComposeStack(StackCommon):
         self.routes()
         return self
 
-    def down(self) -> list[str]:
+    def down(self, on_step: StepCallback | None = None) -> list[str]:
         """Remove the containers (the Kafka volume stays, and with it the events); returns the components stopped."""
         self._check_docker()
+        if on_step is not None:
+            on_step("removing the containers", 1, 1)
         containers = self._containers()
         running = [name for name, service in SERVICES.items() if _state(containers.get(service)) != "stopped"]
         result = self._run(self.commands()["down"], capture=False)
@@ -311,8 +329,8 @@ class ComposeStack(StackCommon):
 
     # -- looking at it ---------------------------------------------------------------
 
-    def urls(self) -> dict[str, str]:
-        s = self.settings
+    def urls(self, settings: Settings | None = None) -> dict[str, str]:
+        s = settings or self.settings
         return {
             "broker": f"{s.host}:{s.kafka_port}",
             "producer": s.url(s.producer_port),
@@ -320,12 +338,14 @@ class ComposeStack(StackCommon):
             "gateway": f"{s.produce_url}  {s.consume_url}",
         }
 
-    def status(self) -> list[dict[str, Any]]:
-        """One row per component: component, state, pid (None: containers), url, and the Compose service."""
+    def status(self, cpu_sample_s: float = 0.0) -> list[dict[str, Any]]:
+        """One row per component: component, state, pid (None: containers), url, and the Compose service.
+
+        No CPU column (``cpu_sample_s`` is ignored): the containers' processes are not this machine's to sample.
+        """
         self._check_docker()
-        self.is_running()  # adopt the running stack's settings, if any
         containers = self._containers()
-        urls = self.urls()
+        urls = self.urls(self._recorded_settings())  # the running stack's addresses, not taken
         return [
             {"component": name, "state": _state(containers.get(service)), "pid": None, "url": urls[name],
              "service": service}

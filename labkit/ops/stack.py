@@ -308,8 +308,15 @@ class Stack(StackCommon):
         return str(record.get("broker_choice") or self.broker_choice)
 
     def is_running(self) -> bool:
-        """As :meth:`adopt` (which callers that mean to take the running stack's settings should call)."""
-        return self.adopt()
+        """True when every recorded component still runs; changes nothing (:meth:`adopt` takes its settings)."""
+        return self._running() is not None
+
+    def restart_warning(self) -> str | None:
+        """What a restart loses, in words: the events of a broker that keeps them in memory; None if nothing."""
+        settings = self._running() or self.settings
+        if settings.broker == "external" or broker_kind(settings).keeps_data:
+            return None
+        return f"Restarting the broker loses the events it holds ({broker_kind(settings).describe(settings)})."
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -382,7 +389,7 @@ class Stack(StackCommon):
             raise
         if recorded:
             self.actions += [part.restarted_note for part in missing if part.restarted_note]
-        self.started_here = not alive
+        self.started_here = self.started_here or not alive  # a later up() that restarts a part keeps ownership
         return self
 
     def _start(self, part: Component, say: Say | None = None) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import resource
 import signal
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -24,6 +23,7 @@ from websockets.http11 import Request, Response
 from labkit.events import encode
 from labkit.services.addresses import Tally, client_address
 from labkit.kafka import cluster_state
+from labkit.rlimits import raise_open_files_limit
 from labkit.settings import Settings
 
 __all__ = [
@@ -106,13 +106,6 @@ def make_process_request(
     return process_request
 
 
-def _raise_open_files_limit() -> None:
-    # Each watcher is a socket; the usual soft limit of 1024 would cap a service below max_connections.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def limit_connections(
     handler: Callable[[ServerConnection], Awaitable[None]], settings: Settings
 ) -> Callable[[ServerConnection], Awaitable[None]]:
@@ -150,7 +143,7 @@ async def run_service(
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    _raise_open_files_limit()
+    raise_open_files_limit()  # each watcher is a socket: 1024 would cap a service below max_connections
     origins = [None, *(re.compile(pattern) for pattern in settings.allowed_origins)]
     async with serve(
         limit_connections(handler, settings),

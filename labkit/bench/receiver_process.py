@@ -1,8 +1,8 @@
 """The bench's receiving side, in a process of its own: watchers, or a plain Kafka consumer.
 
-Run as ``python -m labkit.bench.receiver SPEC`` (SPEC: a JSON :class:`ReceiverSpec`),
+Run as ``python -m labkit.bench.receiver_process SPEC`` (SPEC: a JSON :class:`ReceiverSpec`),
 so the measuring client does not share a core's event loop with the senders. It
-opens ``connections`` raw watchers on :mod:`labkit.bench.lean_watch` (kind
+opens ``connections`` raw watchers on the lean watcher below (kind
 ``websocket``: every frame filed, duplicates included, no reconnection), or one confluent-kafka consumer that ``assign()``s every
 partition from the end with the consumer service's settings (kind ``kafka``).
 Every arrival is stamped on receipt and filed by its phase tag (the id is
@@ -23,20 +23,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
 
 from labkit.events import now_ms
-from labkit.bench.wire import ConnectionReport, ReceiverSpec, TagReport
+from labkit.rlimits import raise_open_files_limit
+from labkit.bench.receiver_pool import ConnectionReport, ReceiverSpec, TagReport
 
 __all__ = ["main"]
 
-log = logging.getLogger("labkit.bench.receiver")
+log = logging.getLogger("labkit.bench.receiver_process")
 
 
 @dataclass
@@ -85,9 +90,108 @@ class Arrivals:
         )
 
 
+# -- the lean watcher ---------------------------------------------------------------------
+# Fan-out watchers that cost little: websockets' sans-I/O client protocol on a bare asyncio transport.
+# A thousand watchers at 100 events/s are 100,000 frames a second on a machine the consumer and the
+# gateway share: with websockets' asyncio client (a task, a frame assembler and a future per message)
+# the measuring side used as much CPU as the consumer. Here each connection is an asyncio.Protocol
+# feeding bytes to websockets.client.ClientProtocol, which parses frames and answers pings; each text
+# frame is decoded once into the few fields the bench reads. A frame that is not an event (a resume's
+# {"recovered": ...}) is skipped.
+
+
+class _Arrival(msgspec.Struct):
+    """The fields of a watcher frame the bench reads (the rest are skipped by the decoder)."""
+
+    id: str
+    sent_at: float = 0.0
+    received_at: float = 0.0
+    kafka_ts: float = 0.0
+    delivered_at: float = 0.0
+    partition: int = -1
+
+
+_OnArrival = Callable[[_Arrival, float], None]  # the event, its arrival (epoch ms)
+_decode = msgspec.json.Decoder(_Arrival).decode
+
+
+class _LeanWatcher(asyncio.Protocol):
+    def __init__(self, url: str, on_arrival: _OnArrival, opened: asyncio.Future[None], ended: asyncio.Future[str]) -> None:
+        self.protocol = ClientProtocol(parse_uri(url), max_size=None)
+        self.on_arrival, self.opened, self.ended = on_arrival, opened, ended
+        self.parts: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        arrival = now_ms()  # one stamp per read: the frames in it arrived together
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame):
+                self._frame(event, arrival)
+            elif isinstance(event, Response) and not self.opened.done():
+                if self.protocol.handshake_exc is not None:
+                    self.opened.set_exception(self.protocol.handshake_exc)
+                else:
+                    self.opened.set_result(None)
+        self._flush()
+
+    def _frame(self, frame: Frame, arrival: float) -> None:
+        if frame.opcode not in (Opcode.TEXT, Opcode.CONT):
+            return  # pings are answered by the protocol; a close ends the connection
+        if not frame.fin or self.parts:
+            self.parts.append(frame.data)
+            if not frame.fin:
+                return
+            data, self.parts = b"".join(self.parts), []
+        else:
+            data = frame.data
+        try:
+            event = _decode(data)
+        except msgspec.DecodeError:  # not an event
+            return
+        self.on_arrival(event, arrival)
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        for data in self.protocol.data_to_send():
+            if data:
+                self.transport.write(data)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+
+    def eof_received(self) -> bool:
+        self.protocol.receive_eof()
+        self._flush()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"closed, code {self.protocol.close_code}" if self.protocol.close_code else "the connection ended"
+        if exc is not None:
+            reason += f": {type(exc).__name__}: {exc}"
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(reason))
+        if not self.ended.done():
+            self.ended.set_result(reason)
+
+
+async def _open_lean_watcher(url: str, on_arrival: _OnArrival, timeout_s: float = 30.0) -> asyncio.Future[str]:
+    """Connect and finish the handshake; returns a future holding why the connection ended, once it does."""
+    loop = asyncio.get_running_loop()
+    opened: asyncio.Future[None] = loop.create_future()
+    ended: asyncio.Future[str] = loop.create_future()
+    uri = parse_uri(url)
+    await loop.create_connection(lambda: _LeanWatcher(url, on_arrival, opened, ended), uri.host, uri.port)
+    await asyncio.wait_for(opened, timeout_s)
+    return ended
+
+
 async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> list[asyncio.Task[None]]:
     """Every watcher connected (at most ``open_concurrency`` handshakes at once), each on the lean client."""
-    from labkit.bench.lean_watch import open_lean_watcher
     from labkit.client import watch_url
     from labkit.settings import Settings
 
@@ -96,13 +200,13 @@ async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> list[asyncio
     record = arrivals.record
 
     async def one(index: int) -> asyncio.Future[str] | None:
-        def on_arrival(event, arrival: float) -> None:
+        def on_arrival(event: _Arrival, arrival: float) -> None:
             record(index, event.id, event.sent_at, event.received_at, event.kafka_ts, event.delivered_at,
                    event.partition, arrival)
 
         async with gate:
             try:
-                return await open_lean_watcher(url, on_arrival)
+                return await _open_lean_watcher(url, on_arrival)
             except Exception as exc:  # a refused connection is a result, not a crash
                 arrivals.closed.append(f"{index}: {type(exc).__name__}: {exc}")
                 return None
@@ -203,9 +307,7 @@ async def serve(spec: ReceiverSpec) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:  # a thousand watchers need a thousand sockets
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()  # a thousand watchers need a thousand sockets
     spec = msgspec.json.decode(sys.argv[1], type=ReceiverSpec)
     asyncio.run(serve(spec))
 

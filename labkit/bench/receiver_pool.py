@@ -1,9 +1,10 @@
-"""The bench's handle on its receiver processes (:mod:`labkit.bench.receiver`).
+"""The bench's handle on its receiver processes (:mod:`labkit.bench.receiver_process`), and what they say.
 
 ``connections`` watchers are spread over ``processes`` child processes (and, when
 several ``urls`` are given, over those URLs: process ``i`` watches ``urls[i % n]``);
 each command goes to all of them and their answers are merged, so the caller sees
-one receiver with many connections.
+one receiver with many connections. The messages (JSON lines) are the structs below;
+the receiver process imports them from here, the bench never imports it.
 """
 
 from __future__ import annotations
@@ -12,14 +13,37 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
-from labkit.bench.wire import ConnectionReport, ReceiverSpec, TagReport
-
-__all__ = ["Receivers", "ReceiverFailed"]
+__all__ = ["Receivers", "ReceiverFailed", "ReceiverSpec", "ConnectionReport", "TagReport"]
 
 READY_TIMEOUT_S = 120.0  # a thousand WebSocket handshakes through the gateway, on a busy machine
+
+
+class ReceiverSpec(msgspec.Struct):
+    kind: Literal["websocket", "kafka"]
+    connections: int = 1
+    url: str = ""
+    types: list[str] = []
+    kafka_config: dict[str, object] = {}
+    pause_when_idle: bool = True  # as the consumer service reads: paused only on a broker that does not long-poll
+    topic: str = ""
+    open_concurrency: int = 64
+
+
+class ConnectionReport(msgspec.Struct):
+    seqs: list[int]
+    latency_ms: list[float]
+
+
+class TagReport(msgspec.Struct):
+    tag: str
+    connections: list[ConnectionReport]
+    # From the first connection only: seq, sent_at, received_at, kafka_ts, delivered_at, arrival.
+    stamps: list[tuple[int, float, float, float, float, float]]
+    closed: list[str]  # connections that ended, and why
 
 
 class ReceiverFailed(RuntimeError):
@@ -50,7 +74,7 @@ class Receivers:
                                                url=self.urls[index % len(self.urls)])
                 with (self.log_dir / f"bench-receiver-{index}.log").open("ab") as log:
                     child = await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "labkit.bench.receiver", msgspec.json.encode(spec).decode(),
+                        sys.executable, "-m", "labkit.bench.receiver_process", msgspec.json.encode(spec).decode(),
                         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, env=env,
                         limit=1 << 30,
                     )
