@@ -47,7 +47,7 @@ FAULTS = {
     LOST_LOG: "consumer down, events acked, then the broker restarts without its data: those events are gone",
     LEADER: "kill -9 of the Kafka node leading partition 0: an in-sync replica takes over, the producer resends to it",
 }
-WAIT_S = 30.0  # longest wait for any one condition of a drill
+WAIT_S = 60.0  # longest wait for any one condition of a drill (a fresh Kafka log after a lost one takes a while)
 DOWN_S = 5.0  # how long a part stays down at least: long enough to see "not connected" on a chart
 
 
@@ -165,7 +165,8 @@ class FaultDrill(w.VBox):
             await stream.stop()
             # After a lost log, what was acked before the restart may be gone: wait for what came after.
             expected = {ack.ack for ack in stream.acks[restart_from:]} if fault == LOST_LOG else stream.acked
-            await until(lambda: expected <= receiver.ids, f"{len(expected - receiver.ids)} acked events did not arrive")
+            await until(lambda: expected <= receiver.ids, lambda: f"{len(expected - receiver.ids)} acked events did not arrive",
+                        WAIT_S)
         finally:
             if stream is not None:
                 await stream.stop()
