@@ -270,7 +270,9 @@ class Stack(StackCommon):
         record = {
             "settings": self.settings.model_dump(mode="json"),
             "broker_choice": self.broker_choice,
-            "components": {p.name: {"pid": p.pid, "started_at": p.started_at, "port": p.port} for p in parts},
+            # The detail as it was at the start (the Java a JVM runs on), for status to show while it runs.
+            "components": {p.name: {"pid": p.pid, "started_at": p.started_at, "port": p.port, "detail": p.detail}
+                           for p in parts},
         }
         # The settings may hold Kafka credentials (kafka_properties): readable by this user only.
         self.record_path.touch(mode=0o600)
@@ -285,6 +287,7 @@ class Stack(StackCommon):
         for part in parts:
             saved = record["components"].get(part.name, {})
             part.pid, part.started_at = saved.get("pid"), saved.get("started_at")
+            part.detail = saved.get("detail", part.detail)
         return settings, [p for p in parts if p.pid is not None]
 
     def _running(self) -> Settings | None:
@@ -532,7 +535,7 @@ class Stack(StackCommon):
             else:
                 state = "running" if part.answers(settings.host) else "not answering"
             rows.append({"component": part.name, "state": state, "pid": proc.pid if proc else None, "url": part.url,
-                         "detail": part.detail})
+                         "detail": seen.detail if proc and seen else part.detail})
         if cpu_sample_s > 0:
             cores = cpu_cores({r["component"]: r["pid"] for r in rows if r["pid"]}, cpu_sample_s)
             for row in rows:
