@@ -76,6 +76,3 @@ __all__ = [
     "reload",
     "nginx_binary",
 ]
-
-# Named as before the split into modules, in messages and tracebacks alike.
-GatewayConfigError.__module__ = __name__

@@ -17,23 +17,23 @@ from labkit.settings import Settings
 from labkit.ops.gateway.upstreams import read_upstreams, service_addresses
 
 from labkit.ops.gateway.model import (
-    _API_KEY_RE,
-    _HEADER_VALUE_RE,
-    _HOST_RE,
-    _METHOD_RE,
-    _PATH_RE,
+    API_KEY_RE,
+    HEADER_VALUE_RE,
+    HOST_RE,
+    METHOD_RE,
+    PATH_RE,
     PLUGIN_PRIORITY,
     GatewayConfigError,
-    _Consumer,
-    _Gateway,
-    _ident,
-    _Plugin,
-    _Route,
-    _Service,
+    Consumer,
+    Gateway,
+    nginx_ident,
+    Plugin,
+    Route,
+    Service,
     exact_path,
     request_path,
 )
-from labkit.ops.gateway.plugins import _read_plugin
+from labkit.ops.gateway.plugins import read_plugin
 
 KONG_FORMAT_VERSION = "3.0"
 KONG_DEFAULT_TIMEOUT_MS = 60_000
@@ -86,7 +86,7 @@ def _name_of(ref: Any) -> str | None:
 _TOP_LEVEL = {
     "_format_version",
     "_transform",
-    "_comment",
+    "comment",
     "_ignore",
     "_info",
     "services",
@@ -108,15 +108,15 @@ _CONSUMER_FIELDS = {"username", "custom_id", "id", "tags", "keyauth_credentials"
 _CREDENTIAL_FIELDS = {"key", "id", "tags", "consumer", "created_at"}
 
 
-def _read_gateway(kong: dict) -> _Gateway:
+def read_gateway(kong: dict) -> Gateway:
     """Kong's entities, checked, with each route's plugins resolved as Kong would."""
     _reject_unknown(kong, _TOP_LEVEL, "kong.yml top level")
-    services: dict[str, _Service] = {}  # by name and by id
-    routes: dict[str, _Route] = {}  # by name and by id
-    ordered_routes: list[_Route] = []
+    services: dict[str, Service] = {}  # by name and by id
+    routes: dict[str, Route] = {}  # by name and by id
+    ordered_routes: list[Route] = []
     scoped_plugins: list[tuple[dict, str, str | None]] = []  # (plugin, scope, route or service name)
 
-    def add_route(raw: dict, service: _Service) -> None:
+    def add_route(raw: dict, service: Service) -> None:
         route = _read_route(raw, service, {r.ident for r in ordered_routes})
         ordered_routes.append(route)
         routes.update(dict.fromkeys(filter(None, (raw.get("name"), raw.get("id"))), route))
@@ -158,10 +158,10 @@ def _read_gateway(kong: dict) -> _Gateway:
     consumers = [_read_consumer(raw) for raw in kong.get("consumers") or []]
     _check_unique_keys(consumers)
     _check_unique_paths(live_routes)
-    return _Gateway(live_routes, consumers)
+    return Gateway(live_routes, consumers)
 
 
-def _read_service(raw: dict) -> _Service:
+def _read_service(raw: dict) -> Service:
     name = raw.get("name") or raw.get("id")
     where = f"service '{name}'"
     _reject_unknown(raw, _SERVICE_FIELDS, where)
@@ -179,7 +179,7 @@ def _read_service(raw: dict) -> _Service:
         )
     if not host:
         raise GatewayConfigError(f"{where}: no host; give a url such as http://producer:6789")
-    if not _PATH_RE.fullmatch(path):
+    if not PATH_RE.fullmatch(path):
         raise GatewayConfigError(f"{where}: path {path!r} has characters the embedded gateway does not accept")
     timeouts = {}
     for key in ("connect_timeout", "read_timeout", "write_timeout"):
@@ -192,10 +192,10 @@ def _read_service(raw: dict) -> _Service:
     retries = raw.get("retries", 5)
     if not isinstance(retries, int) or retries < 0:
         raise GatewayConfigError(f"{where}: retries must be 0 or more, not {retries!r}")
-    return _Service(name, url, protocol, host, port, path, enabled=raw.get("enabled", True), retries=retries, **timeouts)
+    return Service(name, url, protocol, host, port, path, enabled=raw.get("enabled", True), retries=retries, **timeouts)
 
 
-def _read_route(raw: dict, service: _Service, taken_idents: set[str]) -> _Route:
+def _read_route(raw: dict, service: Service, taken_idents: set[str]) -> Route:
     name = raw.get("name") or raw.get("id") or f"{service.name}-route-{len(taken_idents) + 1}"
     where = f"route '{name}'"
     _reject_unknown(raw, _ROUTE_FIELDS, where)
@@ -217,7 +217,7 @@ def _read_route(raw: dict, service: _Service, taken_idents: set[str]) -> _Route:
                 f"{where}: path {path!r} is a regex path; the embedded gateway supports prefix paths and "
                 "exact ones written '~/path$' only: use one of those, or the compose mode."
             )
-        if not _PATH_RE.fullmatch(request_path(path)):
+        if not PATH_RE.fullmatch(request_path(path)):
             raise GatewayConfigError(
                 f"{where}: path {path!r} has characters the embedded gateway does not accept "
                 "(letters, digits and ._~!&,=:@/- are accepted)."
@@ -225,17 +225,17 @@ def _read_route(raw: dict, service: _Service, taken_idents: set[str]) -> _Route:
     methods = [m.upper() for m in raw.get("methods") or []]
     hosts = raw.get("hosts") or []
     for method in methods:
-        if not _METHOD_RE.fullmatch(method):
+        if not METHOD_RE.fullmatch(method):
             raise GatewayConfigError(f"{where}: method {method!r} is not an HTTP method name")
     for host in hosts:
-        if not _HOST_RE.fullmatch(host):
+        if not HOST_RE.fullmatch(host):
             raise GatewayConfigError(
                 f"{where}: host {host!r} is not supported (host names and *-wildcards only, no port)"
             )
-    ident = _ident(name)
+    ident = nginx_ident(name)
     while ident in taken_idents:
         ident += "_"  # route names that differ only in punctuation
-    return _Route(
+    return Route(
         name=name,
         ident=ident,
         service=service,
@@ -249,11 +249,11 @@ def _read_route(raw: dict, service: _Service, taken_idents: set[str]) -> _Route:
     )
 
 
-def _attach_plugins(scoped_plugins: list[tuple[dict, str, str | None]], routes: list[_Route]) -> None:
+def _attach_plugins(scoped_plugins: list[tuple[dict, str, str | None]], routes: list[Route]) -> None:
     """Give each route the plugins that run on it: route over service over global, as in Kong."""
-    by_scope: dict[tuple[str, str | None], dict[str, _Plugin]] = {}
+    by_scope: dict[tuple[str, str | None], dict[str, Plugin]] = {}
     for raw, scope, scope_name in scoped_plugins:
-        plugin = _read_plugin(raw, scope, scope_name)
+        plugin = read_plugin(raw, scope, scope_name)
         if plugin is None:
             continue
         here = by_scope.setdefault((scope, scope_name), {})
@@ -266,28 +266,28 @@ def _attach_plugins(scoped_plugins: list[tuple[dict, str, str | None]], routes: 
         route.plugins = dict(sorted(route.plugins.items(), key=lambda item: -PLUGIN_PRIORITY[item[0]]))
 
 
-def _read_consumer(raw: dict) -> _Consumer:
+def _read_consumer(raw: dict) -> Consumer:
     label = raw.get("username") or raw.get("custom_id")
     where = f"consumer '{label or raw.get('id')}'"
     _reject_unknown(raw, _CONSUMER_FIELDS, where)
     if not label:
         raise GatewayConfigError(f"{where}: give the consumer a username or a custom_id")
-    if not _HEADER_VALUE_RE.fullmatch(label) or "'" in label or "\\" in label:
+    if not HEADER_VALUE_RE.fullmatch(label) or "'" in label or "\\" in label:
         raise GatewayConfigError(f"{where}: username/custom_id must be printable ASCII without quotes")
     keys = []
     for credential in raw.get("keyauth_credentials") or []:
         _reject_unknown(credential, _CREDENTIAL_FIELDS, f"{where} keyauth_credentials")
         key = credential.get("key")
-        if not isinstance(key, str) or not _API_KEY_RE.fullmatch(key):
+        if not isinstance(key, str) or not API_KEY_RE.fullmatch(key):
             raise GatewayConfigError(
                 f"{where}: every keyauth_credentials entry needs a key of printable ASCII characters without "
                 "spaces (the embedded gateway cannot generate keys)"
             )
         keys.append(key)
-    return _Consumer(label, raw.get("username"), raw.get("custom_id"), keys)
+    return Consumer(label, raw.get("username"), raw.get("custom_id"), keys)
 
 
-def _check_unique_keys(consumers: list[_Consumer]) -> None:
+def _check_unique_keys(consumers: list[Consumer]) -> None:
     seen: dict[str, str] = {}
     for consumer in consumers:
         for key in consumer.keys:
@@ -298,7 +298,7 @@ def _check_unique_keys(consumers: list[_Consumer]) -> None:
             seen[key] = consumer.label
 
 
-def _check_unique_paths(routes: list[_Route]) -> None:
+def _check_unique_paths(routes: list[Route]) -> None:
     seen: dict[str, str] = {}
     for route in routes:
         for path in map(request_path, route.paths):  # "/a" and "~/a$" both take the request /a
@@ -332,5 +332,5 @@ def routes_table(kong: dict, settings: Settings | None = None) -> list[dict]:
             ),
             "plugins": list(route.plugins),
         }
-        for route in _read_gateway(kong).routes
+        for route in read_gateway(kong).routes
     ]

@@ -10,20 +10,21 @@ import re
 from typing import Any
 
 from labkit.ops.gateway.model import (
-    _HEADER_NAME_RE,
-    _HEADER_VALUE_RE,
-    _LITERAL_ORIGIN_RE,
+    HEADER_NAME_RE,
+    HEADER_VALUE_RE,
+    LITERAL_ORIGIN_RE,
     PLUGIN_PRIORITY,
     GatewayConfigError,
-    _ident,
-    _Plugin,
+    nginx_ident,
+    Plugin,
 )
 
 _PLUGIN_FIELDS = {"name", "config", "enabled", "protocols", "tags", "id", "instance_name", "run_on",
                   "route", "service", "created_at", "updated_at"}  # fmt: skip
 
 
-def _read_plugin(raw: dict, scope: str, scope_name: str | None) -> _Plugin | None:
+def read_plugin(raw: dict, scope: str, scope_name: str | None) -> Plugin | None:
+    """One plugin entry of kong.yml, checked and with Kong's defaults; None when it is disabled."""
     name = raw.get("name")
     where = f"{scope} '{scope_name}'" if scope_name else "global"
     if raw.get("enabled", True) is False:
@@ -34,7 +35,7 @@ def _read_plugin(raw: dict, scope: str, scope_name: str | None) -> _Plugin | Non
             f"{', '.join(sorted(PLUGIN_PRIORITY))}; it is refused rather than left out. Remove it, "
             "or run the compose mode where Kong itself reads kong.yml."
         )
-    plugin = _Plugin(name, {}, f"{scope}_{_ident(scope_name)}" if scope_name else "global", where)
+    plugin = Plugin(name, {}, f"{scope}_{nginx_ident(scope_name)}" if scope_name else "global", where)
     for key, value in raw.items():
         if key not in _PLUGIN_FIELDS and value not in (None, [], {}, ""):
             raise plugin.error(f"field '{key}' is not supported by the embedded gateway; remove it")
@@ -48,7 +49,7 @@ def _read_plugin(raw: dict, scope: str, scope_name: str | None) -> _Plugin | Non
     return plugin
 
 
-def _with_defaults(plugin: _Plugin, config: dict, defaults: dict) -> dict:
+def _with_defaults(plugin: Plugin, config: dict, defaults: dict) -> dict:
     config = {key: value for key, value in config.items() if value is not None}
     for key in config:
         if key not in defaults:
@@ -72,7 +73,7 @@ _KEY_AUTH_DEFAULTS = {
 }
 
 
-def _read_key_auth(plugin: _Plugin, config: dict) -> dict:
+def _read_key_auth(plugin: Plugin, config: dict) -> dict:
     config = _with_defaults(plugin, config, _KEY_AUTH_DEFAULTS)
     if config["key_in_body"]:
         raise plugin.error(
@@ -89,10 +90,10 @@ def _read_key_auth(plugin: _Plugin, config: dict) -> dict:
     if not config["key_names"]:
         raise plugin.error("key_names is empty: no key could ever be found")
     for key_name in config["key_names"]:
-        if not _HEADER_NAME_RE.fullmatch(key_name):
+        if not HEADER_NAME_RE.fullmatch(key_name):
             raise plugin.error(f"key name {key_name!r} is not a header name (letters, digits, '-' and '_')")
     realm = config["realm"]
-    if realm is not None and (not _HEADER_VALUE_RE.fullmatch(realm) or set(realm) & set("\"'\\")):
+    if realm is not None and (not HEADER_VALUE_RE.fullmatch(realm) or set(realm) & set("\"'\\")):
         raise plugin.error(f"realm {realm!r} must be printable ASCII without quotes or backslashes")
     return config
 
@@ -110,7 +111,7 @@ _RATE_LIMITING_DEFAULTS: dict[str, Any] = {
 RATE_PERIODS = {"second": 1, "minute": 60}
 
 
-def _read_rate_limiting(plugin: _Plugin, config: dict) -> dict:
+def _read_rate_limiting(plugin: Plugin, config: dict) -> dict:
     config = _with_defaults(plugin, config, _RATE_LIMITING_DEFAULTS)
     for period in ("hour", "day", "month", "year"):
         if config[period] is not None:
@@ -135,7 +136,7 @@ def _read_rate_limiting(plugin: _Plugin, config: dict) -> dict:
         raise plugin.error(
             f"limit_by {config['limit_by']!r} is not supported; use consumer, credential, ip, service or header"
         )
-    if config["limit_by"] == "header" and not _HEADER_NAME_RE.fullmatch(config["header_name"] or ""):
+    if config["limit_by"] == "header" and not HEADER_NAME_RE.fullmatch(config["header_name"] or ""):
         raise plugin.error("limit_by: header needs header_name (a header name)")
     code = config["error_code"]
     if not isinstance(code, int) or not 400 <= code <= 599:
@@ -149,7 +150,7 @@ _CORS_DEFAULTS: dict[str, Any] = {
 }  # fmt: skip
 
 
-def _read_cors(plugin: _Plugin, config: dict) -> dict:
+def _read_cors(plugin: Plugin, config: dict) -> dict:
     config = _with_defaults(plugin, config, _CORS_DEFAULTS)
     if not config["allow_origin_absent"]:
         raise plugin.error(
@@ -157,7 +158,7 @@ def _read_cors(plugin: _Plugin, config: dict) -> dict:
             "headers whether or not the request has an Origin)"
         )
     for origin in config["origins"]:
-        if origin == "*" or _LITERAL_ORIGIN_RE.fullmatch(origin):
+        if origin == "*" or LITERAL_ORIGIN_RE.fullmatch(origin):
             continue
         if ":" not in origin:
             raise plugin.error(
@@ -171,7 +172,7 @@ def _read_cors(plugin: _Plugin, config: dict) -> dict:
             raise plugin.error(f"origin {origin!r} is not a valid regex: {exc}") from None
     for key in ("methods", "headers", "exposed_headers"):
         for value in config[key] or []:
-            if not _HEADER_NAME_RE.fullmatch(value):
+            if not HEADER_NAME_RE.fullmatch(value):
                 raise plugin.error(f"{key} entry {value!r} is not a method or header name")
     if config["max_age"] is not None and (not isinstance(config["max_age"], int) or config["max_age"] < 0):
         raise plugin.error(f"max_age must be a whole number of seconds, not {config['max_age']!r}")

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from labkit.ops.gateway.model import EMBEDDED_SERVICE_PORTS, GatewayConfigError, Upstream, _ident, _Service
-from labkit.ops.gateway.nginx_text import _block, _host_port
+from labkit.ops.gateway.model import EMBEDDED_SERVICE_PORTS, GatewayConfigError, Upstream, nginx_ident, Service
+from labkit.ops.gateway.nginx_text import block, host_port
 
 if TYPE_CHECKING:
     from labkit.settings import Settings
@@ -127,11 +127,11 @@ def read_upstreams(kong: dict) -> dict[str, Upstream]:
 def _addresses(host: str, port: int, settings: Settings | None) -> list[str]:
     """Where a host and port really are: labkit's own services, in embedded mode, are their replicas."""
     if settings is not None and host in EMBEDDED_SERVICE_PORTS:
-        return [_host_port(settings.host, replica_port) for _, replica_port in settings.replicas(host)]
-    return [_host_port(host, port)]
+        return [host_port(settings.host, replica_port) for _, replica_port in settings.replicas(host)]
+    return [host_port(host, port)]
 
 
-def service_addresses(service: _Service, settings: Settings | None) -> list[str]:
+def service_addresses(service: Service, settings: Settings | None) -> list[str]:
     """Every address the gateway may send a service's traffic to."""
     if service.upstream is None:
         name = service.name if service.name in EMBEDDED_SERVICE_PORTS else service.host
@@ -139,15 +139,15 @@ def service_addresses(service: _Service, settings: Settings | None) -> list[str]
     return [address for host, port, _ in service.upstream.targets for address in _addresses(host, port, settings)]
 
 
-def upstream_name(service: _Service) -> str:
-    return f"lk_service_{_ident(service.name)}"
+def upstream_name(service: Service) -> str:
+    return f"lk_service_{nginx_ident(service.name)}"
 
 
-def upstream_block(service: _Service, settings: Settings | None) -> list[str]:
+def upstream_block(service: Service, settings: Settings | None) -> list[str]:
     """The nginx upstream a service's routes proxy to: its targets, algorithm and passive checks."""
     upstream = service.upstream
     if upstream is None:
-        return _block(f"upstream {upstream_name(service)}", [f"server {a};" for a in service_addresses(service, settings)])
+        return block(f"upstream {upstream_name(service)}", [f"server {a};" for a in service_addresses(service, settings)])
     lines = [f"# Kong upstream '{upstream.name}', algorithm {upstream.algorithm}"]
     if ALGORITHMS[upstream.algorithm]:
         lines.append(ALGORITHMS[upstream.algorithm])
@@ -156,4 +156,4 @@ def upstream_block(service: _Service, settings: Settings | None) -> list[str]:
     for host, port, weight in upstream.targets:
         for address in _addresses(host, port, settings):
             lines.append(f"server {address} weight={weight}{health};")
-    return _block(f"upstream {upstream_name(service)}", lines)
+    return block(f"upstream {upstream_name(service)}", lines)
