@@ -1,14 +1,17 @@
 """Kong's model as the embedded gateway holds it: its entities, limits and the one error it raises.
 
-Shared by every step: :mod:`.config` and :mod:`.plugins` fill these dataclasses
-from kong.yml, :mod:`.nginx` renders them.
+Shared by every step: :mod:`.config`, :mod:`.plugins` and :mod:`.upstreams` read
+kong.yml into pydantic models (on :class:`KongEntity`) and resolve them into these
+dataclasses; :mod:`.nginx` renders them.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from labkit.errors import LabkitError
 
@@ -41,6 +44,29 @@ class GatewayConfigError(LabkitError, ValueError):
     The message names the entity (route, service, plugin, consumer) and the
     field, and says what to do about it.
     """
+
+
+#: What Kong keeps on every entity for itself; the gateway accepts and ignores it.
+BOOKKEEPING = frozenset({"tags", "created_at", "updated_at"})
+
+
+class KongEntity(BaseModel):
+    """Base of kong.yml's entities as pydantic models: a field the gateway does not know is refused.
+
+    A field given empty (null, [], {}, "") asks for nothing and is dropped first: Kong's own
+    exports write unset fields so, and an empty known field means its default. The fields
+    in ``IGNORED`` are accepted and dropped too.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    IGNORED: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_empty_and_ignored(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {key: value for key, value in data.items() if value not in (None, [], {}, "") and key not in cls.IGNORED}
 
 
 @dataclass

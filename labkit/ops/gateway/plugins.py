@@ -1,182 +1,251 @@
-"""Reading each plugin of kong.yml: key-auth, rate-limiting and cors, with Kong's defaults.
+"""kong.yml's plugins as pydantic models: key-auth, rate-limiting and cors, with Kong's defaults.
 
 A plugin that the embedded gateway cannot run as Kong would, or a config field
-it does not understand, is refused with GatewayConfigError rather than left out.
+it does not understand, is refused (:mod:`.config` turns the refusal into
+GatewayConfigError) rather than left out. A disabled plugin is not read at all,
+since Kong does not run it either.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from labkit.ops.gateway.model import (
+    BOOKKEEPING,
     HEADER_NAME_RE,
     HEADER_VALUE_RE,
     LITERAL_ORIGIN_RE,
     PLUGIN_PRIORITY,
-    GatewayConfigError,
-    nginx_ident,
-    Plugin,
+    KongEntity,
 )
 
-_PLUGIN_FIELDS = {"name", "config", "enabled", "protocols", "tags", "id", "instance_name", "run_on",
-                  "route", "service", "created_at", "updated_at"}  # fmt: skip
-
-
-def read_plugin(raw: dict, scope: str, scope_name: str | None) -> Plugin | None:
-    """One plugin entry of kong.yml, checked and with Kong's defaults; None when it is disabled."""
-    name = raw.get("name")
-    where = f"{scope} '{scope_name}'" if scope_name else "global"
-    if raw.get("enabled", True) is False:
-        return None  # Kong does not run a disabled plugin either
-    if name not in PLUGIN_PRIORITY:
-        raise GatewayConfigError(
-            f"plugin '{name}' ({where}) is not supported by the embedded gateway, which renders only "
-            f"{', '.join(sorted(PLUGIN_PRIORITY))}; it is refused rather than left out. Remove it, "
-            "or run the compose mode where Kong itself reads kong.yml."
-        )
-    plugin = Plugin(name, {}, f"{scope}_{nginx_ident(scope_name)}" if scope_name else "global", where)
-    for key, value in raw.items():
-        if key not in _PLUGIN_FIELDS and value not in (None, [], {}, ""):
-            raise plugin.error(f"field '{key}' is not supported by the embedded gateway; remove it")
-    protocols = raw.get("protocols")
-    if protocols and not {"http", "ws"} & set(protocols):
-        raise plugin.error(
-            f"protocols {protocols} exclude http, so on the embedded gateway it would never run; "
-            "add 'http' or remove protocols"
-        )
-    plugin.config = _PLUGIN_READERS[name](plugin, raw.get("config") or {})
-    return plugin
-
-
-def _with_defaults(plugin: Plugin, config: dict, defaults: dict) -> dict:
-    config = {key: value for key, value in config.items() if value is not None}
-    for key in config:
-        if key not in defaults:
-            raise plugin.error(
-                f"config field '{key}' is not supported by the embedded gateway; remove it, "
-                "or run the compose mode where Kong itself reads kong.yml"
-            )
-    return {**defaults, **config}
-
-
-_KEY_AUTH_DEFAULTS = {
-    "key_names": ["apikey"],
-    "key_in_header": True,
-    "key_in_query": True,
-    "key_in_body": False,
-    "hide_credentials": False,
-    "anonymous": None,
-    "run_on_preflight": True,
-    "realm": None,
-    "identity_realms": None,
-}
-
-
-def _read_key_auth(plugin: Plugin, config: dict) -> dict:
-    config = _with_defaults(plugin, config, _KEY_AUTH_DEFAULTS)
-    if config["key_in_body"]:
-        raise plugin.error(
-            "key_in_body: true is not supported (nginx does not read request bodies here); "
-            "send the key in a header or the query string, and set key_in_body: false"
-        )
-    if config["anonymous"]:
-        raise plugin.error("anonymous is not supported: every request needs a valid key; remove anonymous")
-    for realm in config["identity_realms"] or []:
-        if realm.get("scope") != "cp":
-            raise plugin.error("identity_realms other than {scope: cp} (Konnect) are not supported; remove them")
-    if not config["key_in_header"] and not config["key_in_query"]:
-        raise plugin.error("key_in_header and key_in_query are both false: no key could ever be found")
-    if not config["key_names"]:
-        raise plugin.error("key_names is empty: no key could ever be found")
-    for key_name in config["key_names"]:
-        if not HEADER_NAME_RE.fullmatch(key_name):
-            raise plugin.error(f"key name {key_name!r} is not a header name (letters, digits, '-' and '_')")
-    realm = config["realm"]
-    if realm is not None and (not HEADER_VALUE_RE.fullmatch(realm) or set(realm) & set("\"'\\")):
-        raise plugin.error(f"realm {realm!r} must be printable ASCII without quotes or backslashes")
-    return config
-
-
-_RATE_LIMITING_DEFAULTS: dict[str, Any] = {
-    "second": None, "minute": None, "hour": None, "day": None, "month": None, "year": None,
-    "limit_by": "consumer", "header_name": None, "path": None, "policy": "local",
-    "fault_tolerant": True, "hide_client_headers": False, "error_code": 429,
-    "error_message": "API rate limit exceeded", "sync_rate": -1,
-    # Only read by the redis policy, which is refused; accepted so that exported configs load.
-    "redis": None, "redis_host": None, "redis_port": None, "redis_password": None, "redis_username": None,
-    "redis_ssl": None, "redis_ssl_verify": None, "redis_server_name": None, "redis_timeout": None,
-    "redis_database": None,
-}  # fmt: skip
+#: The rate-limiting windows nginx's limit_req can count, in seconds.
 RATE_PERIODS = {"second": 1, "minute": 60}
 
+#: What the compose mode offers for anything the embedded gateway refuses.
+USE_KONG = "or run the compose mode where Kong itself reads kong.yml"
 
-def _read_rate_limiting(plugin: Plugin, config: dict) -> dict:
-    config = _with_defaults(plugin, config, _RATE_LIMITING_DEFAULTS)
-    for period in ("hour", "day", "month", "year"):
-        if config[period] is not None:
-            raise plugin.error(
-                f"field '{period}' is not supported: nginx's limit_req counts per second or per minute only. "
-                "Use 'second' or 'minute', or the compose mode where Kong counts longer windows"
-            )
-    limits = {period: config[period] for period in RATE_PERIODS if config[period] is not None}
-    if not limits:
-        raise plugin.error("set a limit: 'second' or 'minute'")
-    for period, limit in limits.items():
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise plugin.error(f"'{period}' must be a whole number of requests (>= 1) here, not {limit!r}")
-    if config["policy"] != "local":
-        raise plugin.error(
-            f"policy {config['policy']!r} is not supported: the embedded gateway is one nginx, so counters are "
-            "local. Set policy: local"
-        )
-    if config["sync_rate"] not in (-1, None):
-        raise plugin.error("sync_rate only applies to the redis policy; remove it")
-    if config["limit_by"] not in ("consumer", "credential", "ip", "service", "header"):
-        raise plugin.error(
-            f"limit_by {config['limit_by']!r} is not supported; use consumer, credential, ip, service or header"
-        )
-    if config["limit_by"] == "header" and not HEADER_NAME_RE.fullmatch(config["header_name"] or ""):
-        raise plugin.error("limit_by: header needs header_name (a header name)")
-    code = config["error_code"]
-    if not isinstance(code, int) or not 400 <= code <= 599:
-        raise plugin.error(f"error_code {code!r} is not supported: nginx answers a limit with a 4xx or 5xx code")
-    return config
+#: A reference to a service, route or consumer: its name or id, or {name: ...} / {id: ...}.
+Reference = str | dict[str, str]
 
 
-_CORS_DEFAULTS: dict[str, Any] = {
-    "origins": [], "methods": None, "headers": None, "exposed_headers": None, "credentials": False,
-    "max_age": None, "preflight_continue": False, "private_network": False, "allow_origin_absent": True,
+def header_name(value: str) -> str:
+    """A header (or method) name: letters, digits, '-' and '_', nothing nginx would need quoted."""
+    if not HEADER_NAME_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a header name (letters, digits, '-' and '_')")
+    return value
+
+
+def takes_http(protocols: list[str] | None) -> list[str] | None:
+    """Refuse protocols without http: the embedded gateway listens for http (and WebSocket upgrades) only."""
+    if protocols is not None and not {"http", "ws"} & set(protocols):
+        raise ValueError(f"protocols {protocols} exclude http, so on the embedded gateway this never runs; add 'http'")
+    return protocols
+
+
+HeaderName = Annotated[str, AfterValidator(header_name)]
+
+_KEY_AUTH_REFUSALS = {
+    "key_in_body": "key_in_body: true is not supported (nginx does not read request bodies here); "
+                   "send the key in a header or the query string, and set key_in_body: false",
+    "anonymous": "anonymous is not supported: every request needs a valid key; remove anonymous",
 }  # fmt: skip
 
 
-def _read_cors(plugin: Plugin, config: dict) -> dict:
-    config = _with_defaults(plugin, config, _CORS_DEFAULTS)
-    if not config["allow_origin_absent"]:
-        raise plugin.error(
-            "allow_origin_absent: false is not supported; remove it (Kong's default, true, sends the CORS "
-            "headers whether or not the request has an Origin)"
+class KeyAuthConfig(KongEntity):
+    """key-auth's config: where the key is looked for (header, then query string), Kong's defaults."""
+
+    key_names: list[HeaderName] = ["apikey"]
+    key_in_header: bool = True
+    key_in_query: bool = True
+    key_in_body: bool = False
+    hide_credentials: bool = False
+    anonymous: str | None = None
+    run_on_preflight: bool = True
+    realm: str | None = None
+    identity_realms: list[dict[str, Any]] | None = None
+
+    @field_validator("key_in_body", "anonymous")
+    @classmethod
+    def _refused(cls, value: Any, info: ValidationInfo) -> Any:
+        if value:
+            raise ValueError(_KEY_AUTH_REFUSALS[info.field_name])
+        return value
+
+    @field_validator("realm")
+    @classmethod
+    def _quotable_realm(cls, realm: str) -> str:
+        if not HEADER_VALUE_RE.fullmatch(realm) or set(realm) & set("\"'\\"):
+            raise ValueError(f"realm {realm!r} must be printable ASCII without quotes or backslashes")
+        return realm
+
+    @field_validator("identity_realms")
+    @classmethod
+    def _konnect_only(cls, realms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if any(realm.get("scope") != "cp" for realm in realms):
+            raise ValueError("identity_realms other than {scope: cp} (Konnect) are not supported; remove them")
+        return realms
+
+    @model_validator(mode="after")
+    def _key_somewhere(self) -> KeyAuthConfig:
+        if not self.key_in_header and not self.key_in_query:
+            raise ValueError("key_in_header and key_in_query are both false: no key could ever be found")
+        return self
+
+
+class RateLimitingConfig(KongEntity):
+    """rate-limiting's config, policy local, per second or per minute (nginx's limit_req), Kong's defaults."""
+
+    second: Annotated[int, Field(strict=True, ge=1)] | None = None
+    minute: Annotated[int, Field(strict=True, ge=1)] | None = None
+    hour: Any = None
+    day: Any = None
+    month: Any = None
+    year: Any = None
+    limit_by: str = "consumer"
+    header_name: HeaderName | None = None
+    policy: str = "local"
+    fault_tolerant: bool = True
+    hide_client_headers: bool = False
+    error_code: Annotated[int, Field(ge=400, le=599)] = 429
+    error_message: str = "API rate limit exceeded"
+    sync_rate: int = -1
+    # Read only by limit_by: path and the redis policy, which are refused; accepted so that exported configs load.
+    IGNORED = frozenset({"path", "redis", "redis_host", "redis_port", "redis_password", "redis_username", "redis_ssl",
+                         "redis_ssl_verify", "redis_server_name", "redis_timeout", "redis_database"})
+
+    @field_validator("hour", "day", "month", "year")
+    @classmethod
+    def _window_too_long(cls, value: Any, info: ValidationInfo) -> None:
+        raise ValueError(
+            f"field '{info.field_name}' is not supported: nginx's limit_req counts per second or per minute "
+            "only. Use 'second' or 'minute', or the compose mode where Kong counts longer windows"
         )
-    for origin in config["origins"]:
-        if origin == "*" or LITERAL_ORIGIN_RE.fullmatch(origin):
-            continue
-        if ":" not in origin:
-            raise plugin.error(
-                f"origin {origin!r} is a regex without ':', which Kong matches against the host alone; the "
-                "embedded gateway matches regexes against the whole origin: write it with the scheme, "
-                r"e.g. 'https://([a-z]+\.)?example\.com'"
-            )
-        try:
-            re.compile(origin)
-        except re.error as exc:
-            raise plugin.error(f"origin {origin!r} is not a valid regex: {exc}") from None
-    for key in ("methods", "headers", "exposed_headers"):
-        for value in config[key] or []:
-            if not HEADER_NAME_RE.fullmatch(value):
-                raise plugin.error(f"{key} entry {value!r} is not a method or header name")
-    if config["max_age"] is not None and (not isinstance(config["max_age"], int) or config["max_age"] < 0):
-        raise plugin.error(f"max_age must be a whole number of seconds, not {config['max_age']!r}")
-    return config
+
+    @field_validator("sync_rate")
+    @classmethod
+    def _redis_only(cls, sync_rate: int) -> int:
+        if sync_rate != -1:
+            raise ValueError("sync_rate only applies to the redis policy; remove it")
+        return sync_rate
+
+    @field_validator("policy")
+    @classmethod
+    def _local(cls, policy: str) -> str:
+        if policy != "local":
+            raise ValueError(f"policy {policy!r} is not supported: the embedded gateway is one nginx, so counters "
+                             "are local. Set policy: local")  # fmt: skip
+        return policy
+
+    @field_validator("limit_by")
+    @classmethod
+    def _countable(cls, limit_by: str) -> str:
+        if limit_by not in ("consumer", "credential", "ip", "service", "header"):
+            raise ValueError(f"limit_by {limit_by!r} is not supported; use consumer, credential, ip, service or header")
+        return limit_by
+
+    @model_validator(mode="after")
+    def _complete(self) -> RateLimitingConfig:
+        if self.second is None and self.minute is None:
+            raise ValueError("set a limit: 'second' or 'minute'")
+        if self.limit_by == "header" and not self.header_name:
+            raise ValueError("limit_by: header needs header_name (a header name)")
+        return self
 
 
-_PLUGIN_READERS = {"key-auth": _read_key_auth, "rate-limiting": _read_rate_limiting, "cors": _read_cors}
+def origin(value: str) -> str:
+    """A cors origin: literal, '*', or a regex that Kong and nginx both match against the whole origin."""
+    if value == "*" or LITERAL_ORIGIN_RE.fullmatch(value):
+        return value
+    if ":" not in value:
+        raise ValueError(
+            f"origin {value!r} is a regex without ':', which Kong matches against the host alone; the "
+            "embedded gateway matches regexes against the whole origin: write it with the scheme, "
+            r"e.g. 'https://([a-z]+\.)?example\.com'"
+        )
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"origin {value!r} is not a valid regex: {exc}") from None
+    return value
+
+
+class CorsConfig(KongEntity):
+    """cors's config, with Kong's defaults; allow_origin_absent must stay true."""
+
+    origins: list[Annotated[str, AfterValidator(origin)]] = []
+    methods: list[HeaderName] | None = None
+    headers: list[HeaderName] | None = None
+    exposed_headers: list[HeaderName] | None = None
+    credentials: bool = False
+    max_age: Annotated[int, Field(ge=0)] | None = None
+    preflight_continue: bool = False
+    private_network: bool = False
+    allow_origin_absent: Literal[True] = True
+
+
+class _PluginEntry(KongEntity):
+    """The fields of every plugin entry, whatever the plugin."""
+
+    name: str
+    enabled: bool = True
+    protocols: Annotated[list[str] | None, AfterValidator(takes_http)] = None
+    route: Reference | None = None
+    service: Reference | None = None
+    IGNORED = BOOKKEEPING | {"id", "instance_name", "run_on"}
+
+
+class KeyAuth(_PluginEntry):
+    config: KeyAuthConfig = KeyAuthConfig()
+
+
+class RateLimiting(_PluginEntry):
+    config: RateLimitingConfig = Field(default_factory=dict, validate_default=True)  # no limit given: refused
+
+
+class Cors(_PluginEntry):
+    config: CorsConfig = CorsConfig()
+
+
+class DisabledPlugin(BaseModel):
+    """A plugin with ``enabled: false``: Kong does not run it, so it is neither read nor refused."""
+
+    model_config = ConfigDict(extra="allow")
+    enabled: Literal[False]
+
+
+def _plugin_kind(raw: Any) -> str | None:
+    if not isinstance(raw, dict):
+        return None
+    return "disabled" if raw.get("enabled", True) is False else raw.get("name")
+
+
+#: A plugin entry of kong.yml, read by the model of its name; any other name is refused (error type
+#: "unsupported_plugin"), never left out.
+PluginEntry = Annotated[
+    Annotated[KeyAuth, Tag("key-auth")]
+    | Annotated[RateLimiting, Tag("rate-limiting")]
+    | Annotated[Cors, Tag("cors")]
+    | Annotated[DisabledPlugin, Tag("disabled")],
+    Discriminator(
+        _plugin_kind,
+        custom_error_type="unsupported_plugin",
+        custom_error_message=(
+            f"not supported by the embedded gateway, which renders only {', '.join(sorted(PLUGIN_PRIORITY))}; it is "
+            f"refused rather than left out. Remove it, {USE_KONG}."
+        ),
+    ),
+]
