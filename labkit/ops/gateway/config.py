@@ -36,6 +36,7 @@ from labkit.ops.gateway.model import (
     Route,
     Service,
     exact_path,
+    matching,
     nginx_ident,
     request_path,
 )
@@ -85,32 +86,17 @@ def _route_path(path: str) -> str:
     return path
 
 
-def _method(method: str) -> str:
-    if not METHOD_RE.fullmatch(method.upper()):
-        raise ValueError(f"method {method!r} is not an HTTP method name")
-    return method.upper()
-
-
-def _host(host: str) -> str:
-    if not HOST_RE.fullmatch(host):
-        raise ValueError(f"host {host!r} is not supported (host names and *-wildcards only, no port)")
-    return host
-
-
 def _consumer_label(label: str) -> str:
     if not HEADER_VALUE_RE.fullmatch(label) or "'" in label or "\\" in label:
         raise ValueError("username/custom_id must be printable ASCII without quotes")
     return label
 
 
-def _api_key(key: str) -> str:
-    if not API_KEY_RE.fullmatch(key):
-        raise ValueError("every keyauth_credentials entry needs a key of printable ASCII characters without "
-                         "spaces (the embedded gateway cannot generate keys)")  # fmt: skip
-    return key
-
-
-Milliseconds = Annotated[int, Field(strict=True, ge=1)]
+_Milliseconds = Annotated[int, Field(strict=True, ge=1)]
+_NOT_A_METHOD = "method {value!r} is not an HTTP method name"
+_NOT_A_HOST = "host {value!r} is not supported (host names and *-wildcards only, no port)"
+_NO_KEY = ("every keyauth_credentials entry needs a key of printable ASCII characters without spaces (the embedded "
+           "gateway cannot generate keys)")  # fmt: skip
 
 
 class _RouteEntry(KongEntity):
@@ -120,8 +106,8 @@ class _RouteEntry(KongEntity):
     paths: list[Annotated[str, AfterValidator(_route_path)]] = ["/"]
     strip_path: bool = True
     preserve_host: bool = False
-    methods: list[Annotated[str, AfterValidator(_method)]] = []
-    hosts: list[Annotated[str, AfterValidator(_host)]] = []
+    methods: list[Annotated[str, AfterValidator(str.upper), matching(METHOD_RE, _NOT_A_METHOD)]] = []
+    hosts: list[Annotated[str, matching(HOST_RE, _NOT_A_HOST)]] = []
     protocols: Annotated[list[str], AfterValidator(takes_http)] = ["http", "https"]
     path_handling: str = "v0"
     request_buffering: bool = True
@@ -148,9 +134,9 @@ class _ServiceEntry(KongEntity):
     path: str = "/"
     enabled: bool = True
     retries: Annotated[int, Field(strict=True, ge=0)] = 5
-    connect_timeout: Milliseconds = KONG_DEFAULT_TIMEOUT_MS
-    read_timeout: Milliseconds = KONG_DEFAULT_TIMEOUT_MS
-    write_timeout: Milliseconds = KONG_DEFAULT_TIMEOUT_MS
+    connect_timeout: _Milliseconds = KONG_DEFAULT_TIMEOUT_MS
+    read_timeout: _Milliseconds = KONG_DEFAULT_TIMEOUT_MS
+    write_timeout: _Milliseconds = KONG_DEFAULT_TIMEOUT_MS
     routes: list[_RouteEntry] = []
     plugins: list[PluginEntry] = []
     IGNORED = BOOKKEEPING
@@ -174,7 +160,7 @@ class _ServiceEntry(KongEntity):
 
 
 class _Credential(KongEntity):
-    key: Annotated[str, Field(strict=True), AfterValidator(_api_key)]
+    key: Annotated[str, Field(strict=True), matching(API_KEY_RE, _NO_KEY)]
     IGNORED = BOOKKEEPING | {"id", "consumer"}
 
 
@@ -192,7 +178,8 @@ class _ConsumerEntry(KongEntity):
 
 
 class _KongFile(KongEntity):
-    IGNORED = frozenset({"_format_version", "_transform", "_comment", "_ignore", "_info"})  # the version: load_kong_config
+    # _format_version is checked by load_kong_config; the others are Kong's notes.
+    IGNORED = frozenset({"_format_version", "_transform", "_comment", "_ignore", "_info"})
     services: list[_ServiceEntry] = []
     routes: list[_RouteEntry] = []
     plugins: list[PluginEntry] = []
@@ -340,7 +327,8 @@ def _attach_plugins(scoped_plugins: list[tuple[Any, str, str | None]], routes: l
         if isinstance(entry, DisabledPlugin):
             continue  # Kong does not run a disabled plugin either
         ident = f"{scope}_{nginx_ident(scope_name)}" if scope_name else "global"
-        plugin = Plugin(entry.name, entry.config.model_dump(), ident, f"{scope} '{scope_name}'" if scope_name else "global")
+        where = f"{scope} '{scope_name}'" if scope_name else "global"
+        plugin = Plugin(entry.name, entry.config.model_dump(), ident, where)
         here = by_scope.setdefault((scope, scope_name), {})
         if plugin.name in here:
             raise plugin.error("configured twice at the same place; keep one")

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
 from labkit.errors import LabkitError
 
@@ -67,6 +67,17 @@ class KongEntity(BaseModel):
         if not isinstance(data, dict):
             return data
         return {key: value for key, value in data.items() if value not in (None, [], {}, "") and key not in cls.IGNORED}
+
+
+def matching(pattern: re.Pattern[str], refusal: str) -> AfterValidator:
+    """A pydantic check that a string matches ``pattern`` whole, else ``refusal`` (``{value!r}`` names the string)."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(refusal.format(value=value))
+        return value
+
+    return AfterValidator(check)
 
 
 @dataclass

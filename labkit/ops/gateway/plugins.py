@@ -30,6 +30,7 @@ from labkit.ops.gateway.model import (
     LITERAL_ORIGIN_RE,
     PLUGIN_PRIORITY,
     KongEntity,
+    matching,
 )
 
 #: The rate-limiting windows nginx's limit_req can count, in seconds.
@@ -42,13 +43,6 @@ USE_KONG = "or run the compose mode where Kong itself reads kong.yml"
 Reference = str | dict[str, str]
 
 
-def header_name(value: str) -> str:
-    """A header (or method) name: letters, digits, '-' and '_', nothing nginx would need quoted."""
-    if not HEADER_NAME_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a header name (letters, digits, '-' and '_')")
-    return value
-
-
 def takes_http(protocols: list[str] | None) -> list[str] | None:
     """Refuse protocols without http: the embedded gateway listens for http (and WebSocket upgrades) only."""
     if protocols is not None and not {"http", "ws"} & set(protocols):
@@ -56,7 +50,7 @@ def takes_http(protocols: list[str] | None) -> list[str] | None:
     return protocols
 
 
-HeaderName = Annotated[str, AfterValidator(header_name)]
+_HeaderName = Annotated[str, matching(HEADER_NAME_RE, "{value!r} is not a header name (letters, digits, '-' and '_')")]
 
 _KEY_AUTH_REFUSALS = {
     "key_in_body": "key_in_body: true is not supported (nginx does not read request bodies here); "
@@ -65,10 +59,10 @@ _KEY_AUTH_REFUSALS = {
 }  # fmt: skip
 
 
-class KeyAuthConfig(KongEntity):
+class _KeyAuthConfig(KongEntity):
     """key-auth's config: where the key is looked for (header, then query string), Kong's defaults."""
 
-    key_names: list[HeaderName] = ["apikey"]
+    key_names: list[_HeaderName] = ["apikey"]
     key_in_header: bool = True
     key_in_query: bool = True
     key_in_body: bool = False
@@ -100,13 +94,13 @@ class KeyAuthConfig(KongEntity):
         return realms
 
     @model_validator(mode="after")
-    def _key_somewhere(self) -> KeyAuthConfig:
+    def _key_somewhere(self) -> _KeyAuthConfig:
         if not self.key_in_header and not self.key_in_query:
             raise ValueError("key_in_header and key_in_query are both false: no key could ever be found")
         return self
 
 
-class RateLimitingConfig(KongEntity):
+class _RateLimitingConfig(KongEntity):
     """rate-limiting's config, policy local, per second or per minute (nginx's limit_req), Kong's defaults."""
 
     second: Annotated[int, Field(strict=True, ge=1)] | None = None
@@ -116,7 +110,7 @@ class RateLimitingConfig(KongEntity):
     month: Any = None
     year: Any = None
     limit_by: str = "consumer"
-    header_name: HeaderName | None = None
+    header_name: _HeaderName | None = None
     policy: str = "local"
     fault_tolerant: bool = True
     hide_client_headers: bool = False
@@ -158,7 +152,7 @@ class RateLimitingConfig(KongEntity):
         return limit_by
 
     @model_validator(mode="after")
-    def _complete(self) -> RateLimitingConfig:
+    def _complete(self) -> _RateLimitingConfig:
         if self.second is None and self.minute is None:
             raise ValueError("set a limit: 'second' or 'minute'")
         if self.limit_by == "header" and not self.header_name:
@@ -166,7 +160,7 @@ class RateLimitingConfig(KongEntity):
         return self
 
 
-def origin(value: str) -> str:
+def _origin(value: str) -> str:
     """A cors origin: literal, '*', or a regex that Kong and nginx both match against the whole origin."""
     if value == "*" or LITERAL_ORIGIN_RE.fullmatch(value):
         return value
@@ -183,13 +177,13 @@ def origin(value: str) -> str:
     return value
 
 
-class CorsConfig(KongEntity):
+class _CorsConfig(KongEntity):
     """cors's config, with Kong's defaults; allow_origin_absent must stay true."""
 
-    origins: list[Annotated[str, AfterValidator(origin)]] = []
-    methods: list[HeaderName] | None = None
-    headers: list[HeaderName] | None = None
-    exposed_headers: list[HeaderName] | None = None
+    origins: list[Annotated[str, AfterValidator(_origin)]] = []
+    methods: list[_HeaderName] | None = None
+    headers: list[_HeaderName] | None = None
+    exposed_headers: list[_HeaderName] | None = None
     credentials: bool = False
     max_age: Annotated[int, Field(ge=0)] | None = None
     preflight_continue: bool = False
@@ -208,16 +202,16 @@ class _PluginEntry(KongEntity):
     IGNORED = BOOKKEEPING | {"id", "instance_name", "run_on"}
 
 
-class KeyAuth(_PluginEntry):
-    config: KeyAuthConfig = KeyAuthConfig()
+class _KeyAuth(_PluginEntry):
+    config: _KeyAuthConfig = _KeyAuthConfig()
 
 
-class RateLimiting(_PluginEntry):
-    config: RateLimitingConfig = Field(default_factory=dict, validate_default=True)  # no limit given: refused
+class _RateLimiting(_PluginEntry):
+    config: _RateLimitingConfig = Field(default_factory=dict, validate_default=True)  # no limit given: refused
 
 
-class Cors(_PluginEntry):
-    config: CorsConfig = CorsConfig()
+class _Cors(_PluginEntry):
+    config: _CorsConfig = _CorsConfig()
 
 
 class DisabledPlugin(BaseModel):
@@ -236,9 +230,9 @@ def _plugin_kind(raw: Any) -> str | None:
 #: A plugin entry of kong.yml, read by the model of its name; any other name is refused (error type
 #: "unsupported_plugin"), never left out.
 PluginEntry = Annotated[
-    Annotated[KeyAuth, Tag("key-auth")]
-    | Annotated[RateLimiting, Tag("rate-limiting")]
-    | Annotated[Cors, Tag("cors")]
+    Annotated[_KeyAuth, Tag("key-auth")]
+    | Annotated[_RateLimiting, Tag("rate-limiting")]
+    | Annotated[_Cors, Tag("cors")]
     | Annotated[DisabledPlugin, Tag("disabled")],
     Discriminator(
         _plugin_kind,

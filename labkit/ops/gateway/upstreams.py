@@ -27,6 +27,7 @@ Anything else on an upstream is refused with GatewayConfigError.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, field_validator, model_validator
@@ -38,6 +39,7 @@ from labkit.ops.gateway.model import (
     KongEntity,
     Service,
     Upstream,
+    matching,
     nginx_ident,
 )
 from labkit.ops.gateway.nginx_text import block, host_port
@@ -49,13 +51,7 @@ __all__ = ["UpstreamEntry", "read_upstreams", "upstream_block", "upstream_name",
 
 ALGORITHMS = {"round-robin": None, "least-connections": "least_conn;"}
 KONG_DEFAULT_WEIGHT = 100
-
-
-def _host_and_port(target: str) -> str:
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"target {target!r} must be host:port, such as consumer:6788")
-    return target
+_HOST_PORT_RE = re.compile(r".+:[0-9]+")
 
 
 def _weighed(weight: int) -> int:
@@ -65,7 +61,7 @@ def _weighed(weight: int) -> int:
 
 
 class _Target(KongEntity):
-    target: Annotated[str, AfterValidator(_host_and_port)]
+    target: Annotated[str, matching(_HOST_PORT_RE, "target {value!r} must be host:port, such as consumer:6788")]
     weight: Annotated[int, AfterValidator(_weighed)] = KONG_DEFAULT_WEIGHT
     IGNORED = BOOKKEEPING | {"id"}
 
