@@ -188,7 +188,15 @@ class _CorsConfig(KongEntity):
     max_age: Annotated[int, Field(ge=0)] | None = None
     preflight_continue: bool = False
     private_network: bool = False
-    allow_origin_absent: Literal[True] = True
+    allow_origin_absent: bool = True
+
+    @field_validator("allow_origin_absent")
+    @classmethod
+    def _headers_always(cls, allow_origin_absent: bool) -> bool:
+        if not allow_origin_absent:
+            raise ValueError("allow_origin_absent: false is not supported; remove it (Kong's default, true, sends "
+                             "the CORS headers whether or not the request has an Origin)")  # fmt: skip
+        return allow_origin_absent
 
 
 class _PluginEntry(KongEntity):
