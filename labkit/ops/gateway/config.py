@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
 from labkit.settings import Settings
@@ -37,6 +37,7 @@ from labkit.ops.gateway.model import (
     Service,
     exact_path,
     matching,
+    one_of,
     nginx_ident,
     request_path,
 )
@@ -109,19 +110,12 @@ class _RouteEntry(KongEntity):
     methods: list[Annotated[str, AfterValidator(str.upper), matching(METHOD_RE, _NOT_A_METHOD)]] = []
     hosts: list[Annotated[str, matching(HOST_RE, _NOT_A_HOST)]] = []
     protocols: Annotated[list[str], AfterValidator(takes_http)] = ["http", "https"]
-    path_handling: str = "v0"
+    path_handling: Annotated[str, one_of({"v0"}, "path_handling {value!r} is not supported; the embedded gateway "
+                                         "does Kong 3.x's default path handling, 'v0'")] = "v0"  # fmt: skip
     request_buffering: bool = True
     response_buffering: bool | None = None
     plugins: list[PluginEntry] = []
     IGNORED = BOOKKEEPING | {"regex_priority", "https_redirect_status_code"}  # only Kong's router reads them
-
-    @field_validator("path_handling")
-    @classmethod
-    def _v0(cls, path_handling: str) -> str:
-        if path_handling != "v0":
-            raise ValueError(f"path_handling {path_handling!r} is not supported; the embedded gateway does "
-                             "Kong 3.x's default path handling, 'v0'")  # fmt: skip
-        return path_handling
 
 
 class _ServiceEntry(KongEntity):

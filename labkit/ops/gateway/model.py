@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
@@ -69,15 +70,28 @@ class KongEntity(BaseModel):
         return {key: value for key, value in data.items() if value not in (None, [], {}, "") and key not in cls.IGNORED}
 
 
-def matching(pattern: re.Pattern[str], refusal: str) -> AfterValidator:
-    """A pydantic check that a string matches ``pattern`` whole, else ``refusal`` (``{value!r}`` names the string)."""
+def refusing(test: Callable[[Any], object], refusal: str) -> AfterValidator:
+    """A pydantic check: a value that passes ``test`` is kept, any other is refused with ``refusal``.
 
-    def check(value: str) -> str:
-        if not pattern.fullmatch(value):
+    ``{value!r}`` in ``refusal`` names the value (so other braces are doubled).
+    """
+
+    def check(value: Any) -> Any:
+        if not test(value):
             raise ValueError(refusal.format(value=value))
         return value
 
     return AfterValidator(check)
+
+
+def matching(pattern: re.Pattern[str], refusal: str) -> AfterValidator:
+    """A pydantic check that a string matches ``pattern`` whole, else ``refusal``."""
+    return refusing(pattern.fullmatch, refusal)
+
+
+def one_of(values: Collection[object], refusal: str) -> AfterValidator:
+    """A pydantic check that a value is one of ``values`` (none given: every value is refused), else ``refusal``."""
+    return refusing(lambda value: value in values, refusal)
 
 
 @dataclass

@@ -18,7 +18,6 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -31,6 +30,8 @@ from labkit.ops.gateway.model import (
     PLUGIN_PRIORITY,
     KongEntity,
     matching,
+    one_of,
+    refusing,
 )
 
 #: The rate-limiting windows nginx's limit_req can count, in seconds.
@@ -51,12 +52,12 @@ def takes_http(protocols: list[str] | None) -> list[str] | None:
 
 
 _HeaderName = Annotated[str, matching(HEADER_NAME_RE, "{value!r} is not a header name (letters, digits, '-' and '_')")]
+_Limit = Annotated[int, Field(strict=True, ge=1)]
 
-_KEY_AUTH_REFUSALS = {
-    "key_in_body": "key_in_body: true is not supported (nginx does not read request bodies here); "
-                   "send the key in a header or the query string, and set key_in_body: false",
-    "anonymous": "anonymous is not supported: every request needs a valid key; remove anonymous",
-}  # fmt: skip
+
+def _longer_window(period: str) -> AfterValidator:
+    return one_of((), f"field '{period}' is not supported: nginx's limit_req counts per second or per minute only. "
+                      "Use 'second' or 'minute', or the compose mode where Kong counts longer windows")  # fmt: skip
 
 
 class _KeyAuthConfig(KongEntity):
@@ -65,26 +66,16 @@ class _KeyAuthConfig(KongEntity):
     key_names: list[_HeaderName] = ["apikey"]
     key_in_header: bool = True
     key_in_query: bool = True
-    key_in_body: bool = False
+    key_in_body: Annotated[bool, one_of({False}, "key_in_body: true is not supported (nginx does not read request "
+                                        "bodies here); send the key in a header or the query string, and set "
+                                        "key_in_body: false")] = False  # fmt: skip
     hide_credentials: bool = False
-    anonymous: str | None = None
+    anonymous: Annotated[str, one_of((), "anonymous is not supported: every request needs a valid key; "
+                                         "remove anonymous")] | None = None  # fmt: skip
     run_on_preflight: bool = True
-    realm: str | None = None
+    realm: Annotated[str, refusing(lambda realm: HEADER_VALUE_RE.fullmatch(realm) and not set(realm) & set("\"'\\"),
+                                   "realm {value!r} must be printable ASCII without quotes or backslashes")] | None = None
     identity_realms: list[dict[str, Any]] | None = None
-
-    @field_validator("key_in_body", "anonymous")
-    @classmethod
-    def _refused(cls, value: Any, info: ValidationInfo) -> Any:
-        if value:
-            raise ValueError(_KEY_AUTH_REFUSALS[info.field_name])
-        return value
-
-    @field_validator("realm")
-    @classmethod
-    def _quotable_realm(cls, realm: str) -> str:
-        if not HEADER_VALUE_RE.fullmatch(realm) or set(realm) & set("\"'\\"):
-            raise ValueError(f"realm {realm!r} must be printable ASCII without quotes or backslashes")
-        return realm
 
     @field_validator("identity_realms")
     @classmethod
@@ -103,53 +94,25 @@ class _KeyAuthConfig(KongEntity):
 class _RateLimitingConfig(KongEntity):
     """rate-limiting's config, policy local, per second or per minute (nginx's limit_req), Kong's defaults."""
 
-    second: Annotated[int, Field(strict=True, ge=1)] | None = None
-    minute: Annotated[int, Field(strict=True, ge=1)] | None = None
-    hour: Any = None
-    day: Any = None
-    month: Any = None
-    year: Any = None
-    limit_by: str = "consumer"
+    second: _Limit | None = None
+    minute: _Limit | None = None
+    hour: Annotated[Any, _longer_window("hour")] = None
+    day: Annotated[Any, _longer_window("day")] = None
+    month: Annotated[Any, _longer_window("month")] = None
+    year: Annotated[Any, _longer_window("year")] = None
+    limit_by: Annotated[str, one_of({"consumer", "credential", "ip", "service", "header"}, "limit_by {value!r} is not "
+                                    "supported; use consumer, credential, ip, service or header")] = "consumer"
     header_name: _HeaderName | None = None
-    policy: str = "local"
+    policy: Annotated[str, one_of({"local"}, "policy {value!r} is not supported: the embedded gateway is one nginx, "
+                                  "so counters are local. Set policy: local")] = "local"
     fault_tolerant: bool = True
     hide_client_headers: bool = False
     error_code: Annotated[int, Field(ge=400, le=599)] = 429
     error_message: str = "API rate limit exceeded"
-    sync_rate: int = -1
+    sync_rate: Annotated[int, one_of({-1}, "sync_rate only applies to the redis policy; remove it")] = -1
     # Read only by limit_by: path and the redis policy, which are refused; accepted so that exported configs load.
     IGNORED = frozenset({"path", "redis", "redis_host", "redis_port", "redis_password", "redis_username", "redis_ssl",
                          "redis_ssl_verify", "redis_server_name", "redis_timeout", "redis_database"})
-
-    @field_validator("hour", "day", "month", "year")
-    @classmethod
-    def _window_too_long(cls, value: Any, info: ValidationInfo) -> None:
-        raise ValueError(
-            f"field '{info.field_name}' is not supported: nginx's limit_req counts per second or per minute "
-            "only. Use 'second' or 'minute', or the compose mode where Kong counts longer windows"
-        )
-
-    @field_validator("sync_rate")
-    @classmethod
-    def _redis_only(cls, sync_rate: int) -> int:
-        if sync_rate != -1:
-            raise ValueError("sync_rate only applies to the redis policy; remove it")
-        return sync_rate
-
-    @field_validator("policy")
-    @classmethod
-    def _local(cls, policy: str) -> str:
-        if policy != "local":
-            raise ValueError(f"policy {policy!r} is not supported: the embedded gateway is one nginx, so counters "
-                             "are local. Set policy: local")  # fmt: skip
-        return policy
-
-    @field_validator("limit_by")
-    @classmethod
-    def _countable(cls, limit_by: str) -> str:
-        if limit_by not in ("consumer", "credential", "ip", "service", "header"):
-            raise ValueError(f"limit_by {limit_by!r} is not supported; use consumer, credential, ip, service or header")
-        return limit_by
 
     @model_validator(mode="after")
     def _complete(self) -> _RateLimitingConfig:
@@ -188,15 +151,9 @@ class _CorsConfig(KongEntity):
     max_age: Annotated[int, Field(ge=0)] | None = None
     preflight_continue: bool = False
     private_network: bool = False
-    allow_origin_absent: bool = True
-
-    @field_validator("allow_origin_absent")
-    @classmethod
-    def _headers_always(cls, allow_origin_absent: bool) -> bool:
-        if not allow_origin_absent:
-            raise ValueError("allow_origin_absent: false is not supported; remove it (Kong's default, true, sends "
-                             "the CORS headers whether or not the request has an Origin)")  # fmt: skip
-        return allow_origin_absent
+    allow_origin_absent: Annotated[bool, one_of({True}, "allow_origin_absent: false is not supported; remove it "
+                                                "(Kong's default, true, sends the CORS headers whether or not the "
+                                                "request has an Origin)")] = True  # fmt: skip
 
 
 class _PluginEntry(KongEntity):

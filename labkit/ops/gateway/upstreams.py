@@ -28,9 +28,9 @@ Anything else on an upstream is refused with GatewayConfigError.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
-from pydantic import AfterValidator, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
 from labkit.ops.gateway.model import (
     BOOKKEEPING,
@@ -41,6 +41,8 @@ from labkit.ops.gateway.model import (
     Upstream,
     matching,
     nginx_ident,
+    one_of,
+    refusing,
 )
 from labkit.ops.gateway.nginx_text import block, host_port
 
@@ -54,15 +56,10 @@ KONG_DEFAULT_WEIGHT = 100
 _HOST_PORT_RE = re.compile(r".+:[0-9]+")
 
 
-def _weighed(weight: int) -> int:
-    if weight < 1:
-        raise ValueError(f"weight {weight!r} must be 1 or more (Kong disables a target of weight 0: remove it)")
-    return weight
-
-
 class _Target(KongEntity):
     target: Annotated[str, matching(_HOST_PORT_RE, "target {value!r} must be host:port, such as consumer:6788")]
-    weight: Annotated[int, AfterValidator(_weighed)] = KONG_DEFAULT_WEIGHT
+    weight: Annotated[int, refusing(lambda weight: weight >= 1, "weight {value!r} must be 1 or more (Kong disables a "
+                                    "target of weight 0: remove it)")] = KONG_DEFAULT_WEIGHT  # fmt: skip
     IGNORED = BOOKKEEPING | {"id"}
 
 
@@ -109,18 +106,11 @@ class UpstreamEntry(KongEntity):
     """A Kong upstream as kong.yml writes it: what nginx (without active checks) can honour."""
 
     name: str
-    algorithm: str = "round-robin"
+    algorithm: Annotated[str, one_of(ALGORITHMS, "algorithm {value!r} is not supported by the embedded gateway; "
+                                     f"use one of {', '.join(ALGORITHMS)}")] = "round-robin"  # fmt: skip
     targets: list[_Target] = []
     healthchecks: _HealthChecks = _HealthChecks()
     IGNORED = BOOKKEEPING | {"id"}
-
-    @field_validator("algorithm")
-    @classmethod
-    def _known_algorithm(cls, algorithm: str) -> str:
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm {algorithm!r} is not supported by the embedded gateway; "
-                             f"use one of {', '.join(ALGORITHMS)}")  # fmt: skip
-        return algorithm
 
     @model_validator(mode="after")
     def _honoured(self) -> UpstreamEntry:
