@@ -73,7 +73,7 @@ class KongEntity(BaseModel):
 def refusing(test: Callable[[Any], object], refusal: str) -> AfterValidator:
     """A pydantic check: a value that passes ``test`` is kept, any other is refused with ``refusal``.
 
-    ``{value!r}`` in ``refusal`` names the value (so other braces are doubled).
+    ``{value!r}`` in ``refusal`` names the value; any other brace in it must be doubled.
     """
 
     def check(value: Any) -> Any:
