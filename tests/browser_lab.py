@@ -29,7 +29,6 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from labkit import Stack
 from labkit.settings import REPO_ROOT, free_port
-from labkit.ops.stack import _settings_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -71,7 +70,7 @@ def lab_server(stack: Stack, tmp_path: Path) -> Iterator[tuple[str, str]]:
     port, token = free_port(), secrets.token_hex(16)
     env = {
         **os.environ,
-        **_settings_env(stack.settings),
+        **stack.settings.as_env(),
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
     }

@@ -98,16 +98,6 @@ class Component:
             return False
 
 
-def _settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as LABKIT_* variables, so a child process builds the same Settings."""
-    env = {}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        env[f"LABKIT_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-    return env
-
-
 def _listening(pid: int) -> bool:
     """Whether a process still holds a listening socket (an old nginx worker still taking new clients)."""
     try:
@@ -211,7 +201,7 @@ class Stack(StackCommon):
             port_setting = REPLICATED[name][1]
             return [
                 Component(part, port, port_setting, s.url(port), [*serve, f"labkit.services.{name}"],
-                          s.url(port, "/healthz", "http"), _settings_env(s.replace(**s.replica_env(name, port))),
+                          s.url(port, "/healthz", "http"), s.replace(**s.replica_env(name, port)).as_env(),
                           prepare=prepare)
                 for part, port in s.replicas(name)
             ]
