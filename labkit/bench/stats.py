@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from labkit.percentiles import percentiles
+from labkit.bench.config import BASELINE
 from labkit.bench.load import LoadPlan, SendOutcome
 from labkit.bench.receivers import TagReport
 
@@ -178,7 +179,7 @@ def summarize(path: str, phase: str, plan: LoadPlan, outcome: SendOutcome, repor
     result.frames_per_s = round(result.delivered / window_s, 1)
     result.latency = Latency.of(np.concatenate([np.asarray(c.latency_ms) for c in report.connections] or [[]]))
     result.ack_latency = Latency.of(outcome.ack_latency_ms)
-    result.hops = _hops(report, path == "baseline")
+    result.hops = _hops(report, path == BASELINE)
     return result
 
 
