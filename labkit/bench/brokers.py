@@ -18,7 +18,7 @@ from typing import Any
 import websockets
 
 from labkit.bench.config import BASELINE, FULL, BenchConfig
-from labkit.bench.resources import kind_of, stack_processes
+from labkit.bench.resources import stack_processes
 from labkit.bench.runner import BenchRunner, fresh_stacks, run_idle, the_running_stack
 from labkit.bench.stats import find_phase
 from labkit.discovery import lab_api_key
@@ -46,14 +46,6 @@ class BrokerFigures:
     crash_acked: int = 0
     crash_lost: int = 0
     crash_reused: int = 0  # acked (partition, offset) pairs now holding another event
-
-
-def _by_kind(figures: dict[str, float]) -> dict[str, float]:
-    """Figures of replicas and nodes added up under their kind."""
-    summed: dict[str, float] = {}
-    for name, value in figures.items():
-        summed[kind_of(name)] = round(summed.get(kind_of(name), 0.0) + value, 4)
-    return summed
 
 
 async def _crash(stack: Stack, figures: BrokerFigures) -> None:
@@ -94,7 +86,7 @@ async def measure_broker(broker: str, rates: tuple[float, ...], duration_s: floa
                 if (phase := find_phase(runner.phases, path, "fixed", rate)) is not None:
                     figures.paths.append({"path": path, "rate": rate, "p50_ms": phase.latency.p50,
                                           "p99_ms": phase.latency.p99, "lost": phase.lost,
-                                          "cpu_us_per_event": _by_kind(phase.cpu_us_per_delivery())})
+                                          "cpu_us_per_event": phase.cpu_us_per_delivery()})
         await asyncio.sleep(SETTLE_S)  # pacing a measurement: the last phase's work drains first
         figures.idle_cores = await asyncio.to_thread(run_idle, stack, idle_s)
         figures.rss_mb = {name: round(rss(procs) / 1e6, 1) for name, procs in stack_processes(stack).items()}

@@ -118,35 +118,26 @@ class WebSocketLoad:
     """A labkit Sender on one connection (to the gateway or to the producer's own port).
 
     A connection the producer closed (a frame too big, a restart) ends the phase: the events not sent count as
-    refused (``connection_closed``), and the next phase opens a new connection.
+    refused (``connection_closed``). Each phase opens a sender of its own.
     """
 
     def __init__(self, url: str, settings: Settings, api_key: str | None) -> None:
-        self.url, self.settings, self.api_key = url, settings, api_key
-        self.sender: Sender | None = None
-
-    async def _connected(self) -> Sender:
-        if self.sender is None or self.sender.ws is None or self.sender.ws.close_code is not None:
-            if self.sender is not None:
-                await self.sender.close()
-            self.sender = await Sender(self.url, settings=self.settings, api_key=self.api_key).__aenter__()
-        return self.sender
+        self.sender = Sender(url, settings=settings, api_key=api_key)
 
     async def __aenter__(self) -> WebSocketLoad:
-        await self._connected()
+        await self.sender.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.sender is not None:
-            await self.sender.close()
+        await self.sender.close()
 
     async def send_now(self, events: list[Event]) -> None:
         """Send without keeping track (priming)."""
-        for future in await (await self._connected()).submit(events):
+        for future in await self.sender.submit(events):
             future.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody waits: not "never retrieved"
 
     async def run(self, plan: LoadPlan, ack_timeout_s: float, **pacing: object) -> SendOutcome:
-        sender, outcome, futures = await self._connected(), SendOutcome(), []
+        sender, outcome, futures = self.sender, SendOutcome(), []
 
         def on_reply(future: asyncio.Future[Ack], sent_at: float) -> None:
             if not future.cancelled() and future.exception() is None:

@@ -17,13 +17,13 @@ import psutil
 from labkit.ops.stack import Stack
 from labkit.procstats import cpu_seconds, family, rss
 
-__all__ = ["ResourceSampler", "stack_processes", "kind_of"]
+__all__ = ["ResourceSampler", "stack_processes"]
 
 SAMPLE_INTERVAL_S = 0.1
 OTHERS = "other processes"  # the rest of the machine: tells whether something else was busy
 
 
-def kind_of(component: str) -> str:
+def _kind(component: str) -> str:
     """``broker-2`` -> ``broker``, ``consumer-1`` -> ``consumer``; other names as they are."""
     kind, _, number = component.rpartition("-")
     return kind if kind and number.isdigit() else component
@@ -34,7 +34,7 @@ def stack_processes(stack: Stack) -> dict[str, list[psutil.Process]]:
     found: dict[str, list[psutil.Process]] = defaultdict(list)
     for row in stack.status():
         if row["pid"]:
-            found[kind_of(row["component"])] += family(row["pid"])
+            found[_kind(row["component"])] += family(row["pid"])
     return dict(found)
 
 
@@ -44,13 +44,14 @@ def _machine_busy_s() -> float:
 
 
 class ResourceSampler:
-    """Samples RSS every 0.1 s in a thread while started; ``begin()`` and ``end()`` bracket one phase."""
+    """``begin()`` and ``end()`` bracket one phase: CPU seconds between them, peak RSS sampled every 0.1 s."""
 
     def __init__(self, stack: Stack, bench_pid: int) -> None:
         # The bench's own process is measured without its children: it started the stack.
         self.components = {**stack_processes(stack), "bench sender": [psutil.Process(bench_pid)]}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._peak: dict[str, int] = {}
         self._cpu_at_begin: dict[str, float] = {}
         self._busy_at_begin = self._began = 0.0
@@ -67,14 +68,11 @@ class ResourceSampler:
                 for name, procs in self.components.items():
                     self._peak[name] = max(self._peak.get(name, 0), rss(procs))
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="bench-resources", daemon=True)
-        self._thread.start()
-
     def stop(self) -> None:
+        """Stop sampling (a phase that failed before its end)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def elapsed(self) -> float:
         return time.monotonic() - self._began
@@ -91,17 +89,22 @@ class ResourceSampler:
             self.timeline.append((round(self.elapsed(), 2), sent, figures))
 
     def begin(self) -> None:
+        """Start counting CPU from now, and sampling RSS in a thread until :meth:`end`."""
         with self._lock:
             self.timeline = []
             self._peak = {name: rss(procs) for name, procs in self.components.items()}
             self._cpu_at_begin = {name: cpu_seconds(procs) for name, procs in self.components.items()}
             self._busy_at_begin, self._began = _machine_busy_s(), time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="bench-resources", daemon=True)
+        self._thread.start()
 
     def end(self) -> tuple[float, dict[str, dict[str, float]]]:
         """Seconds since ``begin()``, and per component the CPU seconds used and the peak RSS in MB.
 
         ``other processes`` is the machine's busy CPU time that none of the components used.
         """
+        self.stop()
         with self._lock:
             figures = {name: {"cpu_s": round(self._cpu(name), 3),
                               "peak_rss_mb": round(max(self._peak.get(name, 0), rss(procs)) / 2**20, 1)}

@@ -247,7 +247,6 @@ class BenchRunner:
                 if cfg.profile and phase == "fixed":
                     profiler = ServiceProfiler(stack.status(), cfg.out_dir / "profiles", f"{path}-{rate:.0f}")
                     profiler.start()
-                sampler.start()
                 try:
                     return await self._phase(path, phase, sender, receivers, sampler, rate, duration_s, pace)
                 finally:
