@@ -21,9 +21,8 @@ from labkit.bench.goals import check_goals
 from labkit.bench.load import LoadPlan, split_id
 from labkit.bench.plot import write_plot
 from labkit.bench.profile import summarize_collapsed
-from labkit.bench.report import print_report
-from labkit.bench.results import build_result, write_json
-from labkit.bench.runner import BenchRunner
+from labkit.bench.report import print_report, write_json
+from labkit.bench.runner import BenchRunner, build_result
 from labkit.bench.search import StepSearch
 from labkit.bench.stats import HOPS, Latency, PhaseResult
 
