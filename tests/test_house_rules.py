@@ -90,7 +90,7 @@ def python_files(*roots: Path) -> list[Path]:
 
 def test_the_checks_see_the_whole_tree():
     # A walk that read nothing would let every check below pass.
-    assert len(python_files(PACKAGE)) > 80 and len(python_files(TESTS)) > 40
+    assert len(python_files(PACKAGE)) > 60 and len(python_files(TESTS)) > 40
     assert PACKAGE / "cli.py" in python_files(PACKAGE) and TABLES.exists() and PERCENTILES.exists()
 
 
