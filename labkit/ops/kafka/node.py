@@ -109,10 +109,13 @@ def write_config(node: KafkaNode) -> None:
         "group.initial.rebalance.delay.ms": 0,
         # Its 128 MiB default is allocated on the heap at start; a lab topic needs far less.
         "log.cleaner.dedupe.buffer.size": 16 * 1024 * 1024,
-        # A lab broker serves a handful of clients: fewer threads, less idle work.
-        "num.network.threads": 2,
-        "num.io.threads": 2,
-        "background.threads": 2,
+        # A lab broker serves a handful of clients: one thread of each kind wakes less when idle
+        # (measured: 1.12 to 1.20 % of a core against 1.19 to 1.45 with two of each and Kafka's 4 coordinator threads).
+        "num.network.threads": 1,
+        "num.io.threads": 1,
+        "background.threads": 1,
+        "group.coordinator.threads": 1,
+        "share.coordinator.threads": 1,
         "num.recovery.threads.per.data.dir": 1,
         # The active controller writes a no-op record this often so that brokers see it is alive; 500 ms
         # by default, four wake-ups of every node a second on an idle lab.
