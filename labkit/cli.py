@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from contextlib import aclosing
 import json
 import sys
 import time
+from contextlib import aclosing
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import msgspec
 import typer
@@ -23,15 +23,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from labkit.bench.cli import bench_app
 from labkit.client import Sender, SendError, as_event, watch
+from labkit.discovery import running_settings
 from labkit.errors import LabkitError
 from labkit.events import Event, parse_json_object
-from labkit.settings import REPLICATED, Settings
-from labkit.discovery import running_settings
-from labkit.pacing import Schedule, due_ranges
 from labkit.ops.base import LabStack
 from labkit.ops.stack import open_stack
-from labkit.bench.cli import bench_app
+from labkit.pacing import Schedule, due_ranges
+from labkit.settings import REPLICATED, Settings
 
 app = typer.Typer(
     help="labkit: a lab for real-time event delivery (WebSocket -> Kafka -> WebSocket, behind a gateway).",
@@ -42,7 +42,7 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-Port = Annotated[Optional[int], typer.Option(min=0, max=65535, show_default=False)]
+Port = Annotated[int | None, typer.Option(min=0, max=65535, show_default=False)]
 
 
 def build_settings(**flags: Any) -> Settings:
@@ -120,27 +120,27 @@ def _run_up(stack: LabStack, restart: bool = False) -> None:
 
 @app.command()
 def up(
-    mode: Annotated[Optional[str], typer.Option(help="embedded (default), compose or external.")] = None,
-    host: Annotated[Optional[str], typer.Option(help="Address to bind and connect to.")] = None,
+    mode: Annotated[str | None, typer.Option(help="embedded (default), compose or external.")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind and connect to.")] = None,
     producer_port: Port = None,
     consumer_port: Port = None,
     gateway_port: Port = None,
     kafka_port: Port = None,
     kafka_controller_port: Port = None,
-    broker: Annotated[Optional[str], typer.Option(
+    broker: Annotated[str | None, typer.Option(
         help="kafka (Apache Kafka, a local JVM), noida or tansu; default auto: kafka where Java 17+ runs, else noida. "
              "External with --kafka.")] = None,
-    nodes: Annotated[Optional[int], typer.Option(help="Apache Kafka nodes: 1, or 3 for replication (--broker kafka).")] = None,
-    kafka: Annotated[Optional[str], typer.Option(help="Bootstrap servers of an existing Kafka cluster (HOST:PORT[,...]).")] = None,
+    nodes: Annotated[int | None, typer.Option(help="Apache Kafka nodes: 1, or 3 for replication (--broker kafka).")] = None,
+    kafka: Annotated[str | None, typer.Option(help="Bootstrap servers of an existing Kafka cluster (HOST:PORT[,...]).")] = None,
     kafka_config: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="librdkafka properties file (key=value lines) for the cluster: SASL, SSL.", exists=True, dir_okay=False),
     ] = None,
-    topic: Annotated[Optional[str], typer.Option()] = None,
-    partitions: Annotated[Optional[int], typer.Option(min=1)] = None,
-    producers: Annotated[Optional[int], typer.Option(help="Producer processes behind the gateway (ports up from --producer-port).")] = None,
-    consumers: Annotated[Optional[int], typer.Option(help="Consumer processes behind the gateway (ports down from --consumer-port).")] = None,
-    state_dir: Annotated[Optional[Path], typer.Option(help="Folder for logs, pids and the stack record.")] = None,
+    topic: Annotated[str | None, typer.Option()] = None,
+    partitions: Annotated[int | None, typer.Option(min=1)] = None,
+    producers: Annotated[int | None, typer.Option(help="Producer processes behind the gateway (ports up from --producer-port).")] = None,
+    consumers: Annotated[int | None, typer.Option(help="Consumer processes behind the gateway (ports down from --consumer-port).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Folder for logs, pids and the stack record.")] = None,
 ) -> None:
     """Start broker, producer, consumer and gateway; return with them running in the background.
 
@@ -171,7 +171,7 @@ def _read_properties(path: Path) -> dict[str, str]:
 
 
 @app.command()
-def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+def restart(state_dir: Annotated[Path | None, typer.Option()] = None) -> None:
     """Stop the stack and start it again with the same settings."""
     stack = open_stack(build_settings(state_dir=state_dir))
     stack.adopt()  # restart with the settings the running stack was started with
@@ -181,7 +181,7 @@ def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None
 
 
 @app.command()
-def down(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+def down(state_dir: Annotated[Path | None, typer.Option()] = None) -> None:
     """Stop exactly the processes `labkit up` started."""
     stack = open_stack(build_settings(state_dir=state_dir))
     began = time.monotonic()
@@ -193,7 +193,7 @@ def down(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
 
 @app.command()
 def status(
-    state_dir: Annotated[Optional[Path], typer.Option()] = None,
+    state_dir: Annotated[Path | None, typer.Option()] = None,
     cpu_sample: Annotated[float, typer.Option(min=0, max=60, help="Seconds over which to measure each component's CPU (0: skip).")] = 1.0,
 ) -> None:
     """Show each component, whether it answers, its URL, the CPU it uses, and which broker runs."""
@@ -212,9 +212,9 @@ def status(
 
 @app.command()
 def logs(
-    component: Annotated[Optional[str], typer.Argument(help="broker, producer, consumer or gateway; all when omitted.")] = None,
+    component: Annotated[str | None, typer.Argument(help="broker, producer, consumer or gateway; all when omitted.")] = None,
     lines: Annotated[int, typer.Option("--lines", "-n", min=1)] = 40,
-    state_dir: Annotated[Optional[Path], typer.Option()] = None,
+    state_dir: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
     """Print the end of the components' logs."""
     stack = open_stack(build_settings(state_dir=state_dir))
@@ -276,14 +276,14 @@ async def _send(settings: Settings, events: list[dict[str, Any]], rate: float | 
 
 @app.command()
 def send(
-    type: Annotated[Optional[str], typer.Option("--type", "-t", help="Event type (one event from flags).")] = None,
-    value: Annotated[Optional[float], typer.Option("--value", "-v", help="Event value.")] = None,
-    key: Annotated[Optional[str], typer.Option(help="Kafka key (default: the type).")] = None,
-    data: Annotated[Optional[str], typer.Option(help="JSON object attached to the event.")] = None,
-    count: Annotated[Optional[int], typer.Option("--count", "-n", min=1, help="Send this many generated events.")] = None,
-    rate: Annotated[Optional[float], typer.Option(min=0.001, help="Events per second for generated events.")] = None,
+    type: Annotated[str | None, typer.Option("--type", "-t", help="Event type (one event from flags).")] = None,
+    value: Annotated[float | None, typer.Option("--value", "-v", help="Event value.")] = None,
+    key: Annotated[str | None, typer.Option(help="Kafka key (default: the type).")] = None,
+    data: Annotated[str | None, typer.Option(help="JSON object attached to the event.")] = None,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Send this many generated events.")] = None,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Events per second for generated events.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the summary.")] = False,
-    state_dir: Annotated[Optional[Path], typer.Option()] = None,
+    state_dir: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
     """Send events through the gateway and print Kafka's acks.
 
@@ -323,10 +323,10 @@ def send(
 
 @app.command("watch")
 def watch_command(
-    types: Annotated[Optional[str], typer.Option(help="Only these event types, comma-separated.")] = None,
+    types: Annotated[str | None, typer.Option(help="Only these event types, comma-separated.")] = None,
     replay: Annotated[int, typer.Option(min=0, help="First show up to N recent events.")] = 0,
-    count: Annotated[Optional[int], typer.Option("--count", "-n", min=1, help="Stop after N events.")] = None,
-    state_dir: Annotated[Optional[Path], typer.Option()] = None,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Stop after N events.")] = None,
+    state_dir: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
     """Print events as they arrive through the gateway, one JSON object per line."""
     settings = running_settings(build_settings(state_dir=state_dir))
@@ -344,10 +344,8 @@ def watch_command(
                     err.print(f"[yellow]resumed with a gap: {stream.reason}[/]", highlight=False)
             out.print(msgspec.json.encode(event).decode(), highlight=False, soft_wrap=True)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
 
 
 gateway_app = typer.Typer(help="The gateway configured from kong/kong.yml.", no_args_is_help=True)
@@ -355,7 +353,7 @@ app.add_typer(gateway_app, name="gateway")
 
 
 @gateway_app.command("reload")
-def gateway_reload(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+def gateway_reload(state_dir: Annotated[Path | None, typer.Option()] = None) -> None:
     """Apply an edited kong/kong.yml without dropping open connections; a broken file is refused."""
     stack = open_stack(build_settings(state_dir=state_dir))
     stack.reload_gateway()
@@ -365,7 +363,7 @@ def gateway_reload(state_dir: Annotated[Optional[Path], typer.Option()] = None) 
 
 
 @gateway_app.command("routes")
-def gateway_routes(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+def gateway_routes(state_dir: Annotated[Path | None, typer.Option()] = None) -> None:
     """Show the routes and plugins kong/kong.yml defines."""
     for row in open_stack(build_settings(state_dir=state_dir)).routes():
         out.print(f"{', '.join(row['paths'])} -> {row['upstream']}  [{', '.join(row['plugins']) or 'no plugins'}]")

@@ -16,8 +16,8 @@ the lab key in kong/kong.yml.
 from __future__ import annotations
 
 import asyncio
-import math
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -28,8 +28,8 @@ import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from labkit.events import Ack, Delivered, Event, decode_delivered, decode_reply, encode, new_id, now_ms
 from labkit.discovery import lab_api_key, running_settings
+from labkit.events import Ack, Delivered, Event, decode_delivered, decode_reply, encode, new_id, now_ms
 from labkit.settings import Settings
 
 __all__ = ["Sender", "SendError", "Watch", "watch", "LogRestart", "lab_api_key", "as_event", "stamped"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 
@@ -44,8 +45,6 @@ def rss_bytes(pid: int) -> int:
     """Resident memory of a process and its children."""
     total = 0
     for proc in family(pid):
-        try:
+        with contextlib.suppress(psutil.Error):  # it ended meanwhile
             total += proc.memory_info().rss
-        except psutil.Error:
-            pass
     return total

@@ -280,7 +280,7 @@ class Settings(BaseSettings):
         count_setting, port_setting, step = REPLICATED[service]
         base, count = getattr(self, port_setting), getattr(self, count_setting)
         ports = [base + step * index if base else 0 for index in range(count)]
-        return list(zip(replica_names(service, count), ports))
+        return list(zip(replica_names(service, count), ports, strict=True))
 
     def replica_env(self, service: str, port: int) -> dict[str, object]:
         """The changes that make one replica's own settings: its port, and a count of one."""

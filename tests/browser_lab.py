@@ -28,8 +28,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from labkit import Stack
-from labkit.settings import REPO_ROOT, free_port
 from labkit.ops.stack import _settings_env
+from labkit.settings import REPO_ROOT, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [

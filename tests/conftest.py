@@ -6,17 +6,17 @@ delivers, duplicates included, so "exactly once" checks can fail.
 
 from __future__ import annotations
 
-pytest_plugins = ["browser_lab"]  # the JupyterLab and Chromium fixtures of the browser tests
-
 import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 
 import pytest
+from waiting import wait_until
 
 from labkit import Delivered, Sender, Settings, Stack, watch
-from waiting import wait_until
+
+pytest_plugins = ["browser_lab"]  # the JupyterLab and Chromium fixtures of the browser tests
 
 MARKER_ROUNDS = 20  # rounds of 8 keyed markers to reach every partition asked for
 

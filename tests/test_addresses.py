@@ -17,10 +17,10 @@ import resource
 import pytest
 import websockets
 import yaml
+from waiting import wait_until
 
 from labkit import Sender, Settings, Stack
 from labkit.client import lab_api_key
-from waiting import wait_until
 
 OTHER = ("127.0.0.2", 0)  # the legitimate client's source address: loopback, another address
 UPGRADES_PER_MINUTE = 10  # the produce route's rate limit in this stack's copy of kong.yml
@@ -141,7 +141,10 @@ async def test_a_watcher_flood_straight_at_the_consumer_is_counted_per_address(s
     per_address = settings.max_connections_per_address
     flood = await asyncio.gather(*(connect(url) for _ in range(per_address + 20)))
     with dropped_after(flood):
-        closed = lambda: [ws.close_reason for ws in flood if ws.close_code is not None]  # noqa: E731
+
+        def closed() -> list[str]:
+            return [ws.close_reason for ws in flood if ws.close_code is not None]
+
         await wait_until(lambda: len(closed()) >= 20, 10, lambda: f"{len(closed())} of 20 closed")
         await wait_until(lambda: watchers(stack) == per_address, 10, "the consumer did not settle")
         assert len(closed()) == 20 and all("from your address" in reason for reason in closed()), closed()

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from labkit import Stack
 from labkit.bench import BenchConfig, the_running_stack
-from labkit.bench.config import BASELINE, DIRECT, FULL, PATHS
+from labkit.bench.config import BASELINE, FULL, PATHS
 from labkit.bench.goals import check_goals
 from labkit.bench.load import LoadPlan, split_id
 from labkit.bench.plot import write_plot

@@ -24,6 +24,7 @@ Kafka (`labkit up --mode compose`), or any cluster:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -31,10 +32,8 @@ import subprocess
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-
-import json
 
 import aiokafka.errors
 import pytest
@@ -42,10 +41,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition as AIOTopicPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from waiting import wait_until_blocking
 
 from labkit.ops.brokers import BROKERS
 from labkit.settings import Settings
-from waiting import wait_until_blocking
 
 with warnings.catch_warnings():  # kafka-python 3.0 loads its protocol schemas with deprecated importlib calls
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -147,7 +146,7 @@ def produce_confluent(bootstrap: str, topic: str, messages: list[bytes], partiti
     """Produce (with these timestamps, in ms, if given), flush, and fail on any delivery error."""
     producer = Producer({"bootstrap.servers": bootstrap, **config})
     errors = []
-    for value, timestamp in zip(messages, timestamps or [0] * len(messages)):
+    for value, timestamp in zip(messages, timestamps or [0] * len(messages), strict=True):
         producer.produce(topic, value, partition=partition, timestamp=timestamp,
                          on_delivery=lambda err, _msg: err and errors.append(err))
     assert producer.flush(TIMEOUT_S) == 0, f"{len(producer)} messages still undelivered after {TIMEOUT_S:.0f} s"

@@ -13,15 +13,15 @@ import pytest
 import websockets
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from waiting import wait_until
 
 from labkit import Sender, Settings, Stack
-from labkit.ops.brokers import BROKERS
 from labkit.client import lab_api_key
 from labkit.events import PROBE_TYPE
 from labkit.kafka import TailReader, Writer, read_everything
+from labkit.ops.brokers import BROKERS
 from labkit.services.retention import trim_points
 from labkit.settings import free_port
-from waiting import wait_until
 
 
 def consumer_health(stack: Stack) -> dict:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import time
 
 import psutil
+from browser_lab import ARTIFACTS, open_notebook, put_notebook, run_all
 from playwright.sync_api import Browser, Page
-
-from browser_lab import ARTIFACTS, put_notebook, open_notebook, run_all
 from waiting import POLL_S
 
 NOTEBOOK = "chart_load.ipynb"

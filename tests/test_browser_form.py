@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import re
 
-from playwright.sync_api import Browser, Page
-
 from browser_lab import ARTIFACTS, counter_number, open_notebook, run_all
+from playwright.sync_api import Browser, Page
 
 NOTEBOOK = "02_send_events.ipynb"
 COUNTERS = ".labkit-sender-counters"
@@ -62,7 +61,7 @@ def test_the_form_sends_and_says_what_is_wrong_under_the_field(lab_server: tuple
     value.fill("abc")
     message = page.locator(".labkit-problem-value")
     message.filter(has_text="'abc' is not a number").wait_for(timeout=30_000)
-    assert "rgb(198, 40, 40)" == message.locator("span").evaluate("node => getComputedStyle(node).color")
+    assert message.locator("span").evaluate("node => getComputedStyle(node).color") == "rgb(198, 40, 40)"
     send.click()
     form.screenshot(path=str(ARTIFACTS / "form-refused.png"))
     assert value.input_value() == "abc"

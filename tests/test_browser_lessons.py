@@ -11,9 +11,9 @@ import asyncio
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from browser_lab import ARTIFACTS, ERROR_OUTPUTS, open_notebook, run_all
 from playwright.sync_api import Browser, Page
 
-from browser_lab import ARTIFACTS, ERROR_OUTPUTS, open_notebook, run_all
 from labkit import Sender, Stack
 
 TABLE_ROWS = """(selector) => {

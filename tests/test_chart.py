@@ -10,6 +10,7 @@ is tested in ``test_browser.py`` and ``test_browser_figure.py``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,7 @@ def test_a_figure_view_sends_the_figure_on_hello_and_a_new_figure_to_every_view(
 
 
 def test_a_figure_view_of_something_else_says_what_it_needs():
-    with pytest.raises(TypeError, match="a go.Figure, or a dict with 'data' and 'layout'"):
+    with pytest.raises(TypeError, match=re.escape("a go.Figure, or a dict with 'data' and 'layout'")):
         FigureView([1, 2, 3])
 
 

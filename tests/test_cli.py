@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -157,7 +158,7 @@ async def test_the_gateway_logs_each_request_with_its_status_and_without_the_key
     for url in (stack.settings.url(stack.settings.gateway_port, "/produce-events", "http"),
                 stack.settings.url(stack.settings.gateway_port, f"/produce-events?apikey={secret}", "http")):
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(url, timeout=5)
+            await asyncio.to_thread(urllib.request.urlopen, url, timeout=5)
         assert refused.value.code == 401
 
     def logged() -> bool:

@@ -18,12 +18,12 @@ from collections.abc import Iterator
 
 import pytest
 import websockets
+from plain import PlainWatcher, kill_9
+from waiting import health, wait_until
 
 from labkit import Settings, Stack
 from labkit.discovery import lab_api_key
 from labkit.event_stream import EventStream
-from plain import PlainWatcher, kill_9
-from waiting import health, wait_until
 
 # Events waiting for a partition's new leader, or for a second in-sync replica, get Kafka's
 # verdict after this: short enough for the two-nodes-down test, long enough for an election.

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from labkit.ops.kafka.dist import kafka_version
+from labkit.errors import LabkitError
 from labkit.ops import compose
 from labkit.ops.compose import ComposeStack, DockerUnavailable, docker_available, parse_ps
-from labkit.errors import LabkitError
+from labkit.ops.kafka.dist import kafka_version
 from labkit.settings import REPO_ROOT, Settings, free_port
 
 COMPOSE_DIR = REPO_ROOT / "compose"

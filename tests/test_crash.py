@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import sys
 import time
 from collections import Counter
@@ -20,12 +18,12 @@ import psutil
 import pytest
 import websockets
 from confluent_kafka import Consumer, TopicPartition
+from waiting import wait_until
 
 from labkit import Sender, Settings, Stack
 from labkit.client import lab_api_key
-from labkit.lab.live import LiveChart
 from labkit.event_stream import EventStream
-from waiting import wait_until
+from labkit.lab.live import LiveChart
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -13,12 +13,12 @@ import json
 from urllib.parse import urlencode
 
 import websockets
-
 from conftest import Collector, repeated_deliveries
+
 from labkit import Ack, Sender, Stack
 from labkit.client import lab_api_key
-from labkit.events import now_ms
 from labkit.event_stream import EventStream
+from labkit.events import now_ms
 
 RESUMES = 8  # watchers resuming one after another while the stream flows
 BETWEEN_RESUMES = 100  # acks between one resume and the next
@@ -36,7 +36,7 @@ async def test_two_events_with_the_same_id_are_two_events(stack: Stack, collect,
             acks.append(json.loads(await ws.recv()))
     assert [ack.get("ack") for ack in acks] == ["twice", "twice"], acks
     assert acks[0]["partition"] == acks[1]["partition"] and acks[0]["offset"] < acks[1]["offset"]
-    expected = [("twice", value, ack["offset"]) for value, ack in zip((1, 2), acks)]
+    expected = [("twice", value, ack["offset"]) for value, ack in zip((1, 2), acks, strict=True)]
     for watcher in (raw, deduplicated):
         events = await watcher.settle(event_type, {acks[0]["partition"]})
         assert [(e.id, e.value, e.offset) for e in events] == expected

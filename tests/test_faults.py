@@ -11,12 +11,12 @@ import asyncio
 
 import pytest
 import websockets
+from conftest import Collector, repeated_deliveries
+from waiting import health, wait_until
 
 from labkit import Sender, Settings, Stack
-from labkit.ops.gateway import GatewayConfigError
-from conftest import Collector, repeated_deliveries
 from labkit.event_stream import EventStream
-from waiting import health, wait_until
+from labkit.ops.gateway import GatewayConfigError
 
 pytestmark = pytest.mark.both_brokers  # `make test` runs this file on Apache Kafka and on noida-db
 
@@ -60,7 +60,7 @@ def disconnected(watchers: list[Collector]) -> bool:
 
 
 async def test_consumer_restart_loses_nothing(own_stack: Stack, event_type):
-    async def restart_consumer(stream: Stream, watchers: list[Collector]) -> None:
+    async def restart_consumer(stream: EventStream, watchers: list[Collector]) -> None:
         await asyncio.to_thread(own_stack.stop_component, "consumer")
         await wait_until(lambda: disconnected(watchers), 10, "the watchers did not notice the consumer stopped")
         await stream.grows_by(20, "no event was acked while the consumer was down")  # the watchers miss these
@@ -70,7 +70,7 @@ async def test_consumer_restart_loses_nothing(own_stack: Stack, event_type):
 
 
 async def test_gateway_restart_loses_nothing(own_stack: Stack, event_type):
-    async def restart_gateway(stream: Stream, watchers: list[Collector]) -> None:
+    async def restart_gateway(stream: EventStream, watchers: list[Collector]) -> None:
         failed = stream.failed_connections
         await asyncio.to_thread(own_stack.stop_component, "gateway")
         await wait_until(lambda: disconnected(watchers), 10, "the watchers did not notice the gateway stopped")

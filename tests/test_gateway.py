@@ -9,6 +9,7 @@ import psutil
 import pytest
 import websockets
 import yaml
+from waiting import wait_until
 from websockets.asyncio.server import serve
 from websockets.frames import CloseCode
 
@@ -16,7 +17,6 @@ from labkit import Sender, Settings, Stack
 from labkit.client import lab_api_key
 from labkit.events import decode_delivered
 from labkit.ops.gateway import GatewayConfigError
-from waiting import wait_until
 
 
 async def refused_status(url: str, **options) -> int:

@@ -12,11 +12,11 @@ import copy
 import json
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
 import yaml
-from urllib.parse import urlsplit
 
 from labkit.ops import gateway
 from labkit.ops.gateway import GatewayConfigError
@@ -267,7 +267,7 @@ def test_run_on_preflight_false_without_cors_is_refused(kong, settings, tmp_path
 
 def test_regex_path_is_refused(kong):
     kong["services"][0]["routes"][0]["paths"] = ["~/produce-events/(?<id>\\d+)$"]
-    with pytest.raises(GatewayConfigError, match="route 'produce-events'.*regex path"):
+    with pytest.raises(GatewayConfigError, match=r"route 'produce-events'.*regex path"):
         gateway.routes_table(kong)
 
 
@@ -327,14 +327,14 @@ def test_nginx_refusal_is_reported_with_nginxs_message(kong, settings, tmp_path)
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(GatewayConfigError, match="Kong config not found: .*nope.yml"):
+    with pytest.raises(GatewayConfigError, match=r"Kong config not found: .*nope\.yml"):
         gateway.load_kong_config(tmp_path / "nope.yml")
 
 
 def test_bad_yaml_is_a_clear_error(tmp_path):
     path = tmp_path / "kong.yml"
     path.write_text('_format_version: "3.0"\nservices: [\n  - name: x\n', encoding="utf-8")
-    with pytest.raises(GatewayConfigError, match="kong.yml is not valid YAML"):
+    with pytest.raises(GatewayConfigError, match=r"kong\.yml is not valid YAML"):
         gateway.load_kong_config(path)
 
 
@@ -342,7 +342,7 @@ def test_bad_yaml_is_a_clear_error(tmp_path):
 def test_wrong_format_version_is_a_clear_error(tmp_path, text):
     path = tmp_path / "kong.yml"
     path.write_text(text, encoding="utf-8")
-    with pytest.raises(GatewayConfigError, match="_format_version|mapping"):
+    with pytest.raises(GatewayConfigError, match=r"_format_version|mapping"):
         gateway.load_kong_config(path)
 
 

@@ -6,6 +6,7 @@ After each, the service still serves a well-behaved client and delivers its even
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -14,13 +15,15 @@ import urllib.request
 
 import pytest
 import websockets
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from conftest import Collector, repeated_deliveries
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from waiting import health, wait_until
 from websockets.frames import CloseCode
 
 from labkit import Sender, Settings, Stack
 from labkit.events import Event, EventError, FrameError, parse_frame
-from conftest import Collector, repeated_deliveries
-from waiting import health, wait_until
 
 MAX_BATCH = 50
 
@@ -71,7 +74,7 @@ def test_parser_answers_any_json(value):
 def test_valid_events_are_read_back_unchanged(batch):
     items = parse_frame(json.dumps(batch), MAX_BATCH)
     assert all(isinstance(item, Event) for item in items)
-    for item, original in zip(items, batch):
+    for item, original in zip(items, batch, strict=True):
         assert item.type == original["type"] and item.value == original["value"]
         assert getattr(item, "data", None) == original.get("data", getattr(item, "data", None))
 
@@ -113,10 +116,8 @@ async def test_random_frames_and_raw_garbage(stack: Stack, collect, event_type):
         with socket.create_connection((stack.settings.host, port), timeout=5) as raw:
             raw.sendall(os.urandom(2000) + b"\r\n\r\n")
             raw.settimeout(5)
-            try:
+            with contextlib.suppress(ConnectionResetError, TimeoutError):
                 raw.recv(1000)  # an HTTP error or a close; either way, not a hang
-            except (ConnectionResetError, TimeoutError):
-                pass
     await still_serves(stack, collect, event_type)
 
 
@@ -192,7 +193,7 @@ async def test_connection_flood_idle_and_half_open(strict_stack: Stack, collecto
 
 async def test_a_slow_watcher_is_cut_off_without_delaying_the_others(tmp_path, collectors, event_type):
     settings = Settings(watcher_queue=1000).with_free_ports(state_dir=tmp_path)
-    with Stack(settings) as stack:
+    with Stack(settings):
         slow = await websockets.connect(settings.url(settings.consumer_port, f"/?types={event_type}"), max_size=None)
         slow.transport.pause_reading()  # a client that stops reading: its queue fills up
         fast = Collector(settings, types=[event_type])

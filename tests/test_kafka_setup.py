@@ -181,7 +181,7 @@ def test_without_maven_the_checked_apache_download_serves_the_broker(mirror, tmp
 
 
 def test_a_tampered_download_is_refused_and_nothing_is_unpacked(mirror, tmp_path, monkeypatch):
-    url, root = mirror
+    _, root = mirror
     tampered = tmp_path / "tampered"
     (tampered / kafka_version()).mkdir(parents=True)
     archive = (root / kafka_version() / f"{DIST}.tgz").read_bytes()
@@ -192,7 +192,7 @@ def test_a_tampered_download_is_refused_and_nothing_is_unpacked(mirror, tmp_path
     threading.Thread(target=server.serve_forever, daemon=True).start()
     no_maven(tmp_path, monkeypatch)
     try:
-        with pytest.raises(KafkaJarsMissing, match="does not match its published SHA-512.*nothing was unpacked"):
+        with pytest.raises(KafkaJarsMissing, match=r"does not match its published SHA-512.*nothing was unpacked"):
             find_jars(None, f"http://127.0.0.1:{server.server_address[1]}")
     finally:
         server.shutdown()

@@ -15,8 +15,8 @@ import pytest
 from nbclient import NotebookClient
 
 from labkit import Stack
-from labkit.settings import REPO_ROOT
 from labkit.ops.stack import _settings_env
+from labkit.settings import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = [

@@ -6,8 +6,8 @@ import asyncio
 from collections import defaultdict
 
 import psutil
-
 from conftest import repeated_deliveries
+
 from labkit import Sender, Settings, Stack
 
 DELIVERED_FIELDS = ("id", "type", "value", "key", "sent_at", "received_at", "topic", "partition", "offset", "kafka_ts", "delivered_at")

@@ -17,9 +17,9 @@ from collections import defaultdict
 
 import pytest
 import websockets
+from waiting import wait_until
 
 from labkit import Settings, Stack
-from waiting import wait_until
 
 pytestmark = pytest.mark.both_brokers  # `make test` runs this file on Apache Kafka and on noida-db
 

@@ -6,7 +6,8 @@ Each test names the rule it checks; breaking that rule makes it fail.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from labkit.services.producer import RateLimiter
 

@@ -18,15 +18,15 @@ from collections import Counter
 
 import pytest
 import websockets
+from conftest import Collector, repeated_deliveries
+from plain import PlainWatcher, kill_9
+from waiting import health, wait_until
 
 from labkit import Ack, Sender, Settings, Stack
 from labkit.discovery import lab_api_key
 from labkit.errors import PortInUse
-from labkit.events import decode_reply, new_id
-from conftest import Collector, repeated_deliveries
 from labkit.event_stream import EventStream
-from plain import PlainWatcher, kill_9
-from waiting import health, wait_until
+from labkit.events import decode_reply, new_id
 
 
 def replica_stack(tmp_path, **counts: int) -> Stack:

@@ -14,17 +14,17 @@ import json
 import pytest
 import websockets
 from confluent_kafka import Producer
+from waiting import wait_until
 
 from labkit import Sender, Stack
 from labkit.client import lab_api_key
-from waiting import wait_until
 
 pytestmark = pytest.mark.both_brokers  # `make test` runs this file on Apache Kafka and on noida-db
 
 
 async def frames(stack: Stack, query: str, count: int, timeout: float = 30) -> list[dict]:
     """``count`` event frames from a plain websockets watcher through the gateway (after a resume's first frame)."""
-    recovery, got = await resumed(stack, query, count, timeout)
+    _, got = await resumed(stack, query, count, timeout)
     return got
 
 
@@ -83,7 +83,8 @@ async def test_a_deeply_nested_foreign_record_costs_only_itself(stack: Stack, co
     live = await collect(types=[event_type])
     producer = Producer({"bootstrap.servers": stack.settings.bootstrap_servers, "linger.ms": 50})
     valid = [json.dumps({"type": event_type, "value": i, "id": f"{event_type}-{i}", "received_at": 1}) for i in range(51)]
-    deep = '{"type": "%s", "value": 0, "data": {"k": %s}}' % (event_type, "[" * 2000 + "]" * 2000)
+    nested = "[" * 2000 + "]" * 2000
+    deep = f'{{"type": "{event_type}", "value": 0, "data": {{"k": {nested}}}}}'
     values = valid[:25] + [deep] + valid[25:]
     for value in values:  # one linger window: they go to Kafka, and come back, in one batch
         producer.produce(stack.settings.topic, value.encode(), key=b"same")
@@ -170,9 +171,10 @@ async def test_a_broker_restart_changes_the_epoch_and_a_resume_from_before_says_
             with urllib.request.urlopen(health_url, timeout=5) as response:
                 return json.loads(response.read())["epoch"]
 
-        async with asyncio.timeout(60):
-            while epoch_now() in (old_epoch, ""):
-                await asyncio.sleep(0.1)  # polling the health answer until the consumer has seen the new log
+        async def new_log_seen() -> bool:
+            return await asyncio.to_thread(epoch_now) not in (old_epoch, "")
+
+        await wait_until(new_log_seen, 60, "the consumer's health answer kept the old log's epoch")
         # The producer's idempotent session belongs to the old log: its first events get kafka_error until
         # it has started a new one. Each is sent again until it is stored.
         async with Sender(settings=settings) as sender, asyncio.timeout(60):

@@ -6,7 +6,8 @@ Pure parsing, no process and no socket; the client's own resume query is read ba
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from labkit import Settings
 from labkit.client import watch_url

@@ -14,14 +14,16 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from waiting import wait_until
 from websockets.protocol import State
 
-from labkit.services.serving import ServiceMetrics
-from labkit.services.wire import text_frame
 from labkit.services.fanout import QUEUE
+from labkit.services.serving import ServiceMetrics
 from labkit.services.watchers import Delivery, Recovery, Watcher, WatchOptions
-from waiting import wait_until
+from labkit.services.wire import text_frame
 
 
 class RecordingSocket:
@@ -79,7 +81,9 @@ class Run:
         self.writer = asyncio.create_task(self.watcher.write(ServiceMetrics()))
 
     async def drained(self) -> list[tuple[int, int]]:
-        drained = lambda: self.watcher.state.idle and not self.watcher.state.queue  # noqa: E731
+        def drained() -> bool:
+            return self.watcher.state.idle and not self.watcher.state.queue
+
         await wait_until(drained, 5, "the watcher's writer did not drain its queue")
         return self.socket.sent
 

@@ -7,13 +7,13 @@ import json
 import time
 
 import pytest
+from waiting import wait_until
 
 from labkit import Sender, SendError, Stack
 from labkit.client import as_event
 from labkit.events import encode
 from labkit.lab.live import LiveChart
 from labkit.lab.widgets import EventSender
-from waiting import wait_until
 
 
 def own_tasks() -> set[asyncio.Task]:

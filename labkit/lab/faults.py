@@ -28,12 +28,12 @@ from typing import Any
 import ipywidgets as w
 
 from labkit.client import Watch
-from labkit.ops.brokers import broker_kind
-from labkit.ops.stack import Stack
 from labkit.event_stream import EventStream
-from labkit.waiting import until
 from labkit.lab.palette import RED
 from labkit.lab.tables import html_table
+from labkit.ops.brokers import broker_kind
+from labkit.ops.stack import Stack
+from labkit.waiting import until
 
 __all__ = ["FaultDrill", "FaultResult", "LOST_LOG", "LEADER", "FAULTS"]
 

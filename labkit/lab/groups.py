@@ -20,22 +20,23 @@ partitioner (librdkafka's default ``consistent_random``: CRC32 of the key).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
-from typing import Any
 import threading
 import time
 import uuid
 import zlib
 from collections import Counter
+from typing import Any
 
 import ipywidgets as w
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from labkit.events import parse_record
-from labkit.settings import Settings
-from labkit.waiting import until
 from labkit.lab.palette import GREY, RED, SERIES
 from labkit.lab.tables import Styled, html_table
+from labkit.settings import Settings
+from labkit.waiting import until
 
 __all__ = ["ConsumerGroup", "GroupMember", "GroupView", "keys_for_partitions", "partition_for"]
 
@@ -107,10 +108,9 @@ class GroupMember:
         self._note(f"was assigned partitions {self.owned}")
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        try:
+        # KafkaException: nothing new to commit, or the assignment is already gone: _run committed what it read.
+        with contextlib.suppress(KafkaException):
             consumer.commit(asynchronous=False)  # the next owner goes on from here, not from the end
-        except KafkaException:
-            pass  # nothing new to commit, or the assignment is already gone: _run committed what it read
         self._note(f"gave back partitions {sorted(tp.partition for tp in partitions)}")
         self.owned = []
         self.at_end.clear()

@@ -85,7 +85,7 @@ def _transposed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per field, one column per row (named by its "name", else its number)."""
     titles = [str(row.get("name", index)) for index, row in enumerate(rows, 1)]
     fields = dict.fromkeys(key for row in rows for key in row if key != "name")
-    return [{"": field, **{title: row.get(field) for title, row in zip(titles, rows)}} for field in fields]
+    return [{"": field, **{title: row.get(field) for title, row in zip(titles, rows, strict=True)}} for field in fields]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ from its official image.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -63,10 +64,10 @@ class BrokerKind:
         """Ask the broker to stop serving and save; the SIGTERM that follows then loses nothing."""
         if self.stop_argv is None:
             return
-        try:
-            subprocess.run(self.stop_argv(settings, self.data_dir(settings)), capture_output=True, timeout=timeout_s, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            pass  # the SIGTERM still stops it; only the last second's records are at risk then
+        # On failure the SIGTERM still stops it; only the last second's records are at risk then.
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(self.stop_argv(settings, self.data_dir(settings)), capture_output=True, timeout=timeout_s,
+                           check=False)
 
     def data_dir(self, settings: Settings) -> Path:
         return settings.state_dir / "broker" / self.name

@@ -22,10 +22,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from labkit.ops.kafka.dist import kafka_version
-from labkit.errors import ComponentFailed, LabkitError
 from labkit import discovery
+from labkit.errors import ComponentFailed, LabkitError
 from labkit.ops.base import StackCommon, StepCallback
+from labkit.ops.kafka.dist import kafka_version
 from labkit.settings import REPO_ROOT, Settings
 
 __all__ = ["ComposeStack", "DockerUnavailable", "docker_available", "parse_ps"]

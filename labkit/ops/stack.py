@@ -10,6 +10,7 @@ program does not match the recorded start time).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,14 +26,14 @@ from typing import Any
 
 import psutil
 
-from labkit.ops import kafka
-from labkit.ops.brokers import Say, broker_kind, choose_broker, ensure_topic
-from labkit.errors import ComponentFailed, LabkitError, NotRunning, PortInUse, StackIncomplete
-from labkit.ops.gateway import gateway_command, load_kong_config, reload, routes_table, write_nginx_conf
-from labkit.procstats import cpu_cores
-from labkit.ops.readiness import probe_round_trip
 from labkit import discovery
+from labkit.errors import ComponentFailed, LabkitError, NotRunning, PortInUse, StackIncomplete
+from labkit.ops import kafka
 from labkit.ops.base import LabStack, StackCommon, StepCallback
+from labkit.ops.brokers import Say, broker_kind, choose_broker, ensure_topic
+from labkit.ops.gateway import gateway_command, load_kong_config, reload, routes_table, write_nginx_conf
+from labkit.ops.readiness import probe_round_trip
+from labkit.procstats import cpu_cores
 from labkit.settings import REPLICATED, Settings
 
 __all__ = ["Stack", "Component", "open_stack"]
@@ -454,10 +455,8 @@ class Stack(StackCommon):
                     part.before_stop(part)
                 members = [proc, *proc.children(recursive=True)]
                 for member in members:
-                    try:
+                    with contextlib.suppress(psutil.NoSuchProcess):
                         member.terminate()
-                    except psutil.NoSuchProcess:
-                        pass
                 family += members
                 stopped.append(part.name)
             alive = _wait_exited(family, timeout=10 if len(batch) == 1 else 20)
@@ -527,10 +526,7 @@ class Stack(StackCommon):
         for part in self.components(settings):
             seen = recorded.get(part.name)
             proc = seen.process() if seen else None
-            if proc is None:
-                state = "stopped"
-            else:
-                state = "running" if part.answers(settings.host) else "not answering"
+            state = "stopped" if proc is None else "running" if part.answers(settings.host) else "not answering"
             rows.append({"component": part.name, "state": state, "pid": proc.pid if proc else None, "url": part.url,
                          "detail": part.detail})
         if cpu_sample_s > 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from labkit.errors import LabkitError
-from labkit.ops.kafka import find_java, find_jars
+from labkit.ops.kafka import find_jars, find_java
 from labkit.settings import Settings
 
 
