@@ -334,7 +334,7 @@ def watch_command(
 
     async def run() -> None:
         stream = watch(types=kinds, replay=replay, count=count, settings=settings)
-        told = (None, None)
+        told: tuple[bool | None, str | None] = (None, None)
         async for event in stream:
             if (stream.recovered, stream.reason) != told:  # after a reconnection: say whether anything was lost
                 told = (stream.recovered, stream.reason)

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
@@ -149,6 +149,7 @@ class Sender:
 
     def _prepare(self, event: Event | Mapping[str, Any]) -> tuple[Event, asyncio.Future[Ack]]:
         item = stamped(event)
+        assert isinstance(item.id, str)  # stamped() gives every event an id
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         # A caller that stopped waiting (a cancelled batch) still gets the failure when it awaits; nobody
         # else is told "Future exception was never retrieved" on stderr, which a notebook shows in red.
@@ -181,7 +182,7 @@ class Sender:
             futures += await self.submit(chunk)
         return await self.replies(futures, timeout=timeout, raise_on_error=raise_on_error)
 
-    async def submit(self, events: list[Event | Mapping[str, Any]]) -> list[asyncio.Future[Ack]]:
+    async def submit(self, events: Sequence[Event | Mapping[str, Any]]) -> list[asyncio.Future[Ack]]:
         """Send events in one frame now; each future resolves to its reply."""
         if self.ws is None:
             raise RuntimeError("use 'async with Sender() as sender:' before sending")
@@ -263,7 +264,7 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | websockets.ConnectionClosed | websockets.InvalidHandshake | TimeoutError)
 
 
-async def _watch(state: Watch) -> AsyncIterator[Delivered]:
+async def _watch(state: Watch) -> AsyncGenerator[Delivered, None]:
     """The events of a :class:`Watch`; ``state`` holds its options and gets how each resume went."""
     url, types, replay, count, opened, raw = state.url, state.types, state.replay, state.count, state.opened, state.raw
     reconnect, give_up_after = state.reconnect, state.give_up_after
@@ -287,7 +288,9 @@ async def _watch(state: Watch) -> AsyncIterator[Delivered]:
                 if opened is not None:
                     opened.set()
                 try:
-                    async for frame in ws:
+                    async for message in ws:
+                        # The consumer sends text frames; a binary one is read as UTF-8 all the same.
+                        frame = message if isinstance(message, str) else message.decode()
                         if frame.startswith(RECOVERED_PREFIX):
                             recovery = msgspec.json.decode(frame)
                             state.recovered, state.reason = recovery["recovered"], recovery.get("reason")
@@ -297,7 +300,8 @@ async def _watch(state: Watch) -> AsyncIterator[Delivered]:
                         if frame.startswith(RESTARTED_PREFIX):
                             body = msgspec.json.decode(frame)
                             where = body["log_restarted"]
-                            restart = LogRestart(where["partition"], *where["lost"], body["epoch"], body["reason"])
+                            lost_from, lost_to = where["lost"]
+                            restart = LogRestart(where["partition"], lost_from, lost_to, body["epoch"], body["reason"])
                             state.restarts.append(restart)
                             log.warning("watch: %s", restart.reason)
                             epoch = restart.epoch

@@ -52,9 +52,10 @@ def _records(settings: Settings, topic: str, timeout: float) -> list[str]:
             msg = consumer.poll(0.1)
             if msg is None:
                 continue
-            error = msg.error()
+            error, value = msg.error(), msg.value()
             if error is None:
-                found.append(msg.value().decode())
+                if value is not None:  # a record without a value names no epoch
+                    found.append(value.decode())
             elif error.code() == KafkaError._PARTITION_EOF:
                 return found
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"could not read {topic}"))
@@ -115,7 +116,7 @@ def new_epoch(settings: Settings, after: str, truncated: Mapping[int, Truncation
         return chain
     topic = epoch_topic(settings)
     step = {"epoch": uuid.uuid4().hex[:16], "after": after, "truncated": {str(p): list(t) for p, t in truncated.items()}}
-    producer = Producer(settings.kafka_config(**{"acks": "all"}))
+    producer = Producer(settings.kafka_config(acks="all"))
     producer.produce(topic, json.dumps(step).encode())
     producer.flush(timeout)
     return epoch_chain(_records(settings, topic, timeout))
@@ -151,7 +152,7 @@ def log_epochs(settings: Settings, timeout: float = 10.0) -> list[EpochStep]:
     chain = epoch_chain(_records(settings, topic, timeout))
     if chain:
         return chain
-    producer = Producer(settings.kafka_config(**{"acks": "all"}))
+    producer = Producer(settings.kafka_config(acks="all"))
     producer.produce(topic, uuid.uuid4().hex[:16].encode())
     producer.flush(timeout)
     # Two writers may race: the first record is the epoch for everyone.

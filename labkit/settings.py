@@ -18,7 +18,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "REPO_ROOT", "free_port", "replica_names", "REPLICATED"]
+__all__ = ["Settings", "REPO_ROOT", "free_port", "replica_names", "REPLICATED", "KafkaValue"]
+
+#: A librdkafka property's value, as confluent-kafka's clients take it.
+KafkaValue = str | int | float | bool
 
 #: The checkout labkit runs from; kong/kong.yml and the state folder live here.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -326,7 +329,7 @@ class Settings(BaseSettings):
         """
         return self.broker != "noida"
 
-    def kafka_reader_config(self, **overrides: object) -> dict[str, object]:
+    def kafka_reader_config(self, **overrides: KafkaValue) -> dict[str, KafkaValue]:
         """:meth:`kafka_config` for a reader: on a broker that long-polls, an idle fetch waits there.
 
         The wait does not delay a record: the broker answers as soon as one arrives. It is librdkafka's
@@ -337,26 +340,25 @@ class Settings(BaseSettings):
         waits = {"fetch.wait.max.ms": 500} if self.broker_long_polls else {}
         return self.kafka_config(**{**waits, **overrides})
 
-    def kafka_config(self, **overrides: object) -> dict[str, object]:
+    def kafka_config(self, **overrides: KafkaValue) -> dict[str, KafkaValue]:
         """librdkafka properties shared by every Kafka client of the lab."""
-        config: dict[str, object] = {"bootstrap.servers": self.bootstrap_servers, "socket.nagle.disable": True}
+        config: dict[str, KafkaValue] = {"bootstrap.servers": self.bootstrap_servers, "socket.nagle.disable": True}
         config.update(self.kafka_properties)
         config.update(overrides)
         return config
 
     def with_free_ports(self, **changes: object) -> Settings:
         """A copy on ports that are free now (for tests and benchmarks)."""
-        producers = int(changes.get("producers", self.producers))  # type: ignore[arg-type]
-        consumers = int(changes.get("consumers", self.consumers))  # type: ignore[arg-type]
-        nodes = int(changes.get("kafka_nodes", self.kafka_nodes))  # type: ignore[call-overload]
+        wanted = self.replace(**changes)  # validated first: the replica and node counts are the copy's
         taken: set[int] = set()
         ports = {
-            "producer_port": _free_range(self.host, producers, 1, taken),
-            "consumer_port": _free_range(self.host, consumers, -1, taken),
-            "gateway_port": _free_range(self.host, 1, 1, taken),
-            "kafka_port": _free_range(self.host, 2 * nodes, 1, taken),  # node N: base + 2(N-1), its controller one above
+            "producer_port": _free_range(wanted.host, wanted.producers, 1, taken),
+            "consumer_port": _free_range(wanted.host, wanted.consumers, -1, taken),
+            "gateway_port": _free_range(wanted.host, 1, 1, taken),
+            # node N: base + 2(N-1), its controller one above
+            "kafka_port": _free_range(wanted.host, 2 * wanted.kafka_nodes, 1, taken),
         }
-        return self.replace(**ports, kafka_controller_port=ports["kafka_port"] + 1, **changes)
+        return wanted.replace(**ports, kafka_controller_port=ports["kafka_port"] + 1)
 
     def replace(self, **changes: object) -> Settings:
         """A validated copy with some fields changed."""

@@ -10,11 +10,12 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
 
 import pytest
 from waiting import wait_until
 
-from labkit import Delivered, Sender, Settings, Stack, watch
+from labkit import Ack, Delivered, Sender, Settings, Stack, watch
 
 pytest_plugins = ["browser_lab"]  # the JupyterLab and Chromium fixtures of the browser tests
 
@@ -32,6 +33,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def event_type() -> str:
     """A type no other test uses, so watchers can filter on it."""
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def stored(ack: Ack) -> tuple[str, int, int]:
+    """An acked event's id, partition and offset (a refusal has none: AssertionError)."""
+    assert ack.ack is not None and ack.partition is not None and ack.offset is not None, ack
+    return ack.ack, ack.partition, ack.offset
 
 
 def is_marker(event: Delivered) -> bool:
@@ -100,8 +107,9 @@ class Collector:
                 acks = await sender.send_many(
                     [{"type": event_type, "value": 0, "key": f"marker-{round_}-{i}", "data": {"marker": True}} for i in range(8)]
                 )
-                markers |= {ack.ack for ack in acks}
-                covered |= {ack.partition for ack in acks}
+                placed = [stored(ack) for ack in acks]
+                markers |= {event_id for event_id, _, _ in placed}
+                covered |= {partition for _, partition, _ in placed}
                 if covered >= wanted:
                     break
         assert covered >= wanted, f"no marker reached partitions {sorted(wanted - covered)}"
@@ -129,7 +137,7 @@ async def collectors() -> AsyncIterator[list[Collector]]:
 
 @pytest.fixture
 def collect(collectors: list[Collector], stack: Stack):
-    async def start(**options: object) -> Collector:
+    async def start(**options: Any) -> Collector:
         collector = Collector(stack.settings, **options)
         collectors.append(collector)
         await collector.connected()

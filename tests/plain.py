@@ -1,7 +1,8 @@
 """Clients labkit did not write, for tests that must not trust labkit's own (it resumes and deduplicates).
 
 :class:`PlainWatcher` speaks the consumer's resume protocol on plain ``websockets``;
-:func:`kill_9` kills a component of a running stack the hard way.
+:func:`kill_9` kills a component of a running stack the hard way; :func:`lab_key` is the
+API key such clients show the gateway.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from urllib.parse import urlencode
 
 import websockets
 
-from labkit import Stack
+from labkit import Settings, Stack
+from labkit.discovery import lab_api_key
+
+
+def lab_key(settings: Settings) -> str:
+    """The lab's API key (kong/kong.yml's, or settings.api_key): every stack the tests start has one."""
+    key = lab_api_key(settings)
+    assert key, f"no API key in settings nor in {settings.kong_config}"
+    return key
 
 
 def kill_9(stack: Stack, component: str) -> None:
@@ -35,11 +44,14 @@ class PlainWatcher:
 
     async def _run(self, url: str, event_type: str) -> None:
         positions: dict[int, int] = {}
-        epoch, since = None, None
+        epoch: str | None = None
+        since: str | None = None
         while True:
             query = {"types": event_type}
             if since is not None:
-                query |= {"resume": ",".join(f"{p}:{o}" for p, o in sorted(positions.items())), "since": since, "epoch": epoch}
+                query |= {"resume": ",".join(f"{p}:{o}" for p, o in sorted(positions.items())), "since": since}
+                if epoch is not None:  # none yet: the resume names no epoch rather than "None"
+                    query["epoch"] = epoch
             try:
                 async with websockets.connect(f"{url}?{urlencode(query, safe=',:')}", max_size=None) as ws:
                     since = since or str(int(time.time() * 1000) - 1000)

@@ -39,7 +39,16 @@ import aiokafka.errors
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition as AIOTopicPartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 from waiting import wait_until_blocking
 
@@ -112,6 +121,7 @@ def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def bootstrap(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The bootstrap servers of a running broker of the kind named by the parameter."""
     if request.param == "external":
+        assert EXTERNAL_BOOTSTRAP  # the kind is only listed when it is set
         yield EXTERNAL_BOOTSTRAP
     elif request.param == "kafka":
         yield request.getfixturevalue("apache_kafka")
@@ -145,10 +155,14 @@ def produce_confluent(bootstrap: str, topic: str, messages: list[bytes], partiti
                       timestamps: list[int] | None = None, **config: object) -> None:
     """Produce (with these timestamps, in ms, if given), flush, and fail on any delivery error."""
     producer = Producer({"bootstrap.servers": bootstrap, **config})
-    errors = []
+    errors: list[KafkaError] = []
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+
     for value, timestamp in zip(messages, timestamps or [0] * len(messages), strict=True):
-        producer.produce(topic, value, partition=partition, timestamp=timestamp,
-                         on_delivery=lambda err, _msg: err and errors.append(err))
+        producer.produce(topic, value, partition=partition, timestamp=timestamp, on_delivery=delivered)
     assert producer.flush(TIMEOUT_S) == 0, f"{len(producer)} messages still undelivered after {TIMEOUT_S:.0f} s"
     assert not errors, f"delivery failed: {errors[:3]}"
 

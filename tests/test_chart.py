@@ -22,7 +22,7 @@ from labkit.lab.chart import PLOTLY_JS, FigureView, PlotlyView, StreamChart
 
 def recording(chart: PlotlyView) -> list[tuple[dict[str, Any], list[bytes]]]:
     sent: list[tuple[dict[str, Any], list[bytes]]] = []
-    chart.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))  # type: ignore[method-assign]
+    chart.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))
     return sent
 
 

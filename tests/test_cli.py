@@ -196,7 +196,7 @@ def hold_connections(settings) -> subprocess.Popen:
     """A process holding a watcher and a sender open, through the gateway and straight to the services,
     then stopped (SIGSTOP): like a busy kernel, it answers no close frame."""
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, settings.model_dump_json()], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "holding"
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
     holder.send_signal(signal.SIGSTOP)
     return holder
 

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 
 import pytest
 import websockets
-from plain import PlainWatcher, kill_9
+from conftest import stored
+from plain import PlainWatcher, kill_9, lab_key
 from waiting import health, wait_until
 
 from labkit import Settings, Stack
-from labkit.discovery import lab_api_key
 from labkit.event_stream import EventStream
 
 # Events waiting for a partition's new leader, or for a second in-sync replica, get Kafka's
@@ -73,7 +73,7 @@ async def test_the_leader_then_a_consumer_replica_killed_every_acked_event_reach
         await stream.grows_by(300, "the stream did not start")
 
         leader = partition_rows(cluster)[0]["leader"]
-        last_before = max((a.offset for a in stream.acks if a.partition == 0), default=-1)
+        last_before = max((offset for _, partition, offset in map(stored, stream.acks) if partition == 0), default=-1)
         killed_at = time.monotonic()
         kill_9(cluster, f"broker-{leader}")
 
@@ -85,7 +85,8 @@ async def test_the_leader_then_a_consumer_replica_killed_every_acked_event_reach
         acks_at_election = len(stream.acks)
 
         def partition_0_acked_again() -> bool:
-            return any(a.partition == 0 and a.offset > last_before for a in stream.acks[acks_at_election:])
+            return any(partition == 0 and offset > last_before
+                       for _, partition, offset in map(stored, stream.acks[acks_at_election:]))
 
         await wait_until(partition_0_acked_again, 60, f"no ack on partition 0 after its new leader, broker-{new_leader}")
         election_s = time.monotonic() - killed_at
@@ -104,13 +105,16 @@ async def test_the_leader_then_a_consumer_replica_killed_every_acked_event_reach
         await stream.grows_by(300, "the stream did not go on after the consumer replica died")
         await stream.finish()
 
-        acked = {(a.partition, a.offset): a.ack for a in stream.acks}
+        acked = {(partition, offset): event_id for event_id, partition, offset in map(stored, stream.acks)}
         for watcher in watchers:
             def has_all(w: PlainWatcher = watcher) -> bool:
                 return set(acked) <= {(f["partition"], f["offset"]) for f in w.frames}
 
-            await wait_until(has_all, 60, lambda w=watcher: f"a watcher misses "
-                             f"{len(set(acked) - {(f['partition'], f['offset']) for f in w.frames})} of {len(acked)} acked events")
+            def misses(w: PlainWatcher = watcher) -> str:
+                missing = set(acked) - {(f["partition"], f["offset"]) for f in w.frames}
+                return f"a watcher misses {len(missing)} of {len(acked)} acked events"
+
+            await wait_until(has_all, 60, misses)
             places = Counter((f["partition"], f["offset"]) for f in watcher.frames)
             assert not [p for p, n in places.items() if n > 1], "a record reached a watcher twice"
             assert {(f["partition"], f["offset"]): f["id"] for f in watcher.frames if (f["partition"], f["offset"]) in acked} == acked
@@ -129,7 +133,7 @@ async def test_the_leader_then_a_consumer_replica_killed_every_acked_event_reach
 
 async def send_plain(settings: Settings, events: int, event_type: str) -> tuple[list[dict], float]:
     """Events from a plain websockets sender, one per frame; every reply, and the seconds until the last came."""
-    key = lab_api_key(settings)
+    key = lab_key(settings)
     began = time.monotonic()
     async with websockets.connect(settings.produce_url, additional_headers={"apikey": key} if key else None) as sender:
         for i in range(events):

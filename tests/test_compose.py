@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -306,7 +307,7 @@ def test_compose_stack_passes_the_settings_as_environment(tmp_path: Path) -> Non
 
 
 def test_parse_ps_reads_both_json_formats() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"Service": "kafka", "State": "running", "Health": "healthy"},
         {"Service": "kafka-init", "State": "exited", "Health": "", "ExitCode": 0},
         {"Service": "producer", "State": "running", "Health": "starting"},

@@ -18,11 +18,12 @@ import psutil
 import pytest
 import websockets
 from confluent_kafka import Consumer, TopicPartition
+from plain import lab_key
 from waiting import wait_until
 
 from labkit import Sender, Settings, Stack
-from labkit.client import lab_api_key
 from labkit.event_stream import EventStream
+from labkit.kafka import position
 from labkit.lab.live import LiveChart
 
 pytestmark = pytest.mark.timeout(240)
@@ -38,7 +39,7 @@ class RawWatcher:
         self.task = asyncio.create_task(self._run(stack, query))
 
     async def _run(self, stack: Stack, query: str) -> None:
-        headers = {"apikey": lab_api_key(stack.settings)}
+        headers = {"apikey": lab_key(stack.settings)}
         async with websockets.connect(f"{stack.settings.consume_url}?{query}", additional_headers=headers,
                                       max_size=None) as ws:
             self.opened.set()
@@ -68,17 +69,20 @@ def stored_ids(settings: Settings, event_type: str) -> dict[str, tuple[int, int]
     try:
         partitions = consumer.list_topics(settings.topic, timeout=10).topics[settings.topic].partitions
         consumer.assign([TopicPartition(settings.topic, p, 0) for p in partitions])
-        found, ended, deadline = {}, set(), time.monotonic() + 30
+        found: dict[str, tuple[int, int]] = {}
+        ended: set[int] = set()
+        deadline = time.monotonic() + 30
         while len(ended) < len(partitions) and time.monotonic() < deadline:
             msg = consumer.poll(0.2)
             if msg is None:
                 continue
+            where = position(msg)
             if msg.error() is not None:
-                ended.add(msg.partition())
+                ended.add(where[0])
                 continue
-            record = json.loads(msg.value())
+            record = json.loads(msg.value() or b"null") or {}
             if record.get("type") == event_type:
-                found[record["id"]] = (msg.partition(), msg.offset())
+                found[record["id"]] = where
         assert len(ended) == len(partitions), "could not read the topic to its end"
         return found
     finally:

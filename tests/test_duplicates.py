@@ -13,10 +13,10 @@ import json
 from urllib.parse import urlencode
 
 import websockets
-from conftest import Collector, repeated_deliveries
+from conftest import Collector, repeated_deliveries, stored
+from plain import lab_key
 
 from labkit import Ack, Sender, Stack
-from labkit.client import lab_api_key
 from labkit.event_stream import EventStream
 from labkit.events import now_ms
 
@@ -28,7 +28,7 @@ STREAM_PAUSE_S = 0.002  # a fast stream: the consumer's live reader is often jus
 async def test_two_events_with_the_same_id_are_two_events(stack: Stack, collect, event_type):
     raw = await collect(types=[event_type])
     deduplicated = await collect(types=[event_type], raw=False)
-    headers = {"apikey": lab_api_key(stack.settings)}
+    headers = {"apikey": lab_key(stack.settings)}
     acks = []
     async with websockets.connect(stack.settings.produce_url, additional_headers=headers) as ws:
         for value in (1, 2):
@@ -50,16 +50,17 @@ def resume_query(positions: dict[int, int], since_ms: float) -> str:
 def newest(acks: list[Ack]) -> dict[int, int]:
     """The highest acked offset per partition."""
     positions: dict[int, int] = {}
-    for ack in acks:
-        positions[ack.partition] = max(ack.offset, positions.get(ack.partition, -1))
+    for _, partition, offset in map(stored, acks):
+        positions[partition] = max(offset, positions.get(partition, -1))
     return positions
 
 
 async def check_once_each(watcher: Collector, positions: dict[int, int], acks: list[Ack], event_type: str) -> None:
     """Every acked record after the resume point arrived, none twice, none from before it."""
-    expected = {(a.partition, a.offset) for a in acks if a.offset > positions.get(a.partition, -1)}
-    await watcher.until_ids([a.ack for a in acks if (a.partition, a.offset) in expected], timeout=60)
-    events = await watcher.settle(event_type, {a.partition for a in acks})
+    placed = [stored(ack) for ack in acks]
+    expected = {(partition, offset) for _, partition, offset in placed if offset > positions.get(partition, -1)}
+    await watcher.until_ids([event_id for event_id, partition, offset in placed if (partition, offset) in expected], timeout=60)
+    events = await watcher.settle(event_type, {partition for _, partition, _ in placed})
     repeated = repeated_deliveries(events)
     assert not repeated, f"records delivered twice on a resumed connection: {sorted(repeated)[:10]}"
     delivered = {(e.partition, e.offset) for e in events}

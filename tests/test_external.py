@@ -9,10 +9,10 @@ import sys
 
 import psutil
 import websockets
+from plain import lab_key
 from waiting import wait_until
 
 from labkit import Sender, Settings, Stack, watch
-from labkit.client import lab_api_key
 from labkit.ops.brokers import BROKERS
 from labkit.settings import free_port
 
@@ -77,7 +77,7 @@ async def test_credentials_stay_out_of_logs_status_and_frames(tmp_path, event_ty
         assert status.returncode == 0 and secret not in status.stdout + status.stderr
         async with Sender(settings=stack.settings) as sender:
             assert (await sender.send({"type": event_type, "value": 1})).ok
-        headers = {"apikey": lab_api_key(stack.settings)}
+        headers = {"apikey": lab_key(stack.settings)}
         async with websockets.connect(stack.settings.produce_url, additional_headers=headers) as raw:
             await raw.send('{"type": "a", "value": "x"}')  # refused: the error frame carries no setting
             error = await raw.recv()

@@ -15,9 +15,9 @@ import urllib.request
 
 import pytest
 import websockets
+from plain import lab_key
 
 from labkit import Settings, Stack
-from labkit.client import lab_api_key
 from labkit.ops.gateway import load_kong_config, render_nginx_conf
 from labkit.waiting import until
 
@@ -55,7 +55,7 @@ async def test_wrong_keys_from_one_address_are_throttled_and_the_right_key_still
     assert statuses.index(429) < 40 and statuses.count(401) + len(refused) == WRONG_KEY_ATTEMPTS
 
     # The right key from the same address is not held back by the wrong ones.
-    async with websockets.connect(settings.produce_url, additional_headers={"apikey": lab_api_key(settings)}) as ws:
+    async with websockets.connect(settings.produce_url, additional_headers={"apikey": lab_key(settings)}) as ws:
         await ws.send(json.dumps({"type": "limits", "value": 1}))
         assert "ack" in json.loads(await ws.recv())
     # And a wrong key is answered 401 again once the bucket has refilled.
@@ -75,7 +75,7 @@ async def test_each_route_admits_what_its_service_takes_and_no_more(own_stack: S
         assert refused.value.response.status_code == 503
         assert "try again later" in json.loads(refused.value.response.body)["message"]
         # Watchers filling their route leave the senders' route alone.
-        async with websockets.connect(settings.produce_url, additional_headers={"apikey": lab_api_key(settings)}) as ws:
+        async with websockets.connect(settings.produce_url, additional_headers={"apikey": lab_key(settings)}) as ws:
             await ws.send(json.dumps({"type": "limits", "value": 2}))
             assert "ack" in json.loads(await ws.recv())
     finally:

@@ -21,6 +21,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from waiting import health, wait_until
 from websockets.frames import CloseCode
+from websockets.typing import Origin
 
 from labkit import Sender, Settings, Stack
 from labkit.events import Event, EventError, FrameError, parse_frame
@@ -133,10 +134,10 @@ async def test_consumer_refuses_bad_query_parameters(stack: Stack):
 async def test_foreign_origin_is_refused_by_the_services_too(stack: Stack):
     for port in (stack.settings.producer_port, stack.settings.consumer_port):
         with pytest.raises(websockets.InvalidStatus) as refused:
-            async with websockets.connect(stack.settings.url(port), origin="https://evil.example"):
+            async with websockets.connect(stack.settings.url(port), origin=Origin("https://evil.example")):
                 pass
         assert refused.value.response.status_code == 403
-        async with websockets.connect(stack.settings.url(port), origin="http://localhost:8888"):
+        async with websockets.connect(stack.settings.url(port), origin=Origin("http://localhost:8888")):
             pass
 
 

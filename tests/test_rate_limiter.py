@@ -69,7 +69,7 @@ def test_rate_limiter_never_allows_more_than_a_burst_plus_the_rate_times_the_tim
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("labkit.services.producer.time.monotonic", clock)
         limiter = RateLimiter(rate)
-        passed = limiter.allow()
+        passed = int(limiter.allow())
         for gap in gaps:
             clock.now += gap
             passed += limiter.allow()

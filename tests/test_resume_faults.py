@@ -14,10 +14,10 @@ import json
 import pytest
 import websockets
 from confluent_kafka import Producer
+from plain import lab_key
 from waiting import wait_until
 
 from labkit import Sender, Stack
-from labkit.client import lab_api_key
 
 pytestmark = pytest.mark.both_brokers  # `make test` runs this file on Apache Kafka and on noida-db
 
@@ -30,10 +30,11 @@ async def frames(stack: Stack, query: str, count: int, timeout: float = 30) -> l
 
 async def resumed(stack: Stack, query: str, count: int, timeout: float = 30) -> tuple[dict | None, list[dict]]:
     """The recovery frame (a resume's first; None without resume) and ``count`` event frames after it."""
-    key = lab_api_key(stack.settings)
+    key = lab_key(stack.settings)
     async with websockets.connect(f"{stack.settings.consume_url}?{query}", additional_headers={"apikey": key},
                                   max_size=None) as ws:
-        recovery, got = None, []
+        recovery: dict | None = None
+        got: list[dict] = []
         async with asyncio.timeout(timeout):
             if "resume=" in query or "since=" in query:
                 recovery = json.loads(await ws.recv())
@@ -58,7 +59,7 @@ async def test_a_resume_point_past_the_log_end_does_not_stall_the_watcher(stack:
     recovery, got = await watcher
     assert {f["id"] for f in got} <= {a.ack for a in acks_before + acks}
     assert len(got) == 3, "new events were skipped as already sent"
-    assert recovery["recovered"] is False and "restarted" in recovery["reason"]
+    assert recovery is not None and recovery["recovered"] is False and "restarted" in recovery["reason"]
 
 
 async def test_a_long_read_back_is_read_whole(stack: Stack, event_type):
@@ -113,7 +114,7 @@ async def test_resumes_that_do_not_read_hold_little_memory_and_past_the_pool_are
         partition = acks[0].partition
         consumer = psutil.Process({r["component"]: r["pid"] for r in stack.status()}["consumer"])
         before = consumer.memory_info().rss
-        key = lab_api_key(settings)
+        key = lab_key(settings)
         query = f"{settings.consume_url}?types={event_type}&resume={partition}:{acks[0].offset - 1}&since=0"
         # websockets stops reading the socket once 16 frames wait unread: these two never read.
         stalled = [await websockets.connect(query, additional_headers={"apikey": key}, max_size=None) for _ in range(2)]
@@ -184,7 +185,7 @@ async def test_a_broker_restart_changes_the_epoch_and_a_resume_from_before_says_
                     pass
         query = f"types={event_type}&resume={partition}:{offset}&since=0&epoch={old_epoch}"
         recovery, got = await resumed(stack, query, 3)
-        assert recovery["recovered"] is False and "restarted" in recovery["reason"], recovery
+        assert recovery is not None and recovery["recovered"] is False and "restarted" in recovery["reason"], recovery
         assert [f["value"] for f in got] == [0, 1, 2]
         assert {f["epoch"] for f in got} == {epoch_now()} != {old_epoch}
 
@@ -195,6 +196,7 @@ async def test_a_resume_naming_a_partition_the_topic_lacks_is_not_recovered(stac
     for missing in (stack.settings.partitions, 999999):
         query = f"types={event_type}&resume={partition}:{acks[0].offset},{missing}:5&since=0"
         recovery, got = await resumed(stack, query, 1)
+        assert recovery is not None, "a resume's first frame is its recovery"
         assert recovery["recovered"] is False and f"no partition {missing}" in recovery["reason"], recovery
         assert got[0]["id"] == acks[1].ack  # the partitions that exist are still read back
 

@@ -74,8 +74,9 @@ class Run:
         # What the read-back hands over, read whole: the offsets it counts as sent (the resume offsets, or less
         # where one lies outside the log), the missed frames, and that it read all.
         floor = resume if counted_as_sent is None else counted_as_sent
-        for item in (Recovery(floor, True), missed, True):
-            self.watcher.missed.put_nowait(item)
+        assert self.watcher.missed is not None  # a resuming watcher has a catch-up queue
+        for handed_over in (Recovery(floor, True), missed, True):
+            self.watcher.missed.put_nowait(handed_over)
         for item in live:  # live frames queue up while catching up
             assert self.watcher.state.live(item, writable=True) is QUEUE
         self.writer = asyncio.create_task(self.watcher.write(ServiceMetrics()))

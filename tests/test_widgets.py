@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import pytest
 from waiting import wait_until
@@ -68,7 +69,8 @@ async def test_numbers_it_cannot_take_are_said_and_kept(stack: Stack, event_type
         form.value_box.value, form.burst_count.value, form.burst_rate.value = 2.5, 3, 1000  # numbers from code too
         assert (form.value_box.value, form.burst_count.value, form.problems) == ("2.5", "3", {})
         assert await form.send_burst() == 3 and (form.sent, form.acked, form.errors) == (3, 3, 0)
-        assert (await form.send()).ok
+        ack = await form.send()
+        assert ack is not None and ack.ok
     finally:
         await form.aclose()
 
@@ -88,7 +90,7 @@ async def test_the_form_refuses_what_the_producer_refuses_and_nothing_more(stack
         form.key_box.value = ""
 
         def event_of_size(size: int) -> dict:
-            event = {"type": event_type, "value": 1, "id": "x" * 32, "sent_at": 1.5, "data": {"pad": ""}}
+            event: dict[str, Any] = {"type": event_type, "value": 1, "id": "x" * 32, "sent_at": 1.5, "data": {"pad": ""}}
             event["data"]["pad"] = "a" * (size - len(encode(as_event(event))))
             assert len(encode(as_event(event))) == size
             return event
@@ -117,8 +119,10 @@ async def test_form_keeps_one_connection_and_reopens_it(stack: Stack, event_type
         first = form.sender
         await form.send_burst(30, rate=1000)
         assert form.sender is first and (form.sent, form.acked, form.errors) == (31, 31, 0)
+        assert first is not None and first.ws is not None
         await first.ws.close()  # as if the gateway had restarted
-        assert (await form.send()).ok
+        ack = await form.send()
+        assert ack is not None and ack.ok
         assert form.sender is not first and form.connected
     finally:
         await form.aclose()
@@ -140,6 +144,7 @@ async def test_stop_ends_a_burst_and_close_leaves_nothing(stack: Stack, event_ty
     assert form.burst_note.value == f"stopped: you pressed Stop, after {form.sent:,} of 1,000", form.burst_note.value
     connection = form.sender
     await form.aclose()
+    assert connection is not None and connection.ws is not None
     assert not form.connected and connection.ws.state.name == "CLOSED"
     assert own_tasks() <= before
 

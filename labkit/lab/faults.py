@@ -62,7 +62,8 @@ class _Receiver:
 
     async def _run(self) -> None:
         async for event in self.watch:
-            self.ids.add(event.id)
+            if isinstance(event.id, str):  # a record written to Kafka by hand may have none
+                self.ids.add(event.id)
 
     async def stop(self) -> None:
         self.task.cancel()

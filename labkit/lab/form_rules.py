@@ -100,7 +100,8 @@ def checked_event(event: Mapping[str, Any] | Event, max_frame_bytes: int) -> tup
 def read_burst(count: str, rate: str) -> tuple[int, float, dict[str, str]]:
     """A burst's count and rate as typed, and what is wrong with either."""
     problems: dict[str, str] = {}
-    number, per_second = 0, 0.0
+    number: int | float = 0
+    per_second = 0.0
     try:
         number = parse_number(count, "burst")
         if not isinstance(number, int) or number < 1:

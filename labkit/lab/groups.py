@@ -33,6 +33,7 @@ import ipywidgets as w
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from labkit.events import parse_record
+from labkit.kafka import position
 from labkit.lab.palette import GREY, RED, SERIES
 from labkit.lab.tables import Styled, html_table
 from labkit.settings import Settings
@@ -131,22 +132,25 @@ class GroupMember:
                     self.consumer.resume(paused)
                     paused = []
                 msg = self.consumer.poll(0.1)
-                if msg is None or msg.error() is not None:
+                error = msg.error() if msg is not None else None
+                if msg is None or error is not None:
                     if read:
                         self._commit(read)
-                    if msg is not None and msg.error().code() == KafkaError._PARTITION_EOF:
-                        self.at_end.add(msg.partition())
-                        self._idle.add(msg.partition())
+                    if msg is not None and error is not None and error.code() == KafkaError._PARTITION_EOF:
+                        partition = position(msg)[0]
+                        self.at_end.add(partition)
+                        self._idle.add(partition)
                         # Paused only once every partition is at its end: pausing drops queued events,
                         # and librdkafka reports each end once.
                         if self.pauses_when_idle and self.owned and self._idle >= set(self.owned):
                             paused = self.consumer.assignment()
                             self.consumer.pause(paused)
                     continue
-                self._idle.discard(msg.partition())
+                partition = position(msg)[0]
+                self._idle.discard(partition)
                 record = parse_record(msg.value())
                 if record is not None and (self.event_type is None or record.type == self.event_type):
-                    read[msg.partition()] += 1
+                    read[partition] += 1
             if read:
                 self._commit(read)
         except Exception as exc:  # shown in the view, not lost in a thread

@@ -207,7 +207,7 @@ class Stack(StackCommon):
         def gateway_conf(part: Component, say: Say) -> None:
             part.command = gateway_command(write_nginx_conf(s, self.state_dir), self.state_dir)
 
-        def service(name: str, prepare: Callable[[Component], None] | None = None) -> list[Component]:
+        def service(name: str, prepare: Callable[[Component, Say], None] | None = None) -> list[Component]:
             # One component per replica, each on its own port (Settings.replicas); the gateway balances them.
             port_setting = REPLICATED[name][1]
             return [
@@ -522,7 +522,7 @@ class Stack(StackCommon):
         recorded_settings, recorded_parts = self._recorded_components()
         settings = recorded_settings if recorded_parts else self.settings
         recorded = {p.name: p for p in recorded_parts}
-        rows = []
+        rows: list[dict[str, Any]] = []
         for part in self.components(settings):
             seen = recorded.get(part.name)
             proc = seen.process() if seen else None
