@@ -56,7 +56,8 @@ def build_settings(**flags: Any) -> Settings:
 
 
 def status_table(stack: LabStack, cpu_sample_s: float = 0.0) -> Table:
-    table = Table(title=f"labkit stack ({stack.settings.mode}, broker {stack.settings.broker}, state in {stack.state_dir})",
+    table = Table(title=f"labkit stack ({stack.settings.mode}, broker {stack.settings.broker}, state in "
+                        f"{stack.state_dir})",
                   caption=f"broker: {stack.broker_choice}")
     rows = stack.status(cpu_sample_s)
     with_cpu = any("cpu" in row for row in rows)
@@ -130,16 +131,23 @@ def up(
     broker: Annotated[str | None, typer.Option(
         help="kafka (Apache Kafka, a local JVM), noida or tansu; default auto: kafka where Java 17+ runs, else noida. "
              "External with --kafka.")] = None,
-    nodes: Annotated[int | None, typer.Option(help="Apache Kafka nodes: 1, or 3 for replication (--broker kafka).")] = None,
-    kafka: Annotated[str | None, typer.Option(help="Bootstrap servers of an existing Kafka cluster (HOST:PORT[,...]).")] = None,
+    nodes: Annotated[int | None,
+                     typer.Option(help="Apache Kafka nodes: 1, or 3 for replication (--broker kafka).")] = None,
+    kafka: Annotated[str | None,
+                     typer.Option(help="Bootstrap servers of an existing Kafka cluster (HOST:PORT[,...]).")] = None,
     kafka_config: Annotated[
         Path | None,
-        typer.Option(help="librdkafka properties file (key=value lines) for the cluster: SASL, SSL.", exists=True, dir_okay=False),
+        typer.Option(help="librdkafka properties file (key=value lines) for the cluster: SASL, SSL.", exists=True,
+                     dir_okay=False),
     ] = None,
     topic: Annotated[str | None, typer.Option()] = None,
     partitions: Annotated[int | None, typer.Option(min=1)] = None,
-    producers: Annotated[int | None, typer.Option(help="Producer processes behind the gateway (ports up from --producer-port).")] = None,
-    consumers: Annotated[int | None, typer.Option(help="Consumer processes behind the gateway (ports down from --consumer-port).")] = None,
+    producers: Annotated[int | None,
+                         typer.Option(help="Producer processes behind the gateway (ports up from "
+                                           "--producer-port).")] = None,
+    consumers: Annotated[int | None,
+                         typer.Option(help="Consumer processes behind the gateway (ports down from "
+                                           "--consumer-port).")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Folder for logs, pids and the stack record.")] = None,
 ) -> None:
     """Start broker, producer, consumer and gateway; return with them running in the background.
@@ -148,8 +156,8 @@ def up(
     """
     settings = build_settings(
         mode=mode or ("external" if kafka else None), host=host, producer_port=producer_port,
-        consumer_port=consumer_port, gateway_port=gateway_port, kafka_port=kafka_port, kafka_bootstrap=kafka, broker=broker,
-        kafka_controller_port=kafka_controller_port, kafka_nodes=nodes,
+        consumer_port=consumer_port, gateway_port=gateway_port, kafka_port=kafka_port, kafka_bootstrap=kafka,
+        broker=broker, kafka_controller_port=kafka_controller_port, kafka_nodes=nodes,
         kafka_properties=_read_properties(kafka_config) if kafka_config else None,
         topic=topic, partitions=partitions, producers=producers, consumers=consumers, state_dir=state_dir,
     )
@@ -194,7 +202,9 @@ def down(state_dir: Annotated[Path | None, typer.Option()] = None) -> None:
 @app.command()
 def status(
     state_dir: Annotated[Path | None, typer.Option()] = None,
-    cpu_sample: Annotated[float, typer.Option(min=0, max=60, help="Seconds over which to measure each component's CPU (0: skip).")] = 1.0,
+    cpu_sample: Annotated[float, typer.Option(min=0, max=60,
+                                              help="Seconds over which to measure each component's CPU "
+                                                   "(0: skip).")] = 1.0,
 ) -> None:
     """Show each component, whether it answers, its URL, the CPU it uses, and which broker runs."""
     stack = open_stack(build_settings(state_dir=state_dir))
@@ -212,7 +222,8 @@ def status(
 
 @app.command()
 def logs(
-    component: Annotated[str | None, typer.Argument(help="broker, producer, consumer or gateway; all when omitted.")] = None,
+    component: Annotated[str | None,
+                         typer.Argument(help="broker, producer, consumer or gateway; all when omitted.")] = None,
     lines: Annotated[int, typer.Option("--lines", "-n", min=1)] = 40,
     state_dir: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
@@ -240,7 +251,8 @@ def _stdin_events() -> list[dict[str, Any]]:
         try:
             events.append(msgspec.to_builtins(msgspec.json.decode(line, type=Event)))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise typer.BadParameter(f"line {number} of stdin is not a valid event: {exc}", param_hint="stdin") from None
+            raise typer.BadParameter(f"line {number} of stdin is not a valid event: {exc}",
+                                     param_hint="stdin") from None
     return events
 
 
@@ -252,7 +264,8 @@ async def _send(settings: Settings, events: list[dict[str, Any]], rate: float | 
     ok = failed = 0
     async with Sender(settings=settings) as sender:
         futures = []
-        with Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=len(events) < 2) as progress:
+        with Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                      disable=len(events) < 2) as progress:
             task = progress.add_task("send", total=len(events))
             if rate:
                 async with aclosing(due_ranges(Schedule.from_now(rate, len(events)))) as ranges:

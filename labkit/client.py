@@ -200,7 +200,8 @@ class Sender:
         try:
             replies = await asyncio.wait_for(asyncio.gather(*futures), timeout)  # the first failure raises
         except TimeoutError:
-            raise SendError(f"no reply from the producer within {timeout:g} s; is the stack running? (labkit status)") from None
+            raise SendError(f"no reply from the producer within {timeout:g} s; is the stack running? (labkit "
+                            "status)") from None
         if raise_on_error:
             for reply in replies:
                 if not reply.ok:
@@ -294,8 +295,10 @@ async def _watch(state: Watch) -> AsyncGenerator[Delivered, None]:
                         if frame.startswith(RECOVERED_PREFIX):
                             recovery = msgspec.json.decode(frame)
                             state.recovered, state.reason = recovery["recovered"], recovery.get("reason")
-                            if not state.recovered:  # a caller that shows it itself (a lab widget) keeps it out of stderr
-                                (log.warning if state.report_gap else log.info)("watch: resumed with a gap: %s", state.reason)
+                            # a caller that shows it itself (a lab widget) keeps it out of stderr
+                            if not state.recovered:
+                                (log.warning if state.report_gap else log.info)("watch: resumed with a gap: %s",
+                                                                                state.reason)
                             continue
                         if frame.startswith(RESTARTED_PREFIX):
                             body = msgspec.json.decode(frame)
@@ -329,7 +332,8 @@ async def _watch(state: Watch) -> AsyncGenerator[Delivered, None]:
         now = time.monotonic()
         failing_since = failing_since or now
         if now - failing_since > give_up_after:
-            raise ConnectionError(f"no connection to {target.split('?')[0]} for {give_up_after:.0f} s; is the stack running? (labkit status)")
+            raise ConnectionError(f"no connection to {target.split('?')[0]} for {give_up_after:.0f} s; is the stack "
+                                  "running? (labkit status)")
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, RECONNECT_MAX_S)
 

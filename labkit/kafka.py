@@ -331,8 +331,8 @@ class TailReader:
 def read_everything(config: Mapping[str, Any], topic: str, timeout_s: float = 30.0) -> dict[tuple[int, int], bytes]:
     """Every record the topic holds now, by (partition, offset): a plain consumer read to each partition's end.
 
-    A record without a value reads as ``b""``. For checks that acked records are stored (a crash, a leader election): the reader does no
-    deduplication and no resuming, so what it finds is what the broker keeps.
+    A record without a value reads as ``b""``. For checks that acked records are stored (a crash, a leader
+    election): the reader does no deduplication and no resuming, so what it finds is what the broker keeps.
     """
     consumer = Consumer({**config, "group.id": f"labkit-check-{time.monotonic_ns():x}", "enable.auto.commit": False,
                          "enable.partition.eof": True, "auto.offset.reset": "earliest"})
@@ -381,6 +381,7 @@ def cluster_state(client: Any, topic: str, timeout: float = 2.0) -> tuple[list[i
     meta = client.list_topics(timeout=timeout)
     found = meta.topics.get(topic)
     partitions = [] if found is None else [
-        PartitionState(p.id, p.leader, list(p.replicas), list(p.isrs)) for p in sorted(found.partitions.values(), key=lambda p: p.id)
+        PartitionState(p.id, p.leader, list(p.replicas), list(p.isrs))
+        for p in sorted(found.partitions.values(), key=lambda p: p.id)
     ]
     return sorted(meta.brokers), partitions

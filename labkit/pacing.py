@@ -87,7 +87,8 @@ async def due_ranges(schedule: Schedule, *, frame_interval_s: float = 0.0) -> As
         except RuntimeError:  # the loop closed under a cancelled caller
             stop.set()
 
-    pacer = threading.Thread(target=_pace, args=(schedule, frame_interval_s, post, stop), name="labkit-pacer", daemon=True)
+    pacer = threading.Thread(target=_pace, args=(schedule, frame_interval_s, post, stop), name="labkit-pacer",
+                             daemon=True)
     pacer.start()
     try:
         while (item := await ready.get()) is not None:

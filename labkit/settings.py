@@ -103,7 +103,8 @@ class Settings(BaseSettings):
     producer_port: int = Field(6789, ge=0, le=65535)
     consumer_port: int = Field(6788, ge=0, le=65535)
     gateway_port: int = Field(8000, ge=0, le=65535)
-    kafka_port: int = Field(9092, ge=0, le=65535, description="The (first) Kafka node's client port; node N uses +2(N-1).")
+    kafka_port: int = Field(9092, ge=0, le=65535,
+                            description="The (first) Kafka node's client port; node N uses +2(N-1).")
     kafka_controller_port: int = Field(
         9093, ge=0, le=65535, description="The (first) Apache Kafka node's KRaft controller port; node N uses +2(N-1)."
     )
@@ -113,7 +114,8 @@ class Settings(BaseSettings):
         "auto: kafka where Java 17+ and its jars can be had, else noida.",
     )
     kafka_nodes: int = Field(1, ge=1, le=9, description="Apache Kafka nodes (1, or 3 or more for replication).")
-    kafka_home: Path | None = Field(None, description="An unpacked Apache Kafka distribution to run instead of fetched jars.")
+    kafka_home: Path | None = Field(None,
+                                    description="An unpacked Apache Kafka distribution to run instead of fetched jars.")
     kafka_mirror: str = Field(
         "https://downloads.apache.org/kafka",
         description="Where Apache's Kafka distribution is downloaded from when Maven is missing (checked by SHA-512).",
@@ -148,7 +150,8 @@ class Settings(BaseSettings):
         10_000, ge=1, description="Unwritten replies per sender past which the producer stops reading that sender."
     )
     sender_reply_stall_s: float | None = Field(
-        None, gt=0, description="A sender whose replies do not move this long is closed with 1013 (default: ping_timeout_s)."
+        None, gt=0,
+        description="A sender whose replies do not move this long is closed with 1013 (default: ping_timeout_s)."
     )
     gateway_auth_failures_per_s: float = Field(1, gt=0, description="Refused API keys per second per client address.")
     gateway_auth_failure_burst: int = Field(20, ge=1, description="Refused API keys a client address may try at once.")
@@ -166,10 +169,16 @@ class Settings(BaseSettings):
     )
     retain_minutes: float = Field(0, ge=0, description="Records older than this are deleted (0: no limit).")
 
-    ping_interval_s: float = Field(20, gt=0, description="Services ping idle clients this often (keeps gateways from timing out).")
-    ping_timeout_s: float = Field(20, gt=0, description="A client that does not answer a ping this long is dropped (half-open).")
-    handshake_timeout_s: float = Field(10, gt=0, description="A connection that does not finish its WebSocket handshake is dropped.")
-    max_connections: int = Field(4096, ge=1, description="WebSocket connections per service; more are closed with 1013.")
+    ping_interval_s: float = Field(20, gt=0,
+                                   description="Services ping idle clients this often "
+                                               "(keeps gateways from timing out).")
+    ping_timeout_s: float = Field(20, gt=0,
+                                  description="A client that does not answer a ping this long is dropped (half-open).")
+    handshake_timeout_s: float = Field(10, gt=0,
+                                       description="A connection that does not finish its WebSocket handshake is "
+                                                   "dropped.")
+    max_connections: int = Field(4096, ge=1,
+                                 description="WebSocket connections per service; more are closed with 1013.")
     max_connections_per_address: int = Field(
         # One address holding every connection locks everyone else out (4,096 idle watchers took 4.2 s).
         256, ge=1, description="Of those, connections from one client address, per service and per gateway route; "
@@ -210,7 +219,8 @@ class Settings(BaseSettings):
             try:
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
-                raise ValueError(f"{item!r} is not a network: write an address or address/prefix, e.g. 10.0.0.0/8") from None
+                raise ValueError(f"{item!r} is not a network: write an address or address/prefix, e.g. "
+                                 "10.0.0.0/8") from None
         return value
 
     @field_validator("producers", "consumers", mode="before")
@@ -246,7 +256,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _external_needs_servers(self) -> Settings:
         if (self.mode == "external" or self.broker == "external") and not self.kafka_bootstrap:
-            raise ValueError("external mode needs the cluster's bootstrap servers: --kafka HOST:PORT or LABKIT_KAFKA_BOOTSTRAP")
+            raise ValueError("external mode needs the cluster's bootstrap servers: --kafka HOST:PORT or "
+                             "LABKIT_KAFKA_BOOTSTRAP")
         if self.kafka_bootstrap and self.broker != "external":
             raise ValueError(
                 f"kafka_bootstrap names an external cluster, but broker is {self.broker!r}: "

@@ -90,7 +90,8 @@ class Collector:
             self._alive()
             return wanted - {e.id for e in self.events}
 
-        await wait_until(lambda: not missing(), timeout, lambda: f"{len(missing())} of {len(wanted)} events never arrived")
+        await wait_until(lambda: not missing(), timeout,
+                         lambda: f"{len(missing())} of {len(wanted)} events never arrived")
         return self.events
 
     async def settle(self, event_type: str, partitions: Iterable[int], timeout: float = 30.0) -> list[Delivered]:
@@ -105,7 +106,8 @@ class Collector:
         async with Sender(settings=self.settings) as sender:
             for round_ in range(MARKER_ROUNDS):
                 acks = await sender.send_many(
-                    [{"type": event_type, "value": 0, "key": f"marker-{round_}-{i}", "data": {"marker": True}} for i in range(8)]
+                    [{"type": event_type, "value": 0, "key": f"marker-{round_}-{i}",
+                      "data": {"marker": True}} for i in range(8)]
                 )
                 placed = [stored(ack) for ack in acks]
                 markers |= {event_id for event_id, _, _ in placed}

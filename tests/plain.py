@@ -12,9 +12,12 @@ import json
 import os
 import signal
 import time
+from collections import Counter
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 import websockets
+from waiting import wait_until
 
 from labkit import Settings, Stack
 from labkit.discovery import lab_api_key
@@ -69,6 +72,20 @@ class PlainWatcher:
                 pass
             self.opened.clear()
             await asyncio.sleep(0.05)  # reconnection backoff, not synchronisation
+
+    def places(self) -> Counter[tuple[int, int]]:
+        """How many event frames arrived at each (partition, offset)."""
+        return Counter((f["partition"], f["offset"]) for f in self.frames)
+
+    async def got_each_once(self, acked: Mapping[tuple[int, int], str], timeout: float) -> None:
+        """Wait until every acked (partition, offset) arrived; then none may have come twice or with another id."""
+        def misses() -> str:
+            return f"a plain watcher misses {len(set(acked) - set(self.places()))} of {len(acked)} acked events"
+
+        await wait_until(lambda: set(acked) <= set(self.places()), timeout, misses)
+        assert not [p for p, n in self.places().items() if n > 1], "a record reached a plain watcher twice"
+        assert {(f["partition"], f["offset"]): f["id"] for f in self.frames
+                if (f["partition"], f["offset"]) in acked} == acked
 
     async def stop(self) -> None:
         self.task.cancel()

@@ -86,7 +86,8 @@ async def test_binary_frame_batch_limit_and_unicode(producer_ws, stack: Stack, c
     assert (await collector.until(1))[0].data == {"text": "日本"}
 
 
-async def test_oversized_frame_closes_with_1009_and_the_service_stays_up(stack: Stack, producer_ws, collect, event_type):
+async def test_oversized_frame_closes_with_1009_and_the_service_stays_up(stack: Stack, producer_ws, collect,
+                                                                         event_type):
     collector = await collect(types=[event_type])
     big = json.dumps({"type": event_type, "value": 1, "data": {"blob": "x" * stack.settings.max_frame_bytes}})
     await producer_ws.send(big)

@@ -418,7 +418,8 @@ def fetch_requests_while_idle(bootstrap: str, seconds: float = 2.0) -> int:
     """Fetch requests an idle consumer sends in ``seconds`` with librdkafka's 500 ms fetch wait (its statistics)."""
     topic = create_topic(bootstrap)
     stats: list[dict] = []
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex[:8]}", "fetch.wait.max.ms": 500,
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex[:8]}",
+                         "fetch.wait.max.ms": 500,
                          "statistics.interval.ms": 500, "stats_cb": lambda text: stats.append(json.loads(text))})
     try:
         consumer.assign([TopicPartition(topic, 0, OFFSET_END)])

@@ -162,7 +162,8 @@ async def test_the_topic_stays_bounded_and_a_late_resume_gets_what_remains(small
     watermarks = Consumer({"bootstrap.servers": stack.settings.bootstrap_servers, "group.id": "w"})
 
     def low() -> int:
-        return watermarks.get_watermark_offsets(TopicPartition(stack.settings.topic, partition), timeout=5, cached=False)[0]
+        return watermarks.get_watermark_offsets(TopicPartition(stack.settings.topic, partition), timeout=5,
+                                                cached=False)[0]
 
     await wait_until(lambda: low() >= last_offset + 1 - 50, 30, "the consumer did not trim the topic to 50 events")
     # The broker moves its low watermark before its answer reaches the consumer, which then records it.
@@ -240,4 +241,5 @@ async def test_a_broker_stopped_while_it_acks_keeps_every_record_it_acked(tmp_pa
         assert not errors, errors[:3]
         in_log = read_everything(settings.kafka_config(), settings.topic)
         changed = {where: (value, in_log.get(where)) for where, value in acked.items() if in_log.get(where) != value}
-        assert not changed, f"{len(changed)} acked records lost or overwritten after the restart: {list(changed.items())[:3]}"
+        assert not changed, (f"{len(changed)} acked records lost or overwritten after the restart: "
+                             f"{list(changed.items())[:3]}")

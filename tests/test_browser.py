@@ -34,7 +34,8 @@ CHART_STATE = """() => {
         traces: (gd.data || []).length,
         lines: gd.querySelectorAll('.scatterlayer .trace').length,
         points: gd.querySelectorAll('.scatterlayer path.point').length,
-        axisTitles: gd.querySelectorAll('.g-xtitle text, .g-x2title text, .g-x3title text, .g-ytitle text, .g-y2title text, .g-y3title text').length,
+        axisTitles: gd.querySelectorAll('.g-xtitle text, .g-x2title text, .g-x3title text, '
+                                        + '.g-ytitle text, .g-y2title text, .g-y3title text').length,
     };
 }"""
 
@@ -42,7 +43,8 @@ CHART_STATE = """() => {
 def restart_and_run_all(page: Page) -> None:
     """Kernel > Restart Kernel and Run All Cells, its dialog accepted; return once the last cell printed."""
     page.evaluate("() => document.querySelectorAll('.jp-OutputArea-output').forEach(e => e.dataset.old = '1')")
-    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-run-all'); }")  # returns before the dialog
+    # returns before the dialog
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-run-all'); }")
     page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept").click(timeout=30_000)
     page.locator(".jp-OutputArea-output:not([data-old])").filter(has_text=DONE).first.wait_for(timeout=120_000)
 

@@ -42,7 +42,8 @@ def frames(page: Page) -> int:
 def lab_processes() -> dict[str, psutil.Process]:
     """The JupyterLab server this test started, and its kernel."""
     me = psutil.Process()
-    server = next(p for p in me.children(recursive=True) if "jupyter" in " ".join(p.cmdline()) and "lab" in " ".join(p.cmdline()))
+    server = next(p for p in me.children(recursive=True)
+                  if "jupyter" in " ".join(p.cmdline()) and "lab" in " ".join(p.cmdline()))
     kernel = next(p for p in server.children(recursive=True) if "ipykernel" in " ".join(p.cmdline()))
     return {"server": server, "kernel": kernel}
 

@@ -38,7 +38,9 @@ FIGURE_STATE = """() => {
 def wait_for_drawn(page: Page, points: int, title: str) -> None:
     try:
         page.wait_for_function(
-            f"([points, title]) => {{ const s = ({FIGURE_STATE})(); return s && s.traces === 1 && s.points === points && s.title === title; }}",
+            "([points, title]) => "
+            f"{{ const s = ({FIGURE_STATE})(); "
+            "return s && s.traces === 1 && s.points === points && s.title === title; }",
             arg=[points, title],
             timeout=30_000,
         )

@@ -65,7 +65,8 @@ def test_a_resync_sends_every_view_a_snapshot():
 
 
 def test_a_figure_view_sends_the_figure_on_hello_and_a_new_figure_to_every_view():
-    view = FigureView(go.Figure(go.Scatter(x=np.arange(3), y=np.array([1.0, 4.0, 9.0]), name="squares"), {"title": {"text": "t"}}))
+    view = FigureView(go.Figure(go.Scatter(x=np.arange(3), y=np.array([1.0, 4.0, 9.0]), name="squares"),
+                                {"title": {"text": "t"}}))
     sent = recording(view)
     view._on_view_message(view, {"type": "hello", "view": "v1"}, [])
     snapshot = sent[-1][0]

@@ -15,7 +15,8 @@ import pytest
 from labkit import Settings, Stack
 
 
-def labkit(stack: Stack | None, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def labkit(stack: Stack | None, *args: str, stdin: str | None = None,
+           timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
     if stack is not None:
         env["LABKIT_STATE_DIR"] = str(stack.state_dir)
@@ -99,7 +100,8 @@ def test_status_and_logs(stack: Stack):
     ],
 )
 def test_bad_flags_give_a_usage_error_not_a_traceback(tmp_path, args, complaint):
-    result = labkit(None, *args, "--state-dir", str(tmp_path)) if args[0] in {"up", "logs", "watch"} else labkit(None, *args)
+    result = labkit(None, *args, "--state-dir", str(tmp_path)) if args[0] in {"up", "logs", "watch"} else labkit(None,
+                                                                                                                 *args)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     assert complaint in result.stderr
@@ -195,7 +197,8 @@ asyncio.run(main())
 def hold_connections(settings) -> subprocess.Popen:
     """A process holding a watcher and a sender open, through the gateway and straight to the services,
     then stopped (SIGSTOP): like a busy kernel, it answers no close frame."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, settings.model_dump_json()], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, settings.model_dump_json()], stdout=subprocess.PIPE,
+                              text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
     holder.send_signal(signal.SIGSTOP)
     return holder

@@ -59,7 +59,8 @@ class RawWatcher:
                 raise AssertionError("the watcher's connection ended")
             return ids <= {e["id"] for e in self.events}
 
-        await wait_until(arrived, timeout, lambda: f"{len(ids - {e['id'] for e in self.events})} of {len(ids)} never arrived")
+        await wait_until(arrived, timeout,
+                         lambda: f"{len(ids - {e['id'] for e in self.events})} of {len(ids)} never arrived")
 
 
 def stored_ids(settings: Settings, event_type: str) -> dict[str, tuple[int, int]]:
@@ -134,7 +135,8 @@ async def test_a_broker_killed_mid_stream_comes_back_with_one_up_and_every_watch
         kept = {i for i, place in acked.items() if stored.get(i) == place} | closing
         lost = {i for i in acked_before_kill if i not in stored}
         assert lost, "the crash lost nothing: the test did not see what it checks"
-        reused = {place for i, place in acked.items() if i not in acked_before_kill} & {acked_before_kill[i] for i in lost}
+        reused = {place for i,
+                  place in acked.items() if i not in acked_before_kill} & {acked_before_kill[i] for i in lost}
         assert reused, "no lost offset was given to a new event"
 
         for watcher, earlier in ((throughout, []), (resumed, seen_before)):
@@ -156,7 +158,8 @@ async def test_a_broker_killed_mid_stream_comes_back_with_one_up_and_every_watch
             later = [f for f in throughout.frames[at:] if f.get("partition") == notice["partition"] and "id" in f]
             assert not any(f["offset"] < notice["offset"] for f in later)
         # The live chart says so under the plot.
-        await wait_until(lambda: "the broker's log restarted" in chart.counters.value, 10, "the chart did not show the restart")
+        await wait_until(lambda: "the broker's log restarted" in chart.counters.value, 10,
+                         "the chart did not show the restart")
         assert {(r.partition, r.lost_from) for r in chart.restarts} == {(n["partition"], n["offset"]) for n in notices}
         await chart.aclose()
         first = resumed.frames[0]

@@ -59,12 +59,14 @@ async def check_once_each(watcher: Collector, positions: dict[int, int], acks: l
     """Every acked record after the resume point arrived, none twice, none from before it."""
     placed = [stored(ack) for ack in acks]
     expected = {(partition, offset) for _, partition, offset in placed if offset > positions.get(partition, -1)}
-    await watcher.until_ids([event_id for event_id, partition, offset in placed if (partition, offset) in expected], timeout=60)
+    await watcher.until_ids([event_id for event_id, partition, offset in placed if (partition, offset) in expected],
+                            timeout=60)
     events = await watcher.settle(event_type, {partition for _, partition, _ in placed})
     repeated = repeated_deliveries(events)
     assert not repeated, f"records delivered twice on a resumed connection: {sorted(repeated)[:10]}"
     delivered = {(e.partition, e.offset) for e in events}
-    assert delivered == expected, f"{len(expected - delivered)} missing, {len(delivered - expected)} from before the resume point"
+    assert delivered == expected, \
+        f"{len(expected - delivered)} missing, {len(delivered - expected)} from before the resume point"
 
 
 async def test_raw_watchers_resuming_while_events_flow_never_see_a_record_twice(stack: Stack, collectors, event_type):
@@ -94,7 +96,8 @@ async def test_a_watcher_resuming_with_a_replay_sees_each_record_once(stack: Sta
     # replay=N queues the consumer's recent frames ahead of the live ones; the read-back from
     # Kafka covers the same offsets, every time: only the watcher's rule keeps them single.
     async with Sender(settings=stack.settings) as sender:
-        acks = await sender.send_many([{"type": event_type, "value": i, "key": f"k{i % 5}"} for i in range(200)], batch=20)
+        acks = await sender.send_many([{"type": event_type, "value": i, "key": f"k{i % 5}"} for i in range(200)],
+                                      batch=20)
     positions = newest(acks[:100])
     query = f"replay=200&{resume_query(positions, now_ms() - 60_000)}"
     watcher = Collector(stack.settings, url=f"{stack.settings.consume_url}?{query}", types=[event_type])

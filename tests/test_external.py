@@ -29,7 +29,8 @@ async def test_up_with_kafka_runs_against_an_existing_cluster(tmp_path):
     try:
         started = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "labkit", "up", "--kafka", cluster.bootstrap_servers, "--kafka-config", str(properties),
+            [sys.executable, "-m", "labkit", "up", "--kafka", cluster.bootstrap_servers, "--kafka-config",
+             str(properties),
              "--topic", "external-events"],
             capture_output=True, text=True, env=env, timeout=120,
         )
@@ -72,7 +73,8 @@ async def test_credentials_stay_out_of_logs_status_and_frames(tmp_path, event_ty
     settings = Settings(kafka_properties=properties).with_free_ports(state_dir=tmp_path)
     with Stack(settings) as stack:
         env = {**os.environ, "LABKIT_STATE_DIR": str(tmp_path), "COLUMNS": "200"}
-        status = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "labkit", "status"], capture_output=True,
+        status = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "labkit", "status"],
+                                         capture_output=True,
                                          text=True, env=env, timeout=60)
         assert status.returncode == 0 and secret not in status.stdout + status.stderr
         async with Sender(settings=stack.settings) as sender:

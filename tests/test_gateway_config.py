@@ -131,8 +131,12 @@ def upstream_servers(text: str, service: str) -> list[str]:
 def test_embedded_services_are_reached_on_the_settings_ports(kong, settings, tmp_path):
     text = gateway.render_nginx_conf(kong, settings, tmp_path)
     assert "proxy_pass http://lk_service_producer;" in text and "proxy_pass http://lk_service_consumer;" in text
-    assert upstream_servers(text, "producer") == [f"server {settings.host}:{settings.producer_port} weight=100 max_fails=1 fail_timeout=5s;"]
-    assert upstream_servers(text, "consumer") == [f"server {settings.host}:{settings.consumer_port} weight=100 max_fails=1 fail_timeout=5s;"]
+    assert upstream_servers(text,
+                            "producer") == [f"server {settings.host}:{settings.producer_port} weight=100 max_fails=1 "
+                                            "fail_timeout=5s;"]
+    assert upstream_servers(text,
+                            "consumer") == [f"server {settings.host}:{settings.consumer_port} weight=100 max_fails=1 "
+                                            "fail_timeout=5s;"]
     assert "producer:6789" not in text
 
 
@@ -285,7 +289,8 @@ def test_unsupported_route_field_is_refused(kong, field):
         ({"hash_on": "ip"}, "field 'hash_on'"),
         ({"targets": []}, "no targets"),
         ({"targets": [{"target": "consumer:6788", "weight": 0}]}, "weight 0"),
-        ({"healthchecks": {"passive": {"unhealthy": {"tcp_failures": 2}}}}, "passive health checks without active ones"),
+        ({"healthchecks": {"passive": {"unhealthy": {"tcp_failures": 2}}}},
+         "passive health checks without active ones"),
         ({"healthchecks": {"passive": {"unhealthy": {"http_failures": 2}}}}, "http_failures is not supported"),
     ],
 )

@@ -34,7 +34,8 @@ json_values = st.recursive(
     max_leaves=20,
 )
 events = st.fixed_dictionaries(
-    {"type": st.text(min_size=1, max_size=30), "value": st.integers(-10**15, 10**15) | st.floats(allow_nan=False, allow_infinity=False)},
+    {"type": st.text(min_size=1, max_size=30), "value": st.integers(-10**15, 10**15) | st.floats(allow_nan=False,
+                                                                                                 allow_infinity=False)},
     optional={
         "id": st.text(min_size=1, max_size=40),
         "key": st.text(min_size=1, max_size=40),
@@ -143,7 +144,8 @@ async def test_foreign_origin_is_refused_by_the_services_too(stack: Stack):
 
 @pytest.fixture
 def strict_stack(tmp_path):
-    settings = Settings(max_connections=20, ping_interval_s=0.5, ping_timeout_s=0.5, handshake_timeout_s=1).with_free_ports(
+    settings = Settings(max_connections=20, ping_interval_s=0.5, ping_timeout_s=0.5,
+                        handshake_timeout_s=1).with_free_ports(
         state_dir=tmp_path
     )
     with Stack(settings) as stack:
@@ -204,7 +206,8 @@ async def test_a_slow_watcher_is_cut_off_without_delaying_the_others(tmp_path, c
 
         def overflows() -> float:
             metrics = urllib.request.urlopen(settings.url(settings.consumer_port, "/metrics", "http")).read().decode()
-            return float(next(line for line in metrics.splitlines() if line.startswith("labkit_queue_overflows_total")).split()[1])
+            overflows = next(line for line in metrics.splitlines() if line.startswith("labkit_queue_overflows_total"))
+            return float(overflows.split()[1])
 
         acks = []
         async with Sender(settings=settings) as sender:

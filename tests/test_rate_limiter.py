@@ -1,4 +1,5 @@
-"""The producer's per-connection rate limiter (``RateLimiter``), on a clock the test moves by hand: no process, no socket.
+"""The producer's per-connection rate limiter (``RateLimiter``), on a clock the test moves by hand: no process,
+no socket.
 
 Each test names the rule it checks; breaking that rule makes it fail.
 """

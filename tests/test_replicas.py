@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter
 
 import pytest
 import websockets
@@ -68,9 +67,12 @@ def test_each_replica_is_a_component_and_up_starts_only_the_missing_one(tmp_path
         assert after["consumer-2"]["state"] == "running" and after["consumer-2"]["pid"] != rows["consumer-2"]["pid"]
 
         # Another stack whose consumer range runs into this one's: the error names the port and the setting.
-        other = Settings(consumers=3).with_free_ports(state_dir=tmp_path / "b").replace(consumer_port=s.consumer_port + 1)
-        with pytest.raises(PortInUse, match=rf"port {s.consumer_port} \(consumer-2\).*LABKIT_CONSUMER_PORT.*--consumer-port"
-                                            rf".*consumer replicas use ports {s.consumer_port + 1} to {s.consumer_port - 1}"):
+        other = Settings(consumers=3).with_free_ports(state_dir=tmp_path / "b")
+        other = other.replace(consumer_port=s.consumer_port + 1)
+        with pytest.raises(PortInUse,
+                           match=rf"port {s.consumer_port} \(consumer-2\).*LABKIT_CONSUMER_PORT.*--consumer-port"
+                                            rf".*consumer replicas use ports {s.consumer_port + 1} to "
+                                            rf"{s.consumer_port - 1}"):
             Stack(other).up()
 
 
@@ -137,16 +139,7 @@ async def test_consumer_replica_killed_mid_stream_its_watchers_resume_on_the_oth
         moved = [w for w in plain if w.connections > 1]
         assert moved, "no plain watcher was on the killed replica"
         for watcher in plain:
-            def has_all(w: PlainWatcher = watcher) -> bool:
-                return set(acked) <= {(f["partition"], f["offset"]) for f in w.frames}
-
-            def misses(w: PlainWatcher = watcher) -> str:
-                return f"a plain watcher misses {len(set(acked) - {(f['partition'], f['offset']) for f in w.frames})} acked events"
-
-            await wait_until(has_all, 60, misses)
-            places = Counter((f["partition"], f["offset"]) for f in watcher.frames)
-            assert not [p for p, n in places.items() if n > 1], "a record was delivered twice to a plain watcher"
-            assert {(f["partition"], f["offset"]): f["id"] for f in watcher.frames if (f["partition"], f["offset"]) in acked} == acked
+            await watcher.got_each_once(acked, 60)
             # The epoch is the log's, so the other replica resumes it: no gap.
             assert all(resume == {"recovered": True} for resume in watcher.resumes), watcher.resumes
         assert {f["epoch"] for w in plain for f in w.frames} == {(await health(stack, "consumer-2"))["epoch"]}
@@ -222,7 +215,8 @@ async def test_producer_replica_killed_in_flight_events_are_resent_with_their_id
             assert isinstance(event.id, str), event  # every event here was sent by labkit's Sender, with an id
             copies.setdefault(event.id, []).append(event)
         for event_id, ack in every.items():
-            assert [(e.partition, e.offset) for e in copies[event_id]] == [(ack.partition, ack.offset)], "an acked event is not stored exactly once"
+            assert [(e.partition, e.offset) for e in copies[event_id]] == [(ack.partition, ack.offset)], \
+                "an acked event is not stored exactly once"
         stored_twice = 0
         for event_id, ack in resent.items():
             places = sorted((e.partition, e.offset) for e in copies[event_id])

@@ -83,7 +83,8 @@ async def test_resume_without_since_reads_back_the_named_partitions(stack: Stack
 async def test_a_deeply_nested_foreign_record_costs_only_itself(stack: Stack, collect, event_type):
     live = await collect(types=[event_type])
     producer = Producer({"bootstrap.servers": stack.settings.bootstrap_servers, "linger.ms": 50})
-    valid = [json.dumps({"type": event_type, "value": i, "id": f"{event_type}-{i}", "received_at": 1}) for i in range(51)]
+    valid = [json.dumps({"type": event_type, "value": i, "id": f"{event_type}-{i}",
+                         "received_at": 1}) for i in range(51)]
     nested = "[" * 2000 + "]" * 2000
     deep = f'{{"type": "{event_type}", "value": 0, "data": {{"k": {nested}}}}}'
     values = valid[:25] + [deep] + valid[25:]
@@ -154,7 +155,9 @@ async def test_a_broker_restart_changes_the_epoch_and_a_resume_from_before_says_
         # A consumer restart keeps the log, and so the epoch: the resume is whole.
         stack.stop_component("consumer")
         stack.start_component("consumer")
-        recovery, got = await resumed(stack, f"types={event_type}&resume={partition}:{offset - 1}&since=0&epoch={old_epoch}", 1)
+        recovery, got = await resumed(stack,
+                                      f"types={event_type}&resume={partition}:{offset - 1}&since=0&epoch={old_epoch}",
+                                      1)
         assert recovery == {"recovered": True} and got[0]["offset"] == offset
 
         # A broker that lost its log (stopped, its data folder wiped: what any Tansu restart does) starts a
@@ -213,7 +216,8 @@ async def test_the_consumer_gives_read_back_memory_back(tmp_path, event_type):
     with Stack(settings) as stack:
         async with Sender(settings=settings) as sender:
             acks = await sender.send_many(
-                [{"type": event_type, "value": i, "key": str(i % 3), "data": {"pad": "x" * 900}} for i in range(12_000)],
+                [{"type": event_type, "value": i, "key": str(i % 3),
+                  "data": {"pad": "x" * 900}} for i in range(12_000)],
                 batch=50,
             )
         consumer = psutil.Process({r["component"]: r["pid"] for r in stack.status()}["consumer"])

@@ -1,4 +1,5 @@
-"""Unit tests of the consumer's per-watcher duplicate rule through its Watcher (labkit/services/watchers.py), no network.
+"""Unit tests of the consumer's per-watcher duplicate rule through its Watcher (labkit/services/watchers.py),
+no network.
 
 The rule: per partition, a frame at or below ``sent_upto`` (the resume point, then
 the last offset sent) is skipped until a live frame above it settles the partition;
@@ -70,7 +71,7 @@ class Run:
     def __init__(self, resume: dict[int, int], missed: list[Delivery], live: list[Delivery],
                  counted_as_sent: dict[int, int] | None = None) -> None:
         self.socket = RecordingSocket()
-        self.watcher = Watcher(self.socket, WatchOptions(resume=resume), limit=100_000)  # type: ignore[arg-type]
+        self.watcher = Watcher(self.socket, WatchOptions(resume=resume), limit=100_000)  # type: ignore[arg-type]  # a recording double
         # What the read-back hands over, read whole: the offsets it counts as sent (the resume offsets, or less
         # where one lies outside the log), the missed frames, and that it read all.
         floor = resume if counted_as_sent is None else counted_as_sent

@@ -76,7 +76,10 @@ async def test_numbers_it_cannot_take_are_said_and_kept(stack: Stack, event_type
 
 
 async def test_the_form_refuses_what_the_producer_refuses_and_nothing_more(stack: Stack, event_type: str):
-    """Too long a key or type, and a frame one byte over the producer's limit, show in red; the limit itself is acked."""
+    """Too long a key or type, and a frame one byte over the producer's limit, show in red.
+
+    A frame at the limit itself is acked.
+    """""
     form = EventSender(stack.settings)
     form.type_box.value = event_type
     limit = stack.settings.max_frame_bytes
@@ -90,7 +93,8 @@ async def test_the_form_refuses_what_the_producer_refuses_and_nothing_more(stack
         form.key_box.value = ""
 
         def event_of_size(size: int) -> dict:
-            event: dict[str, Any] = {"type": event_type, "value": 1, "id": "x" * 32, "sent_at": 1.5, "data": {"pad": ""}}
+            event: dict[str, Any] = {"type": event_type, "value": 1, "id": "x" * 32, "sent_at": 1.5,
+                                     "data": {"pad": ""}}
             event["data"]["pad"] = "a" * (size - len(encode(as_event(event))))
             assert len(encode(as_event(event))) == size
             return event
@@ -165,7 +169,8 @@ async def test_chart_counts_throttles_pauses_and_closes_cleanly(stack: Stack, ev
     assert 0 <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
     scatter = next(trace for trace in chart.figure.data if trace.name == event_type)
     drawn = len(scatter.x)  # at most points_per_second a second: the value panel covers the window at any rate
-    assert drawn + chart.thinned == 3000 and drawn <= chart.points_per_second * (elapsed + 1) and list(scatter.y[:3]) == [0, 1, 2]
+    assert drawn + chart.thinned == 3000 and drawn <= chart.points_per_second * (elapsed + 1)
+    assert list(scatter.y[:3]) == [0, 1, 2]
     assert chart.run_percentiles()["p99"] >= latency["p50"]
 
     chart.pause()
@@ -182,7 +187,8 @@ async def test_chart_counts_throttles_pauses_and_closes_cleanly(stack: Stack, ev
     assert stack.health("consumer")["watchers"] == watchers + 1
     await chart.aclose()
     assert not chart.running and own_tasks() <= before
-    await wait_until(lambda: stack.health("consumer")["watchers"] == watchers, 10, "the chart's connection did not close")
+    await wait_until(lambda: stack.health("consumer")["watchers"] == watchers, 10,
+                     "the chart's connection did not close")
 
 
 def test_tables_align_and_round_and_the_architecture_is_the_running_stack(stack: Stack):

@@ -166,7 +166,8 @@ class FaultDrill(w.VBox):
             await stream.stop()
             # After a lost log, what was acked before the restart may be gone: wait for what came after.
             expected = {ack.ack for ack in stream.acks[restart_from:]} if fault == LOST_LOG else stream.acked
-            await until(lambda: expected <= receiver.ids, lambda: f"{len(expected - receiver.ids)} acked events did not arrive",
+            await until(lambda: expected <= receiver.ids,
+                        lambda: f"{len(expected - receiver.ids)} acked events did not arrive",
                         WAIT_S)
         finally:
             if stream is not None:
@@ -258,7 +259,10 @@ class FaultDrill(w.VBox):
 
 
 def lose_broker_log(stack: Stack) -> None:
-    """Stop the broker (if it runs), delete its data folder, start it again: what any restart of an in-memory broker does."""
+    """Stop the broker (if it runs), delete its data folder, start it again.
+
+    That is what any restart of an in-memory broker does.
+    """
     stack.stop_component("broker")
     shutil.rmtree(broker_kind(stack.settings).data_dir(stack.settings), ignore_errors=True)
     stack.start_component("broker")

@@ -76,13 +76,17 @@ def read_event(kind: str, value: str, key: str, data: str) -> tuple[dict[str, An
     except ValueError as exc:
         problems["data"] = str(exc)
     for field, item in event.items():
-        if field not in problems and (problem := _field_problem(field, item, value.strip() if field == "value" else None)):
+        if field not in problems and (problem := _field_problem(field, item,
+                                                                value.strip() if field == "value" else None)):
             problems[field] = problem
     return event, problems
 
 
 def checked_event(event: Mapping[str, Any] | Event, max_frame_bytes: int) -> tuple[Event | None, dict[str, str]]:
-    """The event as the Sender will send it (with its id and sent_at), unless the model or the frame limit refuses it."""
+    """The event as the Sender will send it (with its id and sent_at).
+
+    None, with the problems by field, when the model or the frame limit refuses it.
+    """
     try:
         item = stamped(dict(event) if isinstance(event, Mapping) else event)
     except ValueError as exc:

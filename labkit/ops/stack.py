@@ -329,7 +329,8 @@ class Stack(StackCommon):
         what was done.
         """
         if self.settings.mode == "compose":
-            raise LabkitError("compose mode runs under Docker Compose: use labkit.ops.compose.ComposeStack (or open_stack)")
+            raise LabkitError("compose mode runs under Docker Compose: use labkit.ops.compose.ComposeStack (or "
+                              "open_stack)")
         recorded_settings, recorded = self._recorded_components()
         alive = {p.name: p for p in recorded if p.process() is not None}
         if alive:
@@ -417,7 +418,8 @@ class Stack(StackCommon):
         while time.monotonic() < deadline:
             proc = part.process()
             if proc is None:
-                raise ComponentFailed(part.name, "exited during start-up", self.log_tail(part.name), str(self.log_path(part.name)))
+                raise ComponentFailed(part.name, "exited during start-up", self.log_tail(part.name),
+                                      str(self.log_path(part.name)))
             if part.answers(self.settings.host):
                 if part.after_ready is not None:
                     part.after_ready(part)
@@ -516,7 +518,10 @@ class Stack(StackCommon):
     # -- looking at it ---------------------------------------------------------------
 
     def status(self, cpu_sample_s: float = 0.0) -> list[dict[str, Any]]:
-        """One row per component: name, state, pid, url, detail; with ``cpu_sample_s``, the cores it used over that long."""
+        """One row per component: name, state, pid, url, detail.
+
+        With ``cpu_sample_s``, also the cores each used over that long.
+        """
         # Reading changes nothing: the running stack's settings are used here, not taken.
         # A partly running stack (a component stopped or failed to start) keeps its recorded settings too.
         recorded_settings, recorded_parts = self._recorded_components()

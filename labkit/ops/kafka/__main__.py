@@ -1,4 +1,5 @@
-"""``python -m labkit.ops.kafka``: fetch Apache Kafka's jars now (``make init`` and ``make test`` run it), and say where they are."""
+"""``python -m labkit.ops.kafka``: fetch Apache Kafka's jars now (``make init`` and ``make test`` run it), and say
+where they are."""
 
 from __future__ import annotations
 
