@@ -32,7 +32,8 @@ from labkit.discovery import lab_api_key, running_settings
 from labkit.events import Ack, Delivered, Event, decode_delivered, decode_reply, encode, new_id, now_ms
 from labkit.settings import Settings
 
-__all__ = ["Sender", "SendError", "Watch", "watch", "LogRestart", "lab_api_key", "as_event", "stamped"]
+__all__ = ["Sender", "SendError", "Watch", "watch", "LogRestart", "lab_api_key", "as_event", "stamped",
+           "SeenDeliveries"]
 
 ACK_TIMEOUT_S = 60.0  # longer than the producer's message.timeout.ms, so Kafka's verdict arrives first
 RECONNECT_FIRST_S = 0.05
@@ -232,7 +233,7 @@ def watch_url(
     return f"{base}{'&' if '?' in base else '?'}{urlencode(query, safe=',:')}" if query else base
 
 
-class _SeenDeliveries:
+class SeenDeliveries:
     """The last ``size`` deliveries seen, by (partition, offset), to drop a record delivered twice.
 
     A duplicate delivery is the same record at the same place: same partition, same
@@ -272,7 +273,7 @@ async def _watch(state: Watch) -> AsyncGenerator[Delivered, None]:
     resolved = _settings(state.settings)
     kinds = list(types) if types else None
     positions: dict[int, int] = {}
-    seen = None if raw else _SeenDeliveries()
+    seen = None if raw else SeenDeliveries()
     since_ms: float | None = None
     epoch: str | None = None
     delivered = 0

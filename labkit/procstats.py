@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import psutil
 
-__all__ = ["family", "cpu_seconds", "cpu_cores", "rss_bytes"]
+__all__ = ["family", "cpu_seconds", "cpu_cores", "cpu_cores_of", "rss", "rss_bytes"]
 
 
 def family(pid: int) -> list[psutil.Process]:
@@ -33,7 +33,11 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
 
 def cpu_cores(pids: Mapping[str, int], seconds: float) -> dict[str, float]:
     """Cores each named process (with its children) used over the next ``seconds``: 1.0 is one core busy."""
-    families = {name: family(pid) for name, pid in pids.items()}
+    return cpu_cores_of({name: family(pid) for name, pid in pids.items()}, seconds)
+
+
+def cpu_cores_of(families: Mapping[str, list[psutil.Process]], seconds: float) -> dict[str, float]:
+    """Cores each named group of processes used over the next ``seconds``."""
     before = {name: cpu_seconds(procs) for name, procs in families.items()}
     began = time.monotonic()
     time.sleep(seconds)  # a measurement window, not synchronisation
@@ -43,8 +47,13 @@ def cpu_cores(pids: Mapping[str, int], seconds: float) -> dict[str, float]:
 
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process and its children."""
+    return rss(family(pid))
+
+
+def rss(procs: list[psutil.Process]) -> int:
+    """Resident memory of these processes, together."""
     total = 0
-    for proc in family(pid):
+    for proc in procs:
         with contextlib.suppress(psutil.Error):  # it ended meanwhile
             total += proc.memory_info().rss
     return total

@@ -374,3 +374,11 @@ class Settings(BaseSettings):
     def replace(self, **changes: object) -> Settings:
         """A validated copy with some fields changed."""
         return type(self)(**{**self.model_dump(), **changes})
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as LABKIT_* variables, so a child process (a service, a kernel) builds the same Settings."""
+        return {
+            f"LABKIT_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+            for name, value in self.model_dump(mode="json").items()
+            if value is not None
+        }

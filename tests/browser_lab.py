@@ -28,7 +28,6 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from labkit import Stack
-from labkit.ops.stack import _settings_env
 from labkit.settings import REPO_ROOT, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -72,7 +71,7 @@ def lab_server(stack: Stack, tmp_path: Path) -> Iterator[tuple[str, str]]:
     port, token = free_port(), secrets.token_hex(16)
     env = {
         **os.environ,
-        **_settings_env(stack.settings),
+        **stack.settings.as_env(),
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
     }

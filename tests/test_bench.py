@@ -21,9 +21,8 @@ from labkit.bench.goals import check_goals
 from labkit.bench.load import LoadPlan, split_id
 from labkit.bench.plot import write_plot
 from labkit.bench.profile import summarize_collapsed
-from labkit.bench.report import print_report
-from labkit.bench.results import build_result, write_json
-from labkit.bench.runner import BenchRunner
+from labkit.bench.report import print_report, write_json
+from labkit.bench.runner import BenchRunner, build_result, idle_of_the_goal, run_idle
 from labkit.bench.search import StepSearch
 from labkit.bench.stats import HOPS, Latency, PhaseResult
 
@@ -186,3 +185,10 @@ def test_the_goals_profile_runs_every_scenario_end_to_end_at_tiny_scale(stack: S
     console = Console(record=True, width=220)
     print_report(result, console)
     assert "Goals" in console.export_text() and len(result.goals) == 5
+
+
+def test_idle_cpu_is_measured_per_component_and_the_goal_counts_broker_producer_and_consumer(stack: Stack):
+    cores = run_idle(stack, 1.0)
+    assert {"broker", "producer", "consumer", "gateway"} <= set(cores) and all(used >= 0 for used in cores.values())
+    assert idle_of_the_goal(cores) == pytest.approx(cores["broker"] + cores["producer"] + cores["consumer"])
+    assert idle_of_the_goal({"broker": 0.01, "gateway": 0.5}) == 0.01  # the gateway is not the goal's

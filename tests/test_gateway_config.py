@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -311,6 +312,53 @@ def test_regex_origin_without_scheme_is_refused(kong):
     kong["plugins"][0]["config"]["origins"].append(r"([a-z]+\.)?example\.com")
     with pytest.raises(GatewayConfigError, match=r"plugin 'cors' \(global\).*without ':'"):
         gateway.routes_table(kong)
+
+
+def consumer_key(kong: dict) -> dict:
+    return kong["consumers"][0]["keyauth_credentials"][0]
+
+
+@pytest.mark.parametrize(
+    ("change", "named", "path"),
+    [
+        (lambda kong: kong["services"][0]["routes"][0]["paths"].append("~/a/(\\d+)$"),
+         r"route 'produce-events': path .* is a regex path", "services[0].routes[0].paths[1]"),
+        (lambda kong: plugin(kong, "produce-events", "rate-limiting")["config"].update(minute=0.5),
+         r"plugin 'rate-limiting' \(route 'produce-events'\): 'minute' is 0\.5: .*; correct it",
+         "services[0].routes[0].plugins[1].config.minute"),
+        (lambda kong: consumer_key(kong).pop("key"),
+         "consumer 'lab': field 'key' is missing; add it", "consumers[0].keyauth_credentials[0].key"),
+        (lambda kong: kong.update(certificates=[{"cert": "x"}]),
+         "kong.yml top level: field 'certificates' is not supported", "certificates"),
+    ],
+    ids=["regex-path", "fractional-limit", "missing-key", "top-level-field"],
+)
+def test_refusals_name_the_entity_and_the_path_in_the_file(kong, change, named, path):
+    change(kong)
+    with pytest.raises(GatewayConfigError, match=rf"^{named}.* \(at {re.escape(path)} in kong\.yml\)\.$") as refused:
+        gateway.routes_table(kong)
+    # A sentence for people, not pydantic's report.
+    assert "validation error" not in str(refused.value) and "pydantic" not in str(refused.value)
+
+
+def test_every_refusal_in_the_file_is_reported_at_once(kong):
+    kong["services"][0]["routes"][0]["snis"] = ["example.com"]
+    plugin(kong, "produce-events", "rate-limiting")["config"]["day"] = 1000
+    message = str(pytest.raises(GatewayConfigError, gateway.routes_table, kong).value)
+    assert message.splitlines() == [
+        "plugin 'rate-limiting' (route 'produce-events'): field 'day' is not supported: nginx's limit_req counts "
+        "per second or per minute only. Use 'second' or 'minute', or the compose mode where Kong counts longer "
+        "windows (at services[0].routes[0].plugins[1].config.day in kong.yml).",
+        "route 'produce-events': field 'snis' is not supported by the embedded gateway; remove it, or run the "
+        "compose mode where Kong itself reads kong.yml (at services[0].routes[0].snis in kong.yml).",
+    ]
+
+
+def test_empty_fields_ask_for_nothing_as_in_kongs_exports(kong):
+    route = kong["services"][0]["routes"][0]
+    route.update(snis=None, headers={}, sources=[], name="produce-events", tags=["lab"])
+    plugin(kong, "produce-events", "key-auth")["config"]["realm"] = None
+    assert [row["route"] for row in gateway.routes_table(kong)] == ["produce-events", "consume-events"]
 
 
 def test_two_routes_on_one_path_are_refused(kong):

@@ -90,7 +90,7 @@ def cycles(graph: dict[str, set[str]]) -> list[str]:
 def test_the_reader_sees_labkit_whole():
     # A reader that returned nothing would let every check below pass.
     graph = imports()
-    assert len(graph) > 80 and sum(map(len, graph.values())) > 150, (len(graph), sum(map(len, graph.values())))
+    assert len(graph) > 70 and sum(map(len, graph.values())) > 150, (len(graph), sum(map(len, graph.values())))
     assert "labkit.ops.stack" in graph["labkit.cli"] and "labkit.settings" in graph["labkit.services.producer"]
 
 

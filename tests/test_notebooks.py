@@ -15,7 +15,6 @@ import pytest
 from nbclient import NotebookClient
 
 from labkit import Stack
-from labkit.ops.stack import _settings_env
 from labkit.settings import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -93,7 +92,7 @@ ON_BOTH_BROKERS = ("06", "07", "08")
     for name in NOTEBOOKS
 ])
 def test_notebook_runs_top_to_bottom(name: str, stack: Stack, monkeypatch: pytest.MonkeyPatch):
-    for variable, value in _settings_env(stack.settings).items():
+    for variable, value in stack.settings.as_env().items():
         monkeypatch.setenv(variable, value)
     nb = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
     client = NotebookClient(

@@ -9,6 +9,7 @@ import psutil
 from conftest import repeated_deliveries
 
 from labkit import Sender, Settings, Stack
+from labkit.ops.brokers import BrokerKind
 
 DELIVERED_FIELDS = ("id", "type", "value", "key", "sent_at", "received_at", "topic", "partition", "offset", "kafka_ts",
                     "delivered_at")
@@ -91,6 +92,13 @@ def test_reading_status_changes_nothing_and_adopt_takes_the_running_settings(sta
     assert str(stack.settings.producer_port) in rows["producer"]["url"]  # read from the running stack's record
     assert reader.settings is before
     assert reader.adopt() and reader.settings.producer_port == stack.settings.producer_port
+
+
+def test_status_describes_the_broker_as_it_started_not_the_java_found_now(stack: Stack, monkeypatch):
+    """A JVM keeps the Java it started on: status shows the recorded detail, whatever JAVA_HOME says today."""
+    started = {row["component"]: row["detail"] for row in stack.status()}["broker"]
+    monkeypatch.setattr(BrokerKind, "describe", lambda self, settings: "Apache Kafka (Java 99 at /elsewhere)")
+    assert {row["component"]: row["detail"] for row in Stack(stack.settings).status()}["broker"] == started
 
 
 def test_each_component_carries_its_own_start_hooks(tmp_path):

@@ -62,36 +62,26 @@ class BenchConfig:
     @classmethod
     def quick(cls, out_dir: Path, **changes: object) -> BenchConfig:
         """A short, low-rate run that exercises every part (what the tests run)."""
-        base = cls(
-            rates=(50.0,), duration_s=1.0, ramp=False, fanout=(2,), fanout_rate=50.0, fanout_duration_s=1.0,
-            drain_quiet_s=2.0, out_dir=out_dir, png=False,
-        )
-        return replace(base, **changes)
+        return replace(cls(rates=(50.0,), duration_s=1.0, ramp=False, fanout=(2,), fanout_rate=50.0,
+                           fanout_duration_s=1.0, drain_quiet_s=2.0, out_dir=out_dir, png=False), **changes)
 
     @classmethod
     def goals(cls, out_dir: Path, **changes: object) -> BenchConfig:
         """Exactly the goals table (labkit.bench.goals), each with its baseline, in a few minutes."""
-        base = cls(
-            paths=(BASELINE, FULL), rates=(100.0, 1_000.0, 5_000.0), duration_s=5.0, ramp_step=5_000.0,
-            ramp_max_rate=50_000.0, ramp_refine=1, fanout=(100, 1_000), fanout_rate=100.0, fanout_duration_s=5.0,
-            consumers=(1, 2), out_dir=out_dir,
-        )
-        return replace(base, **changes)
+        return replace(cls(paths=(BASELINE, FULL), rates=(100.0, 1_000.0, 5_000.0), duration_s=5.0, ramp_max_rate=50_000.0,
+                           fanout=(100, 1_000), fanout_duration_s=5.0, consumers=(1, 2), out_dir=out_dir), **changes)
 
     def validate(self) -> BenchConfig:
-        unknown = [p for p in self.paths if p not in PATHS]
-        if unknown:
-            raise ValueError(f"unknown path {unknown[0]!r}: choose from {', '.join(PATHS)}")
-        if any(rate <= 0 for rate in (*self.rates, self.fanout_rate)):
-            raise ValueError("rates must be above 0 events per second")
-        if any(count < 1 for count in self.fanout):
-            raise ValueError("fan-out watcher counts must be at least 1")
-        if self.duration_s <= 0 or self.fanout_duration_s <= 0 or self.ramp_duration_s <= 0:
-            raise ValueError("durations must be above 0 seconds")
-        if self.ramp_step <= 0:
-            raise ValueError("ramp_step must be above 0 events per second")
-        if any(count < 1 for count in self.consumers):
-            raise ValueError("consumer counts must be at least 1")
-        if self.watcher_processes < 1:
-            raise ValueError("watcher_processes must be at least 1")
+        problems = {
+            f"unknown path {next((p for p in self.paths if p not in PATHS), '')!r}: choose from {', '.join(PATHS)}":
+                not set(self.paths) <= set(PATHS),
+            "rates must be above 0 events per second": any(rate <= 0 for rate in (*self.rates, self.fanout_rate)),
+            "fan-out watcher counts must be at least 1": any(count < 1 for count in self.fanout),
+            "durations must be above 0 seconds": min(self.duration_s, self.fanout_duration_s, self.ramp_duration_s) <= 0,
+            "ramp_step must be above 0 events per second": self.ramp_step <= 0,
+            "consumer counts must be at least 1": any(count < 1 for count in self.consumers),
+            "watcher_processes must be at least 1": self.watcher_processes < 1,
+        }
+        for problem in (text for text, found in problems.items() if found):
+            raise ValueError(problem)
         return self

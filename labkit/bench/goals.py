@@ -8,9 +8,9 @@
 | 100 watchers x 100 ev/s | p99 < 20 ms |
 | 1,000 watchers x 100 ev/s | p99 < 250 ms, nothing lost |
 
-:func:`check_goals` reads them from a run's phases and ramps; a goal the run did
-not measure says so (``met`` None). ``BenchConfig.goals()`` is the run that
-measures exactly these.
+:func:`check_goals` reads them from a run's phases and ramps; a goal the run did not measure says so
+(``met`` None). ``BenchConfig.goals()`` is the run that measures exactly these. :func:`ratios` sets each
+path's percentiles beside the baseline's at every fixed rate.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from labkit.bench.config import BASELINE, FULL
-from labkit.bench.stats import PhaseResult
+from labkit.bench.config import BASELINE, DIRECT, FULL
+from labkit.bench.stats import PhaseResult, find_phase, ratio
 
-__all__ = ["GoalCheck", "check_goals", "find_phase"]
+__all__ = ["GoalCheck", "check_goals", "ratios", "cpu_line"]
 
 
 @dataclass
@@ -47,28 +47,14 @@ def cpu_line(phase: PhaseResult | None) -> str:
     return f"cores {sum(phase.cores().values()):.2f}; µs/event: " + ", ".join(parts)
 
 
-def find_phase(phases: list[PhaseResult], path: str, phase: str, rate: float | None = None,
-               watchers: int | None = None) -> PhaseResult | None:
-    for result in phases:
-        if result.path == path and result.phase == phase and (rate is None or abs(result.offered_rate - rate) < 1e-6) \
-                and (watchers is None or result.watchers == watchers):
-            return result
-    return None
-
-
-def ratio(top: float | None, bottom: float | None) -> float | None:
-    return round(top / bottom, 2) if top is not None and bottom else None
-
-
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.2f} ms"
 
 
-def _loss(phase: PhaseResult) -> str:
-    if phase.clean:
-        return ""
-    return f", {phase.lost:,} lost" + (f", {len(phase.closed)} closed" if phase.closed else "") + \
-        (f", {sum(phase.refused.values()):,} refused" if phase.refused else "")
+def _against(value: float | None, base: float | None, text: str) -> str:
+    """``text`` (the baseline's figure), and how many times it the measured figure is."""
+    times = ratio(value, base)
+    return text + (f" (x{times:g})" if times is not None else "")
 
 
 def _latency_goal(name: str, goal: str, phase: PhaseResult | None, base: PhaseResult | None,
@@ -76,19 +62,15 @@ def _latency_goal(name: str, goal: str, phase: PhaseResult | None, base: PhaseRe
     """Percentile limits (``{"p50": 2, "p99": 10}``), nothing lost; the baseline's same percentiles."""
     if phase is None:
         return GoalCheck(name, goal, "not measured", None)
-    cpu = cpu_line(phase)
-    values = {key: getattr(phase.latency, key) for key in limits}
-    met = phase.clean and all(v is not None and v < limits[k] for k, v in values.items())
-    measured = ", ".join(f"{k} {_ms(v)}" for k, v in values.items()) + _loss(phase)
-    baseline = ""
-    if base is not None:
-        parts = []
-        for key in limits:
-            value = getattr(base.latency, key)
-            times = ratio(values[key], value)
-            parts.append(f"{key} {_ms(value)}" + (f" (x{times:g})" if times is not None else ""))
-        baseline = ", ".join(parts)
-    return GoalCheck(name, goal, measured, met, baseline, cpu)
+    ms = {key: getattr(phase.latency, key) for key in limits}
+    met = phase.clean and all(v is not None and v < limits[k] for k, v in ms.items())
+    measured = ", ".join(f"{k} {_ms(v)}" for k, v in ms.items())
+    if not phase.clean:
+        measured += f", {phase.lost:,} lost" + (f", {len(phase.closed)} closed" if phase.closed else "") + \
+            (f", {sum(phase.refused.values()):,} refused" if phase.refused else "")
+    baseline = "" if base is None else ", ".join(
+        _against(ms[k], getattr(base.latency, k), f"{k} {_ms(getattr(base.latency, k))}") for k in limits)
+    return GoalCheck(name, goal, measured, met, baseline, cpu_line(phase))
 
 
 def check_goals(phases: list[PhaseResult], ramps: dict[str, Any]) -> list[GoalCheck]:
@@ -106,10 +88,8 @@ def check_goals(phases: list[PhaseResult], ramps: dict[str, Any]) -> list[GoalCh
         checks.append(GoalCheck(name, goal, "not measured", None))
     else:
         carried = full["max_rate_carried"]
-        baseline = ""
-        if base is not None:
-            times = ratio(carried, base["max_rate_carried"])
-            baseline = f"{base['max_rate_carried']:,.0f} ev/s" + (f" (x{times:g})" if times is not None else "")
+        baseline = "" if base is None else _against(carried, base["max_rate_carried"],
+                                                    f"{base['max_rate_carried']:,.0f} ev/s")
         # The CPU of the first step not carried: what ran out.
         steps = [p for p in phases if p.path == FULL and p.phase == "ramp" and not p.carried]
         cpu = cpu_line(min(steps, key=lambda p: p.offered_rate) if steps else None)
@@ -119,6 +99,19 @@ def check_goals(phases: list[PhaseResult], ramps: dict[str, Any]) -> list[GoalCh
     for watchers, limit in ((100, 20.0), (1_000, 250.0)):
         wanted = f"p99 < {limit:g} ms" + (", nothing lost" if watchers >= 1_000 else "")
         checks.append(_latency_goal(f"{watchers:,} watchers x 100 ev/s", wanted,
-                                    find_phase(phases, FULL, "fanout", 100.0, watchers), base_at[100.0],
-                                    {"p99": limit}))
+                                    find_phase(phases, FULL, "fanout", 100.0, watchers), base_at[100.0], {"p99": limit}))
     return checks
+
+
+def ratios(phases: list[PhaseResult], rates: tuple[float, ...]) -> list[dict[str, Any]]:
+    """Per fixed rate with a baseline: ``{"rate", "full/baseline p50", ... "direct/baseline p99"}``."""
+    rows = []
+    for rate in rates:
+        if (base := find_phase(phases, BASELINE, "fixed", rate)) is not None:
+            row: dict[str, Any] = {"rate": rate}
+            for path in (FULL, DIRECT):
+                if (other := find_phase(phases, path, "fixed", rate)) is not None:
+                    for point in ("p50", "p99"):
+                        row[f"{path}/baseline {point}"] = ratio(getattr(other.latency, point), getattr(base.latency, point))
+            rows.append(row)
+    return rows

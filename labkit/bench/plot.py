@@ -1,4 +1,5 @@
-"""The result as a picture: latency percentiles against offered rate for each path, and fan-out.
+"""The result as a picture: latency percentiles against offered rate for each path, and fan-out; a long phase's
+latency and memory over its run.
 
 Written as a self-contained plotly HTML file (plotly.js inline, so it opens
 offline), and as PNG by screenshotting that file in Chromium through Playwright
@@ -14,9 +15,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from labkit.bench.config import BASELINE, DIRECT, FULL
-from labkit.bench.results import BenchResult
+from labkit.bench.runner import BenchResult
+from labkit.bench.stats import PhaseResult
 
-__all__ = ["write_plot", "render_png", "chromium_path"]
+__all__ = ["write_plot", "render_png", "long_run_figure"]
 
 COLOURS = {BASELINE: "#636efa", DIRECT: "#00cc96", FULL: "#ef553b"}
 PERCENTILES = (("p50", "solid"), ("p99", "dash"), ("p999", "dot"))
@@ -60,21 +62,38 @@ def figure(result: BenchResult) -> go.Figure:
     return fig
 
 
+def long_run_figure(phase: PhaseResult, broker: str) -> go.Figure:
+    """Endurance: p50 and p99 per window with the broker's memory; soak: each component's memory over time."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    if phase.phase == "endurance":
+        x = [w.last + 1 for w in phase.windows]
+        for name, y in (("p50", [w.p50_ms for w in phase.windows]), ("p99", [w.p99_ms for w in phase.windows])):
+            fig.add_scatter(x=x, y=y, name=name, mode="lines+markers")
+        fig.add_scatter(x=x, y=[w.broker_rss_mb for w in phase.windows], name="broker RSS (MB)", mode="lines+markers",
+                        line={"dash": "dot"}, secondary_y=True)
+        fig.update_layout(title=f"Endurance on {broker}: {phase.sent:,} events at {phase.offered_rate:g}/s, one per frame")
+        fig.update_xaxes(title_text="events sent")
+        fig.update_yaxes(title_text="latency (ms, log)", type="log", secondary_y=False)
+        fig.update_yaxes(title_text="broker RSS (MB)", secondary_y=True)
+        return fig
+    memory = phase.memory
+    for name in sorted({name for _, sizes in memory for name in sizes}):
+        points = [(t, sizes[name]) for t, sizes in memory if name in sizes]
+        fig.add_scatter(x=[t for t, _ in points], y=[mb for _, mb in points], name=name, mode="lines+markers")
+    fig.update_layout(title=f"Resident memory during a {phase.duration_s / 60:g}-minute soak at {phase.offered_rate:g} "
+                      "events/s", xaxis_title="seconds", yaxis_title="MB")
+    return fig
+
+
 def write_plot(result: BenchResult, html_path: Path) -> Path:
     figure(result).write_html(html_path, include_plotlyjs=True, full_html=True)
     return html_path
 
 
-def chromium_path() -> str | None:
-    for candidate in (os.environ.get("LABKIT_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None
-
-
 def render_png(html_path: Path, png_path: Path) -> str | None:
     """Screenshot the HTML plot; returns why not when there is no browser."""
-    browser_path = chromium_path()
+    candidates = (os.environ.get("LABKIT_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser")
+    browser_path = next((path for path in candidates if path and Path(path).exists()), None)
     if browser_path is None:
         return "no Chromium found (/usr/bin/chromium or LABKIT_CHROMIUM): the plot is HTML only"
     try:

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServiceProfiler", "summarize_collapsed", "py_spy"]
+__all__ = ["ServiceProfiler", "summarize_collapsed"]
 
 PROFILED = ("producer", "consumer")
 SAMPLE_RATE = 100
@@ -33,15 +33,6 @@ def _is_labkit_work(name: str) -> bool:
     return "(labkit/" in name and not any(entry in name for entry in _ENTRY_POINTS)
 
 
-def py_spy() -> str | None:
-    beside_python = Path(sys.executable).parent / "py-spy"
-    return str(beside_python) if beside_python.exists() else shutil.which("py-spy")
-
-
-def _frame_name(frame: str) -> str:
-    return _LINE_NUMBER.sub(")", frame.strip())
-
-
 def summarize_collapsed(text: str, top: int = TOP) -> dict[str, Any]:
     """Top functions by self share, and labkit functions by total share, of a collapsed-stack file's samples."""
     own: Counter[str] = Counter()
@@ -52,7 +43,7 @@ def summarize_collapsed(text: str, top: int = TOP) -> dict[str, Any]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame_name(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        frames = [_LINE_NUMBER.sub(")", f.strip()) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
         if not frames:
             continue
         samples += count
@@ -72,13 +63,13 @@ class ServiceProfiler:
 
     def __init__(self, status_rows: list[dict[str, Any]], out_dir: Path, label: str) -> None:
         self.targets = {row["component"]: row["pid"] for row in status_rows if row["component"] in PROFILED and row.get("pid")}
-        self.out_dir = out_dir
-        self.label = label
+        self.out_dir, self.label = out_dir, label
         self.recorders: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         self.problem: str | None = None
 
     def start(self) -> None:
-        binary = py_spy()
+        beside_python = Path(sys.executable).parent / "py-spy"
+        binary = str(beside_python) if beside_python.exists() else shutil.which("py-spy")
         if binary is None:
             self.problem = "py-spy is not installed (pip install py-spy): no profile"
             return
@@ -87,8 +78,8 @@ class ServiceProfiler:
             output = self.out_dir / f"{self.label}-{name}.collapsed.txt"
             command = [binary, "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE), "--nonblocking",
                        "--format", "raw", "--output", str(output)]
-            log = (self.out_dir / f"{self.label}-{name}.py-spy.log").open("wb")
-            self.recorders[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), output)
+            with (self.out_dir / f"{self.label}-{name}.py-spy.log").open("wb") as log:
+                self.recorders[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), output)
 
     def stop(self) -> dict[str, Any]:
         if self.problem:
@@ -104,5 +95,5 @@ class ServiceProfiler:
             try:
                 summaries[name] = {"file": str(output), **summarize_collapsed(output.read_text())}
             except OSError as exc:
-                summaries[name] = {"problem": f"py-spy wrote no profile ({exc}); see {output.with_suffix('.log')}"}
+                summaries[name] = {"problem": f"py-spy wrote no profile ({exc}); see its .py-spy.log beside it"}
         return summaries

@@ -1,25 +1,41 @@
-"""CPU seconds and peak memory of each process taking part, per phase (psutil).
+"""CPU seconds and peak memory of each process taking part, per phase (psutil, through :mod:`labkit.procstats`).
 
-The stack's processes come from ``Stack.status()`` rows (component, pid); the
-gateway's nginx counts with its worker processes. The bench's own processes (the
-sender, the receivers) are measured too, so a reader can see when the measuring
-client, not the system, was the busy one.
+The stack's processes come from ``Stack.status()`` rows, each with its children (the gateway's nginx
+workers), replicas and Kafka nodes added up under their kind (``consumer-2`` and ``broker-3`` count as
+``consumer`` and ``broker``). The bench's own processes (the sender, the receivers) are measured too, so
+a reader can see when the measuring client, not the system, was the busy one.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections import defaultdict
 
 import psutil
 
-from labkit.procstats import cpu_seconds, family as _family
+from labkit.ops.stack import Stack
+from labkit.procstats import cpu_seconds, family, rss
 
-__all__ = ["ResourceSampler"]
+__all__ = ["ResourceSampler", "stack_processes"]
 
 SAMPLE_INTERVAL_S = 0.1
 OTHERS = "other processes"  # the rest of the machine: tells whether something else was busy
+
+
+def _kind(component: str) -> str:
+    """``broker-2`` -> ``broker``, ``consumer-1`` -> ``consumer``; other names as they are."""
+    kind, _, number = component.rpartition("-")
+    return kind if kind and number.isdigit() else component
+
+
+def stack_processes(stack: Stack) -> dict[str, list[psutil.Process]]:
+    """Each kind of component of the running stack: its processes, with their children."""
+    found: dict[str, list[psutil.Process]] = defaultdict(list)
+    for row in stack.status():
+        if row["pid"]:
+            found[_kind(row["component"])] += family(row["pid"])
+    return dict(found)
 
 
 def _machine_busy_s() -> float:
@@ -28,99 +44,71 @@ def _machine_busy_s() -> float:
 
 
 class ResourceSampler:
-    """Samples RSS every 0.1 s in a thread; ``begin()`` and ``end()`` bracket one phase."""
+    """``begin()`` and ``end()`` bracket one phase: CPU seconds between them, peak RSS sampled every 0.1 s."""
 
-    def __init__(self, components: dict[str, int], alone: Iterable[str] = ()) -> None:
-        # Components in `alone` are measured without their children (the bench's own process has the stack's).
-        self.components: dict[str, list[psutil.Process]] = {
-            name: [psutil.Process(pid)] if name in alone else _family(pid) for name, pid in components.items()
-        }
+    def __init__(self, stack: Stack, bench_pid: int) -> None:
+        # The bench's own process is measured without its children: it started the stack.
+        self.components = {**stack_processes(stack), "bench sender": [psutil.Process(bench_pid)]}
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._peak: dict[str, int] = {}
         self._cpu_at_begin: dict[str, float] = {}
-        self._busy_at_begin = 0.0
-        self._began = 0.0
-        self._stop = threading.Event()
+        self._busy_at_begin = self._began = 0.0
         self.timeline: list[tuple[float, int, dict[str, dict[str, float]]]] = []
 
-    @classmethod
-    def for_stack(cls, status_rows: Iterable[dict], bench_pid: int) -> ResourceSampler:
-        components = {row["component"]: row["pid"] for row in status_rows if row.get("pid")}
-        components["bench sender"] = bench_pid
-        return cls(components, alone=["bench sender"])
-
     def set_processes(self, name: str, pids: list[int]) -> None:
-        """Measure these processes as one component (e.g. the receivers of the next phase)."""
-        family = [proc for pid in pids for proc in _family(pid)]
+        """Measure these processes as one component (the receivers of the phase)."""
         with self._lock:
-            self.components[name] = family
-
-    def forget(self, name: str) -> None:
-        with self._lock:
-            self.components.pop(name, None)
-
-    def _processes(self, name: str) -> list[psutil.Process]:
-        return self.components.get(name, [])
-
-    def _cpu_seconds(self, name: str) -> float:
-        return cpu_seconds(self._processes(name))
-
-    def _rss(self, name: str) -> int:
-        total = 0
-        for proc in self._processes(name):
-            try:
-                total += proc.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
+            self.components[name] = [proc for pid in pids for proc in family(pid)]
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_INTERVAL_S):
             with self._lock:
-                for name in list(self.components):
-                    self._peak[name] = max(self._peak.get(name, 0), self._rss(name))
-
-    def start(self) -> ResourceSampler:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="bench-resources", daemon=True)
-        self._thread.start()
-        return self
+                for name, procs in self.components.items():
+                    self._peak[name] = max(self._peak.get(name, 0), rss(procs))
 
     def stop(self) -> None:
+        """Stop sampling (a phase that failed before its end)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def elapsed(self) -> float:
         return time.monotonic() - self._began
+
+    def _cpu(self, name: str) -> float:
+        return max(cpu_seconds(self.components[name]) - self._cpu_at_begin.get(name, 0.0), 0.0)
 
     def mark(self, sent: int) -> None:
         """Add to :attr:`timeline` where the phase stands: seconds since ``begin()``, events sent, each component's
         CPU seconds since ``begin()`` and resident MB now (an endurance window's end, a soak's memory sample)."""
         with self._lock:
-            figures = {name: {"cpu_s": round(self._cpu_seconds(name) - self._cpu_at_begin.get(name, 0.0), 3),
-                              "rss_mb": round(self._rss(name) / 2**20, 1)} for name in self.components}
-            self.timeline.append((round(time.monotonic() - self._began, 2), sent, figures))
+            figures = {name: {"cpu_s": round(self._cpu(name), 3), "rss_mb": round(rss(procs) / 2**20, 1)}
+                       for name, procs in self.components.items()}
+            self.timeline.append((round(self.elapsed(), 2), sent, figures))
 
     def begin(self) -> None:
+        """Start counting CPU from now, and sampling RSS in a thread until :meth:`end`."""
         with self._lock:
             self.timeline = []
-            self._peak = {name: self._rss(name) for name in self.components}
-            self._cpu_at_begin = {name: self._cpu_seconds(name) for name in self.components}
-            self._busy_at_begin = _machine_busy_s()
-            self._began = time.monotonic()
+            self._peak = {name: rss(procs) for name, procs in self.components.items()}
+            self._cpu_at_begin = {name: cpu_seconds(procs) for name, procs in self.components.items()}
+            self._busy_at_begin, self._began = _machine_busy_s(), time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="bench-resources", daemon=True)
+        self._thread.start()
 
     def end(self) -> tuple[float, dict[str, dict[str, float]]]:
         """Seconds since ``begin()``, and per component the CPU seconds used and the peak RSS in MB.
 
         ``other processes`` is the machine's busy CPU time that none of the components used.
         """
+        self.stop()
         with self._lock:
-            elapsed = time.monotonic() - self._began
-            figures = {}
-            for name in self.components:
-                peak = max(self._peak.get(name, 0), self._rss(name))
-                cpu = self._cpu_seconds(name) - self._cpu_at_begin.get(name, 0.0)
-                figures[name] = {"cpu_s": round(max(cpu, 0.0), 3), "peak_rss_mb": round(peak / 2**20, 1)}
+            figures = {name: {"cpu_s": round(self._cpu(name), 3),
+                              "peak_rss_mb": round(max(self._peak.get(name, 0), rss(procs)) / 2**20, 1)}
+                       for name, procs in self.components.items()}
             others = _machine_busy_s() - self._busy_at_begin - sum(f["cpu_s"] for f in figures.values())
             figures[OTHERS] = {"cpu_s": round(max(others, 0.0), 3), "peak_rss_mb": 0.0}
-            return elapsed, figures
+            return self.elapsed(), figures

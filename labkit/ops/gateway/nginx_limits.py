@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 from labkit.settings import Settings
 
-from labkit.ops.gateway.model import _Plugin, _Route
-from labkit.ops.gateway.nginx_plugins import _cors_headers, key_auth_failed_uri
-from labkit.ops.gateway.nginx_text import DUPLICATE_API_KEY, INVALID_API_KEY, NO_API_KEY, NO_ROUTE, _block, _comment, _error_body, _q
+from labkit.ops.gateway.model import Plugin, Route
+from labkit.ops.gateway.nginx_plugins import cors_headers, key_auth_failed_uri
+from labkit.ops.gateway.nginx_text import DUPLICATE_API_KEY, INVALID_API_KEY, NO_API_KEY, NO_ROUTE, block, comment, error_body, quote
 
 HEADROOM = 256  # connections that are never proxied: refusals, 404s, preflights
 FILES_OVERHEAD = 64  # open files that are not connections: logs, the listening socket, temp files
@@ -78,13 +78,13 @@ def budget_comment(budget: ConnectionBudget, routes: int) -> list[str]:
             f"\nThe services take {budget.wanted} each, but the open-files limit (ulimit -Hn) leaves room for "
             f"{budget.per_route} per route only: raise it to give the gateway the services' limit."
         )
-    return _comment(text)
+    return comment(text)
 
 
-def route_connection_limit(route: _Route, budget: ConnectionBudget) -> list[str]:
+def route_connection_limit(route: Route, budget: ConnectionBudget) -> list[str]:
     """In a route's location: its connection budget (labkit's rule: the route's own, not shared)."""
     return [
-        f"set $lk_route {_q(route.ident)};",
+        f"set $lk_route {quote(route.ident)};",
         f"limit_conn lk_route_connections {budget.per_route};",
         f"limit_conn lk_address_connections {budget.per_address};  # per client address, of the route's budget",
         "limit_conn_status 503;",
@@ -103,7 +103,7 @@ def _auth_failures(settings: Settings) -> tuple[float, int]:
 
 def http_limits(uses_key_auth: bool, settings: Settings) -> list[str]:
     lines = [
-        *_comment("labkit's limits (labkit/ops/gateway/nginx_limits.py): connections per route and per address on it, "
+        *comment("labkit's limits (labkit/ops/gateway/nginx_limits.py): connections per route and per address on it, "
                  "failed API keys."),
         "limit_conn_zone $lk_route zone=lk_route_connections:1m;",
         "limit_conn_zone $lk_route$binary_remote_addr zone=lk_address_connections:10m;",
@@ -118,19 +118,19 @@ def http_limits(uses_key_auth: bool, settings: Settings) -> list[str]:
 def server_limits() -> list[str]:
     return [
         "",
-        *_comment("A route past its connection budget (labkit's rule): 503, come back later."),
-        *_block(
-            "location @lk_route_full", ["add_header Retry-After 1 always;", f"return 503 {_error_body(ROUTE_FULL)};"]
+        *comment("A route past its connection budget (labkit's rule): 503, come back later."),
+        *block(
+            "location @lk_route_full", ["add_header Retry-After 1 always;", f"return 503 {error_body(ROUTE_FULL)};"]
         ),
-        *_block("location @lk_no_route", [f"return 404 {_error_body(NO_ROUTE)};"]),
+        *block("location @lk_no_route", [f"return 404 {error_body(NO_ROUTE)};"]),
     ]
 
 
-def key_auth_failure_locations(plugin: _Plugin, route: _Route, settings: Settings) -> list[str]:
+def key_auth_failure_locations(plugin: Plugin, route: Route, settings: Settings) -> list[str]:
     """Where key-auth refusals of this route are counted per address (429 past the bound), else answered 401."""
     per_s, burst = _auth_failures(settings)
     realm = f'Key realm="{plugin.config["realm"]}"' if plugin.config["realm"] else "Key"
-    counted = _block(
+    counted = block(
         f"location = {key_auth_failed_uri(route)}",
         [
             "internal;",
@@ -143,26 +143,26 @@ def key_auth_failure_locations(plugin: _Plugin, route: _Route, settings: Setting
             "try_files /.lk-never-a-file =401;  # the 401 comes after limit_req has counted the request",
         ],
     )
-    refused = _block(
+    refused = block(
         f"location @lk_key_auth_refused_{route.ident}",
         [
-            *_cors_headers(route),
-            f"add_header WWW-Authenticate {_q(realm)} always;",
-            *_block("if ($lk_key_auth_failure = duplicate)", [f"return 401 {_error_body(DUPLICATE_API_KEY)};"]),
-            *_block("if ($lk_key_auth_failure = missing)", [f"return 401 {_error_body(NO_API_KEY)};"]),
-            f"return 401 {_error_body(INVALID_API_KEY)};",
+            *cors_headers(route),
+            f"add_header WWW-Authenticate {quote(realm)} always;",
+            *block("if ($lk_key_auth_failure = duplicate)", [f"return 401 {error_body(DUPLICATE_API_KEY)};"]),
+            *block("if ($lk_key_auth_failure = missing)", [f"return 401 {error_body(NO_API_KEY)};"]),
+            f"return 401 {error_body(INVALID_API_KEY)};",
         ],
     )
-    throttled = _block(
+    throttled = block(
         f"location @lk_key_auth_throttled_{route.ident}",
         [
-            *_cors_headers(route),
+            *cors_headers(route),
             f"add_header Retry-After {max(1, math.ceil(1 / per_s))} always;",  # when the bucket has room again
-            f"return 429 {_error_body(RATE_LIMITED)};",
+            f"return 429 {error_body(RATE_LIMITED)};",
         ],
     )
     return [
-        *_comment(
+        *comment(
             f"key-auth refusals on route '{route.name}', counted per client address: {burst} at once, "
             f"then {per_s:g} a second; past that, 429 instead of 401."
         ),

@@ -1,22 +1,22 @@
 """What each plugin adds to the nginx configuration: http-level maps, and lines in a route's location.
 
 key-auth, rate-limiting and cors, each in Kong's terms (status codes, headers,
-JSON bodies); :mod:`.nginx` calls them through _PLUGIN_MAPS and _PLUGIN_LOCATION.
+JSON bodies); :mod:`.nginx` calls them through PLUGIN_MAPS and PLUGIN_LOCATION.
 """
 
 from __future__ import annotations
 
 import math
 
-from labkit.ops.gateway.model import _LITERAL_ORIGIN_RE, _Gateway, _Plugin, _Route
+from labkit.ops.gateway.model import LITERAL_ORIGIN_RE, Gateway, Plugin, Route
 from labkit.ops.gateway.nginx_text import (
     CORS_DEFAULT_METHODS,
     ORIGIN_NOT_ALLOWED,
-    _block,
-    _comment,
-    _error_body,
-    _q,
-    _regex_literal,
+    block,
+    comment,
+    error_body,
+    quote,
+    regex_literal,
 )
 from labkit.ops.gateway.plugins import RATE_PERIODS
 
@@ -24,7 +24,7 @@ from labkit.ops.gateway.plugins import RATE_PERIODS
 # ---- key-auth
 
 
-def _key_auth_maps(plugin: _Plugin, gateway: _Gateway) -> list[str]:
+def _key_auth_maps(plugin: Plugin, gateway: Gateway) -> list[str]:
     """Where the key is: for each key name, the header, then the query string (Kong's order)."""
     config, base = plugin.config, f"lk_key_auth_{plugin.ident}"
     sources = []
@@ -33,7 +33,7 @@ def _key_auth_maps(plugin: _Plugin, gateway: _Gateway) -> list[str]:
             sources.append(("header", key_name))
         if config["key_in_query"]:
             sources.append(("query", key_name))
-    lines = _comment(
+    lines = comment(
         f"key-auth ({plugin.where}): the API key, from "
         + ", then ".join(f"the {kind} '{name}'" for kind, name in sources)
         + "."
@@ -43,26 +43,26 @@ def _key_auth_maps(plugin: _Plugin, gateway: _Gateway) -> list[str]:
         fallback = f"${base}_key_{index + 1}" if index + 1 < len(sources) else "''"
         if kind == "header":
             header_var = "$http_" + key_name.lower().replace("-", "_")
-            lines += _block(f"map {header_var} {var}", [f"''      {fallback};", f"default {header_var};"])
+            lines += block(f"map {header_var} {var}", [f"''      {fallback};", f"default {header_var};"])
         else:
-            pattern = _q(f"~(?:^|&){_regex_literal(key_name)}=(?<lk_key>[^&]+)")
-            lines += _block(f"map $args {var}", [f"{pattern} $lk_key;", f"default {fallback};"])
+            pattern = quote(f"~(?:^|&){regex_literal(key_name)}=(?<lk_key>[^&]+)")
+            lines += block(f"map $args {var}", [f"{pattern} $lk_key;", f"default {fallback};"])
     if config["key_in_query"]:
-        twice = "|".join(f"{_regex_literal(n)}=.*&{_regex_literal(n)}=" for n in config["key_names"])
-        lines += _comment("Kong refuses a key given twice in the query string.")
-        lines += _block(f"map $args ${base}_duplicate", ["default 0;", f"{_q(f'~(?:^|&)(?:{twice})')} 1;"])
+        twice = "|".join(f"{regex_literal(n)}=.*&{regex_literal(n)}=" for n in config["key_names"])
+        lines += comment("Kong refuses a key given twice in the query string.")
+        lines += block(f"map $args ${base}_duplicate", ["default 0;", f"{quote(f'~(?:^|&)(?:{twice})')} 1;"])
     if config["hide_credentials"] and config["key_in_query"]:
-        lines += _comment("hide_credentials: the query string without the key, for the service.")
+        lines += comment("hide_credentials: the query string without the key, for the service.")
         previous = "$args"
         for index, key_name in enumerate(config["key_names"]):
             var = f"${base}_args" if index == len(config["key_names"]) - 1 else f"${base}_args_{index}"
-            pattern = _q(f"~^(?<lk_before>(?:[^&]*&)*?){_regex_literal(key_name)}=[^&]*&?(?<lk_after>.*)$")
-            lines += _block(f"map {previous} {var}", [f'{pattern} "$lk_before$lk_after";', f"default {previous};"])
+            pattern = quote(f"~^(?<lk_before>(?:[^&]*&)*?){regex_literal(key_name)}=[^&]*&?(?<lk_after>.*)$")
+            lines += block(f"map {previous} {var}", [f'{pattern} "$lk_before$lk_after";', f"default {previous};"])
             previous = var
     return lines
 
 
-def _key_auth_location(plugin: _Plugin, route: _Route) -> list[str]:
+def _key_auth_location(plugin: Plugin, route: Route) -> list[str]:
     config, base = plugin.config, f"lk_key_auth_{plugin.ident}"
     if not config["run_on_preflight"] and not _answers_preflight(route):
         raise plugin.error(
@@ -70,28 +70,29 @@ def _key_auth_location(plugin: _Plugin, route: _Route) -> list[str]:
             "(preflight_continue: false), which then never reach key-auth; remove run_on_preflight"
         )
     lines = [
-        *_comment(f"key-auth ({plugin.where}); a refusal is answered where it is counted (nginx_limits.py)"),
+        *comment(f"key-auth ({plugin.where}); a refusal is answered where it is counted (nginx_limits.py)"),
         f"set $lk_api_key ${base}_key;",
     ]
     if config["key_in_query"]:
-        lines += _block(f"if (${base}_duplicate)", _key_auth_refusal("duplicate", route))
-    lines += _block('if ($lk_api_key = "")', _key_auth_refusal("missing", route))
-    lines += _block('if ($lk_consumer = "")', _key_auth_refusal("invalid", route))
+        lines += block(f"if (${base}_duplicate)", _key_auth_refusal("duplicate", route))
+    lines += block('if ($lk_api_key = "")', _key_auth_refusal("missing", route))
+    lines += block('if ($lk_consumer = "")', _key_auth_refusal("invalid", route))
     if config["hide_credentials"] and config["key_in_query"]:
         lines.append(f"set $args ${base}_args;")
     return lines
 
 
-def key_auth_failed_uri(route: _Route) -> str:
+def key_auth_failed_uri(route: Route) -> str:
     """The internal location where this route's key-auth refusals are counted and answered."""
     return f"/.lk-key-auth-failed/{route.ident}"
 
 
-def _key_auth_refusal(failure: str, route: _Route) -> list[str]:
+def _key_auth_refusal(failure: str, route: Route) -> list[str]:
     return [f"set $lk_key_auth_failure {failure};", f"rewrite ^ {key_auth_failed_uri(route)} last;"]
 
 
-def _key_auth_proxy_headers(plugin: _Plugin, gateway: _Gateway) -> list[str]:
+def key_auth_proxy_headers(plugin: Plugin, gateway: Gateway) -> list[str]:
+    """What key-auth tells the service, as Kong does: the consumer's headers, the key hidden if asked."""
     config = plugin.config
     lines = []
     if config["hide_credentials"] and config["key_in_header"]:
@@ -114,7 +115,7 @@ def _key_auth_proxy_headers(plugin: _Plugin, gateway: _Gateway) -> list[str]:
 # ---- rate-limiting
 
 
-def _rate_limiting_maps(plugin: _Plugin, gateway: _Gateway) -> list[str]:
+def _rate_limiting_maps(plugin: Plugin, gateway: Gateway) -> list[str]:
     config = plugin.config
     key = {
         "consumer": "$lk_rate_by_consumer",
@@ -123,7 +124,7 @@ def _rate_limiting_maps(plugin: _Plugin, gateway: _Gateway) -> list[str]:
         "service": "service:$lk_service",
         "header": f"$lk_rate_by_header_{plugin.ident}",
     }[config["limit_by"]]
-    lines = _comment(
+    lines = comment(
         f"""
 rate-limiting ({plugin.where}): {_limits_text(config)} by {config["limit_by"]}, counted per route as Kong does.
 A token bucket (nginx limit_req) approximating Kong's fixed windows: a full bucket lets
@@ -133,7 +134,7 @@ period. For a WebSocket, a request is a connection (the upgrade), not a message.
     )
     if config["limit_by"] == "header":
         header_var = "$http_" + config["header_name"].lower().replace("-", "_")
-        lines += _block(f"map {header_var} {key}", ["''      ip:$remote_addr;", f"default header:{header_var};"])
+        lines += block(f"map {header_var} {key}", ["''      ip:$remote_addr;", f"default header:{header_var};"])
     for route in gateway.routes:
         if route.plugins.get("rate-limiting") is plugin:
             for period, limit in _limits(config).items():
@@ -142,7 +143,7 @@ period. For a WebSocket, a request is a connection (the upgrade), not a message.
     return lines
 
 
-def _rate_zone(route: _Route, period: str) -> str:
+def _rate_zone(route: Route, period: str) -> str:
     return f"lk_rate_{route.ident}_{period}"
 
 
@@ -154,11 +155,11 @@ def _limits_text(config: dict) -> str:
     return " and ".join(f"{limit} per {period}" for period, limit in _limits(config).items())
 
 
-def _rate_limiting_location(plugin: _Plugin, route: _Route) -> list[str]:
+def _rate_limiting_location(plugin: Plugin, route: Route) -> list[str]:
     config = plugin.config
-    lines = _comment(f"rate-limiting ({plugin.where}): {_limits_text(config)}")
+    lines = comment(f"rate-limiting ({plugin.where}): {_limits_text(config)}")
     if config["limit_by"] == "service":
-        lines.append(f"set $lk_service {_q(route.service.name)};")
+        lines.append(f"set $lk_service {quote(route.service.name)};")
     for period, limit in _limits(config).items():
         lines.append(f"limit_req zone={_rate_zone(route, period)} burst={limit - 1} nodelay;")
     lines += [
@@ -169,7 +170,7 @@ def _rate_limiting_location(plugin: _Plugin, route: _Route) -> list[str]:
     return lines
 
 
-def _rate_limit_headers(plugin: _Plugin, limited: bool) -> list[str]:
+def rate_limit_headers(plugin: Plugin, limited: bool) -> list[str]:
     """Kong's rate-limit headers that a token bucket can state truthfully: the limits (and 0 left when refused)."""
     config = plugin.config
     if config["hide_client_headers"]:
@@ -187,18 +188,19 @@ def _rate_limit_headers(plugin: _Plugin, limited: bool) -> list[str]:
     return lines
 
 
-def _rate_limited_location(plugin: _Plugin, route: _Route) -> list[str]:
+def rate_limited_location(plugin: Plugin, route: Route) -> list[str]:
+    """The internal location that answers a request over the route's limit: Kong's code, message and headers."""
     config = plugin.config
     # The bucket gains one request every period/limit seconds: that is when to come back.
     retry_after = max(math.ceil(RATE_PERIODS[p] / limit) for p, limit in _limits(config).items())
     body = [
-        *_cors_headers(route),
-        *_rate_limit_headers(plugin, limited=True),
+        *cors_headers(route),
+        *rate_limit_headers(plugin, limited=True),
         *([] if config["hide_client_headers"] else [f"add_header RateLimit-Reset {retry_after} always;"]),
         f"add_header Retry-After {retry_after} always;",
-        f"return {config['error_code']} {_error_body(config['error_message'])};",
+        f"return {config['error_code']} {error_body(config['error_message'])};",
     ]
-    return _block(f"location @lk_rate_limited_{route.ident}", body)
+    return block(f"location @lk_rate_limited_{route.ident}", body)
 
 
 # ---- cors
@@ -208,13 +210,13 @@ def _cors_origin_entries(config: dict) -> list[str]:
     """Map lines matching the allowed origins, the way Kong compares them."""
     lines = []
     for origin in config["origins"]:
-        if _LITERAL_ORIGIN_RE.fullmatch(origin):
+        if LITERAL_ORIGIN_RE.fullmatch(origin):
             lines.append(f"{_normalize_origin(origin)} 1;")
         else:
             # Kong anchors a regex origin at both ends (it strips a leading ^ and adds a $).
             regex = origin[1:] if origin.startswith("^") else origin
             regex = regex if regex.endswith("$") else regex + "$"
-            lines.append(f"{_q('~^(?:' + regex + ')')} 1;")
+            lines.append(f"{quote('~^(?:' + regex + ')')} 1;")
     return lines
 
 
@@ -230,35 +232,35 @@ def _allows_all(config: dict) -> bool:
     return not config["origins"] or "*" in config["origins"]
 
 
-def _cors_maps(plugin: _Plugin, gateway: _Gateway) -> list[str]:
+def _cors_maps(plugin: Plugin, gateway: Gateway) -> list[str]:
     config, base = plugin.config, f"lk_cors_{plugin.ident}"
-    lines = _comment(f"cors ({plugin.where})")
+    lines = comment(f"cors ({plugin.where})")
     if _allows_all(config):
         if config["credentials"]:
             # Credentials cannot go with "*": Kong answers with the request's own origin instead.
-            lines += _block(f"map $http_origin ${base}_allow_origin", ["''      *;", "default $http_origin;"])
+            lines += block(f"map $http_origin ${base}_allow_origin", ["''      *;", "default $http_origin;"])
         return lines
-    lines += _comment(
+    lines += comment(
         """
 Origins allowed: literal entries compare whole (after dropping a default port), entries with
 other characters are regexes, anchored at both ends as Kong does.
 """
     )
-    lines += _block(f"map $http_origin ${base}_origin_allowed", ["default 0;", *_cors_origin_entries(config)])
+    lines += block(f"map $http_origin ${base}_origin_allowed", ["default 0;", *_cors_origin_entries(config)])
     if not _single_literal_origin(config):
-        lines += _block(f"map ${base}_origin_allowed ${base}_allow_origin", ["default '';", "1       $http_origin;"])
-    lines += _comment(
+        lines += block(f"map ${base}_origin_allowed ${base}_allow_origin", ["default '';", "1       $http_origin;"])
+    lines += comment(
         """
 labkit's rule, stricter than Kong: browsers do not apply CORS to WebSockets, so a WebSocket
 upgrade from an origin not allowed above is refused. Requests without Origin (CLI clients) pass.
 """
     )
-    lines += _block(
+    lines += block(
         f'map "$lk_websocket_upgrade:$lk_has_origin:${base}_origin_allowed" ${base}_refused',
         ["default 0;", "1:1:0   1;"],
     )
     if config["private_network"]:
-        lines += _block(
+        lines += block(
             f"map $http_access_control_request_private_network ${base}_private_network",
             ["default '';", "true    true;"],
         )
@@ -267,12 +269,12 @@ upgrade from an origin not allowed above is refused. Requests without Origin (CL
 
 def _single_literal_origin(config: dict) -> str | None:
     origins = config["origins"]
-    if len(origins) == 1 and _LITERAL_ORIGIN_RE.fullmatch(origins[0]):
+    if len(origins) == 1 and LITERAL_ORIGIN_RE.fullmatch(origins[0]):
         return origins[0]  # Kong sends this one origin back whatever the request's origin
     return None
 
 
-def _cors_origin_headers(plugin: _Plugin) -> list[str]:
+def _cors_origin_headers(plugin: Plugin) -> list[str]:
     """Access-Control-Allow-Origin, Vary and -Credentials, as Kong's configure_origin/credentials set them."""
     config, base = plugin.config, f"lk_cors_{plugin.ident}"
     if _allows_all(config):
@@ -290,7 +292,7 @@ def _cors_origin_headers(plugin: _Plugin) -> list[str]:
     return lines
 
 
-def _cors_headers(route: _Route) -> list[str]:
+def cors_headers(route: Route) -> list[str]:
     """The CORS headers of every answer on this route except preflights (Kong's header_filter)."""
     plugin = route.plugins.get("cors")
     if plugin is None:
@@ -302,14 +304,14 @@ def _cors_headers(route: _Route) -> list[str]:
     return lines
 
 
-def _answers_preflight(route: _Route) -> bool:
+def _answers_preflight(route: Route) -> bool:
     plugin = route.plugins.get("cors")
     return plugin is not None and not plugin.config["preflight_continue"]
 
 
-def _cors_location(plugin: _Plugin, route: _Route) -> list[str]:
+def _cors_location(plugin: Plugin, route: Route) -> list[str]:
     config, base = plugin.config, f"lk_cors_{plugin.ident}"
-    lines = _comment(f"cors ({plugin.where})")
+    lines = comment(f"cors ({plugin.where})")
     if not config["preflight_continue"]:
         preflight = [
             *_cors_origin_headers(plugin),
@@ -324,12 +326,13 @@ def _cors_location(plugin: _Plugin, route: _Route) -> list[str]:
             preflight.append(f"add_header Access-Control-Max-Age {config['max_age']} always;")
         if config["private_network"]:
             preflight.append(f"add_header Access-Control-Allow-Private-Network ${base}_private_network always;")
-        lines += _comment("A preflight request is answered here, before any other plugin, as Kong does.")
-        lines += _block("if ($lk_cors_preflight)", [*preflight, "return 200;"])
+        lines += comment("A preflight request is answered here, before any other plugin, as Kong does.")
+        lines += block("if ($lk_cors_preflight)", [*preflight, "return 200;"])
     if not _allows_all(config):
-        lines += _block(f"if (${base}_refused)", [f"return 403 {_error_body(ORIGIN_NOT_ALLOWED)};"])
+        lines += block(f"if (${base}_refused)", [f"return 403 {error_body(ORIGIN_NOT_ALLOWED)};"])
     return lines
 
 
-_PLUGIN_MAPS = {"key-auth": _key_auth_maps, "rate-limiting": _rate_limiting_maps, "cors": _cors_maps}
-_PLUGIN_LOCATION = {"cors": _cors_location, "key-auth": _key_auth_location, "rate-limiting": _rate_limiting_location}
+# What each plugin adds at http level (maps), and inside a route's location; :mod:`.nginx` calls both.
+PLUGIN_MAPS = {"key-auth": _key_auth_maps, "rate-limiting": _rate_limiting_maps, "cors": _cors_maps}
+PLUGIN_LOCATION = {"cors": _cors_location, "key-auth": _key_auth_location, "rate-limiting": _rate_limiting_location}

