@@ -11,7 +11,7 @@ KCAT     ?= /usr/bin/kcat
 JAVA     := $(shell command -v java 2>/dev/null || echo /usr/bin/java)
 MVN      := $(shell command -v mvn 2>/dev/null || echo /usr/bin/mvn)
 
-.PHONY: init up down restart status logs lab test bench clean kafka
+.PHONY: init up down restart status logs lab lint test bench clean kafka
 
 # Set up (or reuse) the environment and start the stack (Apache Kafka where Java 17+ runs, else noida-db).
 init: $(STAMP)
@@ -45,9 +45,14 @@ logs: $(STAMP)
 lab: init
 	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-# The whole suite on the default broker (Apache Kafka here), then the crash, resume and fault tests and
-# notebooks 06-08 again on noida-db (tests/README.md, "Two brokers").
-test: $(STAMP) $(CHROMIUM) $(KCAT) kafka
+# ruff and mypy as configured in pyproject.toml (labkit/ and tests/); a few seconds, so they run before the suite.
+lint: $(STAMP)
+	$(BIN)/ruff check labkit tests
+	$(BIN)/mypy
+
+# The linters, then the whole suite on the default broker (Apache Kafka here), then the crash, resume and fault
+# tests and notebooks 06-08 again on noida-db (tests/README.md, "Two brokers").
+test: lint $(STAMP) $(CHROMIUM) $(KCAT) kafka
 	$(BIN)/python -m pytest
 	LABKIT_BROKER=noida $(BIN)/python -m pytest -m both_brokers
 

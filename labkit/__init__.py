@@ -9,8 +9,8 @@ benchmark and the tests.
 from labkit.client import Sender, SendError, watch
 from labkit.errors import LabkitError
 from labkit.events import Ack, Delivered, Event
-from labkit.settings import Settings
 from labkit.ops.stack import Stack
+from labkit.settings import Settings
 
 __all__ = ["Ack", "Delivered", "Event", "LabkitError", "Sender", "SendError", "Settings", "Stack", "watch"]
 __version__ = "0.1.0"

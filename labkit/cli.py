@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from contextlib import aclosing
 import json
 import sys
 import time
+from contextlib import aclosing
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import msgspec
 import typer
@@ -23,15 +23,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from labkit.bench.cli import bench_app
 from labkit.client import Sender, SendError, as_event, watch
+from labkit.discovery import running_settings
 from labkit.errors import LabkitError
 from labkit.events import Event, parse_json_object
-from labkit.settings import REPLICATED, Settings
-from labkit.discovery import running_settings
-from labkit.pacing import Schedule, due_ranges
 from labkit.ops.base import LabStack
 from labkit.ops.stack import open_stack
-from labkit.bench.cli import bench_app
+from labkit.pacing import Schedule, due_ranges
+from labkit.settings import REPLICATED, Settings
 
 app = typer.Typer(
     help="labkit: a lab for real-time event delivery (WebSocket -> Kafka -> WebSocket, behind a gateway).",
@@ -42,7 +42,7 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-Port = Annotated[Optional[int], typer.Option(min=0, max=65535, show_default=False)]
+Port = Annotated[int | None, typer.Option(min=0, max=65535, show_default=False)]
 
 
 def build_settings(**flags: Any) -> Settings:
@@ -56,7 +56,8 @@ def build_settings(**flags: Any) -> Settings:
 
 
 def status_table(stack: LabStack, cpu_sample_s: float = 0.0) -> Table:
-    table = Table(title=f"labkit stack ({stack.settings.mode}, broker {stack.settings.broker}, state in {stack.state_dir})",
+    table = Table(title=f"labkit stack ({stack.settings.mode}, broker {stack.settings.broker}, state in "
+                        f"{stack.state_dir})",
                   caption=f"broker: {stack.broker_choice}")
     rows = stack.status(cpu_sample_s)
     with_cpu = any("cpu" in row for row in rows)
@@ -120,27 +121,34 @@ def _run_up(stack: LabStack, restart: bool = False) -> None:
 
 @app.command()
 def up(
-    mode: Annotated[Optional[str], typer.Option(help="embedded (default), compose or external.")] = None,
-    host: Annotated[Optional[str], typer.Option(help="Address to bind and connect to.")] = None,
+    mode: Annotated[str | None, typer.Option(help="embedded (default), compose or external.")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind and connect to.")] = None,
     producer_port: Port = None,
     consumer_port: Port = None,
     gateway_port: Port = None,
     kafka_port: Port = None,
     kafka_controller_port: Port = None,
-    broker: Annotated[Optional[str], typer.Option(
+    broker: Annotated[str | None, typer.Option(
         help="kafka (Apache Kafka, a local JVM), noida or tansu; default auto: kafka where Java 17+ runs, else noida. "
              "External with --kafka.")] = None,
-    nodes: Annotated[Optional[int], typer.Option(help="Apache Kafka nodes: 1, or 3 for replication (--broker kafka).")] = None,
-    kafka: Annotated[Optional[str], typer.Option(help="Bootstrap servers of an existing Kafka cluster (HOST:PORT[,...]).")] = None,
+    nodes: Annotated[int | None,
+                     typer.Option(help="Apache Kafka nodes: 1, or 3 for replication (--broker kafka).")] = None,
+    kafka: Annotated[str | None,
+                     typer.Option(help="Bootstrap servers of an existing Kafka cluster (HOST:PORT[,...]).")] = None,
     kafka_config: Annotated[
-        Optional[Path],
-        typer.Option(help="librdkafka properties file (key=value lines) for the cluster: SASL, SSL.", exists=True, dir_okay=False),
+        Path | None,
+        typer.Option(help="librdkafka properties file (key=value lines) for the cluster: SASL, SSL.", exists=True,
+                     dir_okay=False),
     ] = None,
-    topic: Annotated[Optional[str], typer.Option()] = None,
-    partitions: Annotated[Optional[int], typer.Option(min=1)] = None,
-    producers: Annotated[Optional[int], typer.Option(help="Producer processes behind the gateway (ports up from --producer-port).")] = None,
-    consumers: Annotated[Optional[int], typer.Option(help="Consumer processes behind the gateway (ports down from --consumer-port).")] = None,
-    state_dir: Annotated[Optional[Path], typer.Option(help="Folder for logs, pids and the stack record.")] = None,
+    topic: Annotated[str | None, typer.Option()] = None,
+    partitions: Annotated[int | None, typer.Option(min=1)] = None,
+    producers: Annotated[int | None,
+                         typer.Option(help="Producer processes behind the gateway (ports up from "
+                                           "--producer-port).")] = None,
+    consumers: Annotated[int | None,
+                         typer.Option(help="Consumer processes behind the gateway (ports down from "
+                                           "--consumer-port).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Folder for logs, pids and the stack record.")] = None,
 ) -> None:
     """Start broker, producer, consumer and gateway; return with them running in the background.
 
@@ -148,8 +156,8 @@ def up(
     """
     settings = build_settings(
         mode=mode or ("external" if kafka else None), host=host, producer_port=producer_port,
-        consumer_port=consumer_port, gateway_port=gateway_port, kafka_port=kafka_port, kafka_bootstrap=kafka, broker=broker,
-        kafka_controller_port=kafka_controller_port, kafka_nodes=nodes,
+        consumer_port=consumer_port, gateway_port=gateway_port, kafka_port=kafka_port, kafka_bootstrap=kafka,
+        broker=broker, kafka_controller_port=kafka_controller_port, kafka_nodes=nodes,
         kafka_properties=_read_properties(kafka_config) if kafka_config else None,
         topic=topic, partitions=partitions, producers=producers, consumers=consumers, state_dir=state_dir,
     )
@@ -171,7 +179,7 @@ def _read_properties(path: Path) -> dict[str, str]:
 
 
 @app.command()
-def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+def restart(state_dir: Annotated[Path | None, typer.Option()] = None) -> None:
     """Stop the stack and start it again with the same settings."""
     stack = open_stack(build_settings(state_dir=state_dir))
     stack.adopt()  # restart with the settings the running stack was started with
@@ -181,7 +189,7 @@ def restart(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None
 
 
 @app.command()
-def down(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+def down(state_dir: Annotated[Path | None, typer.Option()] = None) -> None:
     """Stop exactly the processes `labkit up` started."""
     stack = open_stack(build_settings(state_dir=state_dir))
     began = time.monotonic()
@@ -193,8 +201,10 @@ def down(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
 
 @app.command()
 def status(
-    state_dir: Annotated[Optional[Path], typer.Option()] = None,
-    cpu_sample: Annotated[float, typer.Option(min=0, max=60, help="Seconds over which to measure each component's CPU (0: skip).")] = 1.0,
+    state_dir: Annotated[Path | None, typer.Option()] = None,
+    cpu_sample: Annotated[float, typer.Option(min=0, max=60,
+                                              help="Seconds over which to measure each component's CPU "
+                                                   "(0: skip).")] = 1.0,
 ) -> None:
     """Show each component, whether it answers, its URL, the CPU it uses, and which broker runs."""
     stack = open_stack(build_settings(state_dir=state_dir))
@@ -212,9 +222,10 @@ def status(
 
 @app.command()
 def logs(
-    component: Annotated[Optional[str], typer.Argument(help="broker, producer, consumer or gateway; all when omitted.")] = None,
+    component: Annotated[str | None,
+                         typer.Argument(help="broker, producer, consumer or gateway; all when omitted.")] = None,
     lines: Annotated[int, typer.Option("--lines", "-n", min=1)] = 40,
-    state_dir: Annotated[Optional[Path], typer.Option()] = None,
+    state_dir: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
     """Print the end of the components' logs."""
     stack = open_stack(build_settings(state_dir=state_dir))
@@ -240,7 +251,8 @@ def _stdin_events() -> list[dict[str, Any]]:
         try:
             events.append(msgspec.to_builtins(msgspec.json.decode(line, type=Event)))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise typer.BadParameter(f"line {number} of stdin is not a valid event: {exc}", param_hint="stdin") from None
+            raise typer.BadParameter(f"line {number} of stdin is not a valid event: {exc}",
+                                     param_hint="stdin") from None
     return events
 
 
@@ -252,7 +264,8 @@ async def _send(settings: Settings, events: list[dict[str, Any]], rate: float | 
     ok = failed = 0
     async with Sender(settings=settings) as sender:
         futures = []
-        with Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, disable=len(events) < 2) as progress:
+        with Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                      disable=len(events) < 2) as progress:
             task = progress.add_task("send", total=len(events))
             if rate:
                 async with aclosing(due_ranges(Schedule.from_now(rate, len(events)))) as ranges:
@@ -276,14 +289,14 @@ async def _send(settings: Settings, events: list[dict[str, Any]], rate: float | 
 
 @app.command()
 def send(
-    type: Annotated[Optional[str], typer.Option("--type", "-t", help="Event type (one event from flags).")] = None,
-    value: Annotated[Optional[float], typer.Option("--value", "-v", help="Event value.")] = None,
-    key: Annotated[Optional[str], typer.Option(help="Kafka key (default: the type).")] = None,
-    data: Annotated[Optional[str], typer.Option(help="JSON object attached to the event.")] = None,
-    count: Annotated[Optional[int], typer.Option("--count", "-n", min=1, help="Send this many generated events.")] = None,
-    rate: Annotated[Optional[float], typer.Option(min=0.001, help="Events per second for generated events.")] = None,
+    type: Annotated[str | None, typer.Option("--type", "-t", help="Event type (one event from flags).")] = None,
+    value: Annotated[float | None, typer.Option("--value", "-v", help="Event value.")] = None,
+    key: Annotated[str | None, typer.Option(help="Kafka key (default: the type).")] = None,
+    data: Annotated[str | None, typer.Option(help="JSON object attached to the event.")] = None,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Send this many generated events.")] = None,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Events per second for generated events.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the summary.")] = False,
-    state_dir: Annotated[Optional[Path], typer.Option()] = None,
+    state_dir: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
     """Send events through the gateway and print Kafka's acks.
 
@@ -323,10 +336,10 @@ def send(
 
 @app.command("watch")
 def watch_command(
-    types: Annotated[Optional[str], typer.Option(help="Only these event types, comma-separated.")] = None,
+    types: Annotated[str | None, typer.Option(help="Only these event types, comma-separated.")] = None,
     replay: Annotated[int, typer.Option(min=0, help="First show up to N recent events.")] = 0,
-    count: Annotated[Optional[int], typer.Option("--count", "-n", min=1, help="Stop after N events.")] = None,
-    state_dir: Annotated[Optional[Path], typer.Option()] = None,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Stop after N events.")] = None,
+    state_dir: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
     """Print events as they arrive through the gateway, one JSON object per line."""
     settings = running_settings(build_settings(state_dir=state_dir))
@@ -334,7 +347,7 @@ def watch_command(
 
     async def run() -> None:
         stream = watch(types=kinds, replay=replay, count=count, settings=settings)
-        told = (None, None)
+        told: tuple[bool | None, str | None] = (None, None)
         async for event in stream:
             if (stream.recovered, stream.reason) != told:  # after a reconnection: say whether anything was lost
                 told = (stream.recovered, stream.reason)
@@ -344,10 +357,8 @@ def watch_command(
                     err.print(f"[yellow]resumed with a gap: {stream.reason}[/]", highlight=False)
             out.print(msgspec.json.encode(event).decode(), highlight=False, soft_wrap=True)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
 
 
 gateway_app = typer.Typer(help="The gateway configured from kong/kong.yml.", no_args_is_help=True)
@@ -355,7 +366,7 @@ app.add_typer(gateway_app, name="gateway")
 
 
 @gateway_app.command("reload")
-def gateway_reload(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+def gateway_reload(state_dir: Annotated[Path | None, typer.Option()] = None) -> None:
     """Apply an edited kong/kong.yml without dropping open connections; a broken file is refused."""
     stack = open_stack(build_settings(state_dir=state_dir))
     stack.reload_gateway()
@@ -365,7 +376,7 @@ def gateway_reload(state_dir: Annotated[Optional[Path], typer.Option()] = None) 
 
 
 @gateway_app.command("routes")
-def gateway_routes(state_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
+def gateway_routes(state_dir: Annotated[Path | None, typer.Option()] = None) -> None:
     """Show the routes and plugins kong/kong.yml defines."""
     for row in open_stack(build_settings(state_dir=state_dir)).routes():
         out.print(f"{', '.join(row['paths'])} -> {row['upstream']}  [{', '.join(row['plugins']) or 'no plugins'}]")

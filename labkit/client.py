@@ -16,11 +16,11 @@ the lab key in kong/kong.yml.
 from __future__ import annotations
 
 import asyncio
-import math
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
@@ -28,11 +28,12 @@ import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from labkit.events import Ack, Delivered, Event, decode_delivered, decode_reply, encode, new_id, now_ms
 from labkit.discovery import lab_api_key, running_settings
+from labkit.events import Ack, Delivered, Event, decode_delivered, decode_reply, encode, new_id, now_ms
 from labkit.settings import Settings
 
-__all__ = ["Sender", "SendError", "Watch", "watch", "LogRestart", "lab_api_key", "as_event", "stamped", "SeenDeliveries"]
+__all__ = ["Sender", "SendError", "Watch", "watch", "LogRestart", "lab_api_key", "as_event", "stamped",
+           "SeenDeliveries"]
 
 ACK_TIMEOUT_S = 60.0  # longer than the producer's message.timeout.ms, so Kafka's verdict arrives first
 RECONNECT_FIRST_S = 0.05
@@ -149,6 +150,7 @@ class Sender:
 
     def _prepare(self, event: Event | Mapping[str, Any]) -> tuple[Event, asyncio.Future[Ack]]:
         item = stamped(event)
+        assert isinstance(item.id, str)  # stamped() gives every event an id
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         # A caller that stopped waiting (a cancelled batch) still gets the failure when it awaits; nobody
         # else is told "Future exception was never retrieved" on stderr, which a notebook shows in red.
@@ -181,7 +183,7 @@ class Sender:
             futures += await self.submit(chunk)
         return await self.replies(futures, timeout=timeout, raise_on_error=raise_on_error)
 
-    async def submit(self, events: list[Event | Mapping[str, Any]]) -> list[asyncio.Future[Ack]]:
+    async def submit(self, events: Sequence[Event | Mapping[str, Any]]) -> list[asyncio.Future[Ack]]:
         """Send events in one frame now; each future resolves to its reply."""
         if self.ws is None:
             raise RuntimeError("use 'async with Sender() as sender:' before sending")
@@ -199,7 +201,8 @@ class Sender:
         try:
             replies = await asyncio.wait_for(asyncio.gather(*futures), timeout)  # the first failure raises
         except TimeoutError:
-            raise SendError(f"no reply from the producer within {timeout:g} s; is the stack running? (labkit status)") from None
+            raise SendError(f"no reply from the producer within {timeout:g} s; is the stack running? (labkit "
+                            "status)") from None
         if raise_on_error:
             for reply in replies:
                 if not reply.ok:
@@ -263,7 +266,7 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | websockets.ConnectionClosed | websockets.InvalidHandshake | TimeoutError)
 
 
-async def _watch(state: Watch) -> AsyncIterator[Delivered]:
+async def _watch(state: Watch) -> AsyncGenerator[Delivered, None]:
     """The events of a :class:`Watch`; ``state`` holds its options and gets how each resume went."""
     url, types, replay, count, opened, raw = state.url, state.types, state.replay, state.count, state.opened, state.raw
     reconnect, give_up_after = state.reconnect, state.give_up_after
@@ -287,17 +290,22 @@ async def _watch(state: Watch) -> AsyncIterator[Delivered]:
                 if opened is not None:
                     opened.set()
                 try:
-                    async for frame in ws:
+                    async for message in ws:
+                        # The consumer sends text frames; a binary one is read as UTF-8 all the same.
+                        frame = message if isinstance(message, str) else message.decode()
                         if frame.startswith(RECOVERED_PREFIX):
                             recovery = msgspec.json.decode(frame)
                             state.recovered, state.reason = recovery["recovered"], recovery.get("reason")
-                            if not state.recovered:  # a caller that shows it itself (a lab widget) keeps it out of stderr
-                                (log.warning if state.report_gap else log.info)("watch: resumed with a gap: %s", state.reason)
+                            # a caller that shows it itself (a lab widget) keeps it out of stderr
+                            if not state.recovered:
+                                (log.warning if state.report_gap else log.info)("watch: resumed with a gap: %s",
+                                                                                state.reason)
                             continue
                         if frame.startswith(RESTARTED_PREFIX):
                             body = msgspec.json.decode(frame)
                             where = body["log_restarted"]
-                            restart = LogRestart(where["partition"], *where["lost"], body["epoch"], body["reason"])
+                            lost_from, lost_to = where["lost"]
+                            restart = LogRestart(where["partition"], lost_from, lost_to, body["epoch"], body["reason"])
                             state.restarts.append(restart)
                             log.warning("watch: %s", restart.reason)
                             epoch = restart.epoch
@@ -325,7 +333,8 @@ async def _watch(state: Watch) -> AsyncIterator[Delivered]:
         now = time.monotonic()
         failing_since = failing_since or now
         if now - failing_since > give_up_after:
-            raise ConnectionError(f"no connection to {target.split('?')[0]} for {give_up_after:.0f} s; is the stack running? (labkit status)")
+            raise ConnectionError(f"no connection to {target.split('?')[0]} for {give_up_after:.0f} s; is the stack "
+                                  "running? (labkit status)")
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, RECONNECT_MAX_S)
 

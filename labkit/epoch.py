@@ -6,8 +6,8 @@ noida-db keeps its cluster id across restarts and answers a zero topic id. So
 labkit keeps the identity in the broker itself: a one-record topic beside the
 events topic (``<topic>.epoch``) holding a random id. It is written once, by
 whoever finds it empty; a broker that loses its log loses that record too (noida-db
-keeps the topic and drops its records), and the next reader writes a new one. Watchers resume with ``epoch=`` (Centrifugo's
-epoch, Ably's resume serial are the models): a different epoch means their
+keeps the topic and drops its records), and the next reader writes a new one. Watchers resume with
+``epoch=`` (Centrifugo's epoch, Ably's resume serial are the models): a different epoch means their
 offsets belong to an older log.
 
 A log can also lose only its tail (noida-db saves about a second after changes, so
@@ -33,7 +33,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from labkit.settings import Settings
 
-__all__ = ["epoch_topic", "log_epoch", "epoch_is_kept", "log_epochs", "EpochStep", "epoch_chain", "Truncation", "new_epoch", "losses_since"]
+__all__ = ["epoch_topic", "log_epoch", "epoch_is_kept", "log_epochs", "EpochStep", "epoch_chain", "Truncation",
+           "new_epoch", "losses_since"]
 
 
 def epoch_topic(settings: Settings) -> str:
@@ -52,9 +53,10 @@ def _records(settings: Settings, topic: str, timeout: float) -> list[str]:
             msg = consumer.poll(0.1)
             if msg is None:
                 continue
-            error = msg.error()
+            error, value = msg.error(), msg.value()
             if error is None:
-                found.append(msg.value().decode())
+                if value is not None:  # a record without a value names no epoch
+                    found.append(value.decode())
             elif error.code() == KafkaError._PARTITION_EOF:
                 return found
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"could not read {topic}"))
@@ -100,11 +102,13 @@ def losses_since(chain: list[EpochStep], epoch: str) -> dict[int, Truncation] | 
     for step in chain[names.index(epoch) + 1:]:
         for p, cut in step.truncated.items():
             before = lost.get(p)
-            lost[p] = cut if before is None else Truncation(min(before.offset, cut.offset), max(before.old_end, cut.old_end))
+            lost[p] = cut if before is None else Truncation(min(before.offset, cut.offset),
+                                                            max(before.old_end, cut.old_end))
     return lost
 
 
-def new_epoch(settings: Settings, after: str, truncated: Mapping[int, Truncation], timeout: float = 10.0) -> list[EpochStep]:
+def new_epoch(settings: Settings, after: str, truncated: Mapping[int, Truncation],
+              timeout: float = 10.0) -> list[EpochStep]:
     """Append a step after ``after`` for a log that lost these tails; returns the chain as it now stands.
 
     Nothing is appended when ``after`` is no longer current: another consumer noticed first, or the
@@ -114,15 +118,19 @@ def new_epoch(settings: Settings, after: str, truncated: Mapping[int, Truncation
     if chain[-1].epoch != after:
         return chain
     topic = epoch_topic(settings)
-    step = {"epoch": uuid.uuid4().hex[:16], "after": after, "truncated": {str(p): list(t) for p, t in truncated.items()}}
-    producer = Producer(settings.kafka_config(**{"acks": "all"}))
+    step = {"epoch": uuid.uuid4().hex[:16], "after": after,
+            "truncated": {str(p): list(t) for p, t in truncated.items()}}
+    producer = Producer(settings.kafka_config(acks="all"))
     producer.produce(topic, json.dumps(step).encode())
     producer.flush(timeout)
     return epoch_chain(_records(settings, topic, timeout))
 
 
 def epoch_is_kept(admin: AdminClient, settings: Settings, timeout: float = 5.0) -> bool:
-    """Whether the broker still holds the epoch record: a restarted in-memory broker may keep the topic, not its records."""
+    """Whether the broker still holds the epoch record.
+
+    A restarted in-memory broker may keep the topic, not its records.
+    """
     from confluent_kafka.admin import OffsetSpec
 
     where = TopicPartition(epoch_topic(settings), 0)
@@ -151,7 +159,7 @@ def log_epochs(settings: Settings, timeout: float = 10.0) -> list[EpochStep]:
     chain = epoch_chain(_records(settings, topic, timeout))
     if chain:
         return chain
-    producer = Producer(settings.kafka_config(**{"acks": "all"}))
+    producer = Producer(settings.kafka_config(acks="all"))
     producer.produce(topic, uuid.uuid4().hex[:16].encode())
     producer.flush(timeout)
     # Two writers may race: the first record is the epoch for everyone.

@@ -46,7 +46,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Me
 
 __all__ = [
     "PRODUCER_DEFAULTS", "CONSUMER_DEFAULTS", "Report", "Writer", "TailReader", "IDLE_TICK_MIN_S", "IDLE_TICK_MAX_S",
-    "read_everything", "PartitionState", "cluster_state",
+    "read_everything", "PartitionState", "cluster_state", "position",
 ]
 
 log = logging.getLogger("labkit.kafka")
@@ -75,13 +75,26 @@ IDLE_TICK_MIN_S = 0.0005
 POLL_S = 0.05  # the poll thread's wait for reports: how soon it notices stop()
 
 
+def position(msg: Message) -> tuple[int, int]:
+    """A consumed message's (partition, offset).
+
+    librdkafka gives both on every message a consumer returns, partition-EOF events
+    included (their offset is the end); the types allow None for a producer's
+    undelivered message, which never comes here.
+    """
+    partition, offset = msg.partition(), msg.offset()
+    if partition is None or offset is None:
+        raise ValueError(f"a consumed Kafka message without a position: {msg.error() or msg.topic()}")
+    return partition, offset
+
+
 class Report(NamedTuple):
     """One delivery report: the tag given to :meth:`Writer.produce`, and Kafka's verdict."""
 
     tag: Any
     error: KafkaError | None  # None: stored
-    partition: int
-    offset: int
+    partition: int | None  # None for an event that was not stored (librdkafka gives no position then)
+    offset: int | None
 
 
 class Writer:
@@ -246,12 +259,14 @@ class TailReader:
         for msg in batch:
             error = msg.error()
             if error is not None and error.code() == KafkaError._PARTITION_EOF:
-                self.at_end.add(msg.partition())
-                self.next[msg.partition()] = msg.offset()  # the EOF event carries the end offset
+                partition, end = position(msg)  # the EOF event carries the end offset
+                self.at_end.add(partition)
+                self.next[partition] = end
                 continue
             if error is None:
-                self.at_end.discard(msg.partition())
-                self.next[msg.partition()] = msg.offset() + 1
+                partition, offset = position(msg)
+                self.at_end.discard(partition)
+                self.next[partition] = offset + 1
             records.append(msg)
         if records:
             self.tick = IDLE_TICK_MIN_S
@@ -316,8 +331,8 @@ class TailReader:
 def read_everything(config: Mapping[str, Any], topic: str, timeout_s: float = 30.0) -> dict[tuple[int, int], bytes]:
     """Every record the topic holds now, by (partition, offset): a plain consumer read to each partition's end.
 
-    For checks that acked records are stored (a crash, a leader election): the reader does no
-    deduplication and no resuming, so what it finds is what the broker keeps.
+    A record without a value reads as ``b""``. For checks that acked records are stored (a crash, a leader
+    election): the reader does no deduplication and no resuming, so what it finds is what the broker keeps.
     """
     consumer = Consumer({**config, "group.id": f"labkit-check-{time.monotonic_ns():x}", "enable.auto.commit": False,
                          "enable.partition.eof": True, "auto.offset.reset": "earliest"})
@@ -334,10 +349,12 @@ def read_everything(config: Mapping[str, Any], topic: str, timeout_s: float = 30
             for msg in consumer.consume(1000, timeout=0.5):
                 error = msg.error()
                 if error is None:
-                    found[(msg.partition(), msg.offset())] = msg.value()
-                if (error is None and msg.offset() + 1 >= ends[msg.partition()][1]) or \
-                        (error is not None and error.code() == KafkaError._PARTITION_EOF):
-                    done.add(msg.partition())
+                    partition, offset = position(msg)
+                    found[(partition, offset)] = msg.value() or b""
+                    if offset + 1 >= ends[partition][1]:
+                        done.add(partition)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    done.add(position(msg)[0])
     finally:
         consumer.close()
     return found
@@ -364,6 +381,7 @@ def cluster_state(client: Any, topic: str, timeout: float = 2.0) -> tuple[list[i
     meta = client.list_topics(timeout=timeout)
     found = meta.topics.get(topic)
     partitions = [] if found is None else [
-        PartitionState(p.id, p.leader, list(p.replicas), list(p.isrs)) for p in sorted(found.partitions.values(), key=lambda p: p.id)
+        PartitionState(p.id, p.leader, list(p.replicas), list(p.isrs))
+        for p in sorted(found.partitions.values(), key=lambda p: p.id)
     ]
     return sorted(meta.brokers), partitions

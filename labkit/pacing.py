@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from labkit.events import now_ms
@@ -70,7 +70,7 @@ def _pace(schedule: Schedule, frame_interval_s: float, post, stop: threading.Eve
     post(None)
 
 
-async def due_ranges(schedule: Schedule, *, frame_interval_s: float = 0.0) -> AsyncIterator[tuple[int, int]]:
+async def due_ranges(schedule: Schedule, *, frame_interval_s: float = 0.0) -> AsyncGenerator[tuple[int, int], None]:
     """Yield ``(first, end)`` ranges of the schedule's events as they come due.
 
     Ranges that came due while the caller was busy are merged into one. Leaving
@@ -87,7 +87,8 @@ async def due_ranges(schedule: Schedule, *, frame_interval_s: float = 0.0) -> As
         except RuntimeError:  # the loop closed under a cancelled caller
             stop.set()
 
-    pacer = threading.Thread(target=_pace, args=(schedule, frame_interval_s, post, stop), name="labkit-pacer", daemon=True)
+    pacer = threading.Thread(target=_pace, args=(schedule, frame_interval_s, post, stop), name="labkit-pacer",
+                             daemon=True)
     pacer.start()
     try:
         while (item := await ready.get()) is not None:

@@ -26,7 +26,7 @@ def percentiles(values: Sequence[float] | np.ndarray, points: Iterable[float] = 
         return {}
     points = list(points)
     cuts = np.percentile(data, points)
-    return {**{point_name(p): float(c) for p, c in zip(points, cuts)}, "max": float(data.max())}
+    return {**{point_name(p): float(c) for p, c in zip(points, cuts, strict=True)}, "max": float(data.max())}
 
 
 def binned_percentiles(counts: np.ndarray, upper_edges: np.ndarray, top: float,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 
@@ -53,8 +54,6 @@ def rss(procs: list[psutil.Process]) -> int:
     """Resident memory of these processes, together."""
     total = 0
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.Error):  # it ended meanwhile
             total += proc.memory_info().rss
-        except psutil.Error:
-            pass
     return total

@@ -18,7 +18,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "REPO_ROOT", "free_port", "replica_names", "REPLICATED"]
+__all__ = ["Settings", "REPO_ROOT", "free_port", "replica_names", "REPLICATED", "KafkaValue"]
+
+#: A librdkafka property's value, as confluent-kafka's clients take it.
+KafkaValue = str | int | float | bool
 
 #: The checkout labkit runs from; kong/kong.yml and the state folder live here.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +103,8 @@ class Settings(BaseSettings):
     producer_port: int = Field(6789, ge=0, le=65535)
     consumer_port: int = Field(6788, ge=0, le=65535)
     gateway_port: int = Field(8000, ge=0, le=65535)
-    kafka_port: int = Field(9092, ge=0, le=65535, description="The (first) Kafka node's client port; node N uses +2(N-1).")
+    kafka_port: int = Field(9092, ge=0, le=65535,
+                            description="The (first) Kafka node's client port; node N uses +2(N-1).")
     kafka_controller_port: int = Field(
         9093, ge=0, le=65535, description="The (first) Apache Kafka node's KRaft controller port; node N uses +2(N-1)."
     )
@@ -110,7 +114,8 @@ class Settings(BaseSettings):
         "auto: kafka where Java 17+ and its jars can be had, else noida.",
     )
     kafka_nodes: int = Field(1, ge=1, le=9, description="Apache Kafka nodes (1, or 3 or more for replication).")
-    kafka_home: Path | None = Field(None, description="An unpacked Apache Kafka distribution to run instead of fetched jars.")
+    kafka_home: Path | None = Field(None,
+                                    description="An unpacked Apache Kafka distribution to run instead of fetched jars.")
     kafka_mirror: str = Field(
         "https://downloads.apache.org/kafka",
         description="Where Apache's Kafka distribution is downloaded from when Maven is missing (checked by SHA-512).",
@@ -145,7 +150,8 @@ class Settings(BaseSettings):
         10_000, ge=1, description="Unwritten replies per sender past which the producer stops reading that sender."
     )
     sender_reply_stall_s: float | None = Field(
-        None, gt=0, description="A sender whose replies do not move this long is closed with 1013 (default: ping_timeout_s)."
+        None, gt=0,
+        description="A sender whose replies do not move this long is closed with 1013 (default: ping_timeout_s)."
     )
     gateway_auth_failures_per_s: float = Field(1, gt=0, description="Refused API keys per second per client address.")
     gateway_auth_failure_burst: int = Field(20, ge=1, description="Refused API keys a client address may try at once.")
@@ -163,10 +169,16 @@ class Settings(BaseSettings):
     )
     retain_minutes: float = Field(0, ge=0, description="Records older than this are deleted (0: no limit).")
 
-    ping_interval_s: float = Field(20, gt=0, description="Services ping idle clients this often (keeps gateways from timing out).")
-    ping_timeout_s: float = Field(20, gt=0, description="A client that does not answer a ping this long is dropped (half-open).")
-    handshake_timeout_s: float = Field(10, gt=0, description="A connection that does not finish its WebSocket handshake is dropped.")
-    max_connections: int = Field(4096, ge=1, description="WebSocket connections per service; more are closed with 1013.")
+    ping_interval_s: float = Field(20, gt=0,
+                                   description="Services ping idle clients this often "
+                                               "(keeps gateways from timing out).")
+    ping_timeout_s: float = Field(20, gt=0,
+                                  description="A client that does not answer a ping this long is dropped (half-open).")
+    handshake_timeout_s: float = Field(10, gt=0,
+                                       description="A connection that does not finish its WebSocket handshake is "
+                                                   "dropped.")
+    max_connections: int = Field(4096, ge=1,
+                                 description="WebSocket connections per service; more are closed with 1013.")
     max_connections_per_address: int = Field(
         # One address holding every connection locks everyone else out (4,096 idle watchers took 4.2 s).
         256, ge=1, description="Of those, connections from one client address, per service and per gateway route; "
@@ -207,7 +219,8 @@ class Settings(BaseSettings):
             try:
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
-                raise ValueError(f"{item!r} is not a network: write an address or address/prefix, e.g. 10.0.0.0/8") from None
+                raise ValueError(f"{item!r} is not a network: write an address or address/prefix, e.g. "
+                                 "10.0.0.0/8") from None
         return value
 
     @field_validator("producers", "consumers", mode="before")
@@ -243,7 +256,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _external_needs_servers(self) -> Settings:
         if (self.mode == "external" or self.broker == "external") and not self.kafka_bootstrap:
-            raise ValueError("external mode needs the cluster's bootstrap servers: --kafka HOST:PORT or LABKIT_KAFKA_BOOTSTRAP")
+            raise ValueError("external mode needs the cluster's bootstrap servers: --kafka HOST:PORT or "
+                             "LABKIT_KAFKA_BOOTSTRAP")
         if self.kafka_bootstrap and self.broker != "external":
             raise ValueError(
                 f"kafka_bootstrap names an external cluster, but broker is {self.broker!r}: "
@@ -280,7 +294,7 @@ class Settings(BaseSettings):
         count_setting, port_setting, step = REPLICATED[service]
         base, count = getattr(self, port_setting), getattr(self, count_setting)
         ports = [base + step * index if base else 0 for index in range(count)]
-        return list(zip(replica_names(service, count), ports))
+        return list(zip(replica_names(service, count), ports, strict=True))
 
     def replica_env(self, service: str, port: int) -> dict[str, object]:
         """The changes that make one replica's own settings: its port, and a count of one."""
@@ -326,7 +340,7 @@ class Settings(BaseSettings):
         """
         return self.broker != "noida"
 
-    def kafka_reader_config(self, **overrides: object) -> dict[str, object]:
+    def kafka_reader_config(self, **overrides: KafkaValue) -> dict[str, KafkaValue]:
         """:meth:`kafka_config` for a reader: on a broker that long-polls, an idle fetch waits there.
 
         The wait does not delay a record: the broker answers as soon as one arrives. It is librdkafka's
@@ -337,26 +351,25 @@ class Settings(BaseSettings):
         waits = {"fetch.wait.max.ms": 500} if self.broker_long_polls else {}
         return self.kafka_config(**{**waits, **overrides})
 
-    def kafka_config(self, **overrides: object) -> dict[str, object]:
+    def kafka_config(self, **overrides: KafkaValue) -> dict[str, KafkaValue]:
         """librdkafka properties shared by every Kafka client of the lab."""
-        config: dict[str, object] = {"bootstrap.servers": self.bootstrap_servers, "socket.nagle.disable": True}
+        config: dict[str, KafkaValue] = {"bootstrap.servers": self.bootstrap_servers, "socket.nagle.disable": True}
         config.update(self.kafka_properties)
         config.update(overrides)
         return config
 
     def with_free_ports(self, **changes: object) -> Settings:
         """A copy on ports that are free now (for tests and benchmarks)."""
-        producers = int(changes.get("producers", self.producers))  # type: ignore[arg-type]
-        consumers = int(changes.get("consumers", self.consumers))  # type: ignore[arg-type]
-        nodes = int(changes.get("kafka_nodes", self.kafka_nodes))  # type: ignore[call-overload]
+        wanted = self.replace(**changes)  # validated first: the replica and node counts are the copy's
         taken: set[int] = set()
         ports = {
-            "producer_port": _free_range(self.host, producers, 1, taken),
-            "consumer_port": _free_range(self.host, consumers, -1, taken),
-            "gateway_port": _free_range(self.host, 1, 1, taken),
-            "kafka_port": _free_range(self.host, 2 * nodes, 1, taken),  # node N: base + 2(N-1), its controller one above
+            "producer_port": _free_range(wanted.host, wanted.producers, 1, taken),
+            "consumer_port": _free_range(wanted.host, wanted.consumers, -1, taken),
+            "gateway_port": _free_range(wanted.host, 1, 1, taken),
+            # node N: base + 2(N-1), its controller one above
+            "kafka_port": _free_range(wanted.host, 2 * wanted.kafka_nodes, 1, taken),
         }
-        return self.replace(**ports, kafka_controller_port=ports["kafka_port"] + 1, **changes)
+        return wanted.replace(**ports, kafka_controller_port=ports["kafka_port"] + 1)
 
     def replace(self, **changes: object) -> Settings:
         """A validated copy with some fields changed."""

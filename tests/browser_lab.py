@@ -42,7 +42,8 @@ CHROMIUM_FLAGS = [
 ]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 RUN_ALL_TIMEOUT_MS = 180_000
-CELL_STARTED = "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].some(p => /\\[(\\*|\\d+)\\]/.test(p.innerText))"
+CELL_STARTED = ("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
+                ".some(p => /\\[(\\*|\\d+)\\]/.test(p.innerText))")
 NOTEBOOK_CURRENT = """(name) => {
     const panel = window.jupyterapp.shell.currentWidget;
     return !!(panel && panel.context && panel.context.path.endsWith(name) && panel.sessionContext.session?.kernel);
@@ -184,7 +185,8 @@ def open_notebook(browser: Browser, lab: tuple[str, str], name: str) -> Page:
     return page
 
 
-def run_all(page: Page, done_text: str | re.Pattern[str], screenshot: str, timeout_ms: int = RUN_ALL_TIMEOUT_MS) -> None:
+def run_all(page: Page, done_text: str | re.Pattern[str], screenshot: str,
+            timeout_ms: int = RUN_ALL_TIMEOUT_MS) -> None:
     """Run every cell and wait for an output holding ``done_text`` (the notebook's last check prints it).
 
     On a timeout, a full-page screenshot goes to ``test-artifacts/<screenshot>-failed.png``

@@ -6,17 +6,18 @@ delivers, duplicates included, so "exactly once" checks can fail.
 
 from __future__ import annotations
 
-pytest_plugins = ["browser_lab"]  # the JupyterLab and Chromium fixtures of the browser tests
-
 import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
 
 import pytest
-
-from labkit import Delivered, Sender, Settings, Stack, watch
 from waiting import wait_until
+
+from labkit import Ack, Delivered, Sender, Settings, Stack, watch
+
+pytest_plugins = ["browser_lab"]  # the JupyterLab and Chromium fixtures of the browser tests
 
 MARKER_ROUNDS = 20  # rounds of 8 keyed markers to reach every partition asked for
 
@@ -32,6 +33,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def event_type() -> str:
     """A type no other test uses, so watchers can filter on it."""
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def stored(ack: Ack) -> tuple[str, int, int]:
+    """An acked event's id, partition and offset (a refusal has none: AssertionError)."""
+    assert ack.ack is not None and ack.partition is not None and ack.offset is not None, ack
+    return ack.ack, ack.partition, ack.offset
 
 
 def is_marker(event: Delivered) -> bool:
@@ -83,7 +90,8 @@ class Collector:
             self._alive()
             return wanted - {e.id for e in self.events}
 
-        await wait_until(lambda: not missing(), timeout, lambda: f"{len(missing())} of {len(wanted)} events never arrived")
+        await wait_until(lambda: not missing(), timeout,
+                         lambda: f"{len(missing())} of {len(wanted)} events never arrived")
         return self.events
 
     async def settle(self, event_type: str, partitions: Iterable[int], timeout: float = 30.0) -> list[Delivered]:
@@ -98,10 +106,12 @@ class Collector:
         async with Sender(settings=self.settings) as sender:
             for round_ in range(MARKER_ROUNDS):
                 acks = await sender.send_many(
-                    [{"type": event_type, "value": 0, "key": f"marker-{round_}-{i}", "data": {"marker": True}} for i in range(8)]
+                    [{"type": event_type, "value": 0, "key": f"marker-{round_}-{i}",
+                      "data": {"marker": True}} for i in range(8)]
                 )
-                markers |= {ack.ack for ack in acks}
-                covered |= {ack.partition for ack in acks}
+                placed = [stored(ack) for ack in acks]
+                markers |= {event_id for event_id, _, _ in placed}
+                covered |= {partition for _, partition, _ in placed}
                 if covered >= wanted:
                     break
         assert covered >= wanted, f"no marker reached partitions {sorted(wanted - covered)}"
@@ -129,7 +139,7 @@ async def collectors() -> AsyncIterator[list[Collector]]:
 
 @pytest.fixture
 def collect(collectors: list[Collector], stack: Stack):
-    async def start(**options: object) -> Collector:
+    async def start(**options: Any) -> Collector:
         collector = Collector(stack.settings, **options)
         collectors.append(collector)
         await collector.connected()

@@ -13,21 +13,23 @@ import asyncio
 import contextlib
 import json
 import resource
+from collections.abc import Iterator
 
 import pytest
 import websockets
 import yaml
+from conftest import stored
+from plain import lab_key
+from waiting import wait_until
 
 from labkit import Sender, Settings, Stack
-from labkit.client import lab_api_key
-from waiting import wait_until
 
 OTHER = ("127.0.0.2", 0)  # the legitimate client's source address: loopback, another address
 UPGRADES_PER_MINUTE = 10  # the produce route's rate limit in this stack's copy of kong.yml
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Stack:
+def stack(tmp_path_factory) -> Iterator[Stack]:
     """A stack whose kong.yml is the lab's, with the senders' upgrade limit made small enough to reach."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 4,096 watchers need the sockets
@@ -74,7 +76,7 @@ async def quiet(stack: Stack) -> None:
 
 async def send_one(settings: Settings, event_type: str, value: int, **options) -> dict:
     """One event sent from a plain websockets sender; its reply."""
-    async with websockets.connect(settings.produce_url, additional_headers={"apikey": lab_api_key(settings)},
+    async with websockets.connect(settings.produce_url, additional_headers={"apikey": lab_key(settings)},
                                   **options) as ws:
         await ws.send(json.dumps({"type": event_type, "value": value, "key": "one"}))
         return json.loads(await asyncio.wait_for(ws.recv(), 10))
@@ -96,7 +98,7 @@ async def test_resumers_that_never_read_from_one_address_leave_a_resume_to_anoth
             [{"type": event_type, "value": i, "key": "one", "data": {"pad": "x" * 900}} for i in range(20_000)],
             batch=50,
         )
-    partition, first, last = acks[0].partition, acks[0].offset, acks[-1].offset
+    (_, partition, first), (_, _, last) = stored(acks[0]), stored(acks[-1])
     whole = f"{settings.consume_url}?types={event_type}&resume={partition}:{first - 1}&since=0"
     # 20 resumers of the whole 20 MB gap that never read (websockets stops reading after 16 frames).
     attackers = [await connect(whole, max_size=None) for _ in range(20)]
@@ -107,6 +109,7 @@ async def test_resumers_that_never_read_from_one_address_leave_a_resume_to_anoth
             try:
                 await asyncio.wait_for(ws.recv(), 10)  # the recovery frame, or the refusal
             except websockets.ConnectionClosed as exc:
+                assert exc.rcvd is not None, "closed without a close frame"
                 refused.append(exc.rcvd.reason)
         per_address = settings.max_resumes_per_address
         assert len(refused) == 20 - per_address, refused
@@ -141,7 +144,10 @@ async def test_a_watcher_flood_straight_at_the_consumer_is_counted_per_address(s
     per_address = settings.max_connections_per_address
     flood = await asyncio.gather(*(connect(url) for _ in range(per_address + 20)))
     with dropped_after(flood):
-        closed = lambda: [ws.close_reason for ws in flood if ws.close_code is not None]  # noqa: E731
+
+        def closed() -> list[str]:
+            return [ws.close_reason for ws in flood if ws.close_code is not None]
+
         await wait_until(lambda: len(closed()) >= 20, 10, lambda: f"{len(closed())} of 20 closed")
         await wait_until(lambda: watchers(stack) == per_address, 10, "the consumer did not settle")
         assert len(closed()) == 20 and all("from your address" in reason for reason in closed()), closed()
@@ -150,8 +156,8 @@ async def test_a_watcher_flood_straight_at_the_consumer_is_counted_per_address(s
 
 async def test_sender_upgrades_past_the_limit_from_one_address_leave_an_upgrade_to_another(stack: Stack, event_type):
     settings = stack.settings
-    headers = {"apikey": lab_api_key(settings)}
-    statuses = []
+    headers = {"apikey": lab_key(settings)}
+    statuses: list[int] = []
     while 429 not in statuses:  # the lab key, from one address, until the route says no
         assert len(statuses) <= UPGRADES_PER_MINUTE, statuses
         answer = await connect(settings.produce_url, additional_headers=headers)

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import websockets
+from plain import lab_key
 from websockets.frames import CloseCode
 
 from labkit import Stack
-from labkit.client import lab_api_key
 
 BAD_FRAMES = [
     ("not json at all", "invalid_json", "not valid JSON"),
@@ -33,7 +33,7 @@ BAD_FRAMES = [
 
 @pytest.fixture
 async def producer_ws(stack: Stack):
-    headers = {"apikey": lab_api_key(stack.settings)}
+    headers = {"apikey": lab_key(stack.settings)}
     async with websockets.connect(stack.settings.produce_url, additional_headers=headers, max_size=None) as ws:
         yield ws
 
@@ -86,14 +86,15 @@ async def test_binary_frame_batch_limit_and_unicode(producer_ws, stack: Stack, c
     assert (await collector.until(1))[0].data == {"text": "日本"}
 
 
-async def test_oversized_frame_closes_with_1009_and_the_service_stays_up(stack: Stack, producer_ws, collect, event_type):
+async def test_oversized_frame_closes_with_1009_and_the_service_stays_up(stack: Stack, producer_ws, collect,
+                                                                         event_type):
     collector = await collect(types=[event_type])
     big = json.dumps({"type": event_type, "value": 1, "data": {"blob": "x" * stack.settings.max_frame_bytes}})
     await producer_ws.send(big)
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await producer_ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.MESSAGE_TOO_BIG
-    headers = {"apikey": lab_api_key(stack.settings)}
+    headers = {"apikey": lab_key(stack.settings)}
     async with websockets.connect(stack.settings.produce_url, additional_headers=headers) as fresh:
         await send_valid_and_see_it(fresh, collector, event_type, 0)
 
@@ -106,7 +107,7 @@ async def test_invalid_utf8_in_a_text_frame_closes_with_1007(stack: Stack, produ
         await producer_ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.INVALID_DATA
     assert "invalid start byte" in closed.value.rcvd.reason
-    headers = {"apikey": lab_api_key(stack.settings)}
+    headers = {"apikey": lab_key(stack.settings)}
     async with websockets.connect(stack.settings.produce_url, additional_headers=headers) as fresh:
         await send_valid_and_see_it(fresh, collector, event_type, 0)
 

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from labkit import Stack
 from labkit.bench import BenchConfig, the_running_stack
-from labkit.bench.config import BASELINE, DIRECT, FULL, PATHS
+from labkit.bench.config import BASELINE, FULL, PATHS
 from labkit.bench.goals import check_goals
 from labkit.bench.load import LoadPlan, split_id
 from labkit.bench.plot import write_plot
@@ -44,12 +44,14 @@ def test_percentiles_and_collapsed_stacks_are_summed_up():
     assert latency.count == 1000 and latency.max == 1000 and 499 <= latency.p50 <= 501
     assert Latency.of([]).p99 is None
     summary = summarize_collapsed(
-        "thread (0x1);main (labkit/services/producer.py:9);handle (labkit/services/producer.py:4);send (websockets/x.py:2) 3\n"
+        "thread (0x1);main (labkit/services/producer.py:9);handle (labkit/services/producer.py:4);send "
+        "(websockets/x.py:2) 3\n"
         "thread (0x1);main (labkit/services/producer.py:9) 1\n"
     )
     assert summary["samples"] == 4
     assert summary["self_pct"][0] == ["send (websockets/x.py)", 75.0]
-    assert summary["total_pct"] == [["handle (labkit/services/producer.py)", 75.0]]  # labkit's own work, not entry points
+    # labkit's own work, not entry points
+    assert summary["total_pct"] == [["handle (labkit/services/producer.py)", 75.0]]
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +146,8 @@ def test_each_goal_is_read_from_its_phase_and_set_beside_its_baseline():
         _phase(BASELINE, "fixed", 100, p99=2.0), _phase(BASELINE, "fixed", 1_000, p50=0.5, p99=2.5),
         _phase(BASELINE, "fixed", 5_000, p99=4.0),
         _phase(FULL, "fixed", 1_000, p50=1.5, p99=5.0), _phase(FULL, "fixed", 5_000, p99=30.0),
-        _phase(FULL, "fanout", 100, watchers=100, p99=15.0), _phase(FULL, "fanout", 100, watchers=1_000, p99=90, lost=3),
+        _phase(FULL, "fanout", 100, watchers=100, p99=15.0), _phase(FULL, "fanout", 100, watchers=1_000, p99=90,
+                                                                    lost=3),
     ]
     ramps = {FULL: {"max_rate_carried": 25_000.0, "stopped_because": ""},
              BASELINE: {"max_rate_carried": 50_000.0, "stopped_because": ""}}

@@ -24,6 +24,7 @@ Kafka (`labkit up --mode compose`), or any cluster:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -31,21 +32,28 @@ import subprocess
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-
-import json
 
 import aiokafka.errors
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition as AIOTopicPartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
+from waiting import wait_until_blocking
 
 from labkit.ops.brokers import BROKERS
 from labkit.settings import Settings
-from waiting import wait_until_blocking
 
 with warnings.catch_warnings():  # kafka-python 3.0 loads its protocol schemas with deprecated importlib calls
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -113,6 +121,7 @@ def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def bootstrap(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The bootstrap servers of a running broker of the kind named by the parameter."""
     if request.param == "external":
+        assert EXTERNAL_BOOTSTRAP  # the kind is only listed when it is set
         yield EXTERNAL_BOOTSTRAP
     elif request.param == "kafka":
         yield request.getfixturevalue("apache_kafka")
@@ -146,10 +155,14 @@ def produce_confluent(bootstrap: str, topic: str, messages: list[bytes], partiti
                       timestamps: list[int] | None = None, **config: object) -> None:
     """Produce (with these timestamps, in ms, if given), flush, and fail on any delivery error."""
     producer = Producer({"bootstrap.servers": bootstrap, **config})
-    errors = []
-    for value, timestamp in zip(messages, timestamps or [0] * len(messages)):
-        producer.produce(topic, value, partition=partition, timestamp=timestamp,
-                         on_delivery=lambda err, _msg: err and errors.append(err))
+    errors: list[KafkaError] = []
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+
+    for value, timestamp in zip(messages, timestamps or [0] * len(messages), strict=True):
+        producer.produce(topic, value, partition=partition, timestamp=timestamp, on_delivery=delivered)
     assert producer.flush(TIMEOUT_S) == 0, f"{len(producer)} messages still undelivered after {TIMEOUT_S:.0f} s"
     assert not errors, f"delivery failed: {errors[:3]}"
 
@@ -405,7 +418,8 @@ def fetch_requests_while_idle(bootstrap: str, seconds: float = 2.0) -> int:
     """Fetch requests an idle consumer sends in ``seconds`` with librdkafka's 500 ms fetch wait (its statistics)."""
     topic = create_topic(bootstrap)
     stats: list[dict] = []
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex[:8]}", "fetch.wait.max.ms": 500,
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex[:8]}",
+                         "fetch.wait.max.ms": 500,
                          "statistics.interval.ms": 500, "stats_cb": lambda text: stats.append(json.loads(text))})
     try:
         consumer.assign([TopicPartition(topic, 0, OFFSET_END)])

@@ -13,15 +13,16 @@ import pytest
 import websockets
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from conftest import stored
+from plain import lab_key
+from waiting import wait_until
 
 from labkit import Sender, Settings, Stack
-from labkit.ops.brokers import BROKERS
-from labkit.client import lab_api_key
 from labkit.events import PROBE_TYPE
 from labkit.kafka import TailReader, Writer, read_everything
+from labkit.ops.brokers import BROKERS
 from labkit.services.retention import trim_points
 from labkit.settings import free_port
-from waiting import wait_until
 
 
 def consumer_health(stack: Stack) -> dict:
@@ -135,10 +136,10 @@ async def test_the_probe_event_is_not_shown_to_watchers_nor_replayed(stack: Stac
         await sender.send({"type": PROBE_TYPE, "value": 0})
         await sender.send({"type": event_type, "value": 1})
     await everything.until(1)
-    key = lab_api_key(stack.settings)
+    key = lab_key(stack.settings)
     url = f"{stack.settings.consume_url}?replay=100"
     async with websockets.connect(url, additional_headers={"apikey": key}) as ws:
-        replayed = []
+        replayed: list[str | bytes] = []
         while not any(event_type in frame for frame in replayed):
             replayed.append(await asyncio.wait_for(ws.recv(), 10))
     assert not any(PROBE_TYPE in frame for frame in replayed)
@@ -156,22 +157,24 @@ async def test_the_topic_stays_bounded_and_a_late_resume_gets_what_remains(small
     stack = small_retention_stack
     async with Sender(settings=stack.settings) as sender:
         acks = await sender.send_many([{"type": event_type, "value": i, "key": "one"} for i in range(300)], batch=50)
-    partition = acks[0].partition
+    _, partition, first_offset = stored(acks[0])
+    _, _, last_offset = stored(acks[-1])
     watermarks = Consumer({"bootstrap.servers": stack.settings.bootstrap_servers, "group.id": "w"})
 
     def low() -> int:
-        return watermarks.get_watermark_offsets(TopicPartition(stack.settings.topic, partition), timeout=5, cached=False)[0]
+        return watermarks.get_watermark_offsets(TopicPartition(stack.settings.topic, partition), timeout=5,
+                                                cached=False)[0]
 
-    await wait_until(lambda: low() >= acks[-1].offset + 1 - 50, 30, "the consumer did not trim the topic to 50 events")
+    await wait_until(lambda: low() >= last_offset + 1 - 50, 30, "the consumer did not trim the topic to 50 events")
     # The broker moves its low watermark before its answer reaches the consumer, which then records it.
-    await wait_until(lambda: consumer_health(stack)["kept_from"].get(str(partition), -1) >= acks[-1].offset + 1 - 50, 10,
+    await wait_until(lambda: consumer_health(stack)["kept_from"].get(str(partition), -1) >= last_offset + 1 - 50, 10,
                    "the consumer's health does not say where the topic now starts")
     # A plain client resuming from the very first offset gets the 50 that remain, in order.
-    key = lab_api_key(stack.settings)
-    url = f"{stack.settings.consume_url}?types={event_type}&resume={partition}:{acks[0].offset}&since=0"
+    key = lab_key(stack.settings)
+    url = f"{stack.settings.consume_url}?types={event_type}&resume={partition}:{first_offset}&since=0"
     async with websockets.connect(url, additional_headers={"apikey": key}) as ws:
         recovery = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        values = []
+        values: list[int] = []
         while len(values) < 50:
             values.append(json.loads(await asyncio.wait_for(ws.recv(), 10))["value"])
     assert values == list(range(250, 300))
@@ -190,7 +193,7 @@ async def test_up_on_a_partly_running_stack_starts_only_what_is_missing(tmp_path
         again = Stack(settings).up()
         assert "started consumer" in again.actions and "started broker" not in again.actions
         assert {r["component"]: r["pid"] for r in again.status()}["broker"] == broker_pid
-        key = lab_api_key(settings)
+        key = lab_key(settings)
         url = f"{settings.consume_url}?types={event_type}&replay=20"
         async with websockets.connect(url, additional_headers={"apikey": key}) as ws:
             ids = {json.loads(await asyncio.wait_for(ws.recv(), 10))["id"] for _ in range(20)}
@@ -238,4 +241,5 @@ async def test_a_broker_stopped_while_it_acks_keeps_every_record_it_acked(tmp_pa
         assert not errors, errors[:3]
         in_log = read_everything(settings.kafka_config(), settings.topic)
         changed = {where: (value, in_log.get(where)) for where, value in acked.items() if in_log.get(where) != value}
-        assert not changed, f"{len(changed)} acked records lost or overwritten after the restart: {list(changed.items())[:3]}"
+        assert not changed, (f"{len(changed)} acked records lost or overwritten after the restart: "
+                             f"{list(changed.items())[:3]}")

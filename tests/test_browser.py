@@ -16,11 +16,11 @@ import os
 import re
 import time
 
-from playwright.sync_api import Browser, Page
-
 from browser_lab import ARTIFACTS, counter_number, open_notebook, plot_points
-from labkit import Stack
+from playwright.sync_api import Browser, Page
 from waiting import POLL_S
+
+from labkit import Stack
 
 NOTEBOOK = "03_live_dashboard.ipynb"
 RUNS = int(os.environ.get('LABKIT_BROWSER_RUNS', '10'))
@@ -34,7 +34,8 @@ CHART_STATE = """() => {
         traces: (gd.data || []).length,
         lines: gd.querySelectorAll('.scatterlayer .trace').length,
         points: gd.querySelectorAll('.scatterlayer path.point').length,
-        axisTitles: gd.querySelectorAll('.g-xtitle text, .g-x2title text, .g-x3title text, .g-ytitle text, .g-y2title text, .g-y3title text').length,
+        axisTitles: gd.querySelectorAll('.g-xtitle text, .g-x2title text, .g-x3title text, '
+                                        + '.g-ytitle text, .g-y2title text, .g-y3title text').length,
     };
 }"""
 
@@ -42,7 +43,8 @@ CHART_STATE = """() => {
 def restart_and_run_all(page: Page) -> None:
     """Kernel > Restart Kernel and Run All Cells, its dialog accepted; return once the last cell printed."""
     page.evaluate("() => document.querySelectorAll('.jp-OutputArea-output').forEach(e => e.dataset.old = '1')")
-    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-run-all'); }")  # returns before the dialog
+    # returns before the dialog
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-run-all'); }")
     page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept").click(timeout=30_000)
     page.locator(".jp-OutputArea-output:not([data-old])").filter(has_text=DONE).first.wait_for(timeout=120_000)
 
@@ -54,9 +56,9 @@ def check_chart_drawn(page: Page, run: int | str) -> dict:
         # sends so both panels cover one window): 03's 310 events show as fewer points, and never as none.
         page.wait_for_function(f"() => {{ const s = ({CHART_STATE})(); return s && s.lines >= 2 && s.points >= 100; }}",
                                timeout=30_000)
-    except Exception:
+    except Exception as exc:
         page.screenshot(path=str(ARTIFACTS / f"dashboard-blank-{run}.png"), full_page=True)
-        raise AssertionError(f"run {run}: the chart is blank or short of points: {page.evaluate(CHART_STATE)}")
+        raise AssertionError(f"run {run}: the chart is blank or short of points: {page.evaluate(CHART_STATE)}") from exc
     state = page.evaluate(CHART_STATE)
     assert state["traces"] >= 4 and state["axisTitles"] == 6, (run, state)
     return state

@@ -13,9 +13,8 @@ from __future__ import annotations
 import time
 
 import psutil
+from browser_lab import ARTIFACTS, open_notebook, put_notebook, run_all
 from playwright.sync_api import Browser, Page
-
-from browser_lab import ARTIFACTS, put_notebook, open_notebook, run_all
 from waiting import POLL_S
 
 NOTEBOOK = "chart_load.ipynb"
@@ -43,7 +42,8 @@ def frames(page: Page) -> int:
 def lab_processes() -> dict[str, psutil.Process]:
     """The JupyterLab server this test started, and its kernel."""
     me = psutil.Process()
-    server = next(p for p in me.children(recursive=True) if "jupyter" in " ".join(p.cmdline()) and "lab" in " ".join(p.cmdline()))
+    server = next(p for p in me.children(recursive=True)
+                  if "jupyter" in " ".join(p.cmdline()) and "lab" in " ".join(p.cmdline()))
     kernel = next(p for p in server.children(recursive=True) if "ipykernel" in " ".join(p.cmdline()))
     return {"server": server, "kernel": kernel}
 

@@ -9,9 +9,8 @@ A screenshot goes to ``test-artifacts/figure.png``.
 
 from __future__ import annotations
 
-from playwright.sync_api import Browser, Page
-
 from browser_lab import ARTIFACTS, open_notebook, put_notebook, run_all
+from playwright.sync_api import Browser, Page
 
 NOTEBOOK = "figure_view.ipynb"
 CELLS = [
@@ -39,13 +38,16 @@ FIGURE_STATE = """() => {
 def wait_for_drawn(page: Page, points: int, title: str) -> None:
     try:
         page.wait_for_function(
-            f"([points, title]) => {{ const s = ({FIGURE_STATE})(); return s && s.traces === 1 && s.points === points && s.title === title; }}",
+            "([points, title]) => "
+            f"{{ const s = ({FIGURE_STATE})(); "
+            "return s && s.traces === 1 && s.points === points && s.title === title; }",
             arg=[points, title],
             timeout=30_000,
         )
-    except Exception:
+    except Exception as exc:
         page.screenshot(path=str(ARTIFACTS / "figure-failed.png"), full_page=True)
-        raise AssertionError(f"the figure is not drawn with {points} points and {title!r}: {page.evaluate(FIGURE_STATE)}")
+        raise AssertionError(
+            f"the figure is not drawn with {points} points and {title!r}: {page.evaluate(FIGURE_STATE)}") from exc
 
 
 def test_a_figure_view_draws_the_figure_and_redraws_a_new_one(lab_server: tuple[str, str], chromium: Browser):

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import re
 
-from playwright.sync_api import Browser, Page
-
 from browser_lab import ARTIFACTS, counter_number, open_notebook, run_all
+from playwright.sync_api import Browser, Page
 
 NOTEBOOK = "02_send_events.ipynb"
 COUNTERS = ".labkit-sender-counters"
@@ -20,7 +19,8 @@ COUNTERS = ".labkit-sender-counters"
 
 def field(page: Page, label: str):
     """The text input of the form's field named ``label``."""
-    return page.locator(".widget-text").filter(has=page.locator("label", has_text=re.compile(f"^{label}$"))).locator("input")
+    return page.locator(".widget-text").filter(has=page.locator("label",
+                                                                has_text=re.compile(f"^{label}$"))).locator("input")
 
 
 def latest_ack(page: Page) -> str:
@@ -30,7 +30,8 @@ def latest_ack(page: Page) -> str:
 
 def wait_for_acked(page: Page, count: int) -> None:
     page.wait_for_function(
-        """([selector, count]) => Number(/acked\\s+(\\d+)/.exec(document.querySelector(selector).innerText)[1]) >= count""",
+        """([selector, count]) =>
+            Number(/acked\\s+(\\d+)/.exec(document.querySelector(selector).innerText)[1]) >= count""",
         arg=[COUNTERS, count],
         timeout=30_000,
     )
@@ -50,7 +51,8 @@ def test_the_form_sends_and_says_what_is_wrong_under_the_field(lab_server: tuple
     send.click()
     wait_for_acked(page, acked + 1)
     page.wait_for_function(
-        "(before) => document.querySelectorAll('.labkit-ack-log tr')[1].innerText !== before", arg=before, timeout=30_000
+        "(before) => document.querySelectorAll('.labkit-ack-log tr')[1].innerText !== before",
+        arg=before, timeout=30_000
     )
     ack_id, partition, offset = latest_ack(page).split()[:3]
     assert re.fullmatch(r"[0-9a-f]{12}", ack_id) and partition.isdigit() and offset.isdigit(), latest_ack(page)
@@ -62,7 +64,7 @@ def test_the_form_sends_and_says_what_is_wrong_under_the_field(lab_server: tuple
     value.fill("abc")
     message = page.locator(".labkit-problem-value")
     message.filter(has_text="'abc' is not a number").wait_for(timeout=30_000)
-    assert "rgb(198, 40, 40)" == message.locator("span").evaluate("node => getComputedStyle(node).color")
+    assert message.locator("span").evaluate("node => getComputedStyle(node).color") == "rgb(198, 40, 40)"
     send.click()
     form.screenshot(path=str(ARTIFACTS / "form-refused.png"))
     assert value.input_value() == "abc"

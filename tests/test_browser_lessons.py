@@ -11,9 +11,9 @@ import asyncio
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from browser_lab import ARTIFACTS, ERROR_OUTPUTS, open_notebook, run_all
 from playwright.sync_api import Browser, Page
 
-from browser_lab import ARTIFACTS, ERROR_OUTPUTS, open_notebook, run_all
 from labkit import Sender, Stack
 
 TABLE_ROWS = """(selector) => {
@@ -64,7 +64,8 @@ def test_faults_notebook_shows_every_acked_event_back(lab_server: tuple[str, str
         page.wait_for_function(FAULT_CHART + ".ok", timeout=30_000)
         drawn = page.evaluate(FAULT_CHART)
         assert {"consumer-fault", "gateway-fault", "broker-fault", "lost-log-fault"} <= set(drawn["names"]), drawn
-        assert drawn["shaded"] >= 8 and "stopped" in drawn["counters"] and "resumed with a gap" in drawn["counters"], drawn
+        assert drawn["shaded"] >= 8, drawn
+        assert "stopped" in drawn["counters"] and "resumed with a gap" in drawn["counters"], drawn
         chart.screenshot(path=str(ARTIFACTS / "faults-chart.png"))
     finally:
         # The notebook broke and stopped a private stack of its own; the test stack must be whole.
@@ -108,7 +109,8 @@ def test_scaling_out_notebook_shows_the_leader_move_and_nothing_missing(lab_serv
     page = open_notebook(chromium, lab_server, "10_scaling_out.ipynb")
     try:
         # Three JVMs start first: minutes on a busy 2-core machine.
-        run_all(page, "the leader of partition 0 was killed and nothing acked went missing", "scaling-out", timeout_ms=600_000)
+        run_all(page, "the leader of partition 0 was killed and nothing acked went missing", "scaling-out",
+                timeout_ms=600_000)
         rows = {row["fault"]: row for row in table_rows(page, ".labkit-fault-table")}
         leader = rows["leader"]
         assert leader["missing"] == "0" and leader["received"] == leader["acked"] != "0", leader

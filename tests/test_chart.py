@@ -10,6 +10,7 @@ is tested in ``test_browser.py`` and ``test_browser_figure.py``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from labkit.lab.chart import PLOTLY_JS, FigureView, PlotlyView, StreamChart
 
 def recording(chart: PlotlyView) -> list[tuple[dict[str, Any], list[bytes]]]:
     sent: list[tuple[dict[str, Any], list[bytes]]] = []
-    chart.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))  # type: ignore[method-assign]
+    chart.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))
     return sent
 
 
@@ -64,7 +65,8 @@ def test_a_resync_sends_every_view_a_snapshot():
 
 
 def test_a_figure_view_sends_the_figure_on_hello_and_a_new_figure_to_every_view():
-    view = FigureView(go.Figure(go.Scatter(x=np.arange(3), y=np.array([1.0, 4.0, 9.0]), name="squares"), {"title": {"text": "t"}}))
+    view = FigureView(go.Figure(go.Scatter(x=np.arange(3), y=np.array([1.0, 4.0, 9.0]), name="squares"),
+                                {"title": {"text": "t"}}))
     sent = recording(view)
     view._on_view_message(view, {"type": "hello", "view": "v1"}, [])
     snapshot = sent[-1][0]
@@ -80,7 +82,7 @@ def test_a_figure_view_sends_the_figure_on_hello_and_a_new_figure_to_every_view(
 
 
 def test_a_figure_view_of_something_else_says_what_it_needs():
-    with pytest.raises(TypeError, match="a go.Figure, or a dict with 'data' and 'layout'"):
+    with pytest.raises(TypeError, match=re.escape("a go.Figure, or a dict with 'data' and 'layout'")):
         FigureView([1, 2, 3])
 
 

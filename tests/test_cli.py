@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,7 +15,8 @@ import pytest
 from labkit import Settings, Stack
 
 
-def labkit(stack: Stack | None, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def labkit(stack: Stack | None, *args: str, stdin: str | None = None,
+           timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
     if stack is not None:
         env["LABKIT_STATE_DIR"] = str(stack.state_dir)
@@ -98,7 +100,8 @@ def test_status_and_logs(stack: Stack):
     ],
 )
 def test_bad_flags_give_a_usage_error_not_a_traceback(tmp_path, args, complaint):
-    result = labkit(None, *args, "--state-dir", str(tmp_path)) if args[0] in {"up", "logs", "watch"} else labkit(None, *args)
+    result = labkit(None, *args, "--state-dir", str(tmp_path)) if args[0] in {"up", "logs", "watch"} else labkit(None,
+                                                                                                                 *args)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     assert complaint in result.stderr
@@ -157,7 +160,7 @@ async def test_the_gateway_logs_each_request_with_its_status_and_without_the_key
     for url in (stack.settings.url(stack.settings.gateway_port, "/produce-events", "http"),
                 stack.settings.url(stack.settings.gateway_port, f"/produce-events?apikey={secret}", "http")):
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(url, timeout=5)
+            await asyncio.to_thread(urllib.request.urlopen, url, timeout=5)
         assert refused.value.code == 401
 
     def logged() -> bool:
@@ -194,8 +197,9 @@ asyncio.run(main())
 def hold_connections(settings) -> subprocess.Popen:
     """A process holding a watcher and a sender open, through the gateway and straight to the services,
     then stopped (SIGSTOP): like a busy kernel, it answers no close frame."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, settings.model_dump_json()], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "holding"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, settings.model_dump_json()], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
     holder.send_signal(signal.SIGSTOP)
     return holder
 

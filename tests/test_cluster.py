@@ -13,17 +13,16 @@ import asyncio
 import json
 import subprocess
 import time
-from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 import websockets
+from conftest import stored
+from plain import PlainWatcher, kill_9, lab_key
+from waiting import health, wait_until
 
 from labkit import Settings, Stack
-from labkit.discovery import lab_api_key
 from labkit.event_stream import EventStream
-from plain import PlainWatcher, kill_9
-from waiting import health, wait_until
 
 # Events waiting for a partition's new leader, or for a second in-sync replica, get Kafka's
 # verdict after this: short enough for the two-nodes-down test, long enough for an election.
@@ -45,8 +44,11 @@ def partition_rows(stack: Stack) -> dict[int, dict]:
 async def whole_again(stack: Stack) -> None:
     """Start whatever was killed, and wait until every partition has its three replicas in sync."""
     await asyncio.to_thread(Stack(stack.settings).up)
-    await wait_until(lambda: all(len(r["in_sync"]) == 3 for r in partition_rows(stack).values()) and len(partition_rows(stack)) == 3,
-                     60, lambda: f"the cluster is not whole again: {partition_rows(stack)}")
+    def whole() -> bool:
+        rows = partition_rows(stack)
+        return len(rows) == 3 and all(len(r["in_sync"]) == 3 for r in rows.values())
+
+    await wait_until(whole, 60, lambda: f"the cluster is not whole again: {partition_rows(stack)}")
 
 
 def test_the_topic_has_three_replicas_all_in_sync(cluster: Stack):
@@ -62,7 +64,8 @@ def test_the_topic_has_three_replicas_all_in_sync(cluster: Stack):
     assert names[:3] == ["broker-1", "broker-2", "broker-3"] and {"consumer-1", "consumer-2"} <= set(names), names
 
 
-async def test_the_leader_then_a_consumer_replica_killed_every_acked_event_reaches_each_watcher_once(cluster: Stack, event_type):
+async def test_the_leader_then_a_consumer_replica_killed_every_acked_event_reaches_each_watcher_once(cluster: Stack,
+                                                                                                     event_type):
     s = cluster.settings
     watchers = [PlainWatcher(s.consume_url, event_type) for _ in range(2)]
     stream = None
@@ -73,7 +76,7 @@ async def test_the_leader_then_a_consumer_replica_killed_every_acked_event_reach
         await stream.grows_by(300, "the stream did not start")
 
         leader = partition_rows(cluster)[0]["leader"]
-        last_before = max((a.offset for a in stream.acks if a.partition == 0), default=-1)
+        last_before = max((offset for _, partition, offset in map(stored, stream.acks) if partition == 0), default=-1)
         killed_at = time.monotonic()
         kill_9(cluster, f"broker-{leader}")
 
@@ -85,9 +88,11 @@ async def test_the_leader_then_a_consumer_replica_killed_every_acked_event_reach
         acks_at_election = len(stream.acks)
 
         def partition_0_acked_again() -> bool:
-            return any(a.partition == 0 and a.offset > last_before for a in stream.acks[acks_at_election:])
+            return any(partition == 0 and offset > last_before
+                       for _, partition, offset in map(stored, stream.acks[acks_at_election:]))
 
-        await wait_until(partition_0_acked_again, 60, f"no ack on partition 0 after its new leader, broker-{new_leader}")
+        await wait_until(partition_0_acked_again, 60,
+                         f"no ack on partition 0 after its new leader, broker-{new_leader}")
         election_s = time.monotonic() - killed_at
 
         async def down_in_health() -> bool:
@@ -104,16 +109,9 @@ async def test_the_leader_then_a_consumer_replica_killed_every_acked_event_reach
         await stream.grows_by(300, "the stream did not go on after the consumer replica died")
         await stream.finish()
 
-        acked = {(a.partition, a.offset): a.ack for a in stream.acks}
+        acked = {(partition, offset): event_id for event_id, partition, offset in map(stored, stream.acks)}
         for watcher in watchers:
-            def has_all(w: PlainWatcher = watcher) -> bool:
-                return set(acked) <= {(f["partition"], f["offset"]) for f in w.frames}
-
-            await wait_until(has_all, 60, lambda w=watcher: f"a watcher misses "
-                             f"{len(set(acked) - {(f['partition'], f['offset']) for f in w.frames})} of {len(acked)} acked events")
-            places = Counter((f["partition"], f["offset"]) for f in watcher.frames)
-            assert not [p for p, n in places.items() if n > 1], "a record reached a watcher twice"
-            assert {(f["partition"], f["offset"]): f["id"] for f in watcher.frames if (f["partition"], f["offset"]) in acked} == acked
+            await watcher.got_each_once(acked, 60)
             assert all(resume == {"recovered": True} for resume in watcher.resumes), watcher.resumes
         print(f"\nleader broker-{leader} of partition 0 killed: acks on partition 0 again after {election_s:.1f} s "
               f"(new leader broker-{new_leader}); {len(acked)} acked, 0 lost, 0 twice")
@@ -129,12 +127,13 @@ async def test_the_leader_then_a_consumer_replica_killed_every_acked_event_reach
 
 async def send_plain(settings: Settings, events: int, event_type: str) -> tuple[list[dict], float]:
     """Events from a plain websockets sender, one per frame; every reply, and the seconds until the last came."""
-    key = lab_api_key(settings)
+    key = lab_key(settings)
     began = time.monotonic()
     async with websockets.connect(settings.produce_url, additional_headers={"apikey": key} if key else None) as sender:
         for i in range(events):
             await sender.send(json.dumps({"type": event_type, "value": i, "key": f"k{i}"}))
-        replies = [json.loads(await asyncio.wait_for(sender.recv(), MESSAGE_TIMEOUT_MS / 1000 + 30)) for _ in range(events)]
+        replies = [json.loads(await asyncio.wait_for(sender.recv(),
+                                                     MESSAGE_TIMEOUT_MS / 1000 + 30)) for _ in range(events)]
     return replies, time.monotonic() - began
 
 
@@ -147,7 +146,8 @@ async def test_two_nodes_down_every_event_gets_an_error_never_an_ack_and_it_reco
         acked = [r for r in replies if "ack" in r]
         assert not acked, f"{len(acked)} events acked with one node of three (min.insync.replicas=2): {acked[:2]}"
         assert all(r.get("error") == "kafka_error" for r in replies), replies[:3]
-        print(f"\ntwo nodes down: 30 of 30 events refused ({replies[0].get('detail')}), the last after {answered_s:.1f} s")
+        print(f"\ntwo nodes down: 30 of 30 events refused ({replies[0].get('detail')}), the last after "
+              f"{answered_s:.1f} s")
     finally:
         await whole_again(cluster)
     replies, _ = await send_plain(cluster.settings, 30, event_type)

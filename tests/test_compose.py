@@ -17,15 +17,16 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from labkit.ops.kafka.dist import kafka_version
+from labkit.errors import LabkitError
 from labkit.ops import compose
 from labkit.ops.compose import ComposeStack, DockerUnavailable, docker_available, parse_ps
-from labkit.errors import LabkitError
+from labkit.ops.kafka.dist import kafka_version
 from labkit.settings import REPO_ROOT, Settings, free_port
 
 COMPOSE_DIR = REPO_ROOT / "compose"
@@ -213,7 +214,8 @@ def test_ports_agree_across_settings_compose_kong_and_readme(services: dict, kon
     }
     for setting, rows in compose_ports.items():
         ((_, host_port, _),) = rows
-        assert host_port == defaults[setting], f"{setting}: Compose publishes {host_port}, Settings says {defaults[setting]}"
+        assert host_port == defaults[setting], \
+            f"{setting}: Compose publishes {host_port}, Settings says {defaults[setting]}"
     for name in ("producer", "consumer"):
         ((_, _, target),) = published(services[name])
         assert target == defaults[f"{name}_port"] == int(services[name]["environment"][f"LABKIT_{name.upper()}_PORT"])
@@ -306,7 +308,7 @@ def test_compose_stack_passes_the_settings_as_environment(tmp_path: Path) -> Non
 
 
 def test_parse_ps_reads_both_json_formats() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"Service": "kafka", "State": "running", "Health": "healthy"},
         {"Service": "kafka-init", "State": "exited", "Health": "", "ExitCode": 0},
         {"Service": "producer", "State": "running", "Health": "starting"},
@@ -334,7 +336,8 @@ def test_this_machines_docker_is_detected(tmp_path: Path) -> None:
     """Run for real: where no engine answers (the development and CI machines), up() says so."""
     problem = docker_available()
     engine = shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
-    compose_v2 = shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    compose_v2 = shutil.which("docker") and subprocess.run(["docker", "compose", "version"],
+                                                           capture_output=True).returncode == 0
     assert (problem is None) == bool(engine and compose_v2)
     if problem is not None:
         with pytest.raises(DockerUnavailable, match=re.escape(NEEDS)):
@@ -343,7 +346,8 @@ def test_this_machines_docker_is_detected(tmp_path: Path) -> None:
 
 def test_cli_up_in_compose_mode_without_docker(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    ports = {f"LABKIT_{name.upper()}": str(free_port()) for name in ("producer_port", "consumer_port", "gateway_port", "kafka_port")}
+    ports = {f"LABKIT_{name.upper()}": str(free_port()) for name in ("producer_port", "consumer_port", "gateway_port",
+                                                                     "kafka_port")}
     env = {**os.environ, **ports, "PATH": str(tmp_path)}  # a machine without docker
     try:
         result = subprocess.run(

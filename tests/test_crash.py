@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import sys
 import time
 from collections import Counter
@@ -20,12 +18,13 @@ import psutil
 import pytest
 import websockets
 from confluent_kafka import Consumer, TopicPartition
+from plain import lab_key
+from waiting import wait_until
 
 from labkit import Sender, Settings, Stack
-from labkit.client import lab_api_key
-from labkit.lab.live import LiveChart
 from labkit.event_stream import EventStream
-from waiting import wait_until
+from labkit.kafka import position
+from labkit.lab.live import LiveChart
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -40,7 +39,7 @@ class RawWatcher:
         self.task = asyncio.create_task(self._run(stack, query))
 
     async def _run(self, stack: Stack, query: str) -> None:
-        headers = {"apikey": lab_api_key(stack.settings)}
+        headers = {"apikey": lab_key(stack.settings)}
         async with websockets.connect(f"{stack.settings.consume_url}?{query}", additional_headers=headers,
                                       max_size=None) as ws:
             self.opened.set()
@@ -60,7 +59,8 @@ class RawWatcher:
                 raise AssertionError("the watcher's connection ended")
             return ids <= {e["id"] for e in self.events}
 
-        await wait_until(arrived, timeout, lambda: f"{len(ids - {e['id'] for e in self.events})} of {len(ids)} never arrived")
+        await wait_until(arrived, timeout,
+                         lambda: f"{len(ids - {e['id'] for e in self.events})} of {len(ids)} never arrived")
 
 
 def stored_ids(settings: Settings, event_type: str) -> dict[str, tuple[int, int]]:
@@ -70,17 +70,20 @@ def stored_ids(settings: Settings, event_type: str) -> dict[str, tuple[int, int]
     try:
         partitions = consumer.list_topics(settings.topic, timeout=10).topics[settings.topic].partitions
         consumer.assign([TopicPartition(settings.topic, p, 0) for p in partitions])
-        found, ended, deadline = {}, set(), time.monotonic() + 30
+        found: dict[str, tuple[int, int]] = {}
+        ended: set[int] = set()
+        deadline = time.monotonic() + 30
         while len(ended) < len(partitions) and time.monotonic() < deadline:
             msg = consumer.poll(0.2)
             if msg is None:
                 continue
+            where = position(msg)
             if msg.error() is not None:
-                ended.add(msg.partition())
+                ended.add(where[0])
                 continue
-            record = json.loads(msg.value())
+            record = json.loads(msg.value() or b"null") or {}
             if record.get("type") == event_type:
-                found[record["id"]] = (msg.partition(), msg.offset())
+                found[record["id"]] = where
         assert len(ended) == len(partitions), "could not read the topic to its end"
         return found
     finally:
@@ -132,7 +135,8 @@ async def test_a_broker_killed_mid_stream_comes_back_with_one_up_and_every_watch
         kept = {i for i, place in acked.items() if stored.get(i) == place} | closing
         lost = {i for i in acked_before_kill if i not in stored}
         assert lost, "the crash lost nothing: the test did not see what it checks"
-        reused = {place for i, place in acked.items() if i not in acked_before_kill} & {acked_before_kill[i] for i in lost}
+        reused = {place for i,
+                  place in acked.items() if i not in acked_before_kill} & {acked_before_kill[i] for i in lost}
         assert reused, "no lost offset was given to a new event"
 
         for watcher, earlier in ((throughout, []), (resumed, seen_before)):
@@ -154,7 +158,8 @@ async def test_a_broker_killed_mid_stream_comes_back_with_one_up_and_every_watch
             later = [f for f in throughout.frames[at:] if f.get("partition") == notice["partition"] and "id" in f]
             assert not any(f["offset"] < notice["offset"] for f in later)
         # The live chart says so under the plot.
-        await wait_until(lambda: "the broker's log restarted" in chart.counters.value, 10, "the chart did not show the restart")
+        await wait_until(lambda: "the broker's log restarted" in chart.counters.value, 10,
+                         "the chart did not show the restart")
         assert {(r.partition, r.lost_from) for r in chart.restarts} == {(n["partition"], n["offset"]) for n in notices}
         await chart.aclose()
         first = resumed.frames[0]

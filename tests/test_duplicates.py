@@ -13,12 +13,12 @@ import json
 from urllib.parse import urlencode
 
 import websockets
+from conftest import Collector, repeated_deliveries, stored
+from plain import lab_key
 
-from conftest import Collector, repeated_deliveries
 from labkit import Ack, Sender, Stack
-from labkit.client import lab_api_key
-from labkit.events import now_ms
 from labkit.event_stream import EventStream
+from labkit.events import now_ms
 
 RESUMES = 8  # watchers resuming one after another while the stream flows
 BETWEEN_RESUMES = 100  # acks between one resume and the next
@@ -28,7 +28,7 @@ STREAM_PAUSE_S = 0.002  # a fast stream: the consumer's live reader is often jus
 async def test_two_events_with_the_same_id_are_two_events(stack: Stack, collect, event_type):
     raw = await collect(types=[event_type])
     deduplicated = await collect(types=[event_type], raw=False)
-    headers = {"apikey": lab_api_key(stack.settings)}
+    headers = {"apikey": lab_key(stack.settings)}
     acks = []
     async with websockets.connect(stack.settings.produce_url, additional_headers=headers) as ws:
         for value in (1, 2):
@@ -36,7 +36,7 @@ async def test_two_events_with_the_same_id_are_two_events(stack: Stack, collect,
             acks.append(json.loads(await ws.recv()))
     assert [ack.get("ack") for ack in acks] == ["twice", "twice"], acks
     assert acks[0]["partition"] == acks[1]["partition"] and acks[0]["offset"] < acks[1]["offset"]
-    expected = [("twice", value, ack["offset"]) for value, ack in zip((1, 2), acks)]
+    expected = [("twice", value, ack["offset"]) for value, ack in zip((1, 2), acks, strict=True)]
     for watcher in (raw, deduplicated):
         events = await watcher.settle(event_type, {acks[0]["partition"]})
         assert [(e.id, e.value, e.offset) for e in events] == expected
@@ -50,20 +50,23 @@ def resume_query(positions: dict[int, int], since_ms: float) -> str:
 def newest(acks: list[Ack]) -> dict[int, int]:
     """The highest acked offset per partition."""
     positions: dict[int, int] = {}
-    for ack in acks:
-        positions[ack.partition] = max(ack.offset, positions.get(ack.partition, -1))
+    for _, partition, offset in map(stored, acks):
+        positions[partition] = max(offset, positions.get(partition, -1))
     return positions
 
 
 async def check_once_each(watcher: Collector, positions: dict[int, int], acks: list[Ack], event_type: str) -> None:
     """Every acked record after the resume point arrived, none twice, none from before it."""
-    expected = {(a.partition, a.offset) for a in acks if a.offset > positions.get(a.partition, -1)}
-    await watcher.until_ids([a.ack for a in acks if (a.partition, a.offset) in expected], timeout=60)
-    events = await watcher.settle(event_type, {a.partition for a in acks})
+    placed = [stored(ack) for ack in acks]
+    expected = {(partition, offset) for _, partition, offset in placed if offset > positions.get(partition, -1)}
+    await watcher.until_ids([event_id for event_id, partition, offset in placed if (partition, offset) in expected],
+                            timeout=60)
+    events = await watcher.settle(event_type, {partition for _, partition, _ in placed})
     repeated = repeated_deliveries(events)
     assert not repeated, f"records delivered twice on a resumed connection: {sorted(repeated)[:10]}"
     delivered = {(e.partition, e.offset) for e in events}
-    assert delivered == expected, f"{len(expected - delivered)} missing, {len(delivered - expected)} from before the resume point"
+    assert delivered == expected, \
+        f"{len(expected - delivered)} missing, {len(delivered - expected)} from before the resume point"
 
 
 async def test_raw_watchers_resuming_while_events_flow_never_see_a_record_twice(stack: Stack, collectors, event_type):
@@ -93,7 +96,8 @@ async def test_a_watcher_resuming_with_a_replay_sees_each_record_once(stack: Sta
     # replay=N queues the consumer's recent frames ahead of the live ones; the read-back from
     # Kafka covers the same offsets, every time: only the watcher's rule keeps them single.
     async with Sender(settings=stack.settings) as sender:
-        acks = await sender.send_many([{"type": event_type, "value": i, "key": f"k{i % 5}"} for i in range(200)], batch=20)
+        acks = await sender.send_many([{"type": event_type, "value": i, "key": f"k{i % 5}"} for i in range(200)],
+                                      batch=20)
     positions = newest(acks[:100])
     query = f"replay=200&{resume_query(positions, now_ms() - 60_000)}"
     watcher = Collector(stack.settings, url=f"{stack.settings.consume_url}?{query}", types=[event_type])

@@ -9,25 +9,28 @@ import sys
 
 import psutil
 import websockets
+from plain import lab_key
+from waiting import wait_until
 
 from labkit import Sender, Settings, Stack, watch
 from labkit.ops.brokers import BROKERS
-from labkit.client import lab_api_key
 from labkit.settings import free_port
-from waiting import wait_until
 
 
 async def test_up_with_kafka_runs_against_an_existing_cluster(tmp_path):
     cluster = Settings(kafka_port=free_port(), state_dir=tmp_path / "cluster")
-    broker = subprocess.Popen(BROKERS["noida"].command(cluster.replace(broker="noida")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker = subprocess.Popen(  # noqa: ASYNC220 - it only starts the broker: nothing waits on it here
+        BROKERS["noida"].command(cluster.replace(broker="noida")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "state"
     ports = {f"LABKIT_{name.upper()}": str(free_port()) for name in ("producer_port", "consumer_port", "gateway_port")}
     env = {**os.environ, **ports, "LABKIT_STATE_DIR": str(state), "COLUMNS": "200"}
     properties = tmp_path / "client.properties"
     properties.write_text("# a client setting passed through to librdkafka\nclient.rack=lab-rack\n")
     try:
-        started = subprocess.run(
-            [sys.executable, "-m", "labkit", "up", "--kafka", cluster.bootstrap_servers, "--kafka-config", str(properties),
+        started = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "labkit", "up", "--kafka", cluster.bootstrap_servers, "--kafka-config",
+             str(properties),
              "--topic", "external-events"],
             capture_output=True, text=True, env=env, timeout=120,
         )
@@ -58,7 +61,8 @@ async def test_up_with_kafka_runs_against_an_existing_cluster(tmp_path):
         assert broker.poll() is None  # down stops only what labkit started
         assert psutil.pid_exists(broker.pid)
     finally:
-        subprocess.run([sys.executable, "-m", "labkit", "down"], env=env, capture_output=True, timeout=60)
+        await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "labkit", "down"], env=env, capture_output=True,
+                                timeout=60)
         broker.terminate()
         broker.wait(10)
 
@@ -69,11 +73,13 @@ async def test_credentials_stay_out_of_logs_status_and_frames(tmp_path, event_ty
     settings = Settings(kafka_properties=properties).with_free_ports(state_dir=tmp_path)
     with Stack(settings) as stack:
         env = {**os.environ, "LABKIT_STATE_DIR": str(tmp_path), "COLUMNS": "200"}
-        status = subprocess.run([sys.executable, "-m", "labkit", "status"], capture_output=True, text=True, env=env, timeout=60)
+        status = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "labkit", "status"],
+                                         capture_output=True,
+                                         text=True, env=env, timeout=60)
         assert status.returncode == 0 and secret not in status.stdout + status.stderr
         async with Sender(settings=stack.settings) as sender:
             assert (await sender.send({"type": event_type, "value": 1})).ok
-        headers = {"apikey": lab_api_key(stack.settings)}
+        headers = {"apikey": lab_key(stack.settings)}
         async with websockets.connect(stack.settings.produce_url, additional_headers=headers) as raw:
             await raw.send('{"type": "a", "value": "x"}')  # refused: the error frame carries no setting
             error = await raw.recv()

@@ -7,7 +7,9 @@ skip as a duplicate, overflow), ``next_queued`` what the writer sends next, and
 
 from __future__ import annotations
 
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from labkit.services.fanout import OVERFLOW, QUEUE, SEND, SKIP, Delivery, WatcherState
 

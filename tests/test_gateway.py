@@ -9,14 +9,15 @@ import psutil
 import pytest
 import websockets
 import yaml
+from plain import lab_key
+from waiting import wait_until
 from websockets.asyncio.server import serve
 from websockets.frames import CloseCode
+from websockets.typing import Origin
 
 from labkit import Sender, Settings, Stack
-from labkit.client import lab_api_key
 from labkit.events import decode_delivered
 from labkit.ops.gateway import GatewayConfigError
-from waiting import wait_until
 
 
 async def refused_status(url: str, **options) -> int:
@@ -30,7 +31,7 @@ async def test_produce_route_needs_the_key(stack: Stack):
     url = stack.settings.produce_url
     assert await refused_status(url) == 401
     assert await refused_status(url, additional_headers={"apikey": "wrong"}) == 401
-    key = lab_api_key(stack.settings)
+    key = lab_key(stack.settings)
     async with websockets.connect(f"{url}?apikey={key}") as ws:  # a browser's way: the query string
         await ws.send(json.dumps({"type": "auth", "value": 1}))
         assert "ack" in json.loads(await ws.recv())
@@ -46,8 +47,8 @@ async def test_key_is_refused_with_kongs_message(stack: Stack):
 
 
 async def test_origin_not_allowed_is_refused_and_allowed_origins_pass(stack: Stack):
-    assert await refused_status(stack.settings.consume_url, origin="http://evil.example") == 403
-    async with websockets.connect(stack.settings.consume_url, origin="http://localhost:8888"):
+    assert await refused_status(stack.settings.consume_url, origin=Origin("http://evil.example")) == 403
+    async with websockets.connect(stack.settings.consume_url, origin=Origin("http://localhost:8888")):
         pass
     async with websockets.connect(stack.settings.consume_url):  # no Origin: a CLI client
         pass
@@ -115,7 +116,7 @@ async def test_rate_limiting_counts_upgrades_and_answers_429(tmp_path):
                 plugin["config"] = {"second": 3, "policy": "local"}
 
     with Stack(_kong_copy(tmp_path, three_per_second)) as stack:
-        headers = {"apikey": lab_api_key(stack.settings)}
+        headers = {"apikey": lab_key(stack.settings)}
         statuses = []
         for _ in range(6):
             try:

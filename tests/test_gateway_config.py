@@ -13,11 +13,11 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
 import yaml
-from urllib.parse import urlsplit
 
 from labkit.ops import gateway
 from labkit.ops.gateway import GatewayConfigError
@@ -132,8 +132,12 @@ def upstream_servers(text: str, service: str) -> list[str]:
 def test_embedded_services_are_reached_on_the_settings_ports(kong, settings, tmp_path):
     text = gateway.render_nginx_conf(kong, settings, tmp_path)
     assert "proxy_pass http://lk_service_producer;" in text and "proxy_pass http://lk_service_consumer;" in text
-    assert upstream_servers(text, "producer") == [f"server {settings.host}:{settings.producer_port} weight=100 max_fails=1 fail_timeout=5s;"]
-    assert upstream_servers(text, "consumer") == [f"server {settings.host}:{settings.consumer_port} weight=100 max_fails=1 fail_timeout=5s;"]
+    assert upstream_servers(text,
+                            "producer") == [f"server {settings.host}:{settings.producer_port} weight=100 max_fails=1 "
+                                            "fail_timeout=5s;"]
+    assert upstream_servers(text,
+                            "consumer") == [f"server {settings.host}:{settings.consumer_port} weight=100 max_fails=1 "
+                                            "fail_timeout=5s;"]
     assert "producer:6789" not in text
 
 
@@ -268,7 +272,7 @@ def test_run_on_preflight_false_without_cors_is_refused(kong, settings, tmp_path
 
 def test_regex_path_is_refused(kong):
     kong["services"][0]["routes"][0]["paths"] = ["~/produce-events/(?<id>\\d+)$"]
-    with pytest.raises(GatewayConfigError, match="route 'produce-events'.*regex path"):
+    with pytest.raises(GatewayConfigError, match=r"route 'produce-events'.*regex path"):
         gateway.routes_table(kong)
 
 
@@ -286,7 +290,8 @@ def test_unsupported_route_field_is_refused(kong, field):
         ({"hash_on": "ip"}, "field 'hash_on'"),
         ({"targets": []}, "no targets"),
         ({"targets": [{"target": "consumer:6788", "weight": 0}]}, "weight 0"),
-        ({"healthchecks": {"passive": {"unhealthy": {"tcp_failures": 2}}}}, "passive health checks without active ones"),
+        ({"healthchecks": {"passive": {"unhealthy": {"tcp_failures": 2}}}},
+         "passive health checks without active ones"),
         ({"healthchecks": {"passive": {"unhealthy": {"http_failures": 2}}}}, "http_failures is not supported"),
     ],
 )
@@ -375,14 +380,14 @@ def test_nginx_refusal_is_reported_with_nginxs_message(kong, settings, tmp_path)
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(GatewayConfigError, match="Kong config not found: .*nope.yml"):
+    with pytest.raises(GatewayConfigError, match=r"Kong config not found: .*nope\.yml"):
         gateway.load_kong_config(tmp_path / "nope.yml")
 
 
 def test_bad_yaml_is_a_clear_error(tmp_path):
     path = tmp_path / "kong.yml"
     path.write_text('_format_version: "3.0"\nservices: [\n  - name: x\n', encoding="utf-8")
-    with pytest.raises(GatewayConfigError, match="kong.yml is not valid YAML"):
+    with pytest.raises(GatewayConfigError, match=r"kong\.yml is not valid YAML"):
         gateway.load_kong_config(path)
 
 
@@ -390,7 +395,7 @@ def test_bad_yaml_is_a_clear_error(tmp_path):
 def test_wrong_format_version_is_a_clear_error(tmp_path, text):
     path = tmp_path / "kong.yml"
     path.write_text(text, encoding="utf-8")
-    with pytest.raises(GatewayConfigError, match="_format_version|mapping"):
+    with pytest.raises(GatewayConfigError, match=r"_format_version|mapping"):
         gateway.load_kong_config(path)
 
 

@@ -14,9 +14,9 @@ import urllib.request
 
 import pytest
 import websockets
+from plain import lab_key
 
 from labkit import Stack
-from labkit.client import lab_api_key
 
 SUFFIXES = ["/healthz", "/metrics", "healthz", "metrics", "/healthz/", "//metrics", "/./healthz", "/x/../metrics"]
 
@@ -34,10 +34,10 @@ def get(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
 @pytest.mark.parametrize("with_key", [False, True])
 def test_service_health_and_metrics_are_not_reachable_through_the_gateway(stack: Stack, route: str, with_key: bool):
     settings = stack.settings
-    headers = {"apikey": lab_api_key(settings)} if with_key else {}
+    headers = {"apikey": lab_key(settings)} if with_key else {}
     for suffix in SUFFIXES:
         url = settings.url(settings.gateway_port, route + suffix, "http")
-        for query in ("", f"?apikey={lab_api_key(settings)}" if with_key else "?x=1"):
+        for query in ("", f"?apikey={lab_key(settings)}" if with_key else "?x=1"):
             status, body = get(url + query, headers)
             assert status == 404, (route + suffix + query, status, body[:200])
             assert json.loads(body)["message"] == "no Route matched with those values"
@@ -51,7 +51,7 @@ def test_the_gateways_internal_locations_are_no_route_from_outside(stack: Stack)
 
 
 async def test_the_routes_own_websockets_still_work(stack: Stack):
-    key = lab_api_key(stack.settings)
+    key = lab_key(stack.settings)
     async with websockets.connect(f"{stack.settings.produce_url}?apikey={key}") as ws:
         await ws.send(json.dumps({"type": "exposure", "value": 1}))
         assert "ack" in json.loads(await ws.recv())

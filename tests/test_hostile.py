@@ -6,6 +6,7 @@ After each, the service still serves a well-behaved client and delivers its even
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -14,13 +15,16 @@ import urllib.request
 
 import pytest
 import websockets
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from conftest import Collector, repeated_deliveries
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from waiting import health, wait_until
 from websockets.frames import CloseCode
+from websockets.typing import Origin
 
 from labkit import Sender, Settings, Stack
 from labkit.events import Event, EventError, FrameError, parse_frame
-from conftest import Collector, repeated_deliveries
-from waiting import health, wait_until
 
 MAX_BATCH = 50
 
@@ -30,7 +34,8 @@ json_values = st.recursive(
     max_leaves=20,
 )
 events = st.fixed_dictionaries(
-    {"type": st.text(min_size=1, max_size=30), "value": st.integers(-10**15, 10**15) | st.floats(allow_nan=False, allow_infinity=False)},
+    {"type": st.text(min_size=1, max_size=30), "value": st.integers(-10**15, 10**15) | st.floats(allow_nan=False,
+                                                                                                 allow_infinity=False)},
     optional={
         "id": st.text(min_size=1, max_size=40),
         "key": st.text(min_size=1, max_size=40),
@@ -71,7 +76,7 @@ def test_parser_answers_any_json(value):
 def test_valid_events_are_read_back_unchanged(batch):
     items = parse_frame(json.dumps(batch), MAX_BATCH)
     assert all(isinstance(item, Event) for item in items)
-    for item, original in zip(items, batch):
+    for item, original in zip(items, batch, strict=True):
         assert item.type == original["type"] and item.value == original["value"]
         assert getattr(item, "data", None) == original.get("data", getattr(item, "data", None))
 
@@ -113,10 +118,8 @@ async def test_random_frames_and_raw_garbage(stack: Stack, collect, event_type):
         with socket.create_connection((stack.settings.host, port), timeout=5) as raw:
             raw.sendall(os.urandom(2000) + b"\r\n\r\n")
             raw.settimeout(5)
-            try:
+            with contextlib.suppress(ConnectionResetError, TimeoutError):
                 raw.recv(1000)  # an HTTP error or a close; either way, not a hang
-            except (ConnectionResetError, TimeoutError):
-                pass
     await still_serves(stack, collect, event_type)
 
 
@@ -132,16 +135,17 @@ async def test_consumer_refuses_bad_query_parameters(stack: Stack):
 async def test_foreign_origin_is_refused_by_the_services_too(stack: Stack):
     for port in (stack.settings.producer_port, stack.settings.consumer_port):
         with pytest.raises(websockets.InvalidStatus) as refused:
-            async with websockets.connect(stack.settings.url(port), origin="https://evil.example"):
+            async with websockets.connect(stack.settings.url(port), origin=Origin("https://evil.example")):
                 pass
         assert refused.value.response.status_code == 403
-        async with websockets.connect(stack.settings.url(port), origin="http://localhost:8888"):
+        async with websockets.connect(stack.settings.url(port), origin=Origin("http://localhost:8888")):
             pass
 
 
 @pytest.fixture
 def strict_stack(tmp_path):
-    settings = Settings(max_connections=20, ping_interval_s=0.5, ping_timeout_s=0.5, handshake_timeout_s=1).with_free_ports(
+    settings = Settings(max_connections=20, ping_interval_s=0.5, ping_timeout_s=0.5,
+                        handshake_timeout_s=1).with_free_ports(
         state_dir=tmp_path
     )
     with Stack(settings) as stack:
@@ -192,7 +196,7 @@ async def test_connection_flood_idle_and_half_open(strict_stack: Stack, collecto
 
 async def test_a_slow_watcher_is_cut_off_without_delaying_the_others(tmp_path, collectors, event_type):
     settings = Settings(watcher_queue=1000).with_free_ports(state_dir=tmp_path)
-    with Stack(settings) as stack:
+    with Stack(settings):
         slow = await websockets.connect(settings.url(settings.consumer_port, f"/?types={event_type}"), max_size=None)
         slow.transport.pause_reading()  # a client that stops reading: its queue fills up
         fast = Collector(settings, types=[event_type])
@@ -202,7 +206,8 @@ async def test_a_slow_watcher_is_cut_off_without_delaying_the_others(tmp_path, c
 
         def overflows() -> float:
             metrics = urllib.request.urlopen(settings.url(settings.consumer_port, "/metrics", "http")).read().decode()
-            return float(next(line for line in metrics.splitlines() if line.startswith("labkit_queue_overflows_total")).split()[1])
+            overflows = next(line for line in metrics.splitlines() if line.startswith("labkit_queue_overflows_total"))
+            return float(overflows.split()[1])
 
         acks = []
         async with Sender(settings=settings) as sender:

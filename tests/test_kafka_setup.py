@@ -91,10 +91,12 @@ def test_no_java_at_all_stops_labkit_up_with_what_to_install(tmp_path):
     env = {**os.environ, "PATH": str(bin_dir), "LABKIT_STATE_DIR": str(tmp_path / "state")}
     env.pop("JAVA_HOME", None)
     settings = Settings(broker="kafka").with_free_ports(state_dir=tmp_path / "state")
-    done = subprocess.run([sys.executable, "-m", "labkit", "up", "--broker", "kafka", "--kafka-port", str(settings.kafka_port),
+    done = subprocess.run([sys.executable, "-m", "labkit", "up", "--broker", "kafka", "--kafka-port",
+                           str(settings.kafka_port),
                            "--gateway-port", str(settings.gateway_port), "--producer-port", str(settings.producer_port),
                            "--consumer-port", str(settings.consumer_port),
-                           "--kafka-controller-port", str(settings.kafka_controller_port)], env=env, capture_output=True, text=True, timeout=120)
+                           "--kafka-controller-port", str(settings.kafka_controller_port)], env=env,
+                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     said = " ".join(done.stderr.split())  # rich wraps long lines
     assert "Java 17 or newer" in said and "apt-get install openjdk-17-jre-headless" in said, said
@@ -181,18 +183,19 @@ def test_without_maven_the_checked_apache_download_serves_the_broker(mirror, tmp
 
 
 def test_a_tampered_download_is_refused_and_nothing_is_unpacked(mirror, tmp_path, monkeypatch):
-    url, root = mirror
+    _, root = mirror
     tampered = tmp_path / "tampered"
     (tampered / kafka_version()).mkdir(parents=True)
     archive = (root / kafka_version() / f"{DIST}.tgz").read_bytes()
     (tampered / kafka_version() / f"{DIST}.tgz").write_bytes(archive[:-1] + bytes([archive[-1] ^ 1]))
-    (tampered / kafka_version() / f"{DIST}.tgz.sha512").write_text((root / kafka_version() / f"{DIST}.tgz.sha512").read_text())
+    checksum = (root / kafka_version() / f"{DIST}.tgz.sha512").read_text()
+    (tampered / kafka_version() / f"{DIST}.tgz.sha512").write_text(checksum)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tampered))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     no_maven(tmp_path, monkeypatch)
     try:
-        with pytest.raises(KafkaJarsMissing, match="does not match its published SHA-512.*nothing was unpacked"):
+        with pytest.raises(KafkaJarsMissing, match=r"does not match its published SHA-512.*nothing was unpacked"):
             find_jars(None, f"http://127.0.0.1:{server.server_address[1]}")
     finally:
         server.shutdown()

@@ -32,7 +32,8 @@ async def test_keys_land_on_the_partition_the_producer_gives_them(stack: Stack):
     keys = keys_for_partitions(stack.settings.partitions)
     assert sorted(keys) == list(range(stack.settings.partitions))
     async with Sender(settings=stack.settings) as sender:
-        acks = await sender.send_many([{"type": "key-check", "value": 0, "key": key} for key in [*keys.values(), "alice"]])
+        acks = await sender.send_many([{"type": "key-check", "value": 0, "key": key} for key in [*keys.values(),
+                                                                                                 "alice"]])
     assert [ack.partition for ack in acks] == [*keys, partition_for("alice", stack.settings.partitions)]
 
 
@@ -45,7 +46,8 @@ async def test_a_group_splits_the_partitions_and_its_lag_grows_once_it_stops(sta
         group.add_member()
         owners = await group.settled()
         assert set(owners.values()) == {"member-1", "member-2"} and sorted(owners) == list(range(settings.partitions))
-        batch = [{"type": event_type, "value": i, "key": keys[i % settings.partitions]} for i in range(3 * settings.partitions)]
+        batch = [{"type": event_type, "value": i,
+                  "key": keys[i % settings.partitions]} for i in range(3 * settings.partitions)]
         async with Sender(settings=settings) as sender:
             await sender.send_many(batch)
         await group.wait_for(len(batch))

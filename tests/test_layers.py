@@ -119,7 +119,8 @@ def test_the_check_reports_a_wrong_import(tmp_path):
         "settings.py": "",
         "services/__init__.py": "",
         "services/producer.py": "from labkit.settings import Settings\n",
-        "services/consumer.py": "def main():\n    from labkit.ops.stack import Stack  # inside a function: counts too\n",
+        "services/consumer.py": "def main():\n    from labkit.ops.stack import Stack  # inside a function: counts "
+                                "too\n",
         "ops/__init__.py": "",
         "ops/stack.py": "import labkit.services.producer\n",
     })

@@ -72,10 +72,12 @@ def test_solutions_never_run(name: str):
     for index in range(start, end):
         assert nb.cells[index].cell_type == "markdown", f"{name} cell {index}: an exercise or solution runs in Run All"
     solution = nb.cells[start + 1]
-    assert solution.source.startswith("<details>") and "Solutions" in solution.source, f"{name}: the solutions are not folded after the exercises"
+    assert solution.source.startswith("<details>") and "Solutions" in solution.source, \
+        f"{name}: the solutions are not folded after the exercises"
     for index, cell in enumerate(nb.cells):
         hidden = cell.metadata.get("jupyter", {}).get("source_hidden")
-        assert not (cell.cell_type == "code" and (hidden or re.match(r"#+ *Solution", cell.source))), f"{name} cell {index}: a hidden solution that runs"
+        runs_a_solution = cell.cell_type == "code" and (hidden or re.match(r"#+ *Solution", cell.source))
+        assert not runs_a_solution, f"{name} cell {index}: a hidden solution that runs"
     code = [index for index, cell in enumerate(nb.cells) if cell.cell_type == "code"]
     checks = [index for index, title in headings if title == "Checks"]
     assert checks and code[-1] == checks[-1] + 1, f"{name}: the Checks cell is not the last code cell"
@@ -86,7 +88,8 @@ ON_BOTH_BROKERS = ("06", "07", "08")
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[pytest.mark.both_brokers] if name.startswith(ON_BOTH_BROKERS) else []) for name in NOTEBOOKS
+    pytest.param(name, marks=[pytest.mark.both_brokers] if name.startswith(ON_BOTH_BROKERS) else [])
+    for name in NOTEBOOKS
 ])
 def test_notebook_runs_top_to_bottom(name: str, stack: Stack, monkeypatch: pytest.MonkeyPatch):
     for variable, value in stack.settings.as_env().items():
@@ -112,7 +115,8 @@ def test_notebook_runs_top_to_bottom(name: str, stack: Stack, monkeypatch: pytes
     for index, cell in enumerate(nb.cells):
         for output in cell.get("outputs", []):
             red = output.output_type == "error" or (output.output_type == "stream" and output.name == "stderr")
-            assert not red, f"{name} cell {index} shows a red box after Run All: {output.get('text') or output.get('evalue')}"
+            assert not red, \
+                f"{name} cell {index} shows a red box after Run All: {output.get('text') or output.get('evalue')}"
     # The session stack serves the tests after this one: no notebook may leave it broken.
     assert stack.is_running(), f"{name} left the test stack with a component stopped: {stack.status()}"
     assert stack.health("consumer")["status"] == "ok" and stack.health("producer")["status"] == "ok"

@@ -48,6 +48,6 @@ async def test_leaving_early_stops_the_pacing_thread():
 
     schedule = Schedule.from_now(rate=100, total=10_000)
     async with aclosing(due_ranges(schedule)) as stream:
-        async for first, end in stream:
+        async for _ in stream:
             break
     assert not any(t.name == "labkit-pacer" for t in threading.enumerate())

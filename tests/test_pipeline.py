@@ -6,12 +6,13 @@ import asyncio
 from collections import defaultdict
 
 import psutil
-
 from conftest import repeated_deliveries
+
 from labkit import Sender, Settings, Stack
 from labkit.ops.brokers import BrokerKind
 
-DELIVERED_FIELDS = ("id", "type", "value", "key", "sent_at", "received_at", "topic", "partition", "offset", "kafka_ts", "delivered_at")
+DELIVERED_FIELDS = ("id", "type", "value", "key", "sent_at", "received_at", "topic", "partition", "offset", "kafka_ts",
+                    "delivered_at")
 
 
 async def test_every_acknowledged_event_reaches_every_watcher_once_in_order(stack: Stack, collect, event_type: str):
@@ -105,6 +106,7 @@ def test_each_component_carries_its_own_start_hooks(tmp_path):
     embedded = {part.name: part for part in Stack(Settings(state_dir=tmp_path)).components()}
     assert embedded["broker"].after_ready is not None and embedded["producer"].prepare is None
     assert "watchers that resume" in embedded["broker"].restarted_note
-    external = {part.name: part for part in Stack(Settings(state_dir=tmp_path, kafka_bootstrap="kafka:9092")).components()}
+    external = {part.name: part for part in Stack(Settings(state_dir=tmp_path,
+                                                           kafka_bootstrap="kafka:9092")).components()}
     assert "broker" not in external and external["producer"].prepare is not None
     assert external["consumer"].prepare is None

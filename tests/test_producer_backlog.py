@@ -14,10 +14,10 @@ import urllib.request
 import psutil
 import pytest
 import websockets
+from waiting import wait_until
 from websockets.frames import CloseCode
 
 from labkit import Settings, Stack
-from waiting import wait_until
 
 # Each frame is a batch of events the producer refuses one by one, so each one costs a reply.
 REFUSED_BATCH = json.dumps([{"type": "", "value": i} for i in range(1000)])

@@ -17,9 +17,9 @@ from collections import defaultdict
 
 import pytest
 import websockets
+from waiting import wait_until
 
 from labkit import Settings, Stack
-from waiting import wait_until
 
 pytestmark = pytest.mark.both_brokers  # `make test` runs this file on Apache Kafka and on noida-db
 
@@ -86,7 +86,8 @@ async def test_every_event_gets_one_reply_across_a_broker_restart_and_acks_resum
 
         await asyncio.to_thread(restartable_stack.stop_component, "broker")
         # While nothing can be produced, /healthz must say so.
-        await wait_until(lambda: asyncio.to_thread(lambda: producer_health(settings)["status"] != "ok"), 15, "/healthz to stop saying ok")
+        await wait_until(lambda: asyncio.to_thread(lambda: producer_health(settings)["status"] != "ok"), 15,
+                         "/healthz to stop saying ok")
         await asyncio.to_thread(restartable_stack.start_component, "broker")  # it comes back empty
         restarted_at, first_after = time.monotonic(), len(stream.sent)
 
@@ -95,7 +96,8 @@ async def test_every_event_gets_one_reply_across_a_broker_restart_and_acks_resum
         stream.stop.set()
         await stream.writer
         await wait_until(stream.all_answered, MESSAGE_TIMEOUT_MS / 1000 + 20, "a reply to every event")
-        await wait_until(lambda: asyncio.to_thread(lambda: producer_health(settings)["status"] == "ok"), 10, "/healthz to say ok again")
+        await wait_until(lambda: asyncio.to_thread(lambda: producer_health(settings)["status"] == "ok"), 10,
+                         "/healthz to say ok again")
 
     unanswered = [e for e in stream.sent if e not in stream.replies]
     doubled = [e for e in stream.sent if len(stream.replies[e]) > 1]

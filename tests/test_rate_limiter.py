@@ -1,4 +1,5 @@
-"""The producer's per-connection rate limiter (``RateLimiter``), on a clock the test moves by hand: no process, no socket.
+"""The producer's per-connection rate limiter (``RateLimiter``), on a clock the test moves by hand: no process,
+no socket.
 
 Each test names the rule it checks; breaking that rule makes it fail.
 """
@@ -6,7 +7,8 @@ Each test names the rule it checks; breaking that rule makes it fail.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from labkit.services.producer import RateLimiter
 
@@ -68,7 +70,7 @@ def test_rate_limiter_never_allows_more_than_a_burst_plus_the_rate_times_the_tim
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("labkit.services.producer.time.monotonic", clock)
         limiter = RateLimiter(rate)
-        passed = limiter.allow()
+        passed = int(limiter.allow())
         for gap in gaps:
             clock.now += gap
             passed += limiter.allow()

@@ -14,23 +14,21 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter
 
 import pytest
 import websockets
+from conftest import Collector, repeated_deliveries, stored
+from plain import PlainWatcher, kill_9, lab_key
+from waiting import health, wait_until
 
 from labkit import Ack, Sender, Settings, Stack
-from labkit.discovery import lab_api_key
 from labkit.errors import PortInUse
-from labkit.events import decode_reply, new_id
-from conftest import Collector, repeated_deliveries
 from labkit.event_stream import EventStream
-from plain import PlainWatcher, kill_9
-from waiting import health, wait_until
+from labkit.events import decode_reply, new_id
 
 
 def replica_stack(tmp_path, **counts: int) -> Stack:
-    return Stack(Settings(**counts).with_free_ports(state_dir=tmp_path))
+    return Stack(Settings().with_free_ports(state_dir=tmp_path, **counts))
 
 
 @pytest.fixture
@@ -69,9 +67,12 @@ def test_each_replica_is_a_component_and_up_starts_only_the_missing_one(tmp_path
         assert after["consumer-2"]["state"] == "running" and after["consumer-2"]["pid"] != rows["consumer-2"]["pid"]
 
         # Another stack whose consumer range runs into this one's: the error names the port and the setting.
-        other = Settings(consumers=3).with_free_ports(state_dir=tmp_path / "b").replace(consumer_port=s.consumer_port + 1)
-        with pytest.raises(PortInUse, match=rf"port {s.consumer_port} \(consumer-2\).*LABKIT_CONSUMER_PORT.*--consumer-port"
-                                            rf".*consumer replicas use ports {s.consumer_port + 1} to {s.consumer_port - 1}"):
+        other = Settings(consumers=3).with_free_ports(state_dir=tmp_path / "b")
+        other = other.replace(consumer_port=s.consumer_port + 1)
+        with pytest.raises(PortInUse,
+                           match=rf"port {s.consumer_port} \(consumer-2\).*LABKIT_CONSUMER_PORT.*--consumer-port"
+                                            rf".*consumer replicas use ports {s.consumer_port + 1} to "
+                                            rf"{s.consumer_port - 1}"):
             Stack(other).up()
 
 
@@ -95,9 +96,10 @@ async def test_consumer_replica_killed_mid_stream_its_watchers_resume_on_the_oth
     stack, s = two_consumers, two_consumers.settings
     collectors = [Collector(s, types=[event_type]) for _ in range(2)]
     plain = [PlainWatcher(s.consume_url, event_type) for _ in range(2)]
+    everyone: list[Collector | PlainWatcher] = [*collectors, *plain]
     stream = None
     try:
-        for watcher in [*collectors, *plain]:
+        for watcher in everyone:
             await (watcher.connected() if isinstance(watcher, Collector) else
                    wait_until(watcher.opened.is_set, 10, "a plain watcher did not connect"))
         # least-connections spreads the four watchers over both replicas.
@@ -128,7 +130,7 @@ async def test_consumer_replica_killed_mid_stream_its_watchers_resume_on_the_oth
         await stream.finish()
         assert stream.failed_connections == 0, "senders are not affected by a consumer replica"
 
-        acked = {(a.partition, a.offset): a.ack for a in stream.acks}
+        acked = {(partition, offset): event_id for event_id, partition, offset in map(stored, stream.acks)}
         for collector in collectors:
             await collector.until_ids(acked.values(), timeout=60)
             events = await collector.settle(event_type, {p for p, _ in acked})
@@ -137,18 +139,14 @@ async def test_consumer_replica_killed_mid_stream_its_watchers_resume_on_the_oth
         moved = [w for w in plain if w.connections > 1]
         assert moved, "no plain watcher was on the killed replica"
         for watcher in plain:
-            await wait_until(lambda w=watcher: set(acked) <= {(f["partition"], f["offset"]) for f in w.frames}, 60,
-                             lambda w=watcher: f"a plain watcher misses {len(set(acked) - {(f['partition'], f['offset']) for f in w.frames})} acked events")
-            places = Counter((f["partition"], f["offset"]) for f in watcher.frames)
-            assert not [p for p, n in places.items() if n > 1], "a record was delivered twice to a plain watcher"
-            assert {(f["partition"], f["offset"]): f["id"] for f in watcher.frames if (f["partition"], f["offset"]) in acked} == acked
+            await watcher.got_each_once(acked, 60)
             # The epoch is the log's, so the other replica resumes it: no gap.
             assert all(resume == {"recovered": True} for resume in watcher.resumes), watcher.resumes
         assert {f["epoch"] for w in plain for f in w.frames} == {(await health(stack, "consumer-2"))["epoch"]}
     finally:
         if stream is not None:
             await stream.stop()
-        for watcher in [*collectors, *plain]:
+        for watcher in everyone:
             await watcher.stop()
         stack.up()  # brings consumer-1 back for a clean `down`
 
@@ -174,7 +172,7 @@ async def test_producer_replica_killed_in_flight_events_are_resent_with_their_id
         # acknowledges, so the kill lands while the producer still works through the burst.
         frames = [json.dumps(events[start:start + 50]) for start in range(0, len(events), 50)]
         first: dict[str, Ack] = {}
-        async with websockets.connect(s.produce_url, additional_headers={"apikey": lab_api_key(s)}, max_size=None) as burst:
+        async with websockets.connect(s.produce_url, additional_headers={"apikey": lab_key(s)}, max_size=None) as burst:
             (victim,) = [n for n in ("producer-1", "producer-2") if (await health(stack, n))["senders"] == 1]
             survivor = "producer-2" if victim == "producer-1" else "producer-1"
             other = EventStream(s, event_type, url=s.produce_url, keys=5)  # least-connections: on the survivor
@@ -187,7 +185,7 @@ async def test_producer_replica_killed_in_flight_events_are_resent_with_their_id
             # Half the burst is written; once one event is acked (Kafka's first ack can take a while),
             # the replica dies and the rest follows at once.
             reply = decode_reply(await asyncio.wait_for(burst.recv(), 30))
-            first[reply.ack] = reply
+            first[stored(reply)[0]] = reply
             kill_9(stack, victim)
             with contextlib.suppress(websockets.ConnectionClosed):
                 for frame in frames[half:]:
@@ -196,28 +194,29 @@ async def test_producer_replica_killed_in_flight_events_are_resent_with_their_id
             with contextlib.suppress(websockets.ConnectionClosed):
                 async for text in burst:
                     reply = decode_reply(text)
-                    assert reply.ok, reply  # an error reply would be a refusal, not a death
-                    first[reply.ack] = reply
+                    first[stored(reply)[0]] = reply  # an error reply would be a refusal, not a death
         # The connection closed with them unanswered: each may or may not be in Kafka.
         in_flight = [e for e in events[:sent] if e["id"] not in first]
         assert in_flight, "the whole burst was acknowledged before the kill"
         assert first, "nothing was acknowledged before the kill"
 
         async with Sender(settings=s) as again:  # reconnects through the gateway: only the survivor answers
-            resent = {ack.ack: ack for ack in await again.send_many(in_flight, batch=50)}
+            resent = {stored(ack)[0]: ack for ack in await again.send_many(in_flight, batch=50)}
         assert set(resent) == {e["id"] for e in in_flight}
         await other.finish()
         assert other.failed_connections == 0, "the other replica's sender was disturbed"
 
-        every = {**{a.ack: a for a in other.acks}, **first}
+        every = {**{stored(a)[0]: a for a in other.acks}, **first}
         delivered = await watcher.until_ids([*every, *resent], timeout=60)
-        delivered = await watcher.settle(event_type, {a.partition for a in [*every.values(), *resent.values()]})
+        delivered = await watcher.settle(event_type, {stored(a)[1] for a in [*every.values(), *resent.values()]})
         assert not repeated_deliveries(delivered), "a record was delivered twice"
         copies: dict[str, list] = {}
         for event in delivered:
+            assert isinstance(event.id, str), event  # every event here was sent by labkit's Sender, with an id
             copies.setdefault(event.id, []).append(event)
         for event_id, ack in every.items():
-            assert [(e.partition, e.offset) for e in copies[event_id]] == [(ack.partition, ack.offset)], "an acked event is not stored exactly once"
+            assert [(e.partition, e.offset) for e in copies[event_id]] == [(ack.partition, ack.offset)], \
+                "an acked event is not stored exactly once"
         stored_twice = 0
         for event_id, ack in resent.items():
             places = sorted((e.partition, e.offset) for e in copies[event_id])

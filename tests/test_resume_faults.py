@@ -14,26 +14,27 @@ import json
 import pytest
 import websockets
 from confluent_kafka import Producer
+from plain import lab_key
+from waiting import wait_until
 
 from labkit import Sender, Stack
-from labkit.client import lab_api_key
-from waiting import wait_until
 
 pytestmark = pytest.mark.both_brokers  # `make test` runs this file on Apache Kafka and on noida-db
 
 
 async def frames(stack: Stack, query: str, count: int, timeout: float = 30) -> list[dict]:
     """``count`` event frames from a plain websockets watcher through the gateway (after a resume's first frame)."""
-    recovery, got = await resumed(stack, query, count, timeout)
+    _, got = await resumed(stack, query, count, timeout)
     return got
 
 
 async def resumed(stack: Stack, query: str, count: int, timeout: float = 30) -> tuple[dict | None, list[dict]]:
     """The recovery frame (a resume's first; None without resume) and ``count`` event frames after it."""
-    key = lab_api_key(stack.settings)
+    key = lab_key(stack.settings)
     async with websockets.connect(f"{stack.settings.consume_url}?{query}", additional_headers={"apikey": key},
                                   max_size=None) as ws:
-        recovery, got = None, []
+        recovery: dict | None = None
+        got: list[dict] = []
         async with asyncio.timeout(timeout):
             if "resume=" in query or "since=" in query:
                 recovery = json.loads(await ws.recv())
@@ -58,7 +59,7 @@ async def test_a_resume_point_past_the_log_end_does_not_stall_the_watcher(stack:
     recovery, got = await watcher
     assert {f["id"] for f in got} <= {a.ack for a in acks_before + acks}
     assert len(got) == 3, "new events were skipped as already sent"
-    assert recovery["recovered"] is False and "restarted" in recovery["reason"]
+    assert recovery is not None and recovery["recovered"] is False and "restarted" in recovery["reason"]
 
 
 async def test_a_long_read_back_is_read_whole(stack: Stack, event_type):
@@ -82,8 +83,10 @@ async def test_resume_without_since_reads_back_the_named_partitions(stack: Stack
 async def test_a_deeply_nested_foreign_record_costs_only_itself(stack: Stack, collect, event_type):
     live = await collect(types=[event_type])
     producer = Producer({"bootstrap.servers": stack.settings.bootstrap_servers, "linger.ms": 50})
-    valid = [json.dumps({"type": event_type, "value": i, "id": f"{event_type}-{i}", "received_at": 1}) for i in range(51)]
-    deep = '{"type": "%s", "value": 0, "data": {"k": %s}}' % (event_type, "[" * 2000 + "]" * 2000)
+    valid = [json.dumps({"type": event_type, "value": i, "id": f"{event_type}-{i}",
+                         "received_at": 1}) for i in range(51)]
+    nested = "[" * 2000 + "]" * 2000
+    deep = f'{{"type": "{event_type}", "value": 0, "data": {{"k": {nested}}}}}'
     values = valid[:25] + [deep] + valid[25:]
     for value in values:  # one linger window: they go to Kafka, and come back, in one batch
         producer.produce(stack.settings.topic, value.encode(), key=b"same")
@@ -112,7 +115,7 @@ async def test_resumes_that_do_not_read_hold_little_memory_and_past_the_pool_are
         partition = acks[0].partition
         consumer = psutil.Process({r["component"]: r["pid"] for r in stack.status()}["consumer"])
         before = consumer.memory_info().rss
-        key = lab_api_key(settings)
+        key = lab_key(settings)
         query = f"{settings.consume_url}?types={event_type}&resume={partition}:{acks[0].offset - 1}&since=0"
         # websockets stops reading the socket once 16 frames wait unread: these two never read.
         stalled = [await websockets.connect(query, additional_headers={"apikey": key}, max_size=None) for _ in range(2)]
@@ -152,7 +155,9 @@ async def test_a_broker_restart_changes_the_epoch_and_a_resume_from_before_says_
         # A consumer restart keeps the log, and so the epoch: the resume is whole.
         stack.stop_component("consumer")
         stack.start_component("consumer")
-        recovery, got = await resumed(stack, f"types={event_type}&resume={partition}:{offset - 1}&since=0&epoch={old_epoch}", 1)
+        recovery, got = await resumed(stack,
+                                      f"types={event_type}&resume={partition}:{offset - 1}&since=0&epoch={old_epoch}",
+                                      1)
         assert recovery == {"recovered": True} and got[0]["offset"] == offset
 
         # A broker that lost its log (stopped, its data folder wiped: what any Tansu restart does) starts a
@@ -170,9 +175,10 @@ async def test_a_broker_restart_changes_the_epoch_and_a_resume_from_before_says_
             with urllib.request.urlopen(health_url, timeout=5) as response:
                 return json.loads(response.read())["epoch"]
 
-        async with asyncio.timeout(60):
-            while epoch_now() in (old_epoch, ""):
-                await asyncio.sleep(0.1)  # polling the health answer until the consumer has seen the new log
+        async def new_log_seen() -> bool:
+            return await asyncio.to_thread(epoch_now) not in (old_epoch, "")
+
+        await wait_until(new_log_seen, 60, "the consumer's health answer kept the old log's epoch")
         # The producer's idempotent session belongs to the old log: its first events get kafka_error until
         # it has started a new one. Each is sent again until it is stored.
         async with Sender(settings=settings) as sender, asyncio.timeout(60):
@@ -182,7 +188,7 @@ async def test_a_broker_restart_changes_the_epoch_and_a_resume_from_before_says_
                     pass
         query = f"types={event_type}&resume={partition}:{offset}&since=0&epoch={old_epoch}"
         recovery, got = await resumed(stack, query, 3)
-        assert recovery["recovered"] is False and "restarted" in recovery["reason"], recovery
+        assert recovery is not None and recovery["recovered"] is False and "restarted" in recovery["reason"], recovery
         assert [f["value"] for f in got] == [0, 1, 2]
         assert {f["epoch"] for f in got} == {epoch_now()} != {old_epoch}
 
@@ -193,6 +199,7 @@ async def test_a_resume_naming_a_partition_the_topic_lacks_is_not_recovered(stac
     for missing in (stack.settings.partitions, 999999):
         query = f"types={event_type}&resume={partition}:{acks[0].offset},{missing}:5&since=0"
         recovery, got = await resumed(stack, query, 1)
+        assert recovery is not None, "a resume's first frame is its recovery"
         assert recovery["recovered"] is False and f"no partition {missing}" in recovery["reason"], recovery
         assert got[0]["id"] == acks[1].ack  # the partitions that exist are still read back
 
@@ -209,7 +216,8 @@ async def test_the_consumer_gives_read_back_memory_back(tmp_path, event_type):
     with Stack(settings) as stack:
         async with Sender(settings=settings) as sender:
             acks = await sender.send_many(
-                [{"type": event_type, "value": i, "key": str(i % 3), "data": {"pad": "x" * 900}} for i in range(12_000)],
+                [{"type": event_type, "value": i, "key": str(i % 3),
+                  "data": {"pad": "x" * 900}} for i in range(12_000)],
                 batch=50,
             )
         consumer = psutil.Process({r["component"]: r["pid"] for r in stack.status()}["consumer"])

@@ -26,8 +26,8 @@ def test_frames_written_at_once_are_the_bytes_websockets_would_send_for_each():
     written: list[bytes] = []
     ws = SimpleNamespace(protocol=SimpleNamespace(state=State.OPEN), transport=SimpleNamespace(write=written.append))
     payloads = [b'{"a":1}', b"x" * 200, b""]
-    write_frames_now(ws, [text_frame(p) for p in payloads])  # type: ignore[arg-type]
+    write_frames_now(ws, [text_frame(p) for p in payloads])
     assert written == [b"".join(Frame(Opcode.TEXT, p).serialize(mask=False, extensions=[]) for p in payloads)]
     ws.protocol.state = State.CLOSING  # as broadcast() does: a connection that is not open is skipped
-    write_frames_now(ws, [text_frame(b"late")])  # type: ignore[arg-type]
+    write_frames_now(ws, [text_frame(b"late")])
     assert len(written) == 1

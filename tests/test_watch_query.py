@@ -1,4 +1,5 @@
-"""The consumer's watcher query (``parse_watch_query``): what a watcher may ask for, and what is refused with what to write.
+"""The consumer's watcher query (``parse_watch_query``): what a watcher may ask for, and what is refused with
+what to write.
 
 Pure parsing, no process and no socket; the client's own resume query is read back as sent.
 """
@@ -6,7 +7,8 @@ Pure parsing, no process and no socket; the client's own resume query is read ba
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from labkit import Settings
 from labkit.client import watch_url
@@ -21,7 +23,8 @@ def test_a_bare_path_asks_for_everything_live():
 
 
 def test_every_parameter_is_read():
-    options = parse_watch_query("/?types=a,%20b,,c&replay=5&resume=0:41,2:-1&since=1700000000000&apikey=k", REPLAY_LIMIT)
+    options = parse_watch_query("/?types=a,%20b,,c&replay=5&resume=0:41,2:-1&since=1700000000000&apikey=k",
+                                REPLAY_LIMIT)
     assert options.types == frozenset({"a", "b", "c"})
     assert options.replay == 5
     assert options.resume == {0: 41, 2: -1}
@@ -43,7 +46,8 @@ def test_resume_alone_or_since_alone_is_resuming():
 
 
 def test_a_repeated_parameter_takes_its_last_value_but_types_add_up():
-    options = parse_watch_query("/?replay=1&replay=2&resume=0:1&resume=0:9&since=1&since=2&types=a&types=b", REPLAY_LIMIT)
+    options = parse_watch_query("/?replay=1&replay=2&resume=0:1&resume=0:9&since=1&since=2&types=a&types=b",
+                                REPLAY_LIMIT)
     assert (options.replay, options.resume, options.since_ms) == (2, {0: 9}, 2.0)
     assert options.types == frozenset({"a", "b"})
 

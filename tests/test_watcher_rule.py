@@ -1,4 +1,5 @@
-"""Unit tests of the consumer's per-watcher duplicate rule through its Watcher (labkit/services/watchers.py), no network.
+"""Unit tests of the consumer's per-watcher duplicate rule through its Watcher (labkit/services/watchers.py),
+no network.
 
 The rule: per partition, a frame at or below ``sent_upto`` (the resume point, then
 the last offset sent) is skipped until a live frame above it settles the partition;
@@ -14,14 +15,16 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from waiting import wait_until
 from websockets.protocol import State
 
-from labkit.services.serving import ServiceMetrics
-from labkit.services.wire import text_frame
 from labkit.services.fanout import QUEUE
+from labkit.services.serving import ServiceMetrics
 from labkit.services.watchers import Delivery, Recovery, Watcher, WatchOptions
-from waiting import wait_until
+from labkit.services.wire import text_frame
 
 
 class RecordingSocket:
@@ -68,18 +71,21 @@ class Run:
     def __init__(self, resume: dict[int, int], missed: list[Delivery], live: list[Delivery],
                  counted_as_sent: dict[int, int] | None = None) -> None:
         self.socket = RecordingSocket()
-        self.watcher = Watcher(self.socket, WatchOptions(resume=resume), limit=100_000)  # type: ignore[arg-type]
+        self.watcher = Watcher(self.socket, WatchOptions(resume=resume), limit=100_000)  # type: ignore[arg-type]  # a recording double
         # What the read-back hands over, read whole: the offsets it counts as sent (the resume offsets, or less
         # where one lies outside the log), the missed frames, and that it read all.
         floor = resume if counted_as_sent is None else counted_as_sent
-        for item in (Recovery(floor, True), missed, True):
-            self.watcher.missed.put_nowait(item)
+        assert self.watcher.missed is not None  # a resuming watcher has a catch-up queue
+        for handed_over in (Recovery(floor, True), missed, True):
+            self.watcher.missed.put_nowait(handed_over)
         for item in live:  # live frames queue up while catching up
             assert self.watcher.state.live(item, writable=True) is QUEUE
         self.writer = asyncio.create_task(self.watcher.write(ServiceMetrics()))
 
     async def drained(self) -> list[tuple[int, int]]:
-        drained = lambda: self.watcher.state.idle and not self.watcher.state.queue  # noqa: E731
+        def drained() -> bool:
+            return self.watcher.state.idle and not self.watcher.state.queue
+
         await wait_until(drained, 5, "the watcher's writer did not drain its queue")
         return self.socket.sent
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import pytest
+from waiting import wait_until
 
 from labkit import Sender, SendError, Stack
 from labkit.client import as_event
 from labkit.events import encode
 from labkit.lab.live import LiveChart
 from labkit.lab.widgets import EventSender
-from waiting import wait_until
 
 
 def own_tasks() -> set[asyncio.Task]:
@@ -68,13 +69,17 @@ async def test_numbers_it_cannot_take_are_said_and_kept(stack: Stack, event_type
         form.value_box.value, form.burst_count.value, form.burst_rate.value = 2.5, 3, 1000  # numbers from code too
         assert (form.value_box.value, form.burst_count.value, form.problems) == ("2.5", "3", {})
         assert await form.send_burst() == 3 and (form.sent, form.acked, form.errors) == (3, 3, 0)
-        assert (await form.send()).ok
+        ack = await form.send()
+        assert ack is not None and ack.ok
     finally:
         await form.aclose()
 
 
 async def test_the_form_refuses_what_the_producer_refuses_and_nothing_more(stack: Stack, event_type: str):
-    """Too long a key or type, and a frame one byte over the producer's limit, show in red; the limit itself is acked."""
+    """Too long a key or type, and a frame one byte over the producer's limit, show in red.
+
+    A frame at the limit itself is acked.
+    """""
     form = EventSender(stack.settings)
     form.type_box.value = event_type
     limit = stack.settings.max_frame_bytes
@@ -88,7 +93,8 @@ async def test_the_form_refuses_what_the_producer_refuses_and_nothing_more(stack
         form.key_box.value = ""
 
         def event_of_size(size: int) -> dict:
-            event = {"type": event_type, "value": 1, "id": "x" * 32, "sent_at": 1.5, "data": {"pad": ""}}
+            event: dict[str, Any] = {"type": event_type, "value": 1, "id": "x" * 32, "sent_at": 1.5,
+                                     "data": {"pad": ""}}
             event["data"]["pad"] = "a" * (size - len(encode(as_event(event))))
             assert len(encode(as_event(event))) == size
             return event
@@ -117,8 +123,10 @@ async def test_form_keeps_one_connection_and_reopens_it(stack: Stack, event_type
         first = form.sender
         await form.send_burst(30, rate=1000)
         assert form.sender is first and (form.sent, form.acked, form.errors) == (31, 31, 0)
+        assert first is not None and first.ws is not None
         await first.ws.close()  # as if the gateway had restarted
-        assert (await form.send()).ok
+        ack = await form.send()
+        assert ack is not None and ack.ok
         assert form.sender is not first and form.connected
     finally:
         await form.aclose()
@@ -140,6 +148,7 @@ async def test_stop_ends_a_burst_and_close_leaves_nothing(stack: Stack, event_ty
     assert form.burst_note.value == f"stopped: you pressed Stop, after {form.sent:,} of 1,000", form.burst_note.value
     connection = form.sender
     await form.aclose()
+    assert connection is not None and connection.ws is not None
     assert not form.connected and connection.ws.state.name == "CLOSED"
     assert own_tasks() <= before
 
@@ -160,7 +169,8 @@ async def test_chart_counts_throttles_pauses_and_closes_cleanly(stack: Stack, ev
     assert 0 <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
     scatter = next(trace for trace in chart.figure.data if trace.name == event_type)
     drawn = len(scatter.x)  # at most points_per_second a second: the value panel covers the window at any rate
-    assert drawn + chart.thinned == 3000 and drawn <= chart.points_per_second * (elapsed + 1) and list(scatter.y[:3]) == [0, 1, 2]
+    assert drawn + chart.thinned == 3000 and drawn <= chart.points_per_second * (elapsed + 1)
+    assert list(scatter.y[:3]) == [0, 1, 2]
     assert chart.run_percentiles()["p99"] >= latency["p50"]
 
     chart.pause()
@@ -177,7 +187,8 @@ async def test_chart_counts_throttles_pauses_and_closes_cleanly(stack: Stack, ev
     assert stack.health("consumer")["watchers"] == watchers + 1
     await chart.aclose()
     assert not chart.running and own_tasks() <= before
-    await wait_until(lambda: stack.health("consumer")["watchers"] == watchers, 10, "the chart's connection did not close")
+    await wait_until(lambda: stack.health("consumer")["watchers"] == watchers, 10,
+                     "the chart's connection did not close")
 
 
 def test_tables_align_and_round_and_the_architecture_is_the_running_stack(stack: Stack):

@@ -1,7 +1,7 @@
 """Waiting on conditions, never on the clock: the one way tests synchronise.
 
-``wait_until`` (labkit's :func:`labkit.waiting.until`, failing as a test fails) checks a condition until it holds and fails after ``timeout``
-seconds with a message saying what did not happen. The short pause between
+``wait_until`` (labkit's :func:`labkit.waiting.until`, failing as a test fails) checks a condition until it
+holds and fails after ``timeout`` seconds with a message saying what did not happen. The short pause between
 checks is polling, not synchronisation: nothing is assumed to be done because
 time passed.
 """

@@ -42,7 +42,8 @@ def _box(x: int, y: int, width: int, height: int, title: str, lines: Sequence[st
 def _arrow(x1: int, y1: int, x2: int, y2: int, labels: Sequence[str]) -> str:
     mid_x, mid_y = (x1 + x2) / 2, min(y1, y2) - 6
     texts = "".join(
-        f"<text x='{mid_x}' y='{mid_y - 13 * (len(labels) - 1 - i)}' font-size='11' fill='#37474f'>{html.escape(t)}</text>"
+        f"<text x='{mid_x}' y='{mid_y - 13 * (len(labels) - 1 - i)}' font-size='11' "
+        f"fill='#37474f'>{html.escape(t)}</text>"
         for i, t in enumerate(labels)
     )
     return (f"<line x1='{x1}' y1='{y1}' x2='{x2}' y2='{y2}' stroke='{INK}' stroke-width='1.6' "
@@ -57,7 +58,8 @@ def _route_labels(route: Mapping[str, Any] | None) -> list[str]:
 
 
 def architecture_svg(
-    status: Sequence[Mapping[str, Any]], routes: Sequence[Mapping[str, Any]], *, topic: str = "", partitions: int | None = None
+    status: Sequence[Mapping[str, Any]], routes: Sequence[Mapping[str, Any]], *, topic: str = "",
+    partitions: int | None = None
 ) -> str:
     """The SVG text for status rows (``stack.status()``) and route rows (``stack.routes()``)."""
     parts = {row["component"]: row for row in status}

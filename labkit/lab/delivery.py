@@ -40,7 +40,8 @@ def _overflows(stack: Stack) -> float:
     url = stack.settings.url(stack.settings.consumer_port, "/metrics", "http")
     with urllib.request.urlopen(url, timeout=5) as answer:
         metrics = answer.read().decode()
-    return float(next(line for line in metrics.splitlines() if line.startswith("labkit_queue_overflows_total")).split()[1])
+    overflows = next(line for line in metrics.splitlines() if line.startswith("labkit_queue_overflows_total"))
+    return float(overflows.split()[1])
 
 
 async def slow_watcher(stack: Stack, event_type: str, rounds: int = 20) -> SlowWatcher:
@@ -52,7 +53,8 @@ async def slow_watcher(stack: Stack, event_type: str, rounds: int = 20) -> SlowW
     sent = 0
     async with Sender(settings=stack.settings) as sender:
         for _ in range(rounds):
-            acks = await sender.send_many([{"type": event_type, "value": i, "data": {"pad": PAD}} for i in range(1000)], batch=10)
+            acks = await sender.send_many([{"type": event_type, "value": i,
+                                            "data": {"pad": PAD}} for i in range(1000)], batch=10)
             sent += len(acks)
             if await asyncio.to_thread(_overflows, stack) > before:
                 break
@@ -72,4 +74,5 @@ def partition_skew(acks: Iterable[Ack], partitions: int) -> list[dict[str, objec
     """One row per partition: how many of ``acks`` landed there, and its share."""
     counts = Counter(ack.partition for ack in acks)
     total = sum(counts.values()) or 1
-    return [{"partition": p, "events": counts[p], "share": f"{100 * counts[p] / total:.0f}%"} for p in range(partitions)]
+    return [{"partition": p, "events": counts[p],
+             "share": f"{100 * counts[p] / total:.0f}%"} for p in range(partitions)]

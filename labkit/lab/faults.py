@@ -28,12 +28,12 @@ from typing import Any
 import ipywidgets as w
 
 from labkit.client import Watch
-from labkit.ops.brokers import broker_kind
-from labkit.ops.stack import Stack
 from labkit.event_stream import EventStream
-from labkit.waiting import until
 from labkit.lab.palette import RED
 from labkit.lab.tables import html_table
+from labkit.ops.brokers import broker_kind
+from labkit.ops.stack import Stack
+from labkit.waiting import until
 
 __all__ = ["FaultDrill", "FaultResult", "LOST_LOG", "LEADER", "FAULTS"]
 
@@ -62,7 +62,8 @@ class _Receiver:
 
     async def _run(self) -> None:
         async for event in self.watch:
-            self.ids.add(event.id)
+            if isinstance(event.id, str):  # a record written to Kafka by hand may have none
+                self.ids.add(event.id)
 
     async def stop(self) -> None:
         self.task.cancel()
@@ -165,7 +166,8 @@ class FaultDrill(w.VBox):
             await stream.stop()
             # After a lost log, what was acked before the restart may be gone: wait for what came after.
             expected = {ack.ack for ack in stream.acks[restart_from:]} if fault == LOST_LOG else stream.acked
-            await until(lambda: expected <= receiver.ids, lambda: f"{len(expected - receiver.ids)} acked events did not arrive",
+            await until(lambda: expected <= receiver.ids,
+                        lambda: f"{len(expected - receiver.ids)} acked events did not arrive",
                         WAIT_S)
         finally:
             if stream is not None:
@@ -257,7 +259,10 @@ class FaultDrill(w.VBox):
 
 
 def lose_broker_log(stack: Stack) -> None:
-    """Stop the broker (if it runs), delete its data folder, start it again: what any restart of an in-memory broker does."""
+    """Stop the broker (if it runs), delete its data folder, start it again.
+
+    That is what any restart of an in-memory broker does.
+    """
     stack.stop_component("broker")
     shutil.rmtree(broker_kind(stack.settings).data_dir(stack.settings), ignore_errors=True)
     stack.start_component("broker")

@@ -76,13 +76,17 @@ def read_event(kind: str, value: str, key: str, data: str) -> tuple[dict[str, An
     except ValueError as exc:
         problems["data"] = str(exc)
     for field, item in event.items():
-        if field not in problems and (problem := _field_problem(field, item, value.strip() if field == "value" else None)):
+        if field not in problems and (problem := _field_problem(field, item,
+                                                                value.strip() if field == "value" else None)):
             problems[field] = problem
     return event, problems
 
 
 def checked_event(event: Mapping[str, Any] | Event, max_frame_bytes: int) -> tuple[Event | None, dict[str, str]]:
-    """The event as the Sender will send it (with its id and sent_at), unless the model or the frame limit refuses it."""
+    """The event as the Sender will send it (with its id and sent_at).
+
+    None, with the problems by field, when the model or the frame limit refuses it.
+    """
     try:
         item = stamped(dict(event) if isinstance(event, Mapping) else event)
     except ValueError as exc:
@@ -100,7 +104,8 @@ def checked_event(event: Mapping[str, Any] | Event, max_frame_bytes: int) -> tup
 def read_burst(count: str, rate: str) -> tuple[int, float, dict[str, str]]:
     """A burst's count and rate as typed, and what is wrong with either."""
     problems: dict[str, str] = {}
-    number, per_second = 0, 0.0
+    number: int | float = 0
+    per_second = 0.0
     try:
         number = parse_number(count, "burst")
         if not isinstance(number, int) or number < 1:

@@ -20,22 +20,24 @@ partitioner (librdkafka's default ``consistent_random``: CRC32 of the key).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
-from typing import Any
 import threading
 import time
 import uuid
 import zlib
 from collections import Counter
+from typing import Any
 
 import ipywidgets as w
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from labkit.events import parse_record
-from labkit.settings import Settings
-from labkit.waiting import until
+from labkit.kafka import position
 from labkit.lab.palette import GREY, RED, SERIES
 from labkit.lab.tables import Styled, html_table
+from labkit.settings import Settings
+from labkit.waiting import until
 
 __all__ = ["ConsumerGroup", "GroupMember", "GroupView", "keys_for_partitions", "partition_for"]
 
@@ -107,10 +109,9 @@ class GroupMember:
         self._note(f"was assigned partitions {self.owned}")
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        try:
+        # KafkaException: nothing new to commit, or the assignment is already gone: _run committed what it read.
+        with contextlib.suppress(KafkaException):
             consumer.commit(asynchronous=False)  # the next owner goes on from here, not from the end
-        except KafkaException:
-            pass  # nothing new to commit, or the assignment is already gone: _run committed what it read
         self._note(f"gave back partitions {sorted(tp.partition for tp in partitions)}")
         self.owned = []
         self.at_end.clear()
@@ -131,22 +132,25 @@ class GroupMember:
                     self.consumer.resume(paused)
                     paused = []
                 msg = self.consumer.poll(0.1)
-                if msg is None or msg.error() is not None:
+                error = msg.error() if msg is not None else None
+                if msg is None or error is not None:
                     if read:
                         self._commit(read)
-                    if msg is not None and msg.error().code() == KafkaError._PARTITION_EOF:
-                        self.at_end.add(msg.partition())
-                        self._idle.add(msg.partition())
+                    if msg is not None and error is not None and error.code() == KafkaError._PARTITION_EOF:
+                        partition = position(msg)[0]
+                        self.at_end.add(partition)
+                        self._idle.add(partition)
                         # Paused only once every partition is at its end: pausing drops queued events,
                         # and librdkafka reports each end once.
                         if self.pauses_when_idle and self.owned and self._idle >= set(self.owned):
                             paused = self.consumer.assignment()
                             self.consumer.pause(paused)
                     continue
-                self._idle.discard(msg.partition())
+                partition = position(msg)[0]
+                self._idle.discard(partition)
                 record = parse_record(msg.value())
                 if record is not None and (self.event_type is None or record.type == self.event_type):
-                    read[msg.partition()] += 1
+                    read[partition] += 1
             if read:
                 self._commit(read)
         except Exception as exc:  # shown in the view, not lost in a thread

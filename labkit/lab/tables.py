@@ -85,7 +85,7 @@ def _transposed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per field, one column per row (named by its "name", else its number)."""
     titles = [str(row.get("name", index)) for index, row in enumerate(rows, 1)]
     fields = dict.fromkeys(key for row in rows for key in row if key != "name")
-    return [{"": field, **{title: row.get(field) for title, row in zip(titles, rows)}} for field in fields]
+    return [{"": field, **{title: row.get(field) for title, row in zip(titles, rows, strict=True)}} for field in fields]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +163,8 @@ HEALTH_FIELDS: dict[str, tuple[str, str]] = {
     "senders": ("senders connected", "WebSocket connections sending events to the producer"),
     "in_flight": ("waiting for Kafka", "events the producer has sent to Kafka and not yet had acknowledged"),
     "partitions": ("partitions read", "the consumer reads every partition of the topic itself (no consumer group)"),
-    "positions": ("next offset, per partition", "where the consumer reads next in each partition: everything before it was read"),
+    "positions": ("next offset, per partition",
+                  "where the consumer reads next in each partition: everything before it was read"),
     "watchers": ("watchers connected", "WebSocket connections the consumer pushes events to"),
     "replay_buffer": ("events kept for replay", "the most recent events held in memory for ?replay=N"),
     "resuming": ("watchers catching up", "watchers reading back what they missed after a reconnect"),
@@ -186,9 +187,11 @@ def health_summary(health: Mapping[str, Mapping[str, Any]]) -> str:
     producer, consumer = health.get("producer", {}), health.get("consumer", {})
     parts = []
     if producer:
-        parts.append(f"the producer {'can store events' if producer.get('status') == 'ok' else 'cannot store events now'}"
+        parts.append("the producer "
+                     f"{'can store events' if producer.get('status') == 'ok' else 'cannot store events now'}"
                      f" (broker {producer.get('broker')}, {producer.get('senders', 0)} sender(s) connected)")
     if consumer:
         parts.append(f"the consumer {'reads' if consumer.get('status') == 'ok' else 'cannot read'}"
-                     f" {len(consumer.get('partitions') or [])} partition(s) and feeds {consumer.get('watchers', 0)} watcher(s)")
+                     f" {len(consumer.get('partitions') or [])} partition(s) and feeds {consumer.get('watchers', 0)} "
+                     "watcher(s)")
     return "; ".join(parts).capitalize() + "." if parts else "No health answer."

@@ -34,10 +34,10 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, ConsumerGroupTopicPart
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from labkit.kafka import PartitionState, TailReader, cluster_state
-from labkit.ops.base import LabStack
-from labkit.settings import Settings
 from labkit.lab.palette import RED
 from labkit.lab.tables import html_table
+from labkit.ops.base import LabStack
+from labkit.settings import Settings
 
 __all__ = ["TopicViewer", "group_lag", "parse_when"]
 
@@ -124,6 +124,7 @@ class TopicViewer(w.VBox):
         self._seek_target = 0  # records between the seek point and the high watermarks then
         self._lock = asyncio.Lock()
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None  # held so that the loop cannot drop a close under way
 
         self.marks = w.HTML("")
         self.marks.add_class("labkit-topic-marks")
@@ -138,7 +139,8 @@ class TopicViewer(w.VBox):
         at.on_click(lambda _: self.seek(self.when.value))
         self.status = w.HTML("")
         super().__init__([
-            w.HTML(f"<b>topic <code>{html.escape(self.topic)}</code></b> on {html.escape(self.settings.bootstrap_servers)}"),
+            w.HTML(f"<b>topic <code>{html.escape(self.topic)}</code></b> on "
+                   f"{html.escape(self.settings.bootstrap_servers)}"),
             self.marks, w.HBox([start, end, self.when, at]), self.message,
             w.HBox([self.progress, self.status]), self.tail,
         ])
@@ -279,4 +281,5 @@ class TopicViewer(w.VBox):
         if self._task.done() and self._closed:
             super().close()
             return
-        asyncio.ensure_future(self.aclose())
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self.aclose())

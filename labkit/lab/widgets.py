@@ -32,19 +32,19 @@ from contextlib import aclosing
 from typing import Any
 
 import ipywidgets as w
-from traitlets import CUnicode
 import websockets
+from traitlets import CUnicode
 from websockets.protocol import State
 
 from labkit.client import Sender, SendError
 from labkit.discovery import running_settings
 from labkit.events import Ack, Event
 from labkit.lab.form_rules import FormError, checked_event, parse_number, read_burst, read_event
-from labkit.lab.tables import Styled, html_table
-from labkit.pacing import Schedule, due_ranges
-from labkit.lab.tasks import cancel, close_tree
-from labkit.settings import Settings
 from labkit.lab.palette import GREEN, RED
+from labkit.lab.tables import Styled, html_table
+from labkit.lab.tasks import cancel, close_tree
+from labkit.pacing import Schedule, due_ranges
+from labkit.settings import Settings
 
 __all__ = ["EventSender", "FormError", "StepProgress", "html_table", "parse_number"]
 

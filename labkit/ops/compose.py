@@ -22,10 +22,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from labkit.ops.kafka.dist import kafka_version
-from labkit.errors import ComponentFailed, LabkitError
 from labkit import discovery
+from labkit.errors import ComponentFailed, LabkitError
 from labkit.ops.base import StackCommon, StepCallback
+from labkit.ops.kafka.dist import kafka_version
 from labkit.settings import REPO_ROOT, Settings
 
 __all__ = ["ComposeStack", "DockerUnavailable", "docker_available", "parse_ps"]
@@ -69,11 +69,14 @@ def docker_available() -> str | None:
     else:
         found = re.search(r"v?(\d+)\.\d+", version.stdout)
         if version.returncode != 0:
-            problems.append(f"the Compose v2 plugin is missing (`docker compose version`: {_first_line(version.stderr)})")
+            problems.append("the Compose v2 plugin is missing (`docker compose version`: "
+                            f"{_first_line(version.stderr)})")
         elif found is None or int(found.group(1)) < 2:
-            problems.append(f"`docker compose version` reports {_first_line(version.stdout)!r}, not Compose v2 or later")
+            problems.append(f"`docker compose version` reports {_first_line(version.stdout)!r}, not Compose v2 or "
+                            "later")
     try:
-        info = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=15)
+        info = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                              timeout=15)
     except subprocess.TimeoutExpired:
         problems.append("the Docker engine did not answer `docker info` within 15 s")
     else:

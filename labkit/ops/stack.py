@@ -10,6 +10,7 @@ program does not match the recorded start time).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,14 +26,14 @@ from typing import Any
 
 import psutil
 
-from labkit.ops import kafka
-from labkit.ops.brokers import Say, broker_kind, choose_broker, ensure_topic
-from labkit.errors import ComponentFailed, LabkitError, NotRunning, PortInUse, StackIncomplete
-from labkit.ops.gateway import gateway_command, load_kong_config, reload, routes_table, write_nginx_conf
-from labkit.procstats import cpu_cores
-from labkit.ops.readiness import probe_round_trip
 from labkit import discovery
+from labkit.errors import ComponentFailed, LabkitError, NotRunning, PortInUse, StackIncomplete
+from labkit.ops import kafka
 from labkit.ops.base import LabStack, StackCommon, StepCallback
+from labkit.ops.brokers import Say, broker_kind, choose_broker, ensure_topic
+from labkit.ops.gateway import gateway_command, load_kong_config, reload, routes_table, write_nginx_conf
+from labkit.ops.readiness import probe_round_trip
+from labkit.procstats import cpu_cores
 from labkit.settings import REPLICATED, Settings
 
 __all__ = ["Stack", "Component", "open_stack"]
@@ -196,7 +197,7 @@ class Stack(StackCommon):
         def gateway_conf(part: Component, say: Say) -> None:
             part.command = gateway_command(write_nginx_conf(s, self.state_dir), self.state_dir)
 
-        def service(name: str, prepare: Callable[[Component], None] | None = None) -> list[Component]:
+        def service(name: str, prepare: Callable[[Component, Say], None] | None = None) -> list[Component]:
             # One component per replica, each on its own port (Settings.replicas); the gateway balances them.
             port_setting = REPLICATED[name][1]
             return [
@@ -321,7 +322,8 @@ class Stack(StackCommon):
         what was done.
         """
         if self.settings.mode == "compose":
-            raise LabkitError("compose mode runs under Docker Compose: use labkit.ops.compose.ComposeStack (or open_stack)")
+            raise LabkitError("compose mode runs under Docker Compose: use labkit.ops.compose.ComposeStack (or "
+                              "open_stack)")
         recorded_settings, recorded = self._recorded_components()
         alive = {p.name: p for p in recorded if p.process() is not None}
         if alive:
@@ -409,7 +411,8 @@ class Stack(StackCommon):
         while time.monotonic() < deadline:
             proc = part.process()
             if proc is None:
-                raise ComponentFailed(part.name, "exited during start-up", self.log_tail(part.name), str(self.log_path(part.name)))
+                raise ComponentFailed(part.name, "exited during start-up", self.log_tail(part.name),
+                                      str(self.log_path(part.name)))
             if part.answers(self.settings.host):
                 if part.after_ready is not None:
                     part.after_ready(part)
@@ -447,10 +450,8 @@ class Stack(StackCommon):
                     part.before_stop(part)
                 members = [proc, *proc.children(recursive=True)]
                 for member in members:
-                    try:
+                    with contextlib.suppress(psutil.NoSuchProcess):
                         member.terminate()
-                    except psutil.NoSuchProcess:
-                        pass
                 family += members
                 stopped.append(part.name)
             alive = _wait_exited(family, timeout=10 if len(batch) == 1 else 20)
@@ -510,20 +511,20 @@ class Stack(StackCommon):
     # -- looking at it ---------------------------------------------------------------
 
     def status(self, cpu_sample_s: float = 0.0) -> list[dict[str, Any]]:
-        """One row per component: name, state, pid, url, detail; with ``cpu_sample_s``, the cores it used over that long."""
+        """One row per component: name, state, pid, url, detail.
+
+        With ``cpu_sample_s``, also the cores each used over that long.
+        """
         # Reading changes nothing: the running stack's settings are used here, not taken.
         # A partly running stack (a component stopped or failed to start) keeps its recorded settings too.
         recorded_settings, recorded_parts = self._recorded_components()
         settings = recorded_settings if recorded_parts else self.settings
         recorded = {p.name: p for p in recorded_parts}
-        rows = []
+        rows: list[dict[str, Any]] = []
         for part in self.components(settings):
             seen = recorded.get(part.name)
             proc = seen.process() if seen else None
-            if proc is None:
-                state = "stopped"
-            else:
-                state = "running" if part.answers(settings.host) else "not answering"
+            state = "stopped" if proc is None else "running" if part.answers(settings.host) else "not answering"
             rows.append({"component": part.name, "state": state, "pid": proc.pid if proc else None, "url": part.url,
                          "detail": seen.detail if proc and seen else part.detail})
         if cpu_sample_s > 0:

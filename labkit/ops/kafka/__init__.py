@@ -14,7 +14,7 @@ from pathlib import Path
 
 from labkit.errors import LabkitError
 from labkit.ops.kafka.dist import KafkaJars, cache_root, find_jars, kafka_version
-from labkit.ops.kafka.java import Java, find_java
+from labkit.ops.kafka.java import find_java
 from labkit.ops.kafka.node import KafkaNode, cluster_id, format_storage, jvm_command, write_config
 from labkit.settings import Settings
 

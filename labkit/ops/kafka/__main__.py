@@ -1,11 +1,12 @@
-"""``python -m labkit.ops.kafka``: fetch Apache Kafka's jars now (``make init`` and ``make test`` run it), and say where they are."""
+"""``python -m labkit.ops.kafka``: fetch Apache Kafka's jars now (``make init`` and ``make test`` run it), and say
+where they are."""
 
 from __future__ import annotations
 
 import sys
 
 from labkit.errors import LabkitError
-from labkit.ops.kafka import find_java, find_jars
+from labkit.ops.kafka import find_jars, find_java
 from labkit.settings import Settings
 
 

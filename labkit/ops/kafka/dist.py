@@ -87,7 +87,8 @@ def _from_home(home: Path) -> KafkaJars:
     jar = _broker_jar(libs) if libs.is_dir() else None
     if jar is None:
         raise KafkaJarsMissing(
-            f"LABKIT_KAFKA_HOME={home} is not an Apache Kafka distribution (no libs/kafka_{scala_version()}-*.jar in it): "
+            f"LABKIT_KAFKA_HOME={home} is not an Apache Kafka distribution (no libs/kafka_{scala_version()}-*.jar "
+            "in it): "
             f"point it at an unpacked kafka_{scala_version()}-<version>.tgz, or unset it to let labkit fetch "
             f"Kafka {kafka_version()} itself"
         )
@@ -121,7 +122,8 @@ def _maven_fill(mvn: str, report: Report) -> Callable[[Path], None]:
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=MAVEN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            raise KafkaJarsMissing(f"Maven did not fetch Kafka's jars within {MAVEN_TIMEOUT_S} s: check the network") from None
+            raise KafkaJarsMissing(f"Maven did not fetch Kafka's jars within {MAVEN_TIMEOUT_S} s: check the "
+                                   "network") from None
         if done.returncode != 0:
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
             raise KafkaJarsMissing(
