@@ -330,8 +330,11 @@ def consumer_key(kong: dict) -> dict:
          "consumer 'lab': field 'key' is missing; add it", "consumers[0].keyauth_credentials[0].key"),
         (lambda kong: kong.update(certificates=[{"cert": "x"}]),
          "kong.yml top level: field 'certificates' is not supported", "certificates"),
+        # Without a name or an id, rendering the service's nginx upstream raised TypeError.
+        (lambda kong: kong["services"][0].pop("name"),
+         "a service without a name: give the service a name", "services[0]"),
     ],
-    ids=["regex-path", "fractional-limit", "missing-key", "top-level-field"],
+    ids=["regex-path", "fractional-limit", "missing-key", "top-level-field", "nameless-service"],
 )
 def test_refusals_name_the_entity_and_the_path_in_the_file(kong, change, named, path):
     change(kong)

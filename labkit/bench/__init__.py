@@ -16,8 +16,15 @@ plotly plot (HTML, and PNG where Chromium is installed) from :mod:`.plot`; the c
 """
 
 from labkit.bench.config import PATHS, BenchConfig
-from labkit.bench.runner import (BenchResult, fresh_stacks, run_bench, run_endurance, run_idle, run_soak,
-                                 the_running_stack)
+from labkit.bench.runner import (
+    BenchResult,
+    fresh_stacks,
+    run_bench,
+    run_endurance,
+    run_idle,
+    run_soak,
+    the_running_stack,
+)
 
 __all__ = ["BenchConfig", "BenchResult", "PATHS", "run_bench", "run_endurance", "run_soak", "run_idle",
            "fresh_stacks", "the_running_stack"]

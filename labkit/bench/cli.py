@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -45,7 +45,8 @@ def _numbers(text: str, name: str, kind: type = float) -> tuple:
     try:
         values = tuple(kind(item.replace("_", "")) for item in text.split(",") if item.strip())
     except ValueError:
-        raise typer.BadParameter(f"expected numbers separated by commas, e.g. 100,1000: got {text!r}", param_hint=name) from None
+        raise typer.BadParameter(f"expected numbers separated by commas, e.g. 100,1000: got {text!r}",
+                                 param_hint=name) from None
     if not values:
         raise typer.BadParameter("give at least one value", param_hint=name)
     return values
@@ -67,7 +68,8 @@ def _progress() -> Iterator[tuple[ProgressHook, StepHook]]:
         yield on_progress, on_step
 
 
-def _on_a_stack(use_running: bool, broker: str | None, work: Callable[[Stack, ProgressHook], Awaitable[T]]) -> tuple[str, T]:
+def _on_a_stack(use_running: bool, broker: str | None,
+                work: Callable[[Stack, ProgressHook], Awaitable[T]]) -> tuple[str, T]:
     """``work`` on the running stack, or on a fresh one on free ports (stopped after); the broker's name, its result."""
     async def run() -> tuple[str, T]:
         with _progress() as (on_progress, on_step):
@@ -86,17 +88,20 @@ def bench(
     duration: Annotated[float, typer.Option(min=0.1, help="Seconds per fixed rate.")] = 3.0,
     paths: Annotated[str, typer.Option(help="Paths to measure: baseline, direct, full.")] = "baseline,direct,full",
     ramp: Annotated[bool, typer.Option(help="Ramp up to the highest rate carried with zero loss.")] = True,
-    ramp_step: Annotated[float, typer.Option(min=1.0, help="The ramp's step up (ev/s), from the fixed rates.")] = 5_000.0,
+    ramp_step: Annotated[float, typer.Option(
+        min=1.0, help="The ramp's step up (ev/s), from the fixed rates.")] = 5_000.0,
     ramp_max: Annotated[float, typer.Option(help="Highest rate the ramp tries.")] = 100_000.0,
-    ramp_p99_limit: Annotated[float, typer.Option(help="A ramp step is carried when p99 stays under this (ms).")] = 500.0,
-    fanout: Annotated[str, typer.Option(help="Watcher counts for fan-out (gateway); 'none' to skip.")] = "1,10,100,1000",
+    ramp_p99_limit: Annotated[float, typer.Option(
+        help="A ramp step is carried when p99 stays under this (ms).")] = 500.0,
+    fanout: Annotated[str, typer.Option(
+        help="Watcher counts for fan-out (gateway); 'none' to skip.")] = "1,10,100,1000",
     fanout_rate: Annotated[float, typer.Option(min=0.1)] = 100.0,
     fanout_duration: Annotated[float, typer.Option(min=0.1)] = 3.0,
     watcher_processes: Annotated[int, typer.Option(min=1, help="Processes the fan-out watchers are spread over.")] = 2,
     consumers: Annotated[str, typer.Option(
         help="Consumer process counts to compare at the largest fan-out size (e.g. 1,2); 'none' to skip.")] = "none",
     use_running: Annotated[bool, typer.Option(help="Measure the running stack instead of starting one.")] = False,
-    state_dir: Annotated[Optional[Path], typer.Option(help="State folder of the running stack (--use-running).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="State folder of the running stack (--use-running).")] = None,
     out_dir: Annotated[Path, typer.Option(help="Where the JSON and the plot go.")] = Path("bench-results"),
     png: Annotated[bool, typer.Option(help="Also render the plot as PNG (needs Chromium).")] = True,
     profile: Annotated[bool, typer.Option(help="Record the services with py-spy and show what costs.")] = False,
@@ -140,7 +145,8 @@ def bench(
 @bench_app.command("brokers")
 def bench_brokers(
     brokers: Annotated[str, typer.Option(
-        help="Brokers to compare, comma-separated; kafka:3 is a three-node cluster (replication factor 3).")] = "kafka,noida",
+        help="Brokers to compare, comma-separated; kafka:3 is a three-node cluster (replication factor 3).")
+    ] = "kafka,noida",
     rates: Annotated[str, typer.Option(help="Offered rates for the full path and the baseline.")] = "100,1000,5000",
     duration: Annotated[float, typer.Option(min=0.5, help="Seconds per rate.")] = 3.0,
     idle_seconds: Annotated[float, typer.Option(min=1.0, help="Seconds of idle CPU measured.")] = 10.0,
@@ -163,7 +169,7 @@ def bench_brokers(
     out.print(f"results: {write_brokers(results, out_dir)}", highlight=False)
 
 
-BrokerOption = Annotated[Optional[str], typer.Option(help="Broker of the fresh stack: kafka, noida or tansu.")]
+BrokerOption = Annotated[str | None, typer.Option(help="Broker of the fresh stack: kafka, noida or tansu.")]
 UseRunning = Annotated[bool, typer.Option(help="Use the stack `labkit up` started instead of a fresh one.")]
 OutDir = Annotated[Path, typer.Option(help="Where the JSON and the plot go.")]
 
@@ -183,7 +189,8 @@ def _long_run(use_running: bool, broker: str | None, out_dir: Path, run: Callabl
 @bench_app.command("endurance")
 def bench_endurance(
     events: Annotated[int, typer.Option(min=100, help="Events to send, one per frame.")] = 50_000,
-    rate: Annotated[float, typer.Option(min=1, max=2000, help="Events (frames) per second through the gateway.")] = 1000.0,
+    rate: Annotated[float, typer.Option(
+        min=1, max=2000, help="Events (frames) per second through the gateway.")] = 1000.0,
     window: Annotated[int, typer.Option(min=10, help="Events per latency window.")] = 5_000,
     broker: BrokerOption = None,
     use_running: UseRunning = False,
@@ -207,7 +214,8 @@ def bench_soak(
     """Steady load for MINUTES: losses per watcher and each component's memory over time."""
     from labkit.bench.runner import run_soak
 
-    _long_run(use_running, None, out_dir, lambda stack, hook: run_soak(stack, minutes, rate, watchers, sample_every, hook))
+    _long_run(use_running, None, out_dir,
+              lambda stack, hook: run_soak(stack, minutes, rate, watchers, sample_every, hook))
 
 
 @bench_app.command("idle")
@@ -218,7 +226,10 @@ def bench_idle(
     broker: BrokerOption = None,
     use_running: UseRunning = False,
 ) -> None:
-    """CPU of each component with the stack up and no traffic (goal: broker, producer and consumer under 2% of one core)."""
+    """CPU of each component with the stack up and no traffic.
+
+    Goal: broker, producer and consumer under 2% of one core.
+    """
     from labkit.bench.report import idle_table
     from labkit.bench.runner import IDLE_GOAL, IDLE_PARTS, idle_of_the_goal, run_idle
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 __all__ = ["BenchConfig", "PATHS", "BASELINE", "DIRECT", "FULL"]
 
@@ -60,16 +61,17 @@ class BenchConfig:
     profile: bool = False  # py-spy record the services (needs py-spy on PATH)
 
     @classmethod
-    def quick(cls, out_dir: Path, **changes: object) -> BenchConfig:
+    def quick(cls, out_dir: Path, **changes: Any) -> BenchConfig:
         """A short, low-rate run that exercises every part (what the tests run)."""
         return replace(cls(rates=(50.0,), duration_s=1.0, ramp=False, fanout=(2,), fanout_rate=50.0,
                            fanout_duration_s=1.0, drain_quiet_s=2.0, out_dir=out_dir, png=False), **changes)
 
     @classmethod
-    def goals(cls, out_dir: Path, **changes: object) -> BenchConfig:
+    def goals(cls, out_dir: Path, **changes: Any) -> BenchConfig:
         """Exactly the goals table (labkit.bench.goals), each with its baseline, in a few minutes."""
-        return replace(cls(paths=(BASELINE, FULL), rates=(100.0, 1_000.0, 5_000.0), duration_s=5.0, ramp_max_rate=50_000.0,
-                           fanout=(100, 1_000), fanout_duration_s=5.0, consumers=(1, 2), out_dir=out_dir), **changes)
+        return replace(cls(paths=(BASELINE, FULL), rates=(100.0, 1_000.0, 5_000.0), duration_s=5.0,
+                           ramp_max_rate=50_000.0, fanout=(100, 1_000), fanout_duration_s=5.0, consumers=(1, 2),
+                           out_dir=out_dir), **changes)
 
     def validate(self) -> BenchConfig:
         problems = {
@@ -77,7 +79,8 @@ class BenchConfig:
                 not set(self.paths) <= set(PATHS),
             "rates must be above 0 events per second": any(rate <= 0 for rate in (*self.rates, self.fanout_rate)),
             "fan-out watcher counts must be at least 1": any(count < 1 for count in self.fanout),
-            "durations must be above 0 seconds": min(self.duration_s, self.fanout_duration_s, self.ramp_duration_s) <= 0,
+            "durations must be above 0 seconds":
+                min(self.duration_s, self.fanout_duration_s, self.ramp_duration_s) <= 0,
             "ramp_step must be above 0 events per second": self.ramp_step <= 0,
             "consumer counts must be at least 1": any(count < 1 for count in self.consumers),
             "watcher_processes must be at least 1": self.watcher_processes < 1,

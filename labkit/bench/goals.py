@@ -99,7 +99,8 @@ def check_goals(phases: list[PhaseResult], ramps: dict[str, Any]) -> list[GoalCh
     for watchers, limit in ((100, 20.0), (1_000, 250.0)):
         wanted = f"p99 < {limit:g} ms" + (", nothing lost" if watchers >= 1_000 else "")
         checks.append(_latency_goal(f"{watchers:,} watchers x 100 ev/s", wanted,
-                                    find_phase(phases, FULL, "fanout", 100.0, watchers), base_at[100.0], {"p99": limit}))
+                                    find_phase(phases, FULL, "fanout", 100.0, watchers), base_at[100.0],
+                                    {"p99": limit}))
     return checks
 
 
@@ -112,6 +113,7 @@ def ratios(phases: list[PhaseResult], rates: tuple[float, ...]) -> list[dict[str
             for path in (FULL, DIRECT):
                 if (other := find_phase(phases, path, "fixed", rate)) is not None:
                     for point in ("p50", "p99"):
-                        row[f"{path}/baseline {point}"] = ratio(getattr(other.latency, point), getattr(base.latency, point))
+                        row[f"{path}/baseline {point}"] = ratio(getattr(other.latency, point),
+                                                                getattr(base.latency, point))
             rows.append(row)
     return rows

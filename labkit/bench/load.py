@@ -21,9 +21,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 
 import websockets
+from msgspec import UNSET
 
 from labkit.client import Sender
 from labkit.events import Ack, Event, encode, now_ms
@@ -144,8 +145,9 @@ class WebSocketLoad:
                 outcome.ack_latency_ms.append(now_ms() - sent_at)
 
         async def send_batch(events: list[Event]) -> None:
-            for event, future in zip(events, submitted := await sender.submit(events)):
-                future.add_done_callback(lambda f, sent_at=event.sent_at: on_reply(f, sent_at))
+            for event, future in zip(events, submitted := await sender.submit(events), strict=True):
+                if event.sent_at is not UNSET:  # the plan's events all carry it
+                    future.add_done_callback(partial(on_reply, sent_at=event.sent_at))
             futures.extend(submitted)
 
         try:
@@ -201,10 +203,11 @@ class KafkaLoad:
         """Write what the producer service writes, the event plus its arrival time; ``tracked``: count the acks."""
         for event in events:
             value = b'%s,"received_at":%.3f}' % (encode(event)[:-1], now_ms())
-            tag = (split_id(event.id)[1], event.sent_at) if tracked else None
+            tag = (split_id(event.id)[1], event.sent_at) if tracked and event.id is not UNSET else None
+            key = event.key if event.key is not UNSET else event.type  # as the producer service keys it
             while True:
                 try:
-                    self.writer.produce(self.topic, value, event.key, tag)
+                    self.writer.produce(self.topic, value, key, tag)
                     break
                 except BufferError:  # librdkafka's queue is full: wait, as the producer service does
                     await asyncio.sleep(0.002)

@@ -71,7 +71,8 @@ def long_run_figure(phase: PhaseResult, broker: str) -> go.Figure:
             fig.add_scatter(x=x, y=y, name=name, mode="lines+markers")
         fig.add_scatter(x=x, y=[w.broker_rss_mb for w in phase.windows], name="broker RSS (MB)", mode="lines+markers",
                         line={"dash": "dot"}, secondary_y=True)
-        fig.update_layout(title=f"Endurance on {broker}: {phase.sent:,} events at {phase.offered_rate:g}/s, one per frame")
+        fig.update_layout(
+            title=f"Endurance on {broker}: {phase.sent:,} events at {phase.offered_rate:g}/s, one per frame")
         fig.update_xaxes(title_text="events sent")
         fig.update_yaxes(title_text="latency (ms, log)", type="log", secondary_y=False)
         fig.update_yaxes(title_text="broker RSS (MB)", secondary_y=True)

@@ -43,7 +43,8 @@ def summarize_collapsed(text: str, top: int = TOP) -> dict[str, Any]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_LINE_NUMBER.sub(")", f.strip()) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        frames = [_LINE_NUMBER.sub(")", f.strip()) for f in stack.split(";")
+                  if f and not f.startswith(("process ", "thread "))]
         if not frames:
             continue
         samples += count
@@ -62,7 +63,8 @@ class ServiceProfiler:
     """``start()`` py-spy on the producer and consumer; ``stop()`` returns a summary per service."""
 
     def __init__(self, status_rows: list[dict[str, Any]], out_dir: Path, label: str) -> None:
-        self.targets = {row["component"]: row["pid"] for row in status_rows if row["component"] in PROFILED and row.get("pid")}
+        self.targets = {row["component"]: row["pid"] for row in status_rows
+                        if row["component"] in PROFILED and row.get("pid")}
         self.out_dir, self.label = out_dir, label
         self.recorders: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         self.problem: str | None = None

@@ -1,4 +1,5 @@
-"""The bench's receiving side: watchers, or a plain Kafka consumer, in processes of their own, and the bench's handle on them.
+"""The bench's receiving side: watchers, or a plain Kafka consumer, in processes of their own, and the bench's
+handle on them.
 
 :class:`Receivers` spreads ``connections`` over ``processes`` children (``python -m labkit.bench.receivers
 SPEC``), so the measuring client does not share an event loop with the senders, and merges their answers.
@@ -18,7 +19,7 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+from msgspec import UNSET
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
@@ -45,7 +47,7 @@ class ReceiverSpec(msgspec.Struct):
     connections: int = 1
     url: str = ""
     types: list[str] = []
-    kafka_config: dict[str, object] = {}
+    kafka_config: Mapping[str, object] = {}
     pause_when_idle: bool = True  # as the consumer service reads: paused only on a broker that does not long-poll
     topic: str = ""
     open_concurrency: int = 64
@@ -113,7 +115,8 @@ class Receivers:
         try:
             line = await asyncio.wait_for(child.stdout.readline(), timeout)
         except TimeoutError:
-            raise ReceiverFailed(f"receiver {child.pid} did not answer within {timeout:.0f} s; see {self.log_dir}") from None
+            raise ReceiverFailed(
+                f"receiver {child.pid} did not answer within {timeout:.0f} s; see {self.log_dir}") from None
         if not line:
             raise ReceiverFailed(f"receiver {child.pid} exited; see its log in {self.log_dir}")
         return msgspec.json.decode(line)
@@ -190,12 +193,17 @@ class Arrivals:
         tally.latency_ms.append(arrival - event.sent_at)
         tally.partitions.add(event.partition)
         if index == 0:
-            self.stamps[tag].append((seq, event.sent_at, event.received_at, event.kafka_ts, event.delivered_at, arrival))
+            self.stamps[tag].append(
+                (seq, event.sent_at, event.received_at, event.kafka_ts, event.delivered_at, arrival))
         self.last_arrival = arrival
 
     def least(self, tag: str, count: Callable[[Tally], int]) -> int:
         """The smallest ``count`` over the connections (0 before the tag's first arrival)."""
         return min((count(t) for t in self.tags.get(tag, [])), default=0)
+
+    def reached(self, tag: str, count: Callable[[Tally], int], wanted: int) -> Callable[[], bool]:
+        """A check that every connection's ``count`` of ``tag`` is at least ``wanted``, bound to these values."""
+        return lambda: self.least(tag, count) >= wanted
 
     def take(self, tag: str) -> TagReport:
         tallies = self.tags.pop(tag, None) or [Tally() for _ in range(self.connections)]
@@ -230,7 +238,7 @@ class LeanWatcher(asyncio.Protocol):
                  ended: asyncio.Future[str]) -> None:
         self.protocol = ClientProtocol(parse_uri(url), max_size=None)
         self.on_arrival, self.opened, self.ended = on_arrival, opened, ended
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | bytearray | memoryview] = []  # websockets' frame data: a bytearray of its own
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -333,7 +341,9 @@ def _read_kafka(spec: ReceiverSpec, arrivals: Arrivals, loop: asyncio.AbstractEv
         for msg in batch:
             record = parse_record(msg.value()) if msg.error() is None else None
             if record is not None and isinstance(record.id, str):
-                arrivals.record(0, Arrival(record.id, record.sent_at, record.received_at, msg.timestamp()[1], arrival,
+                # No sent_at reads as 0.0, as the watchers' decoder reads a frame without one.
+                sent_at = 0.0 if record.sent_at is UNSET else record.sent_at
+                arrivals.record(0, Arrival(record.id, sent_at, record.received_at, msg.timestamp()[1], arrival,
                                            msg.partition()), arrival)
 
     try:
@@ -363,13 +373,12 @@ async def serve(spec: ReceiverSpec) -> None:
         tag = command.get("tag", "")
         if command["cmd"] == "prime":
             wanted, wait_s = command["partitions"], command["timeout_s"]
-            primed = await arrivals.settled(lambda: arrivals.least(tag, lambda t: len(t.partitions)) >= wanted,
-                                            wait_s, wait_s)
+            primed = await arrivals.settled(arrivals.reached(tag, lambda t: len(t.partitions), wanted), wait_s, wait_s)
             if primed:
                 arrivals.take(tag)
             reply = msgspec.json.encode({"primed": primed, "closed": arrivals.closed})
         elif command["cmd"] == "drain":
-            await arrivals.settled(lambda: arrivals.least(tag, lambda t: len(t.seqs)) >= command["expect"],
+            await arrivals.settled(arrivals.reached(tag, lambda t: len(t.seqs), command["expect"]),
                                    command["quiet_s"], command["limit_s"])
             reply = msgspec.json.encode(arrivals.take(tag))
         else:

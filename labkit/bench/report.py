@@ -61,7 +61,8 @@ def _by_component(result: BenchResult, title: str, middle: tuple[str, Any], cell
     """One row per phase, one column per component present; ``cell(phase, component)`` fills each."""
     present = [c for c in COMPONENTS if any(c in p.resources for p in result.phases)]
     return _table(title, ("path", "phase", "ev/s", middle[0], *present),
-                  ((r.path, r.phase, _label(r), middle[1](r), *(cell(r, n) if n in r.resources else "-" for n in present))
+                  ((r.path, r.phase, _label(r), middle[1](r),
+                    *(cell(r, n) if n in r.resources else "-" for n in present))
                    for r in result.phases))
 
 
@@ -77,7 +78,8 @@ def _profile_tables(result: BenchResult) -> list[Table]:
         for service, summary in result.profiles[label].items():
             if "self_pct" in summary:
                 own, total = summary["self_pct"], summary["total_pct"]
-                rows = [(*(own[i][::-1] if i < len(own) else ("", "")), *(total[i][::-1] if i < len(total) else ("", "")))
+                rows = [(*(own[i][::-1] if i < len(own) else ("", "")),
+                         *(total[i][::-1] if i < len(total) else ("", "")))
                         for i in range(max(len(own), len(total)))]
                 tables.append(_table(f"py-spy: {service} during the {label} path ({summary['samples']} samples)",
                                      ("self %", "function (self)", "total %", "function (labkit, with what it calls)"),
@@ -106,7 +108,8 @@ def print_report(result: BenchResult, console: Console) -> None:
     if result.ratios:
         columns = ("full/baseline p50", "full/baseline p99", "direct/baseline p50", "direct/baseline p99")
         tables.append(_table("Latency ratios against the Kafka-only baseline (same rate)", ("ev/s", *columns),
-                             ((f"{row['rate']:,.0f}", *("-" if row.get(c) is None else f"{row[c]:.2f}x" for c in columns))
+                             ((f"{row['rate']:,.0f}",
+                               *("-" if row.get(c) is None else f"{row[c]:.2f}x" for c in columns))
                               for row in result.ratios)))
     if result.ramps:
         tables.append(_table(
@@ -149,7 +152,8 @@ def print_report(result: BenchResult, console: Console) -> None:
             f"scale-out: {other.watchers:,} watchers x {other.offered_rate:,.0f} ev/s on {other.consumers} consumer "
             f"processes against {one.consumers} (watchers through the gateway): p99 {_ms(other.latency.p99)} against "
             f"{_ms(one.latency.p99)} ms, lost {other.lost} against {one.lost}; consumer CPU "
-            f"{other.cores().get('consumer', 0):.2f} against {one.cores().get('consumer', 0):.2f} cores", highlight=False)
+            f"{other.cores().get('consumer', 0):.2f} against {one.cores().get('consumer', 0):.2f} cores",
+            highlight=False)
 
 
 def _stamped(folder: Path, name: str, started: float | None = None) -> Path:
@@ -160,7 +164,7 @@ def _stamped(folder: Path, name: str, started: float | None = None) -> Path:
 def write_json(result: BenchResult, out_dir: Path, started: float) -> Path:
     """``bench-<time>.json``: the whole result, each phase with its cores and CPU per delivery."""
     path, data = _stamped(out_dir, "bench", started), msgspec.to_builtins(result)
-    for phase, raw in zip(result.phases, data["phases"]):
+    for phase, raw in zip(result.phases, data["phases"], strict=True):
         raw.update(cores=phase.cores(), cpu_us_per_delivery=phase.cpu_us_per_delivery())
     path.write_bytes(msgspec.json.format(msgspec.json.encode(data), indent=2))
     return path
@@ -224,7 +228,8 @@ def brokers_table(results: list[BrokerFigures]) -> Table:
         rows.append((f"RSS {component} (MB)", *(f"{f.rss_mb.get(component, 0):.0f}" for f in results)))
     for i, entry in enumerate(first.paths):
         label = f"{entry['path']} {entry['rate']:g}/s"
-        rows.append((f"{label} p50 / p99 (ms)", *(f"{f.paths[i]['p50_ms']:.2f} / {f.paths[i]['p99_ms']:.2f}" for f in results)))
+        rows.append((f"{label} p50 / p99 (ms)",
+                     *(f"{f.paths[i]['p50_ms']:.2f} / {f.paths[i]['p99_ms']:.2f}" for f in results)))
         rows += [(f"{label} µs CPU/event {component}",
                   *(f"{f.paths[i]['cpu_us_per_event'].get(component, 0):.0f}" for f in results))
                  for component in entry["cpu_us_per_event"]]

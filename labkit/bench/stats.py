@@ -8,13 +8,14 @@ sender outcome and receiver report in, one :class:`PhaseResult` out. A long phas
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
-from labkit.percentiles import percentiles
 from labkit.bench.config import BASELINE
 from labkit.bench.load import LoadPlan, SendOutcome
 from labkit.bench.receivers import TagReport
+from labkit.percentiles import percentiles
 
 __all__ = ["Latency", "PhaseResult", "Window", "summarize", "windows", "find_phase", "ratio", "HOPS", "BENCH_OWN"]
 
@@ -148,7 +149,8 @@ def _hops(report: TagReport, kafka_only: bool) -> dict[str, Latency]:
     sent_at, received_at, kafka_ts, delivered_at, arrival = (stamps[:, i] for i in range(1, 6))
     spans = [received_at - sent_at, kafka_ts - received_at, delivered_at - kafka_ts, arrival - delivered_at]
     # The baseline's own consumer is the watcher: there is no last hop.
-    return {name: Latency.of(values) for name, values in zip(HOPS[:3] if kafka_only else HOPS, spans)}
+    hops = HOPS[:3] if kafka_only else HOPS
+    return {name: Latency.of(values) for name, values in zip(hops, spans[:len(hops)], strict=True)}
 
 
 def summarize(path: str, phase: str, plan: LoadPlan, outcome: SendOutcome, report: TagReport) -> PhaseResult:
@@ -177,7 +179,7 @@ def summarize(path: str, phase: str, plan: LoadPlan, outcome: SendOutcome, repor
     watchers = len(report.connections)
     result.throughput = round(result.delivered / watchers / window_s if watchers else 0.0, 1)
     result.frames_per_s = round(result.delivered / window_s, 1)
-    result.latency = Latency.of(np.concatenate([np.asarray(c.latency_ms) for c in report.connections] or [[]]))
+    result.latency = Latency.of(np.concatenate([np.asarray(c.latency_ms) for c in report.connections] or [np.empty(0)]))
     result.ack_latency = Latency.of(outcome.ack_latency_ms)
     result.hops = _hops(report, path == BASELINE)
     return result
@@ -191,13 +193,15 @@ def windows(report: TagReport, timeline: list[Mark], component: str = "broker") 
     seqs = np.asarray(report.connections[0].seqs, dtype=np.int64)
     latency = np.asarray(report.connections[0].latency_ms, dtype=np.float64)
     found = []
-    for (t0, start, before), (t1, end, after) in zip(timeline, timeline[1:]):
+    for (t0, start, before), (t1, end, after) in pairwise(timeline):
         if end <= start:
             continue
         cuts = percentiles(latency[(seqs >= start) & (seqs < end)], (50, 99))
         cpu = after.get(component, {}).get("cpu_s", 0.0) - before.get(component, {}).get("cpu_s", 0.0)
-        found.append(Window(start, end - 1, *(round(cuts.get(name, 0.0), 2) for name in ("p50", "p99", "max")),
-                            after.get(component, {}).get("rss_mb", 0.0), round(cpu / max(t1 - t0, 1e-6), 3)))
+        found.append(Window(start, end - 1, p50_ms=round(cuts.get("p50", 0.0), 2),
+                            p99_ms=round(cuts.get("p99", 0.0), 2), max_ms=round(cuts.get("max", 0.0), 2),
+                            broker_rss_mb=after.get(component, {}).get("rss_mb", 0.0),
+                            broker_cpu_cores=round(cpu / max(t1 - t0, 1e-6), 3)))
     return found
 
 

@@ -51,21 +51,9 @@ One module per step:
 
 from __future__ import annotations
 
-from labkit.ops.gateway.config import KONG_DEFAULT_TIMEOUT_MS, KONG_FORMAT_VERSION, load_kong_config, routes_table
-from labkit.ops.gateway.model import EMBEDDED_SERVICE_PORTS, PLUGIN_PRIORITY, GatewayConfigError
+from labkit.ops.gateway.config import load_kong_config, routes_table
+from labkit.ops.gateway.model import PLUGIN_PRIORITY, GatewayConfigError
 from labkit.ops.gateway.nginx import render_nginx_conf
-from labkit.ops.gateway.nginx_text import (
-    BAD_GATEWAY,
-    CORS_DEFAULT_METHODS,
-    DUPLICATE_API_KEY,
-    GATEWAY_TIMEOUT,
-    INVALID_API_KEY,
-    KONG_ERROR_TEMPLATE,
-    NO_API_KEY,
-    NO_ROUTE,
-    ORIGIN_NOT_ALLOWED,
-)
-from labkit.ops.gateway.plugins import RATE_PERIODS
 from labkit.ops.gateway.process import gateway_command, nginx_binary, reload, write_nginx_conf
 
 __all__ = [
@@ -77,4 +65,5 @@ __all__ = [
     "write_nginx_conf",
     "reload",
     "nginx_binary",
+    "PLUGIN_PRIORITY",
 ]

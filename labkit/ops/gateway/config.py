@@ -17,9 +17,6 @@ import yaml
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
-from labkit.settings import Settings
-from labkit.ops.gateway.upstreams import UpstreamEntry, read_upstreams, service_addresses
-
 from labkit.ops.gateway.model import (
     API_KEY_RE,
     BOOKKEEPING,
@@ -37,11 +34,13 @@ from labkit.ops.gateway.model import (
     Service,
     exact_path,
     matching,
-    one_of,
     nginx_ident,
+    one_of,
     request_path,
 )
 from labkit.ops.gateway.plugins import USE_KONG, DisabledPlugin, PluginEntry, Reference, takes_http
+from labkit.ops.gateway.upstreams import UpstreamEntry, read_upstreams, service_addresses
+from labkit.settings import Settings
 
 KONG_FORMAT_VERSION = "3.0"
 KONG_DEFAULT_TIMEOUT_MS = 60_000
@@ -137,6 +136,9 @@ class _ServiceEntry(KongEntity):
 
     @model_validator(mode="after")
     def _reachable(self) -> _ServiceEntry:
+        if not self.name and not self.id:
+            # Kong would make up an id; the embedded gateway names the service's nginx upstream after it.
+            raise ValueError("give the service a name")
         if self.url:
             parts = urlsplit(self.url)
             self.protocol, self.host, self.path = parts.scheme, parts.hostname, parts.path or "/"
@@ -170,6 +172,13 @@ class _ConsumerEntry(KongEntity):
             raise ValueError("give the consumer a username or a custom_id")
         return self
 
+    @property
+    def label(self) -> str:
+        """The username, else the custom_id (:meth:`_named` makes sure there is one)."""
+        label = self.username or self.custom_id
+        assert label
+        return label
+
 
 class _KongFile(KongEntity):
     # _format_version is checked by load_kong_config; the others are Kong's notes.
@@ -198,7 +207,7 @@ def _entity(kind: str, raw: dict, scope: str) -> str:
     """How a refusal names an entity: "route 'produce-events'", "plugin 'cors' (global)"."""
     name = raw.get("name") or raw.get("username") or raw.get("custom_id") or raw.get("id")
     if kind != "plugin":
-        return f"{kind} '{name}'"
+        return f"{kind} '{name}'" if name else f"a {kind} without a name"
     if raw.get("route") or raw.get("service"):  # a top-level plugin scoped by reference
         scope = f"route '{_name_of(raw['route'])}'" if raw.get("route") else f"service '{_name_of(raw['service'])}'"
     return f"plugin '{name}' ({scope})"
@@ -206,7 +215,8 @@ def _entity(kind: str, raw: dict, scope: str) -> str:
 
 def _refusal(error: ErrorDetails, kong: dict) -> str:
     """One pydantic error as a sentence: which entity, what is wrong, what to do, where in the file."""
-    path, where, scope, node, field = "", "kong.yml top level", "global", kong, ""
+    path, where, scope, field = "", "kong.yml top level", "global", ""
+    node: object = kong  # where the error's location has led in the file: a mapping, a list or a value
     for index, step in enumerate(error["loc"]):
         if isinstance(step, int) and isinstance(node, list) and step < len(node):
             path, node = f"{path}[{step}]", node[step]
@@ -249,8 +259,10 @@ def read_gateway(kong: dict) -> Gateway:
 
     upstreams = read_upstreams(parsed.upstreams)
     for entry in parsed.services:
+        name = entry.name or entry.id
+        assert name and entry.url and entry.host  # _ServiceEntry._reachable refuses a service without them
         service = Service(
-            entry.name or entry.id, entry.url, entry.protocol, entry.host, entry.port, entry.path,
+            name, entry.url, entry.protocol, entry.host, entry.port, entry.path,
             entry.connect_timeout, entry.read_timeout, entry.write_timeout, entry.enabled, entry.retries,
             upstream=upstreams.get(entry.host),  # Kong: a service whose host names an upstream is balanced
         )  # fmt: skip
@@ -286,7 +298,7 @@ def read_gateway(kong: dict) -> Gateway:
     live_routes = [route for route in ordered_routes if route.service.enabled]
     _attach_plugins(scoped_plugins, live_routes)
     consumers = [
-        Consumer(entry.username or entry.custom_id, entry.username, entry.custom_id,
+        Consumer(entry.label, entry.username, entry.custom_id,
                  [credential.key for credential in entry.keyauth_credentials])
         for entry in parsed.consumers
     ]  # fmt: skip
@@ -328,8 +340,8 @@ def _attach_plugins(scoped_plugins: list[tuple[Any, str, str | None]], routes: l
             raise plugin.error("configured twice at the same place; keep one")
         here[plugin.name] = plugin
     for route in routes:
-        for scope in (("global", None), ("service", route.service.name), ("route", route.name)):
-            route.plugins.update(by_scope.get(scope, {}))  # the more specific scope wins
+        for place in (("global", None), ("service", route.service.name), ("route", route.name)):
+            route.plugins.update(by_scope.get(place, {}))  # the more specific scope wins
         route.plugins = dict(sorted(route.plugins.items(), key=lambda item: -PLUGIN_PRIORITY[item[0]]))
 
 

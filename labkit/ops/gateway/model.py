@@ -8,8 +8,8 @@ dataclasses; :mod:`.nginx` renders them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from labkit.settings import Settings
-
 from labkit.ops.gateway.config import read_gateway
 from labkit.ops.gateway.model import EMBEDDED_SERVICE_PORTS, Gateway, Plugin, Route, exact_path
 from labkit.ops.gateway.nginx_limits import (
@@ -28,7 +26,6 @@ from labkit.ops.gateway.nginx_plugins import (
     rate_limit_headers,
     rate_limited_location,
 )
-from labkit.ops.gateway.upstreams import service_addresses, upstream_block, upstream_name
 from labkit.ops.gateway.nginx_text import (
     BAD_GATEWAY,
     GATEWAY_TIMEOUT,
@@ -40,6 +37,8 @@ from labkit.ops.gateway.nginx_text import (
     quote,
     regex_literal,
 )
+from labkit.ops.gateway.upstreams import service_addresses, upstream_block, upstream_name
+from labkit.settings import Settings
 
 
 def render_nginx_conf(kong: dict, settings: Settings, state_dir: Path) -> str:
@@ -102,7 +101,8 @@ its query string, where browsers send their API key. A WebSocket costs one line,
         "log_format labkit '$time_iso8601 $remote_addr \"$request_method $labkit_request_path\" $status "
         "$request_time s, $bytes_sent bytes';",
         "access_log /dev/stderr labkit;",
-        *[f"{kind}_temp_path {quote(str(temp / kind))};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")],
+        *[f"{kind}_temp_path {quote(str(temp / kind))};"
+          for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")],
     ]
 
 

@@ -31,11 +31,19 @@ import math
 import resource
 from dataclasses import dataclass
 
-from labkit.settings import Settings
-
 from labkit.ops.gateway.model import Plugin, Route
 from labkit.ops.gateway.nginx_plugins import cors_headers, key_auth_failed_uri
-from labkit.ops.gateway.nginx_text import DUPLICATE_API_KEY, INVALID_API_KEY, NO_API_KEY, NO_ROUTE, block, comment, error_body, quote
+from labkit.ops.gateway.nginx_text import (
+    DUPLICATE_API_KEY,
+    INVALID_API_KEY,
+    NO_API_KEY,
+    NO_ROUTE,
+    block,
+    comment,
+    error_body,
+    quote,
+)
+from labkit.settings import Settings
 
 HEADROOM = 256  # connections that are never proxied: refusals, 404s, preflights
 FILES_OVERHEAD = 64  # open files that are not connections: logs, the listening socket, temp files

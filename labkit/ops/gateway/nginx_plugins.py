@@ -20,7 +20,6 @@ from labkit.ops.gateway.nginx_text import (
 )
 from labkit.ops.gateway.plugins import RATE_PERIODS
 
-
 # ---- key-auth
 
 

@@ -73,8 +73,9 @@ class _KeyAuthConfig(KongEntity):
     anonymous: Annotated[str, one_of((), "anonymous is not supported: every request needs a valid key; "
                                          "remove anonymous")] | None = None  # fmt: skip
     run_on_preflight: bool = True
-    realm: Annotated[str, refusing(lambda realm: HEADER_VALUE_RE.fullmatch(realm) and not set(realm) & set("\"'\\"),
-                                   "realm {value!r} must be printable ASCII without quotes or backslashes")] | None = None
+    realm: Annotated[str, refusing(
+        lambda realm: HEADER_VALUE_RE.fullmatch(realm) and not set(realm) & set("\"'\\"),
+        "realm {value!r} must be printable ASCII without quotes or backslashes")] | None = None
     identity_realms: list[dict[str, Any]] | None = None
 
     @field_validator("identity_realms")

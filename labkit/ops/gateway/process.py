@@ -6,11 +6,10 @@ import stat
 import subprocess
 from pathlib import Path
 
-from labkit.settings import Settings
-
 from labkit.ops.gateway.config import load_kong_config
 from labkit.ops.gateway.model import GatewayConfigError
 from labkit.ops.gateway.nginx import render_nginx_conf
+from labkit.settings import Settings
 
 
 def nginx_binary() -> Path:

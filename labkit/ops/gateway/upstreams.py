@@ -137,10 +137,12 @@ def read_upstreams(entries: list[UpstreamEntry]) -> dict[str, Upstream]:
     for entry in entries:
         if entry.name in upstreams:
             raise GatewayConfigError(f"upstream '{entry.name}' is defined twice")
-        targets = [(*target.target.rsplit(":", 1), target.weight) for target in entry.targets]
+        targets = []
+        for target in entry.targets:
+            host, port = target.target.rsplit(":", 1)
+            targets.append((host, int(port), target.weight))
         back_after = int(entry.healthchecks.active.unhealthy.interval) or 10
-        upstreams[entry.name] = Upstream(entry.name, entry.algorithm, [(h, int(p), w) for h, p, w in targets],
-                                         entry.failures, back_after)  # fmt: skip
+        upstreams[entry.name] = Upstream(entry.name, entry.algorithm, targets, entry.failures, back_after)
     return upstreams
 
 
@@ -167,10 +169,11 @@ def upstream_block(service: Service, settings: Settings | None) -> list[str]:
     """The nginx upstream a service's routes proxy to: its targets, algorithm and passive checks."""
     upstream = service.upstream
     if upstream is None:
-        return block(f"upstream {upstream_name(service)}", [f"server {a};" for a in service_addresses(service, settings)])
+        return block(f"upstream {upstream_name(service)}",
+                     [f"server {a};" for a in service_addresses(service, settings)])
     lines = [f"# Kong upstream '{upstream.name}', algorithm {upstream.algorithm}"]
-    if ALGORITHMS[upstream.algorithm]:
-        lines.append(ALGORITHMS[upstream.algorithm])
+    if (directive := ALGORITHMS[upstream.algorithm]) is not None:
+        lines.append(directive)
     # nginx's defaults (max_fails=1 fail_timeout=10s) would mark a target down without kong.yml asking.
     health = f" max_fails={upstream.max_fails} fail_timeout={upstream.fail_timeout_s}s"
     for host, port, weight in upstream.targets:
