@@ -155,6 +155,7 @@ class ProducerService:
                     self._refuse(replies, BINARY_FRAME)
                 else:
                     await self._read(message, replies)
+                    self.flights.take_reports()  # acks of earlier frames, in this wake-up
                 replies.flush()  # this frame's refusals (its acks come from Kafka)
         except ConnectionClosed:
             pass

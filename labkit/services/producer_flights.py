@@ -244,6 +244,10 @@ class Flights:
             return "failed"
         return "stalled" if self.current.stalled(time.monotonic()) else "ok"
 
+    def take_reports(self) -> None:
+        """Poll the current producer now (the loop is awake anyway): acks go out without a wake-up of their own."""
+        self.current.writer.take_reports()
+
     def in_flight(self) -> int:
         return len(self.current.writer) + sum(len(old.writer) for old in self.retiring)
 
