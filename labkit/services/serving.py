@@ -78,7 +78,7 @@ def run_on_event_loop(main: Coroutine[Any, Any, None], choice: str) -> None:
     """Run a service's main coroutine to its end on the event loop ``choice`` names (``Settings.event_loop``).
 
     uvloop (libuv) wakes for less CPU than asyncio's selector loop: measured at 1,000 ev/s on Apache
-    Kafka, figures in DESIGN.md. ``auto`` falls back to asyncio's loop where uvloop cannot be imported.
+    Kafka, figures in docs/performance.md. ``auto`` falls back to asyncio's loop where uvloop cannot be imported.
     """
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if choice != "asyncio":
