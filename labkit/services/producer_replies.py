@@ -3,7 +3,8 @@
 Policy for replies (one per event, in order):
 
 - A sender owes nothing for its replies, but the producer holds each one until it
-  is written: at once while its socket keeps up, else by a writer task that waits for it. ``Replies`` counts the replies owed to a sender (events taken, not yet
+  is written: at once while its socket keeps up, else by a writer task that waits
+  for it. ``Replies`` counts the replies owed to a sender (events taken, not yet
   answered on the socket); at ``limit`` the producer stops reading that sender's
   frames (backpressure: TCP then slows the sender down) until its replies are read.
 - A sender still at the limit whose replies have not moved for ``stall_s`` is closed
