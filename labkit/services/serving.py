@@ -86,6 +86,7 @@ def run_on_event_loop(main: Coroutine[Any, Any, None], choice: str) -> None:
             import uvloop
         except ImportError:
             if choice == "uvloop":
+                main.close()  # never run: no "coroutine was never awaited" warning beside the error
                 raise LabkitError("event_loop is uvloop but uvloop cannot be imported: pip install uvloop "
                                   "(pyproject.toml pins it), or set LABKIT_EVENT_LOOP=asyncio") from None
             log.info("uvloop cannot be imported: running on asyncio's own event loop")
