@@ -2,8 +2,8 @@
 
 Every producer labkit runs (the producer service, the benchmark's baseline sender)
 writes through :class:`Writer`: librdkafka calls delivery reports from
-``poll()``, so a thread of its own polls and hands the reports to the asyncio
-loop in batches: one loop call takes every report gathered until it runs.
+``poll()``, which the asyncio loop calls without waiting, on a short timer while
+records are in flight (a poll thread of its own cost more: docs/performance.md).
 Every consumer labkit runs (the consumer service, a resuming watcher's
 read-back, the benchmark's receivers) reads through :class:`TailReader`, whose
 :meth:`TailReader.feed` hands batches to the loop the same way.
@@ -56,7 +56,10 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "client.id": "labkit-producer",
     "enable.idempotence": True,
     "acks": "all",
-    "linger.ms": 0,  # librdkafka still batches what queues up while a request is in flight
+    # One millisecond: at 1,000 ev/s (Apache Kafka, 3 runs of 8,000 events) the producer spent 133-143 µs
+    # of CPU per event instead of 166-185 at 0 (a request per event in librdkafka's broker thread, and in
+    # the broker); an event waits at most this long. librdkafka also batches what queues up meanwhile.
+    "linger.ms": 1,
     "message.timeout.ms": 30_000,
     "queue.buffering.max.messages": 100_000,
 }
@@ -72,7 +75,13 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "auto.offset.reset": "earliest",  # a position past the log's end (a broker that lost its log): skip nothing
 }
 IDLE_TICK_MIN_S = 0.0005
-POLL_S = 0.05  # the poll thread's wait for reports: how soon it notices stop()
+# How often a Writer polls for delivery reports while records are in flight, unless its owner polls
+# first (the producer does after each frame it reads): how late an ack may be handed over. Polling
+# from the loop instead of a thread of its own (which handed each batch over with
+# call_soon_threadsafe) saved that thread and its GIL hand-offs: 8,748 futex calls per 5,000
+# events fell to 1,245 (strace -c -f, 1,000 ev/s); CPU figures in docs/performance.md.
+ACTIVE_POLL_S = 0.002
+IDLE_POLL_S = 0.1  # with nothing in flight: how soon a fatal error is noticed without traffic
 
 
 def position(msg: Message) -> tuple[int, int]:
@@ -98,11 +107,13 @@ class Report(NamedTuple):
 
 
 class Writer:
-    """One librdkafka producer, and a poll thread that hands its delivery reports to the event loop.
+    """One librdkafka producer, polled from the event loop: its delivery reports are handed over in batches.
 
-    ``on_reports(reports)`` runs on the loop with every report gathered by one poll;
-    ``on_error(err)`` gets librdkafka's errors (its ``error_cb``, and an exception
-    raised by ``poll()``, as a fatal one is) in librdkafka's or the poll thread.
+    librdkafka serves delivery reports and errors only from ``poll()``. The loop polls (without
+    waiting) every ``ACTIVE_POLL_S`` while records are in flight, and every ``IDLE_POLL_S`` otherwise,
+    so a fatal error is noticed without traffic. ``on_reports(reports)`` gets every report one poll
+    served; ``on_error(err)`` gets librdkafka's errors (its ``error_cb``, and an exception raised by
+    ``poll()``, as a fatal one is). Both run on the loop, except while :meth:`flush` runs in a thread.
     """
 
     def __init__(
@@ -111,22 +122,23 @@ class Writer:
         on_reports: Callable[[list[Report]], None],
         on_error: Callable[[KafkaError], None] | None = None,
         *,
-        name: str = "kafka-poll",
+        name: str = "kafka-writer",
     ) -> None:
         extra = {"error_cb": on_error} if on_error is not None else {}
         self.kafka = Producer({**PRODUCER_DEFAULTS, **config, **extra})
         self.on_reports = on_reports
         self.on_error = on_error
+        self.name = name
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._reports: deque[Report] = deque()  # appended by the poll thread, taken on the loop
-        self._called = False  # a take_reports call is on its way to the loop: the next reports ride along
-        self._stopped = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name=name, daemon=True)
+        self._reports: deque[Report] = deque()  # appended by poll(), on the loop or in flush()'s thread
+        self._timer: asyncio.TimerHandle | None = None
+        self._busy = False  # the timer is set for ACTIVE_POLL_S (records are in flight)
+        self._stopped = False
 
     def start(self) -> None:
-        """Start polling; reports go to the running loop."""
+        """Start polling on the running loop."""
         self.loop = asyncio.get_running_loop()
-        self._poller.start()
+        self._poll_in(IDLE_POLL_S)
 
     def produce(self, topic: str, value: bytes, key: str | bytes | None, tag: Any) -> None:
         """Hand one record to librdkafka; its :class:`Report` carries ``tag``.
@@ -134,6 +146,8 @@ class Writer:
         Raises BufferError when librdkafka's queue is full, KafkaException when it refuses the record.
         """
         self.kafka.produce(topic, value, key, on_delivery=partial(self._on_delivery, tag))
+        if not self._busy and not self._stopped and self.loop is not None:
+            self._poll_in(ACTIVE_POLL_S)  # its report comes soon: poll sooner than the idle period
 
     def __len__(self) -> int:
         """Records librdkafka still holds (queued or in flight)."""
@@ -143,8 +157,21 @@ class Writer:
             return 0
 
     def take_reports(self) -> None:
-        """On the loop: hand over the reports gathered so far now (else they come after the current poll)."""
-        self._called = False  # before taking: what comes after this is taken by the next call
+        """On the loop: poll now, and hand over every report gathered so far.
+
+        A caller already awake (the producer, after each frame it reads) saves the timer a wake-up:
+        the next timed poll moves back by ``ACTIVE_POLL_S``.
+        """
+        self._poll()
+        if self._busy and not self._stopped:
+            self._poll_in(ACTIVE_POLL_S)
+
+    def _poll(self) -> None:
+        try:
+            self.kafka.poll(0)
+        except KafkaException as exc:  # a fatal error: poll() raises it rather than calling error_cb
+            if self.on_error is not None:
+                self.on_error(exc.args[0])
         if self._reports:
             self.on_reports(_drain(self._reports))
 
@@ -160,43 +187,40 @@ class Writer:
 
     def stop(self) -> None:
         """Stop polling (reports not yet polled are not handed over)."""
-        self._stopped.set()
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
 
     async def close(self, flush_s: float = 10.0) -> int:
-        """Flush, stop polling, and wait for the poll thread; returns how many records were not sent."""
+        """Flush and stop polling; returns how many records were not sent."""
         remaining = await self.flush(flush_s)
         self.stop()
-        if self._poller.is_alive():
-            await asyncio.to_thread(self._poller.join)
-        self.take_reports()  # those served by flush(), in its thread
+        self._poll()  # and hand over those served by flush(), in its thread
         return remaining
 
-    # -- the poll thread -------------------------------------------------------------
+    # -- polling on the loop ---------------------------------------------------------
 
     def _on_delivery(self, tag: Any, err: KafkaError | None, msg: Message) -> None:
         self._reports.append(Report(tag, err, msg.partition(), msg.offset()))
 
-    def _poll(self) -> None:
-        poll, loop = self.kafka.poll, self.loop
-        assert loop is not None
-        while not self._stopped.is_set():
-            try:
-                poll(POLL_S)
-            except KafkaException as exc:  # a fatal error: poll() raises it rather than calling error_cb
-                if self.on_error is not None:
-                    self.on_error(exc.args[0])
-                time.sleep(POLL_S)  # a producer that raises on every poll must not spin this thread
-            except Exception:  # whatever librdkafka or a callback raises, this thread must go on
-                log.exception("polling the Kafka producer failed")
-                time.sleep(POLL_S)
-            if self._reports and not self._called:  # flush() in another thread may have served some too
-                # One loop call for every report until the loop takes them: a loop that is busy wakes
-                # once for many polls (each call_soon_threadsafe writes to the loop's wake-up pipe).
-                self._called = True
-                try:
-                    loop.call_soon_threadsafe(self.take_reports)
-                except RuntimeError:  # the loop closed: the service is stopping
-                    return
+    def _poll_in(self, delay: float) -> None:
+        assert self.loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._busy = delay == ACTIVE_POLL_S
+        self._timer = self.loop.call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._stopped:
+            return
+        try:
+            self._poll()
+        except Exception:  # whatever a callback raises, polling must go on
+            log.exception("polling the Kafka producer %s failed", self.name)
+        if not self._stopped:
+            self._poll_in(ACTIVE_POLL_S if len(self) else IDLE_POLL_S)
+
 
 IDLE_TICK_MAX_S = 0.008
 BATCH = 1000  # most records handed over at once

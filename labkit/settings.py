@@ -28,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 Mode = Literal["embedded", "compose", "external"]
 BrokerName = Literal["auto", "kafka", "noida", "tansu", "external"]
+EventLoop = Literal["auto", "uvloop", "asyncio"]
 
 
 def _ephemeral_low() -> int:
@@ -179,6 +180,10 @@ class Settings(BaseSettings):
                                                    "dropped.")
     max_connections: int = Field(4096, ge=1,
                                  description="WebSocket connections per service; more are closed with 1013.")
+    event_loop: EventLoop = Field(
+        "auto", description="The services' event loop: uvloop, asyncio's own, or auto: uvloop where it can be "
+        "imported, else asyncio's.",
+    )
     max_connections_per_address: int = Field(
         # One address holding every connection locks everyone else out (4,096 idle watchers took 4.2 s).
         256, ge=1, description="Of those, connections from one client address, per service and per gateway route; "

@@ -54,7 +54,7 @@ from labkit.kafka import CONSUMER_DEFAULTS, TailReader
 from labkit.services.retention import INTERVAL_S as RETENTION_INTERVAL_S
 from labkit.services.retention import trim_topic
 from labkit.services.serving import (
-    BrokerProbe, ServiceMetrics, configure_logging, json_response, make_process_request, run_service,
+    BrokerProbe, ServiceMetrics, configure_logging, json_response, make_process_request, run_on_event_loop, run_service,
 )
 from labkit.services.wire import text_frame
 from labkit.settings import Settings
@@ -447,7 +447,8 @@ def main(settings: Settings | None = None) -> None:
     """Run the consumer in the foreground until SIGTERM (``python -m labkit.services.consumer``)."""
     configure_logging()
     limit_arenas()  # before any thread allocates (labkit.services.catchup: memory after read-backs)
-    asyncio.run(ConsumerService(settings or Settings()).run())
+    settings = settings or Settings()
+    run_on_event_loop(ConsumerService(settings).run(), settings.event_loop)
 
 
 if __name__ == "__main__":

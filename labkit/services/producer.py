@@ -32,7 +32,9 @@ from labkit.events import UNSET, Event, EventError, FrameError, encode, new_id, 
 from labkit.services.producer_flights import Flights
 from labkit.services.producer_replies import Replies
 from labkit.services.wire import InputRefused, SenderConnection
-from labkit.services.serving import BrokerProbe, ServiceMetrics, configure_logging, make_process_request, run_service
+from labkit.services.serving import (
+    BrokerProbe, ServiceMetrics, configure_logging, make_process_request, run_on_event_loop, run_service,
+)
 from labkit.settings import Settings
 
 __all__ = ["ProducerService", "RateLimiter", "main"]
@@ -153,6 +155,8 @@ class ProducerService:
                     self._refuse(replies, BINARY_FRAME)
                 else:
                     await self._read(message, replies)
+                    self.flights.take_reports()  # acks of earlier frames, in this wake-up
+                replies.flush()  # this frame's refusals (its acks come from Kafka)
         except ConnectionClosed:
             pass
         finally:
@@ -235,7 +239,8 @@ def RATE_LIMITED(rate: float) -> EventError:  # noqa: N802 - reads as the error 
 def main(settings: Settings | None = None) -> None:
     """Run the producer in the foreground until SIGTERM (``python -m labkit.services.producer``)."""
     configure_logging()
-    asyncio.run(ProducerService(settings or Settings()).run())
+    settings = settings or Settings()
+    run_on_event_loop(ProducerService(settings).run(), settings.event_loop)
 
 
 if __name__ == "__main__":

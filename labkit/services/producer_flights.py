@@ -60,6 +60,8 @@ class ReplyTarget(Protocol):
 
     def put(self, frame: bytes) -> None: ...
 
+    def flush(self) -> None: ...
+
 
 class Flight:
     """One librdkafka producer (a :class:`labkit.kafka.Writer`) and the events it owes a reply for, by token."""
@@ -149,11 +151,13 @@ class Flights:
         now = now_ms()
         metrics = self.metrics
         acked = 0
+        targets: dict[int, ReplyTarget] = {}
         for token, err, partition, offset in reports:
             entry = flight.pending.pop(token, None)
             if entry is None:
                 continue  # already answered with an error when its producer was given up
             target, event_id, received_at = entry
+            targets[id(target)] = target
             if err is None:
                 target.put(encode({"ack": event_id, "partition": partition, "offset": offset}))
                 acked += 1
@@ -168,6 +172,8 @@ class Flights:
                 self._replace("session_lost", f"the broker no longer knows this producer's session: {err.str()}")
             elif err.code() == KafkaError._MSG_TIMED_OUT and self.broker_up():
                 self._replace("timed_out", "the broker answers yet an event timed out: it no longer takes our writes")
+        for target in targets.values():  # each sender's replies of this batch in one write
+            target.flush()
         if acked:
             metrics.events_out.inc(acked)  # once per batch: a counter's lock per event showed in profiles
             self.saw_broker()
@@ -212,6 +218,7 @@ class Flights:
                 self.metrics.errors.labels("kafka_error").inc()
                 detail = f"Kafka did not confirm the event before its producer was replaced ({old.failed or 'stalled'})"
                 target.put(EventError("kafka_error", detail, event_id).frame())
+                target.flush()
             old.pending.clear()
             old.writer.purge(in_flight=True)
             old.writer.stop()
@@ -236,6 +243,10 @@ class Flights:
         if self.current.failed is not None:
             return "failed"
         return "stalled" if self.current.stalled(time.monotonic()) else "ok"
+
+    def take_reports(self) -> None:
+        """Poll the current producer now (the loop is awake anyway): acks go out without a wake-up of their own."""
+        self.current.writer.take_reports()
 
     def in_flight(self) -> int:
         return len(self.current.writer) + sum(len(old.writer) for old in self.retiring)

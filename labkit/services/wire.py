@@ -119,9 +119,21 @@ class SenderConnection(ServerConnection):
         assert self.refusal is not None
         raise InputRefused(self.refusal)
 
+    def _takes_frames(self) -> bool:
+        """Open, or closing only for a refused frame whose close waits for the replies owed."""
+        return (self.protocol.state is OPEN or self._held is not None) and not self.transport.is_closing()
+
+    def can_write_now(self) -> bool:
+        """Frames may be written without waiting: the connection takes them and its socket keeps up."""
+        return self._takes_frames() and not self.paused
+
+    def write_now(self, data: bytes) -> None:
+        """Write ready-made frames at once; only when :meth:`can_write_now` (nothing waits for the socket)."""
+        self.transport.write(data)
+
     async def write_frames(self, data: bytes) -> None:
         """Write ready-made frames, waiting while the socket's buffer is full (the peer reads slowly)."""
-        if (self.protocol.state is not OPEN and self._held is None) or self.transport.is_closing():
+        if not self._takes_frames():
             raise ConnectionClosed(self.protocol.close_rcvd, self.protocol.close_sent)
         self.transport.write(data)
         await self.drain()
