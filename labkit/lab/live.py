@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import math
 import time
 import weakref
 from collections import Counter, deque
@@ -130,9 +131,10 @@ class LiveChart(w.VBox):
         self._run_counts = np.zeros(len(RUN_BINS) + 1, dtype=np.int64)  # every latency since the chart started
         self._run_max = 0.0
         # The value panel draws at most this many points a second per type, so it covers the whole window at any
-        # rate (max_points over window_s), as the bars do; the counters count every event.
+        # rate (max_points over window_s), as the bars do; the counters count every event. The points drawn are
+        # spread: one at most every 1/points_per_second s (the first N of each second drew a clump a second).
         self.points_per_second = max(1, int(max_points / window_s))
-        self._drawn_this_second: dict[str, tuple[float, int]] = {}
+        self._last_drawn: dict[str, float] = {}  # per type: when its last drawn point arrived (chart seconds)
         self.thinned = 0  # events counted but not drawn as points
         self._dirty = False
         self._last_draw = 0.0
@@ -206,12 +208,10 @@ class LiveChart(w.VBox):
         self.received += 1
         self.counts[event.type] += 1
         second = float(int(now))
-        at, drawn = self._drawn_this_second.get(event.type, (second, 0))
-        drawn = drawn if at == second else 0
-        if drawn >= self.points_per_second:
+        if now - self._last_drawn.get(event.type, -math.inf) < 1 / self.points_per_second:
             self.thinned += 1
         elif event.type in self._new or event.type in self.figure.lines or len(self.figure.lines) + len(self._new) < self.max_traces:
-            self._drawn_this_second[event.type] = (second, drawn + 1)
+            self._last_drawn[event.type] = now
             new = self._new.setdefault(event.type, [])
             new.append((now, float(event.value)))
             if len(new) > 2 * self._max_points:  # paused for long: keep the newest
