@@ -58,6 +58,8 @@ def sent_events(page: Page, stack: Stack) -> Locator:
     # The form as the lesson leaves it: a burst stopped half-way, said in words; no field in red; every send acked.
     note = page.locator(".labkit-burst-note").inner_text()
     assert re.fullmatch(r"stopped: you pressed Stop, after [\d,]+ of 500", note), note
+    cut = page.locator(".labkit-burst-note").evaluate("e => e.scrollWidth > e.clientWidth")
+    assert not cut, "the burst's note is cut short in the page"
     assert [text for text in page.locator("[class*='labkit-problem-']").all_inner_texts() if text.strip()] == []
     counters = page.locator(".labkit-sender-counters").inner_text()
     sent, acked, errors = (int(n) for n in re.findall(r"\d+", counters)[:3])

@@ -147,7 +147,9 @@ class EventSender(w.VBox):
         self.burst_button = w.Button(description="Send burst", icon="forward")
         self.stop_button = w.Button(description="Stop", icon="stop", disabled=True)
         self.progress = w.IntProgress(value=0, min=0, max=1, description="sent")
-        self.burst_note = w.Label("")  # what the burst is doing, or why it ended early, in words
+        # What the burst is doing, or why it ended early, in words. Its own width: a Label in an HBox otherwise
+        # keeps a narrow one and cuts the words ("stopped: you pressed Stop, after" lost its "31 of 500").
+        self.burst_note = w.Label("", layout=w.Layout(width="auto", flex="1 0 auto"))
         self.burst_note.add_class("labkit-burst-note")
         self.counters = w.HTML("")
         self.counters.add_class("labkit-sender-counters")
