@@ -2,7 +2,8 @@
 
 :func:`lab_server` starts JupyterLab on a free loopback port in a temporary
 folder holding copies of every notebook, against the test stack (its kernels
-inherit the ``LABKIT_*`` variables). :func:`open_notebook` opens one in a page
+inherit the ``LABKIT_*`` variables); ``shared_lab_server`` and ``shared_chromium`` are one
+server and one browser for a whole test module. :func:`open_notebook` opens one in a page
 and waits for its kernel; :func:`run_all` runs every cell; :func:`put_notebook` adds a
 small notebook of a test's own to the server. Screenshots go to ``test-artifacts/``.
 """
@@ -19,12 +20,13 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
 import psutil
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from labkit import Stack
@@ -60,6 +62,20 @@ LAB_SETTINGS = {
 @pytest.fixture
 def lab_server(stack: Stack, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A JupyterLab server on copies of every notebook (in a temporary folder); yields (URL, token)."""
+    with serve_lab(stack, tmp_path) as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def shared_lab_server(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """:func:`lab_server`, one for the test module: its tests open different notebooks in it."""
+    with serve_lab(stack, tmp_path_factory.mktemp("lab")) as lab:
+        yield lab
+
+
+@contextmanager
+def serve_lab(stack: Stack, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """JupyterLab on copies of every notebook in ``tmp_path``, against ``stack``; yields (URL, token), then stops it."""
     root = tmp_path / "lab"
     root.mkdir()
     for notebook in (REPO_ROOT / "notebooks").glob("*.ipynb"):
@@ -135,6 +151,19 @@ def put_notebook(lab: tuple[str, str], name: str, cells: list[str]) -> None:
         assert response.status in (200, 201), f"saving {name}: HTTP {response.status}"
 
 
+TABLE_ROWS = """(table) => {
+    const heads = [...table.querySelectorAll('thead th')].map(th => th.innerText.trim());
+    return [...table.querySelectorAll('tbody tr')].map(tr =>
+        Object.fromEntries([...tr.querySelectorAll('td')].map((td, i) => [heads[i], td.innerText.trim()])));
+}"""
+
+
+def table_rows(where: Page | Locator, selector: str) -> list[dict[str, str]]:
+    """The rows of the first HTML table inside ``selector`` (Playwright's selectors: CSS, ``:has-text()``), as shown."""
+    table = where.locator(f"{selector} table").first
+    return table.evaluate(TABLE_ROWS) if table.count() else []
+
+
 def counter_number(page: Page, selector: str, label: str) -> int:
     """The number after ``label`` in a counters widget, read from the page."""
     text = page.locator(selector).first.inner_text()
@@ -144,7 +173,7 @@ def counter_number(page: Page, selector: str, label: str) -> int:
 
 
 def plot_points(page: Page) -> int:
-    """Markers the live chart has drawn (each event in the window is one SVG point)."""
+    """Markers the live chart has drawn: one SVG point per point, up to ``labkit.lab.live.MARKERS`` a line."""
     return page.locator(".js-plotly-plot .scatterlayer path.point").count()
 
 
@@ -161,6 +190,20 @@ def accept_kernel_dialog(page: Page) -> None:
 @pytest.fixture
 def chromium() -> Iterator[Browser]:
     """Debian's Chromium, headless."""
+    with launch_chromium() as browser:
+        yield browser
+
+
+@pytest.fixture(scope="module")
+def shared_chromium() -> Iterator[Browser]:
+    """:func:`chromium`, one for the test module."""
+    with launch_chromium() as browser:
+        yield browser
+
+
+@contextmanager
+def launch_chromium() -> Iterator[Browser]:
+    """Debian's Chromium, headless, closed on leaving."""
     assert CHROMIUM.exists(), "Debian's Chromium is needed: apt-get install -y chromium"
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
@@ -172,10 +215,14 @@ def chromium() -> Iterator[Browser]:
 
 
 def open_notebook(browser: Browser, lab: tuple[str, str], name: str) -> Page:
-    """A page on notebook ``name`` with its kernel idle and the side panel closed."""
+    """A page on notebook ``name`` with its kernel idle and the side panel closed.
+
+    Each notebook opens in a JupyterLab workspace of its own, so a server shared by several
+    tests does not reopen the notebooks of the tests before (as hidden tabs) beside it.
+    """
     url, token = lab
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
-    page.goto(f"{url}/lab/tree/{name}?token={token}")
+    page.goto(f"{url}/lab/workspaces/{Path(name).stem}/tree/{name}?token={token}")
     page.wait_for_selector(".jp-NotebookPanel", timeout=60_000)
     accept_kernel_dialog(page)
     page.wait_for_function("() => window.jupyterapp !== undefined", timeout=30_000)

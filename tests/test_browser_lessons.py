@@ -11,19 +11,10 @@ import asyncio
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from browser_lab import ARTIFACTS, ERROR_OUTPUTS, open_notebook, run_all
-from playwright.sync_api import Browser, Page
+from browser_lab import ARTIFACTS, ERROR_OUTPUTS, open_notebook, run_all, table_rows
+from playwright.sync_api import Browser
 
 from labkit import Sender, Stack
-
-TABLE_ROWS = """(selector) => {
-    const table = document.querySelector(selector + ' table');
-    if (!table) return [];
-    const heads = [...table.querySelectorAll('thead th')].map(th => th.innerText.trim());
-    return [...table.querySelectorAll('tbody tr')].map(tr =>
-        Object.fromEntries([...tr.querySelectorAll('td')].map((td, i) => [heads[i], td.innerText.trim()])));
-}"""
-
 
 # The last view of 06's chart, as the page draws it: trace names, shaded fault spans, the counters' words.
 FAULT_CHART = """(() => {
@@ -36,11 +27,6 @@ FAULT_CHART = """(() => {
     const counters = live.querySelector('.labkit-live-counters').innerText;
     return {ok: shaded >= 8 && counters.includes('stopped'), names, shaded, counters};
 })()"""
-
-
-def table_rows(page: Page, selector: str) -> list[dict[str, str]]:
-    """The rows of the HTML table inside a widget, as the page shows them."""
-    return page.evaluate(TABLE_ROWS, selector)
 
 
 def test_faults_notebook_shows_every_acked_event_back(lab_server: tuple[str, str], chromium: Browser, stack: Stack):

@@ -17,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from labkit.lab.chart import PLOTLY_JS, FigureView, PlotlyView, StreamChart
+from labkit.lab.chart import DELTAS_IN_FLIGHT, PLOTLY_JS, FigureView, PlotlyView, StreamChart
 
 
 def recording(chart: PlotlyView) -> list[tuple[dict[str, Any], list[bytes]]]:
@@ -86,20 +86,31 @@ def test_a_figure_view_of_something_else_says_what_it_needs():
         FigureView([1, 2, 3])
 
 
-def test_one_delta_in_flight_the_rest_merged_until_a_view_acknowledges():
+def test_a_few_deltas_in_flight_the_rest_merged_until_a_view_acknowledges():
     chart = StreamChart({}, [{"type": "bar", "x": [], "y": []}], max_points=3)
     sent = recording(chart)
-    chart.extend({"a": [(0.0, 1.0)]}, {0: {"y": [1]}}, {"xaxis.range": [0, 1]})
-    for i in range(1, 6):  # the page has not drawn the first: these wait in the kernel, merged, bounded
+
+    def extend(i: int) -> None:
         chart.extend({"a": [(float(i), float(i))]}, {0: {"y": [i]}}, {"xaxis.range": [0, i]})
-    assert [c["seq"] for c, _ in sent] == [1] and chart.in_flight and chart.coalesced == 4
-    chart._on_view_message(chart, {"type": "ack", "seq": 1, "view": "v1"}, None)
-    assert [c["seq"] for c, _ in sent] == [1, 2]
+
+    for i in range(DELTAS_IN_FLIGHT):  # the window: these go at once
+        extend(i)
+    assert [c["seq"] for c, _ in sent] == [1, 2, 3] and chart.in_flight == DELTAS_IN_FLIGHT == 3
+    for i in range(3, 8):  # the page has drawn none of them: these wait in the kernel, merged, bounded
+        extend(i)
+    assert len(sent) == 3 and chart.coalesced == 4
+    chart._on_view_message(chart, {"type": "ack", "seq": 1, "view": "v1"}, None)  # one drawn: one more may go
+    assert [c["seq"] for c, _ in sent] == [1, 2, 3, 4] and chart.in_flight == 3
     merged = sent[-1][0]
-    assert merged["points"]["1"] == ([3.0, 4.0, 5.0], [3.0, 4.0, 5.0])  # the newest max_points only
-    assert merged["restyle"]["data"] == {"y": [[5]]} and merged["restyle"]["layout"] == {"xaxis.range": [0, 5]}
+    assert merged["points"]["1"] == ([5.0, 6.0, 7.0], [5.0, 6.0, 7.0])  # the newest max_points only
+    assert merged["restyle"]["data"] == {"y": [[7]]} and merged["restyle"]["layout"] == {"xaxis.range": [0, 7]}
     chart._on_view_message(chart, {"type": "ack", "seq": 1, "view": "v2"}, None)  # an old ack frees nothing
-    chart.extend({"a": [(6.0, 6.0)]}, {}, {})
-    assert len(sent) == 2
+    extend(8)
+    assert len(sent) == 4
+    chart._on_view_message(chart, {"type": "ack", "seq": 4, "view": "v1"}, None)  # drawn up to 4: all of them
+    assert [c["seq"] for c, _ in sent] == [1, 2, 3, 4, 5] and chart.in_flight == 1
+    for i in range(9, 12):
+        extend(i)
+    assert len(sent) == 7 and chart.in_flight == 3
     chart._on_view_message(chart, {"type": "hello", "view": "v3"}, None)  # a new view: pending first, then its snapshot
-    assert [c["type"] for c, _ in sent[-2:]] == ["delta", "snapshot"] and sent[-1][0]["seq"] == sent[-2][0]["seq"] == 3
+    assert [c["type"] for c, _ in sent[-2:]] == ["delta", "snapshot"] and sent[-1][0]["seq"] == sent[-2][0]["seq"] == 8

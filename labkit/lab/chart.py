@@ -2,8 +2,9 @@
 
 :class:`StreamChart` is a small anywidget (its front end is ``chart.js``). The kernel
 holds the authoritative recent points; each view asks for a full snapshot when it
-renders (and again if it missed a delta), then appends points with
-``Plotly.extendTraces`` as deltas arrive, instead of resending whole traces. plotly.js
+renders (and again if it missed a delta), then, as deltas arrive, appends their points
+to its own copy of the figure and draws it with one ``Plotly.react`` per animation
+frame, instead of the kernel resending whole traces. plotly.js
 itself comes from the plotly package's bundled ``plotly.min.js``, sent once per page on
 the view's request, so the chart works offline and its ESM loads in milliseconds.
 :class:`FigureView` shows any plotly figure through the same front end: the kernel holds
@@ -29,15 +30,21 @@ from typing import Any
 
 import anywidget
 import plotly
+import traitlets
 from plotly.utils import PlotlyJSONEncoder
 
-__all__ = ["FigureView", "StreamChart", "Trace"]
+__all__ = ["DELTAS_IN_FLIGHT", "FigureView", "StreamChart", "Trace"]
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 CONFIG = {"displaylogo": False, "responsive": True}
 # A delta not acknowledged by any view within this long no longer holds the next one back (no view is open,
-# or it was closed): the kernel then sends at most one delta per ACK_TIMEOUT_S, so nothing piles up anywhere.
+# or it was closed): the kernel then sends at most DELTAS_IN_FLIGHT deltas per ACK_TIMEOUT_S, so nothing piles up.
 ACK_TIMEOUT_S = 2.0
+# Deltas sent and not yet acknowledged, at most: a window, not one at a time, because on a busy 2-core machine the
+# round trip kernel -> Jupyter server -> page -> kernel took 0.3 to 0.7 s while the page drew a frame in 60 to 110 ms
+# (2026-12-04): one delta at a time capped the chart at 1.5 to 3 frames a second. The page draws what arrives
+# between two animation frames at once, so a larger window only makes the frames larger.
+DELTAS_IN_FLIGHT = 3
 
 
 @cache
@@ -96,7 +103,11 @@ class StreamChart(PlotlyView):
 
     ``layout`` is a plotly layout (JSON); ``line`` the style of each new line; a line is
     broken (a ``None`` point) where two points are more than ``gap`` apart in x.
+    ``paused`` (synced with the views) freezes their drawing at once, in the page, before
+    the kernel hears of it: link a Pause button to it with ``ipywidgets.jsdlink``.
     """
+
+    paused = traitlets.Bool(False).tag(sync=True)
 
     def __init__(
         self,
@@ -115,10 +126,10 @@ class StreamChart(PlotlyView):
         self.gap = gap
         self.lines: dict[str, Trace] = {}
         self.seq = 0  # deltas sent; a view that sees a hole in the numbers asks for a snapshot
-        # Flow control: one delta at a time is in flight to the views; what comes meanwhile is merged into
-        # ``_pending`` (bounded: max_points per line) and sent when a view acknowledges having drawn the last one.
+        # Flow control: at most DELTAS_IN_FLIGHT deltas are in flight to the views; what comes meanwhile is merged
+        # into ``_pending`` (bounded: max_points per line) and sent when a view acknowledges having drawn one.
         self._pending: dict[str, Any] | None = None
-        self._in_flight_since: float | None = None
+        self._sent: deque[tuple[int, float]] = deque()  # (seq, when sent) of the deltas not acknowledged yet
         self.acks = 0  # deltas a view said it drew
         self.coalesced = 0  # extends merged into a later delta instead of sent on their own
 
@@ -155,7 +166,8 @@ class StreamChart(PlotlyView):
 
         With ``resync`` every view redraws from a snapshot instead (after points were dropped).
         """
-        new_traces, sent = [], {}
+        new_traces: list[dict[str, Any]] = []
+        sent: dict[str, tuple[list[float], list[float | None]]] = {}  # keyed by the trace's index, as JSON keys are
         for name, batch in points.items():
             trace = self.lines.get(name)
             if trace is None:
@@ -176,7 +188,8 @@ class StreamChart(PlotlyView):
         self.plot_layout = _relayout(self.plot_layout, layout)
         if resync:
             self.seq += 1
-            self._pending, self._in_flight_since = None, time.monotonic()
+            self._pending = None
+            self._sent.append((self.seq, time.monotonic()))
             self.send({**self.snapshot(), "view": "*"})
             return
         self._merge(new_traces, {index: xy for index, xy in sent.items() if xy[0]}, fixed, layout)
@@ -184,7 +197,10 @@ class StreamChart(PlotlyView):
 
     def _merge(self, traces: list[dict[str, Any]], points: dict[str, tuple[list, list]],
                fixed: Mapping[int, Mapping[str, Any]], layout: Mapping[str, Any]) -> None:
-        """Add one extend to what is waiting to be sent: new traces and points appended, attributes and layout replaced."""
+        """Add one extend to what is waiting to be sent.
+
+        New traces and points are appended; attributes and layout are replaced.
+        """
         if self._pending is None:
             self._pending = {"traces": [], "points": {}, "fixed": {}, "layout": {}}
         else:
@@ -196,22 +212,19 @@ class StreamChart(PlotlyView):
             px += xs
             py += ys
             del px[: -self.max_points], py[: -self.max_points]  # a view keeps no more than this anyway
-        for index, attributes in fixed.items():
-            pending["fixed"].setdefault(index, {}).update(attributes)
+        for trace_index, attributes in fixed.items():
+            pending["fixed"].setdefault(trace_index, {}).update(attributes)
         pending["layout"].update(layout)
 
     def _flush(self, force: bool = False) -> None:
-        """Send what is pending as one delta, unless the last one is still in flight (and not too old)."""
-        if self._pending is None:
-            return
-        waiting = self._in_flight_since is not None and time.monotonic() - self._in_flight_since < ACK_TIMEOUT_S
-        if waiting and not force:
+        """Send what is pending as one delta, unless DELTAS_IN_FLIGHT are in flight (and not too old)."""
+        if self._pending is None or (self.in_flight >= DELTAS_IN_FLIGHT and not force):
             return
         pending, self._pending = self._pending, None
         fixed = pending["fixed"]
         names = sorted({key for attributes in fixed.values() for key in attributes})
         self.seq += 1
-        self._in_flight_since = time.monotonic()
+        self._sent.append((self.seq, time.monotonic()))
         self.send({
             "type": "delta",
             "seq": self.seq,
@@ -226,15 +239,19 @@ class StreamChart(PlotlyView):
         })
 
     def _acked(self, seq: Any) -> None:
-        if seq == self.seq:  # the latest delta is drawn: the next may go
-            self.acks += 1
-            self._in_flight_since = None
-            self._flush()
+        if not isinstance(seq, int) or not self._sent or seq < self._sent[0][0]:
+            return  # an old ack (another view's, or one after a timeout) frees nothing
+        while self._sent and self._sent[0][0] <= seq:  # a view drew up to seq: those deltas are done
+            self._sent.popleft()
+        self.acks += 1
+        self._flush()
 
     @property
-    def in_flight(self) -> bool:
-        """A delta was sent and no view has said it drew it yet (for ACK_TIMEOUT_S at most)."""
-        return self._in_flight_since is not None and time.monotonic() - self._in_flight_since < ACK_TIMEOUT_S
+    def in_flight(self) -> int:
+        """Deltas sent that no view has said it drew yet (each counted for ACK_TIMEOUT_S at most)."""
+        while self._sent and time.monotonic() - self._sent[0][1] >= ACK_TIMEOUT_S:
+            self._sent.popleft()
+        return len(self._sent)
 
     def trim(self, before: float) -> None:
         """Forget points left of ``before`` (the views keep them, off screen, up to ``max_points``)."""
@@ -285,7 +302,8 @@ def figure_json(figure: Any) -> dict[str, Any]:
             f"FigureView shows a plotly figure (a go.Figure, or a dict with 'data' and 'layout'), "
             f"not a value of type {type(figure).__name__}: build one with plotly.graph_objects or plotly.express"
         )
-    plain = json.loads(json.dumps({"data": figure.get("data", []), "layout": figure.get("layout", {})}, cls=PlotlyJSONEncoder))
+    parts = {"data": figure.get("data", []), "layout": figure.get("layout", {})}
+    plain = json.loads(json.dumps(parts, cls=PlotlyJSONEncoder))
     return {"data": list(plain["data"]), "layout": dict(plain["layout"])}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import math
 import time
 import weakref
 from collections import Counter, deque
@@ -35,9 +36,9 @@ from labkit.events import Delivered, now_ms
 from labkit.lab.chart import StreamChart
 from labkit.lab.palette import BLUE, GREEN, RED
 from labkit.lab.tasks import cancel, close_tree
-from labkit.waiting import until
 from labkit.percentiles import binned_percentiles, percentiles
 from labkit.settings import Settings
+from labkit.waiting import until
 
 __all__ = ["LiveChart"]
 
@@ -47,6 +48,10 @@ GAP_S = 5.0  # a line is broken where one type's events are further apart than t
 LATENCY_BINS = 40
 # Whole-run latency: a histogram over log-spaced bins from 0.01 ms to 1,000 s (about 1% wide), bounded in memory.
 RUN_BINS = np.logspace(-2, 6, 1601)
+# Markers drawn per line (plotly's marker.maxdisplayed, spread over the window); the line itself joins every point.
+# Markers are what a frame costs in the page: in Chromium on a busy 2-core machine (2026-12-04) one Plotly.react of
+# this figure took 15 to 31 ms with no marker, 55 to 95 ms with 600, and 150 to 250 ms with one per point (5,000).
+MARKERS = 200
 BARS, LATENCY = 0, 1  # the fixed traces: events per second, latency histogram
 
 
@@ -126,9 +131,10 @@ class LiveChart(w.VBox):
         self._run_counts = np.zeros(len(RUN_BINS) + 1, dtype=np.int64)  # every latency since the chart started
         self._run_max = 0.0
         # The value panel draws at most this many points a second per type, so it covers the whole window at any
-        # rate (max_points over window_s), as the bars do; the counters count every event.
+        # rate (max_points over window_s), as the bars do; the counters count every event. The points drawn are
+        # spread: one at most every 1/points_per_second s (the first N of each second drew a clump a second).
         self.points_per_second = max(1, int(max_points / window_s))
-        self._drawn_this_second: dict[str, tuple[float, int]] = {}
+        self._last_drawn: dict[str, float] = {}  # per type: when its last drawn point arrived (chart seconds)
         self.thinned = 0  # events counted but not drawn as points
         self._dirty = False
         self._last_draw = 0.0
@@ -140,6 +146,9 @@ class LiveChart(w.VBox):
         self.pause_button = w.ToggleButton(value=False, description="Pause", icon="pause", tooltip="freeze the chart")
         self.pause_button.add_class("labkit-pause")
         self.pause_button.observe(lambda change: self.pause() if change["new"] else self.resume(), "value")
+        # A click freezes the page's drawing at once, in the browser; the kernel stops sending when it hears of it.
+        # One way only (button to figure): pause() and resume() set the button, and a two-way link echoed stale values.
+        self._pause_link = w.jsdlink((self.pause_button, "value"), (self.figure, "paused"))
         super().__init__([w.HBox([self.pause_button, self.counters]), self.figure])
         self.add_class("labkit-live")
 
@@ -170,7 +179,8 @@ class LiveChart(w.VBox):
                        xaxis="x3", yaxis="y3")
         return StreamChart(
             fig.layout.to_plotly_json(), [bars, latency],
-            line=dict(type="scatter", mode="lines+markers", marker=dict(size=5), xaxis="x", yaxis="y"),
+            line=dict(type="scatter", mode="lines+markers", marker=dict(size=5, maxdisplayed=MARKERS),
+                      xaxis="x", yaxis="y"),
             max_points=self._max_points, gap=GAP_S,
         )
 
@@ -199,12 +209,11 @@ class LiveChart(w.VBox):
         self.received += 1
         self.counts[event.type] += 1
         second = float(int(now))
-        at, drawn = self._drawn_this_second.get(event.type, (second, 0))
-        drawn = drawn if at == second else 0
-        if drawn >= self.points_per_second:
+        if now - self._last_drawn.get(event.type, -math.inf) < 1 / self.points_per_second:
             self.thinned += 1
-        elif event.type in self._new or event.type in self.figure.lines or len(self.figure.lines) + len(self._new) < self.max_traces:
-            self._drawn_this_second[event.type] = (second, drawn + 1)
+        elif (event.type in self._new or event.type in self.figure.lines
+              or len(self.figure.lines) + len(self._new) < self.max_traces):
+            self._last_drawn[event.type] = now
             new = self._new.setdefault(event.type, [])
             new.append((now, float(event.value)))
             if len(new) > 2 * self._max_points:  # paused for long: keep the newest
@@ -284,7 +293,8 @@ class LiveChart(w.VBox):
     def _show_counters(self) -> None:
         latency, run = self.latency_percentiles(), self.run_percentiles()
         lat = (f"last {self.window_s:g} s: p50 <b>{latency['p50']:.1f}</b> ms · p99 <b>{latency['p99']:.1f}</b> ms"
-               f" · <span class='labkit-run-latency'>whole run: p50 {run['p50']:.1f} · p99 <b>{run['p99']:.1f}</b> ms</span>"
+               f" · <span class='labkit-run-latency'>whole run: p50 {run['p50']:.1f}"
+               f" · p99 <b>{run['p99']:.1f}</b> ms</span>"
                if latency and run else "no latency yet")
         if self.stopped:
             state = "<b>stopped</b>: the picture is frozen as it was"
@@ -339,7 +349,8 @@ class LiveChart(w.VBox):
                 shapes.append({
                     "type": "rect", "xref": f"x{axis}", "yref": f"y{axis} domain", "x0": x0, "x1": x1, "y0": 0, "y1": 1,
                     "fillcolor": "#ef9a9a", "opacity": 0.35, "line": {"width": 0}, "layer": "below",
-                    **({"label": {"text": label, "textposition": "top center", "font": {"size": 11}}} if not axis else {}),
+                    **({"label": {"text": label, "textposition": "top center", "font": {"size": 11}}}
+                       if not axis else {}),
                 })
         self.figure.extend({}, {}, {"shapes": shapes})
 
@@ -382,6 +393,8 @@ class LiveChart(w.VBox):
     def close(self) -> None:
         """Stop, and close the figure and counters."""
         self.stop()
+        if hasattr(self, "_pause_link"):
+            self._pause_link.close()
         close_tree(self)
         super().close()
 
