@@ -1,1 +1,4 @@
-"""What runs in the service processes: the producer and the consumer, the watchers and read-backs they serve, and the retention task."""
+"""What runs in the service processes.
+
+The producer and the consumer, the watchers and read-backs they serve, and the retention task.
+"""

@@ -19,6 +19,7 @@ prefetch and :func:`give_back_memory` after each read-back: 76, 75, 75, 76 MB.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -29,10 +30,10 @@ from collections.abc import Callable, Mapping
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from labkit.events import now_ms
-from labkit.kafka import CONSUMER_DEFAULTS, TailReader
-from labkit.settings import Settings
+from labkit.kafka import CONSUMER_DEFAULTS, TailReader, position
 from labkit.services.fanout import Delivery, delivery_of
 from labkit.services.watchers import Recovery
+from labkit.settings import Settings
 
 __all__ = ["read_missed", "give_back_memory", "limit_arenas", "READ_BACK_CONFIG"]
 
@@ -64,10 +65,10 @@ def limit_arenas(count: int = 2) -> None:
     fragmented between what is still held: fewer arenas, less kept.
     """
     name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).mallopt(M_ARENA_MAX, count) if name else None
-    except (OSError, AttributeError):
-        pass
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator has no such setting
+        ctypes.CDLL(name).mallopt(M_ARENA_MAX, count)
 
 
 def give_back_memory() -> None:
@@ -155,7 +156,7 @@ def read_missed(
             for msg in reader.read(0.1):
                 if msg.error() is not None or msg.partition() not in pending:
                     continue
-                partition, offset = msg.partition(), msg.offset()
+                partition, offset = position(msg)
                 found = delivery_of(msg, now_ms(), epoch)
                 if found is not None:
                     chunk.append(found[0])

@@ -46,22 +46,28 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from labkit.services.catchup import LIMIT_S as READ_BACK_LIMIT_S
 from labkit.epoch import EpochStep, Truncation, epoch_is_kept, log_epochs, losses_since, new_epoch
-from labkit.services.catchup import give_back_memory, limit_arenas, read_missed
 from labkit.events import encode, is_reserved, now_ms
 from labkit.kafka import CONSUMER_DEFAULTS, TailReader
+from labkit.services.addresses import Tally, client_address
+from labkit.services.catchup import LIMIT_S as READ_BACK_LIMIT_S
+from labkit.services.catchup import give_back_memory, limit_arenas, read_missed
+from labkit.services.fanout import CONTROL, delivery_of
 from labkit.services.retention import INTERVAL_S as RETENTION_INTERVAL_S
 from labkit.services.retention import trim_topic
 from labkit.services.serving import (
-    BrokerProbe, ServiceMetrics, configure_logging, json_response, make_process_request, run_on_event_loop, run_service,
+    BrokerProbe,
+    ServiceMetrics,
+    configure_logging,
+    json_response,
+    make_process_request,
+    run_on_event_loop,
+    run_service,
 )
+from labkit.services.truncation import LogMemory
+from labkit.services.watchers import Delivery, Watcher, WatchOptions, parse_watch_query
 from labkit.services.wire import text_frame
 from labkit.settings import Settings
-from labkit.services.fanout import CONTROL, delivery_of
-from labkit.services.truncation import LogMemory
-from labkit.services.addresses import Tally, client_address
-from labkit.services.watchers import Delivery, Watcher, WatchOptions, parse_watch_query
 
 __all__ = ["ConsumerService", "main"]
 
@@ -79,7 +85,8 @@ class ConsumerService:
         self.metrics = ServiceMetrics()
         self.invalid_records = self.metrics.errors.labels("invalid_record")
         config = {**CONSUMER_DEFAULTS, **settings.kafka_reader_config(), "group.id": f"labkit-fanout-{id(self):x}"}
-        self.reader = TailReader({**config, "error_cb": self._kafka_error}, pause_when_idle=not settings.broker_long_polls)
+        self.reader = TailReader({**config, "error_cb": self._kafka_error},
+                                 pause_when_idle=not settings.broker_long_polls)
         self.kafka = self.reader.consumer
         self.probe = BrokerProbe(settings)
         self.watchers: set[Watcher] = set()
@@ -204,7 +211,8 @@ class ConsumerService:
             found = delivery_of(msg, now, self.epoch)
             if found is None:
                 self.invalid_records.inc()
-                log.warning("skipped a record that is not a labkit event at %s/%s@%s", msg.topic(), msg.partition(), msg.offset())
+                log.warning("skipped a record that is not a labkit event at %s/%s@%s",
+                            msg.topic(), msg.partition(), msg.offset())
                 continue
             frame, record = found
             valid += 1
@@ -230,7 +238,7 @@ class ConsumerService:
             selected = selections.get(types)
             if selected is None:
                 wants = watcher.wants
-                pairs = [(frame, wire) for frame, wire in zip(live, wires) if wants(frame.type)]
+                pairs = [(frame, wire) for frame, wire in zip(live, wires, strict=True) if wants(frame.type)]
                 chosen = [wire for _, wire in pairs]
                 selected = selections[types] = ([frame for frame, _ in pairs], chosen, b"".join(chosen))
             if not selected[0]:
@@ -264,7 +272,8 @@ class ConsumerService:
     def _overflow(self, watcher: Watcher) -> None:
         self.metrics.overflows.inc()
         self.watchers.discard(watcher)
-        watcher.close(CloseCode.TRY_AGAIN_LATER, f"too slow: more than {watcher.limit} events queued; reconnect to continue")
+        watcher.close(CloseCode.TRY_AGAIN_LATER,
+                      f"too slow: more than {watcher.limit} events queued; reconnect to continue")
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         try:
@@ -437,6 +446,7 @@ class ConsumerService:
             self.settings.consumer_port,
             self.handle,
             make_process_request(self.health, self.metrics, self._check_request),
+            create_connection=ServerConnection,
             started=self.started,
             stopping=self.stopping,
             max_size=4096,  # watchers have nothing to say beyond pings and the close

@@ -156,7 +156,8 @@ class WatcherState:
         self.queue.extend(frames)
 
     def recovered(self, counted_as_sent: Mapping[int, int]) -> None:
-        """The read-back's first word: these offsets count as sent (less than the resume point where it lies outside the log)."""
+        """The read-back's first word: these offsets count as sent (less than the resume point where it lies
+        outside the log)."""
         self.sent_upto.update(counted_as_sent)
         self.unsettled.update(counted_as_sent)
 

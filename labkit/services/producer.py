@@ -27,14 +27,19 @@ from prometheus_client import Counter
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from labkit.kafka import PRODUCER_DEFAULTS
 from labkit.events import UNSET, Event, EventError, FrameError, encode, new_id, now_ms, parse_frame
+from labkit.kafka import PRODUCER_DEFAULTS
 from labkit.services.producer_flights import Flights
 from labkit.services.producer_replies import Replies
-from labkit.services.wire import InputRefused, SenderConnection
 from labkit.services.serving import (
-    BrokerProbe, ServiceMetrics, configure_logging, make_process_request, run_on_event_loop, run_service,
+    BrokerProbe,
+    ServiceMetrics,
+    configure_logging,
+    make_process_request,
+    run_on_event_loop,
+    run_service,
 )
+from labkit.services.wire import InputRefused, SenderConnection
 from labkit.settings import Settings
 
 __all__ = ["ProducerService", "RateLimiter", "main"]
@@ -95,7 +100,8 @@ class ProducerService:
 
     @staticmethod
     def _record(event: Event) -> tuple[bytes, str, str, float]:
-        """What goes to Kafka for an event: its value (the event, its id, its arrival time), key, id and arrival time."""
+        """What goes to Kafka for an event: its value (the event, its id, its arrival time), key, id and
+        arrival time."""
         if event.id is UNSET:
             event.id = new_id()
         received_at = now_ms()
@@ -172,8 +178,9 @@ class ProducerService:
                     self._refuse(replies, item)
                     continue
                 record = self._record(item)
-                while (done := self._produce(record, replies)) is None:
-                    # librdkafka's queue is full: stop reading this socket until it drains.
+                # librdkafka's queue is full: stop reading this socket until it drains. Nothing signals room (the
+                # poll thread's delivery reports, a purge and a new producer all make it): poll for it.
+                while (done := self._produce(record, replies)) is None:  # noqa: ASYNC110 - a deliberate poll
                     await asyncio.sleep(0.002)
                 taken += done
         except FrameError as exc:
@@ -229,7 +236,7 @@ class ProducerService:
 BINARY_FRAME = EventError("binary_frame", "binary frames are not read: send events as JSON in text frames")
 
 
-def RATE_LIMITED(rate: float) -> EventError:  # noqa: N802 - reads as the error it builds
+def RATE_LIMITED(rate: float) -> EventError:  # upper case: reads as the error it builds, like BINARY_FRAME
     return EventError(
         "rate_limited",
         f"over {rate:g} messages per second on this connection: slow down, or send events in batches (a JSON array)",

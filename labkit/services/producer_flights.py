@@ -20,6 +20,7 @@ later produce() on it fails, and poll() raises instead of calling error_cb. So:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -118,10 +119,8 @@ class Flights:
             flight.failed = err.str()
             log.error("Kafka producer failed for good: %s", err.str())
         if self.loop is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the service is stopping
                 self.loop.call_soon_threadsafe(self._replace_failed, flight)
-            except RuntimeError:  # the loop closed: the service is stopping
-                pass
 
     # -- event loop -------------------------------------------------------------------
 

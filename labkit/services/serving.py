@@ -12,7 +12,7 @@ import re
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -22,9 +22,9 @@ from websockets.http11 import Request, Response
 
 from labkit.errors import LabkitError
 from labkit.events import encode
-from labkit.services.addresses import Tally, client_address
 from labkit.kafka import cluster_state
 from labkit.rlimits import raise_open_files_limit
+from labkit.services.addresses import Tally, client_address
 from labkit.settings import Settings
 
 __all__ = [
@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("labkit")
+
+#: The class of a service's connections (``create_connection``): its handler is written for that class.
+C = TypeVar("C", bound=ServerConnection)
 
 # On SIGTERM, a client that has not answered the close frame this long is cut off.
 SHUTDOWN_CLOSE_S = 1.0
@@ -97,7 +100,8 @@ def run_on_event_loop(main: Coroutine[Any, Any, None], choice: str) -> None:
 
 
 def http_response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-store")])
     return Response(status.value, status.phrase, headers, body)
 
 
@@ -121,7 +125,8 @@ def make_process_request(
         if "upgrade" not in request.headers.get("Connection", "").lower():
             return json_response(
                 HTTPStatus.UPGRADE_REQUIRED,
-                {"error": "upgrade_required", "detail": "connect with a WebSocket client; HTTP paths: /healthz, /metrics"},
+                {"error": "upgrade_required",
+                 "detail": "connect with a WebSocket client; HTTP paths: /healthz, /metrics"},
             )
         if check_websocket is not None:
             return check_websocket(connection, request)
@@ -131,13 +136,13 @@ def make_process_request(
 
 
 def limit_connections(
-    handler: Callable[[ServerConnection], Awaitable[None]], settings: Settings
-) -> Callable[[ServerConnection], Awaitable[None]]:
+    handler: Callable[[C], Awaitable[None]], settings: Settings
+) -> Callable[[C], Awaitable[None]]:
     """Close connections past ``max_connections``, or past ``max_connections_per_address`` from one client
     address, with 1013 (try again later): a flood cannot exhaust the service, nor one address starve the others."""
     held = Tally(settings.max_connections, settings.max_connections_per_address)
 
-    async def guarded(ws: ServerConnection) -> None:
+    async def guarded(ws: C) -> None:
         address = client_address(ws, settings.trusted_proxies)
         refusal = held.refusal(address)
         if refusal is not None:
@@ -156,23 +161,36 @@ async def run_service(
     name: str,
     settings: Settings,
     port: int,
-    handler: Callable[[ServerConnection], Awaitable[None]],
+    handler: Callable[[C], Awaitable[None]],
     process_request: Callable[[ServerConnection, Request], Response | None],
+    *,
+    create_connection: type[C],
     started: Callable[[Server], Awaitable[None]] | None = None,
     stopping: Callable[[], Awaitable[None]] | None = None,
     **serve_options: Any,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then close connections and call ``stopping``."""
+    """Serve until SIGTERM or SIGINT, then close connections and call ``stopping``.
+
+    Each connection is a ``create_connection`` (``ServerConnection`` or a subclass), the class ``handler`` takes.
+    """
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, request_stop)
     raise_open_files_limit()  # each watcher is a socket: 1024 would cap a service below max_connections
     origins = [None, *(re.compile(pattern) for pattern in settings.allowed_origins)]
+    # websockets types its handler for any ServerConnection; each one it passes is a create_connection.
+    guarded = cast(Callable[[ServerConnection], Awaitable[None]], limit_connections(handler, settings))
     async with serve(
-        limit_connections(handler, settings),
+        guarded,
         settings.host,
         port,
+        create_connection=create_connection,
         process_request=process_request,
         origins=origins,  # a browser page from elsewhere gets 403
         ping_interval=settings.ping_interval_s,

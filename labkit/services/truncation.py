@@ -22,7 +22,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from labkit.epoch import Truncation
-from labkit.kafka import CONSUMER_DEFAULTS, TailReader
+from labkit.kafka import CONSUMER_DEFAULTS, TailReader, position
 
 __all__ = ["LogMemory", "WINDOW"]
 
@@ -63,7 +63,8 @@ class LogMemory:
             for partition, kept in self.stamps.items():
                 if not kept:
                     continue
-                low, high = reader.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout, cached=False)
+                low, high = reader.consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                                  timeout=timeout, cached=False)
                 first, end = kept[0][0], kept[-1][0] + 1
                 if high <= first:
                     cut[partition] = Truncation(max(high, low), end)  # everything remembered is gone
@@ -79,10 +80,9 @@ class LogMemory:
                 if time.monotonic() > deadline:
                     raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "could not read back the delivered records"))
                 for msg in reader.read(0.1):
-                    partition = msg.partition()
-                    if msg.error() is not None or partition not in pending:
+                    if msg.error() is not None or msg.partition() not in pending:
                         continue
-                    offset = msg.offset()
+                    partition, offset = position(msg)
                     if stamps[partition].get(offset, msg.timestamp()[1]) != msg.timestamp()[1]:
                         cut[partition] = Truncation(offset, self.stamps[partition][-1][0] + 1)
                         pending.discard(partition)

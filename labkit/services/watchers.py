@@ -50,6 +50,9 @@ __all__ = ["WatchOptions", "parse_watch_query", "Watcher", "Delivery", "Recovery
 #: Chunks of read-back frames queued per resuming watcher: what a watcher that does not read can hold.
 MISSED_CHUNKS = 4
 
+#: Closes started by :meth:`Watcher.close`, held until they end.
+_closing: set[asyncio.Task[None]] = set()
+
 
 class Recovery(NamedTuple):
     """What a read-back found first: the offsets to count as sent, and whether the resume is whole."""
@@ -81,7 +84,8 @@ def parse_watch_query(path: str, replay_limit: int) -> WatchOptions:
     query = parse_qs(urlsplit(path).query, keep_blank_values=True)
     unknown = sorted(set(query) - KNOWN_PARAMETERS)
     if unknown:
-        raise ValueError(f"unknown query parameter {unknown[0]!r}: use types=a,b, replay=N, resume=P:O,..., since=MS and epoch=E")
+        raise ValueError(f"unknown query parameter {unknown[0]!r}: "
+                         "use types=a,b, replay=N, resume=P:O,..., since=MS and epoch=E")
     types = None
     if "types" in query:
         names = {name.strip() for value in query["types"] for name in value.split(",") if name.strip()}
@@ -100,7 +104,8 @@ def parse_watch_query(path: str, replay_limit: int) -> WatchOptions:
         for item in filter(None, query["resume"][-1].split(",")):
             match = _RESUME_ITEM.match(item.strip())
             if match is None:
-                raise ValueError(f"resume takes partition:offset pairs separated by commas (e.g. 0:41,2:7), not {item!r}")
+                raise ValueError("resume takes partition:offset pairs separated by commas (e.g. 0:41,2:7), "
+                                 f"not {item!r}")
             resume[int(match[1])] = int(match[2])
     since_ms = None
     if "since" in query:
@@ -162,7 +167,7 @@ class Watcher:
             return len(frames)
         now: list[bytes] = []
         queued = False
-        for frame, wire in zip(frames, wires):
+        for frame, wire in zip(frames, wires, strict=True):
             action = state.live(frame, writable)
             if action is SEND:
                 now.append(wire)
@@ -185,7 +190,9 @@ class Watcher:
         elif action is QUEUE:
             self.ready.set()
 
-    def hand_over(self, item: Recovery | list[Delivery] | bool, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
+    def hand_over(
+        self, item: Recovery | list[Delivery] | bool, loop: asyncio.AbstractEventLoop, deadline: float
+    ) -> bool:
         """From the read-back thread: queue an item for the writer, waiting while the queue is full.
 
         False when the watcher is gone, or has not made room by ``deadline`` (monotonic): stop reading.
@@ -222,7 +229,9 @@ class Watcher:
     def close(self, code: CloseCode, reason: str) -> None:
         """Stop, and close the connection (in the background)."""
         self.stop()
-        asyncio.ensure_future(self.ws.close(code, reason))
+        closing = asyncio.create_task(self.ws.close(code, reason))
+        _closing.add(closing)  # the loop keeps only a weak reference: unheld, the close could be collected mid-way
+        closing.add_done_callback(_closing.discard)
 
     async def write(self, metrics: ServiceMetrics) -> None:
         """Send what was missed (when resuming), then the live frames, in order."""
@@ -243,8 +252,8 @@ class Watcher:
                     await ws.close(CloseCode.TRY_AGAIN_LATER, "could not read back all missed events; resume again")
                     return
             while not state.closed:
-                frame = state.next_queued()
-                if frame is None:
+                queued = state.next_queued()
+                if queued is None:
                     self.ready.clear()
                     state.idle = True
                     try:
@@ -252,7 +261,7 @@ class Watcher:
                     finally:
                         state.idle = False
                     continue
-                await ws.send(frame.data, text=True)
+                await ws.send(queued.data, text=True)
                 metrics.events_out.inc()
         except ConnectionClosed:
             pass
