@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 __all__ = ["Settings", "REPO_ROOT", "free_port", "replica_names", "REPLICATED", "KafkaValue"]
 
@@ -237,6 +243,23 @@ class Settings(BaseSettings):
                 f"as replicas behind the gateway): --{info.field_name} N or LABKIT_{info.field_name.upper()}"
             )
         return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # A cluster named in code or on the command line is the external broker, whatever LABKIT_BROKER
+        # says: what is given explicitly beats the environment (LABKIT_BROKER=kafka make test runs `up --kafka`).
+        given = getattr(init_settings, "init_kwargs", {})
+        if given.get("kafka_bootstrap") and given.get("broker") is None:
+            chosen = InitSettingsSource(settings_cls, init_kwargs={"broker": "external"})
+            return init_settings, chosen, env_settings, dotenv_settings, file_secret_settings
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
 
     @model_validator(mode="before")
     @classmethod

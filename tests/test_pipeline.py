@@ -6,6 +6,7 @@ import asyncio
 from collections import defaultdict
 
 import psutil
+import pytest
 from conftest import repeated_deliveries
 
 from labkit import Sender, Settings, Stack
@@ -110,3 +111,13 @@ def test_each_component_carries_its_own_start_hooks(tmp_path):
                                                            kafka_bootstrap="kafka:9092")).components()}
     assert "broker" not in external and external["producer"].prepare is not None
     assert external["consumer"].prepare is None
+
+
+def test_a_cluster_named_explicitly_is_the_external_broker_whatever_the_environment_says(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_BROKER", "kafka")  # as `LABKIT_BROKER=kafka make test` runs every test
+    assert Settings(state_dir=tmp_path, kafka_bootstrap="kafka:9092").broker == "external"
+    with pytest.raises(ValueError, match="names an external cluster, but broker is 'kafka'"):
+        Settings(state_dir=tmp_path, kafka_bootstrap="kafka:9092", broker="kafka")  # both explicit: a contradiction
+    monkeypatch.setenv("LABKIT_KAFKA_BOOTSTRAP", "kafka:9092")
+    with pytest.raises(ValueError, match="drop one"):
+        Settings(state_dir=tmp_path)  # both from the environment: a contradiction too
