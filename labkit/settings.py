@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     )
     gateway_auth_failures_per_s: float = Field(1, gt=0, description="Refused API keys per second per client address.")
     gateway_auth_failure_burst: int = Field(20, ge=1, description="Refused API keys a client address may try at once.")
+    gateway_workers: int = Field(
+        # The open-files limit holds per process and nginx holds two files per proxied WebSocket: under a
+        # hard limit of 20,000 one worker holds at most 9,840 watchers on each of two routes' budgets.
+        1, ge=1, le=64, description="nginx worker processes of the embedded gateway; each has an open-files limit "
+        "of its own, so more workers hold more connections. The benchmark raises it for its watchers.",
+    )
     replay_buffer: int = Field(10_000, ge=0, description="Recent events the consumer keeps for ?replay=N.")
     max_resumes: int = Field(
         8, ge=1, le=64, description="Read-backs for resuming watchers at once per consumer; more are refused with 1013."

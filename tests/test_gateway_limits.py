@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import resource
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +19,7 @@ import websockets
 from plain import lab_key
 
 from labkit import Settings, Stack
+from labkit.bench.runner import limits_for
 from labkit.ops.gateway import load_kong_config, render_nginx_conf
 from labkit.waiting import until
 
@@ -96,3 +98,21 @@ def test_worker_connections_cover_every_route_budget(tmp_path, max_connections):
     # for answers that are not proxied (401, 404, 429).
     assert worker_connections >= 2 * sum(budgets) + 64
     assert nofile >= worker_connections
+
+
+def test_the_bench_raises_the_limits_so_ten_thousand_watchers_fit_the_gateway_under_the_hard_limit(tmp_path):
+    watchers = 10_000
+    settings = Settings(**limits_for(watchers)).with_free_ports(state_dir=tmp_path)
+    assert settings.max_connections >= watchers and settings.max_connections_per_address >= watchers
+    text = render_nginx_conf(load_kong_config(settings.kong_config), settings, tmp_path)
+    budgets = [int(n) for n in re.findall(r"limit_conn lk_route_connections (\d+);", text)]
+    per_address = [int(n) for n in re.findall(r"limit_conn lk_address_connections (\d+);", text)]
+    assert min(budgets) >= watchers and min(per_address) >= watchers
+    # Each worker's files stay within the hard limit nginx inherits, and together the workers hold every
+    # route's budget, two files per proxied WebSocket, with a tenth to spare for an uneven spread.
+    workers = int(re.search(r"worker_processes (\d+);", text).group(1))
+    nofile = int(re.search(r"worker_rlimit_nofile (\d+);", text).group(1))
+    worker_connections = int(re.search(r"worker_connections (\d+);", text).group(1))
+    assert nofile <= resource.getrlimit(resource.RLIMIT_NOFILE)[1] and nofile >= worker_connections
+    assert workers * worker_connections * 0.9 >= 2 * sum(budgets)
+    assert workers == 1 or re.search(r"listen \S+ reuseport;", text)

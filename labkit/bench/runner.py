@@ -42,13 +42,14 @@ from labkit.client import lab_api_key
 from labkit.errors import LabkitError
 from labkit.events import encode, now_ms
 from labkit.ops.brokers import ensure_topic
+from labkit.ops.gateway import gateway_workers_for
 from labkit.ops.stack import Stack
 from labkit.procstats import cpu_cores_of
 from labkit.rlimits import raise_open_files_limit
 from labkit.settings import Settings
 
 __all__ = ["BenchRunner", "BenchResult", "Pace", "RampResult", "StackSource", "ProgressHook", "BASELINE_TOPIC",
-           "fresh_stacks", "the_running_stack", "adopted_stack", "run_bench", "build_result", "run_endurance",
+           "fresh_stacks", "the_running_stack", "adopted_stack", "limits_for", "run_bench", "build_result", "run_endurance",
            "run_soak", "run_idle"]
 
 BASELINE_TOPIC = "labkit-bench-baseline"
@@ -116,6 +117,19 @@ def the_running_stack(stack: Stack) -> StackSource:
                 yield other
 
     return running
+
+
+def limits_for(watchers: int) -> dict[str, int]:
+    """The settings a phase with ``watchers`` needs, raised explicitly past their defaults: every bench watcher comes
+    from this one address (max_connections_per_address); past the services' connection limit (max_connections), the
+    gateway needs workers whose open files hold them all, two files per proxied WebSocket (gateway_workers)."""
+    defaults, changes = Settings.model_fields, {}
+    if watchers > defaults["max_connections_per_address"].default:
+        changes["max_connections_per_address"] = watchers
+    if watchers > defaults["max_connections"].default:
+        changes["max_connections"] = watchers
+        changes["gateway_workers"] = gateway_workers_for(Settings(max_connections=watchers))
+    return changes
 
 
 def adopted_stack(settings: Settings | None = None) -> Stack:
@@ -228,11 +242,8 @@ class BenchRunner:
         cfg = self.config
         if watchers > 1:
             self.on_progress(f"{phase}: starting a stack and {watchers} watchers", None, 0)
-        changes: dict[str, int] = {"consumers": consumers} if consumers > 1 else {}
-        if watchers > Settings.model_fields["max_connections_per_address"].default:
-            # Every bench watcher comes from this one address: raised explicitly, past the per-address limit.
-            changes["max_connections_per_address"] = watchers
-        async with self.stacks(**changes) as stack:
+        changes = {"consumers": consumers} if consumers > 1 else {}
+        async with self.stacks(**changes, **limits_for(watchers)) as stack:
             self.last_stack, s = stack, stack.settings
             partitions = await asyncio.to_thread(ensure_topic,
                                                  s.replace(topic=BASELINE_TOPIC) if path == BASELINE else s)

@@ -53,13 +53,14 @@ from __future__ import annotations
 
 from labkit.ops.gateway.config import load_kong_config, routes_table
 from labkit.ops.gateway.model import PLUGIN_PRIORITY, GatewayConfigError
-from labkit.ops.gateway.nginx import render_nginx_conf
+from labkit.ops.gateway.nginx import gateway_workers_for, render_nginx_conf
 from labkit.ops.gateway.process import gateway_command, nginx_binary, reload, write_nginx_conf
 
 __all__ = [
     "GatewayConfigError",
     "load_kong_config",
     "render_nginx_conf",
+    "gateway_workers_for",
     "routes_table",
     "gateway_command",
     "write_nginx_conf",

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from labkit.ops.gateway.config import read_gateway
+from labkit.ops.gateway.config import load_kong_config, read_gateway
 from labkit.ops.gateway.model import EMBEDDED_SERVICE_PORTS, Gateway, Plugin, Route, exact_path
 from labkit.ops.gateway.nginx_limits import (
     ConnectionBudget,
     budget_comment,
     connection_budget,
+    workers_for,
     http_limits,
     key_auth_failure_locations,
     route_connection_limit,
@@ -69,11 +70,17 @@ Names starting with lk_ are labkit's.
     return "\n".join(lines)
 
 
+def gateway_workers_for(settings: Settings) -> int:
+    """nginx workers whose open files hold every route's budget of ``settings.max_connections`` (ulimit -Hn is per
+    process): what a stack for that many watchers sets as ``gateway_workers``."""
+    return workers_for(settings.max_connections, len(read_gateway(load_kong_config(settings.kong_config)).routes))
+
+
 def _main_context(state_dir: Path, budget: ConnectionBudget, routes: int) -> list[str]:
     return [
         "daemon off;",
         "master_process on;",
-        "worker_processes 1;",
+        f"worker_processes {budget.workers};",
         f"worker_rlimit_nofile {budget.worker_rlimit_nofile};",
         f"pid {quote(str(state_dir / 'nginx.pid'))};",
         f"error_log {quote(str(state_dir / 'nginx-error.log'))} warn;",
@@ -189,7 +196,10 @@ location from its own plugin's key names). Regexes, because plain map keys compa
 
 
 def _server(gateway: Gateway, settings: Settings, budget: ConnectionBudget) -> list[str]:
-    body = [f"listen {host_port(settings.host, settings.gateway_port)};", "set $lk_route '';"]
+    # reuseport: a listening socket per worker, and the kernel spreads new connections over them evenly; without it
+    # the worker that wakes first takes most of a burst, past what its open files hold.
+    spread = " reuseport" if budget.workers > 1 else ""
+    body = [f"listen {host_port(settings.host, settings.gateway_port)}{spread};", "set $lk_route '';"]
     if _uses(gateway, "key-auth"):
         body += ["set $lk_api_key '';", "set $lk_key_auth_failure '';"]
     if any(r.plugins.get("rate-limiting") and r.plugins["rate-limiting"].config["limit_by"] == "service"

@@ -12,8 +12,11 @@ the others; Kong has no such plugin, and in compose mode the services' own
 count is the limit. nginx holds two connections per
 proxied WebSocket (the client's and the service's), so ``worker_connections`` is
 twice the sum of the route budgets plus ``HEADROOM`` for answers that are never
-proxied (401, 404, 429, preflights). Where the open-files limit cannot hold that
-much, every route's budget shrinks alike, and the config says so.
+proxied (401, 404, 429, preflights). The open-files limit holds per worker process,
+and with ``settings.gateway_workers`` above 1 the kernel spreads new connections
+over the workers (``listen ... reuseport``), so together they hold that many times
+what one holds. Where they cannot hold every budget, every route's budget shrinks
+alike, and the config says so.
 
 Failed API keys. A request refused by key-auth (no key, an unknown key, a key
 given twice) is counted per client address; past ``gateway_auth_failure_burst`` (settings) at once,
@@ -57,21 +60,37 @@ class ConnectionBudget:
     per_route: int  # requests (WebSockets) each route admits at once
     per_address: int  # of those, from one client address
     wanted: int  # what the services take: settings.max_connections
-    worker_connections: int
-    worker_rlimit_nofile: int
+    worker_connections: int  # per worker
+    worker_rlimit_nofile: int  # per worker
+    workers: int
+
+
+def _proxied_per_worker() -> int:
+    """Proxied WebSockets one nginx worker holds under this process's hard limit on open files (nginx inherits it)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nofile = NOFILE_CAP if hard == resource.RLIM_INFINITY else min(hard, NOFILE_CAP)
+    return max(1, (nofile - FILES_OVERHEAD - HEADROOM) // 2)
 
 
 def connection_budget(routes: int, settings: Settings) -> ConnectionBudget:
     """Route budgets as large as the services' limit, and the nginx connections and files they need."""
-    routes = max(routes, 1)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    nofile = NOFILE_CAP if hard == resource.RLIM_INFINITY else min(hard, NOFILE_CAP)
-    fits = max(1, (nofile - FILES_OVERHEAD - HEADROOM) // (2 * routes))
-    per_route = min(settings.max_connections, fits)
-    worker_connections = 2 * per_route * routes + HEADROOM
+    routes, workers = max(routes, 1), settings.gateway_workers
+    per_worker = _proxied_per_worker()
+    per_route = min(settings.max_connections, max(1, workers * per_worker // routes))
+    worker_connections = min(2 * per_route * routes, 2 * per_worker) + HEADROOM
     nginx_files = worker_connections + FILES_OVERHEAD
     per_address = min(settings.max_connections_per_address, per_route)
-    return ConnectionBudget(per_route, per_address, settings.max_connections, worker_connections, nginx_files)
+    return ConnectionBudget(per_route, per_address, settings.max_connections, worker_connections, nginx_files,
+                            workers)
+
+
+def workers_for(per_route: int, routes: int) -> int:
+    """nginx workers whose open files hold ``per_route`` proxied WebSockets on each of ``routes`` routes.
+
+    A tenth to spare: the kernel spreads connections over the workers by a hash of their addresses, so
+    evenly on the whole but not exactly.
+    """
+    return max(1, math.ceil(per_route * max(routes, 1) / (_proxied_per_worker() * 0.9)))
 
 
 def budget_comment(budget: ConnectionBudget, routes: int) -> list[str]:
@@ -81,10 +100,14 @@ def budget_comment(budget: ConnectionBudget, routes: int) -> list[str]:
         f"WebSocket holds two nginx connections, so 2 x {routes} x {budget.per_route} + {HEADROOM} for answers "
         "that are not proxied."
     )
+    if budget.workers > 1:
+        text += (f"\nThey are spread over {budget.workers} workers (listen ... reuseport), each with open files of its "
+                 "own: a worker takes what its files hold.")
     if budget.per_route < budget.wanted:
         text += (
             f"\nThe services take {budget.wanted} each, but the open-files limit (ulimit -Hn) leaves room for "
-            f"{budget.per_route} per route only: raise it to give the gateway the services' limit."
+            f"{budget.per_route} per route only: raise it, or gateway_workers, to give the gateway the services' "
+            "limit."
         )
     return comment(text)
 
