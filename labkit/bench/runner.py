@@ -49,8 +49,8 @@ from labkit.rlimits import raise_open_files_limit
 from labkit.settings import Settings
 
 __all__ = ["BenchRunner", "BenchResult", "Pace", "RampResult", "StackSource", "ProgressHook", "BASELINE_TOPIC",
-           "fresh_stacks", "the_running_stack", "adopted_stack", "limits_for", "run_bench", "build_result", "run_endurance",
-           "run_soak", "run_idle"]
+           "fresh_stacks", "the_running_stack", "adopted_stack", "limits_for", "run_bench", "build_result",
+           "run_endurance", "run_soak", "run_idle"]
 
 BASELINE_TOPIC = "labkit-bench-baseline"
 PRIME_ROUNDS = 10

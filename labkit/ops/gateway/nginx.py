@@ -13,11 +13,11 @@ from labkit.ops.gateway.nginx_limits import (
     ConnectionBudget,
     budget_comment,
     connection_budget,
-    workers_for,
     http_limits,
     key_auth_failure_locations,
     route_connection_limit,
     server_limits,
+    workers_for,
 )
 from labkit.ops.gateway.nginx_plugins import (
     PLUGIN_LOCATION,
