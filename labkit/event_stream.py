@@ -33,6 +33,9 @@ class EventStream:
         self.failed_connections = 0
         self.last_error: BaseException | None = None
         self.stopping = asyncio.Event()
+        self._sending = asyncio.Event()  # cleared by pause(): no batch starts
+        self._sending.set()
+        self._held = asyncio.Event()  # set while paused with no batch in flight
         self.task = asyncio.ensure_future(self._run(settings, url, event_type, batch, pause_s, keys))
 
     async def _run(self, settings: Settings, url: str | None, event_type: str, batch: int, pause_s: float,
@@ -42,6 +45,10 @@ class EventStream:
             try:
                 async with Sender(url, settings=settings) as sender:
                     while not self.stopping.is_set():
+                        if not self._sending.is_set():
+                            self._held.set()
+                            await self._sending.wait()
+                            self._held.clear()
                         events = [{"type": event_type, "value": n, "key": f"k{n % keys if keys else n}"}
                                   for n in range(value, value + batch)]
                         value += batch
@@ -55,6 +62,22 @@ class EventStream:
                 self.failed_connections += 1
                 self.last_error = exc
                 await asyncio.sleep(0.1)  # reconnection backoff while the part is down, not synchronisation
+
+    async def pause(self, timeout: float = 30.0) -> None:
+        """Start no new batch; return once the batch in flight has its answers (every ack sent so far is in)."""
+        self._sending.clear()
+
+        def held() -> bool:
+            if self.task.done():
+                self.task.result()
+                raise RuntimeError("the stream stopped while pausing")
+            return self._held.is_set()
+
+        await until(held, lambda: f"the stream's batch in flight got no answer (last error: {self.last_error!r})",
+                    timeout)
+
+    def resume(self) -> None:
+        self._sending.set()
 
     @property
     def acked(self) -> set[str]:
