@@ -49,6 +49,8 @@ class EventStream:
                             self._held.set()
                             await self._sending.wait()
                             self._held.clear()
+                            if self.stopping.is_set():  # stopped while paused
+                                break
                         events = [{"type": event_type, "value": n, "key": f"k{n % keys if keys else n}"}
                                   for n in range(value, value + batch)]
                         value += batch
@@ -100,9 +102,11 @@ class EventStream:
     async def finish(self) -> None:
         """Stop, and wait until the last batch's replies are in (its error, if the stream failed)."""
         self.stopping.set()
+        self._sending.set()  # a paused stream wakes to see it is stopped
         await asyncio.wait_for(self.task, 60)
 
     async def stop(self) -> None:
         """Stop without caring how it ended (after a failure, or a drill's end)."""
         self.stopping.set()
+        self._sending.set()  # a paused stream wakes to see it is stopped
         await asyncio.wait_for(asyncio.gather(self.task, return_exceptions=True), 60)

@@ -178,5 +178,7 @@ async def test_a_paused_stream_has_every_batch_answered_and_sends_again_on_resum
         assert len(stream.acks) == paused_at
         stream.resume()
         await stream.grows_by(10, "the stream did not send again after resume()")
+        await stream.pause()
+        await asyncio.wait_for(stream.stop(), 10)  # a drill that fails while paused still stops its stream
     finally:
         await stream.stop()
