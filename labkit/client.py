@@ -296,8 +296,10 @@ async def _watch(state: Watch) -> AsyncGenerator[Delivered, None]:
                         if frame.startswith(RECOVERED_PREFIX):
                             recovery = msgspec.json.decode(frame)
                             state.recovered, state.reason = recovery["recovered"], recovery.get("reason")
+                            state.resumes += 1
                             # a caller that shows it itself (a lab widget) keeps it out of stderr
                             if not state.recovered:
+                                state.gaps.append(state.reason or "the resume was not whole")
                                 (log.warning if state.report_gap else log.info)("watch: resumed with a gap: %s",
                                                                                 state.reason)
                             continue
@@ -356,6 +358,8 @@ class Watch:
     broker's log restarted or the events missed were trimmed (``reason`` says which);
     the events that remain still arrive. A gap is logged as a warning unless
     ``report_gap=False``: then the caller shows ``recovered`` and ``reason`` itself.
+    ``resumes`` counts the resumes, and ``gaps`` keeps the reason of every one that had a
+    gap, so a whole resume later does not hide an earlier loss.
 
     ``restarts`` lists each :class:`LogRestart`: the broker lost the tail of a
     partition (a crash) while this watch was connected; the records stored at those
@@ -381,6 +385,8 @@ class Watch:
         self.opened, self.reconnect, self.give_up_after, self.raw = opened, reconnect, give_up_after, raw
         self.recovered: bool | None = None
         self.reason: str | None = None
+        self.resumes = 0
+        self.gaps: list[str] = []
         self.restarts: list[LogRestart] = []
         self._events = _watch(self)
 

@@ -158,7 +158,7 @@ class FaultDrill(w.VBox):
             await stream.grows_by(settle_events, "the stream did not start")
             self._report(2, f"stopping the {fault}")
             down_at = self.chart.now() if self.chart is not None else 0.0
-            restart_from = await self._break(fault, stream, receiver, result)
+            restart_from, chart_at_restart = await self._break(fault, stream, receiver, result, kind)
             if self.chart is not None:
                 self.chart.mark(f"{fault} down", down_at)
             self._report(5, "sending after the restart, then waiting for every acked event")
@@ -169,6 +169,9 @@ class FaultDrill(w.VBox):
             await until(lambda: expected <= receiver.ids,
                         lambda: f"{len(expected - receiver.ids)} acked events did not arrive",
                         WAIT_S)
+            if self._charted(kind):  # the chart shows the fault whole (its resume, too) before the next one
+                self._report(5, "waiting for the chart to catch up")
+                await self.chart.wait_for(chart_at_restart + len(expected), kind, WAIT_S)
         finally:
             if stream is not None:
                 await stream.stop()
@@ -184,8 +187,13 @@ class FaultDrill(w.VBox):
         self._show()
         return result
 
-    async def _break(self, fault: str, stream: EventStream, receiver: _Receiver, result: FaultResult) -> int:
-        """Stop and start the part; return how many acks came before the (last) restart."""
+    def _charted(self, kind: str) -> bool:
+        return self.chart is not None and (not self.chart.types or kind in self.chart.types)
+
+    async def _break(self, fault: str, stream: EventStream, receiver: _Receiver, result: FaultResult,
+                     kind: str) -> tuple[int, int]:
+        """Stop and start the part; return how many acks came before the (last) restart, and how many
+        events of ``kind`` the chart held then (after a lost log, it is owed only what came after)."""
         stack = self.stack
         stopped_at = time.monotonic()
 
@@ -260,8 +268,8 @@ class FaultDrill(w.VBox):
             await asyncio.to_thread(stack.start_component, "consumer")
             restarted_at = len(stream.acks)
             stream.resume()
-            return restarted_at
-        return len(stream.acks)
+            return restarted_at, self.chart.counts[kind] if self._charted(kind) else 0
+        return len(stream.acks), 0
 
 
 def lose_broker_log(stack: Stack) -> None:

@@ -115,6 +115,7 @@ class LiveChart(w.VBox):
         self.reconnects = 0
         self._watching: Watch | None = None
         self._restarts_before: list[LogRestart] = []
+        self._gaps_before: list[str] = []
         self.last_error: str | None = None
         self.paused = False
         self.stopped = False
@@ -196,7 +197,9 @@ class LiveChart(w.VBox):
                 self.last_error = "the consumer closed the connection"
             except (OSError, websockets.InvalidStatus, websockets.ConnectionClosed, TimeoutError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-            self._restarts_before += self._watching.restarts if self._watching is not None else []
+            if self._watching is not None:
+                self._restarts_before += self._watching.restarts
+                self._gaps_before += self._watching.gaps
             self._watching = None
             self.connected.clear()
             self.reconnects += 1
@@ -285,6 +288,12 @@ class LiveChart(w.VBox):
         return binned_percentiles(self._run_counts, np.append(RUN_BINS, self._run_max), self._run_max)
 
     @property
+    def gaps(self) -> list[str]:
+        """Why each resume since the chart started had a gap (events it could not get back), oldest first."""
+        watching = getattr(self, "_watching", None)
+        return [*self._gaps_before, *(watching.gaps if watching is not None else [])]
+
+    @property
     def restarts(self) -> list[LogRestart]:
         """Each time the broker's log lost its tail while this chart watched (see :class:`labkit.client.Watch`)."""
         watching = getattr(self, "_watching", None)
@@ -302,8 +311,11 @@ class LiveChart(w.VBox):
             state = f"<span style='color:{GREEN}'>watching</span>"
         else:
             state = f"<span style='color:{RED}'>not connected</span> {html.escape(self.last_error or '')}"
-        if self.stream is not None and self.stream.recovered is not None:
-            news = "nothing missed" if self.stream.recovered else f"with a gap: {self.stream.reason}"
+        gaps = self.gaps
+        if gaps or (self.stream is not None and self.stream.recovered is not None):
+            # A later whole resume does not hide an earlier gap.
+            news = (f"with a gap: {gaps[-1]}" + (f" ({len(gaps)} resumes had gaps)" if len(gaps) > 1 else "")
+                    if gaps else "nothing missed")
             state += f" · <span class='labkit-resumed' style='color:{BLUE}'>resumed {html.escape(news)}</span>"
         if self.paused:
             state += " · <b>paused</b>: events are counted, the chart catches up on Resume"

@@ -23,6 +23,8 @@ from labkit.settings import Settings
 __all__ = ["probe_round_trip"]
 
 PROBE_TIMEOUT_S = 30.0
+#: One probe's longest wait for its ack and its delivery: a probe lost in a start-up race is sent again.
+PROBE_ATTEMPT_S = 10.0
 
 
 class _StoreRefused(Exception):
@@ -36,6 +38,7 @@ _TRANSIENT = (OSError, TimeoutError, websockets.InvalidStatus, websockets.Invali
 
 
 def _one_probe(settings: Settings, api_key: str | None, deadline: float) -> None:
+    deadline = min(deadline, time.monotonic() + PROBE_ATTEMPT_S)
     headers = {"apikey": api_key} if api_key else None
     probe_id = f"ready-{uuid.uuid4().hex[:12]}"
     watch_url = f"{settings.consume_url}?types={quote(PROBE_TYPE)}"

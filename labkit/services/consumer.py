@@ -132,13 +132,23 @@ class ConsumerService:
         since = int(self.started_at_ms) - REPLAY_LOOKBACK_MS
         wanted = [TopicPartition(topic, p, since) for p in sorted(meta.partitions)]
         try:
-            starts = self.kafka.offsets_for_times(wanted, timeout=10)
+            starts = {tp.partition: tp.offset for tp in self.kafka.offsets_for_times(wanted, timeout=10)}
         except KafkaException as exc:
             log.warning("could not look up recent offsets (%s); starting at the end", exc)
-            starts = [TopicPartition(topic, tp.partition, OFFSET_END) for tp in wanted]
-        self.reader.assign(topic, {tp.partition: tp.offset if tp.offset >= 0 else OFFSET_END for tp in starts})
+            starts = {tp.partition: -1 for tp in wanted}
+        self.reader.assign(topic, {p: offset if offset >= 0 else self._end_offset(p) for p, offset in starts.items()})
         self.assigned = self.reader.partitions
         log.info("reading %s partitions %s", topic, self.assigned)
+
+    def _end_offset(self, partition: int) -> int:
+        """The partition's end now, as a number: OFFSET_END would be resolved at the first fetch, later,
+        and skip what a watcher that connected meanwhile was sent (a readiness probe on a slow start)."""
+        try:
+            return int(self.kafka.get_watermark_offsets(TopicPartition(self.settings.topic, partition),
+                                                        timeout=10, cached=False)[1])
+        except KafkaException as exc:
+            log.warning("could not look up the end of partition %s (%s); starting at the end", partition, exc)
+            return OFFSET_END
 
     def _read_kafka(self) -> None:
         assert self.loop is not None
