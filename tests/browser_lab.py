@@ -240,9 +240,11 @@ def run_all(page: Page, done_text: str | re.Pattern[str], screenshot: str,
     and the test fails with the error outputs on the page.
     """
     # A cold JupyterLab may take the command before the notebook is its current widget and run
-    # nothing: run again until a cell shows it started ([*] or a number in its prompt).
+    # nothing: run again until a cell shows it started ([*] or a number in its prompt). The command's
+    # promise is not awaited: it settles only when the page has every cell's reply, and once (notebook 10,
+    # a fresh-clone CI run) the page kept one cell's reply pending after the whole notebook had run.
     for _ in range(3):
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
         try:
             page.wait_for_function(CELL_STARTED, timeout=20_000)
             break
