@@ -69,6 +69,16 @@ async def test_types_filter_and_replay(stack: Stack, collect, event_type: str):
     assert [e.type for e in await only_other.until(1)] == [other]
 
 
+def test_a_fresh_consumer_starts_every_partition_at_a_numbered_offset(tmp_path):
+    # An empty partition starts at its end offset, looked up when the consumer starts. OFFSET_END instead is
+    # resolved by librdkafka at the first fetch, later, and skipped a record acked in between: a readiness
+    # probe sent by a watcher that connected while a slow consumer was still starting.
+    with Stack(Settings().with_free_ports(state_dir=tmp_path)) as fresh:
+        positions = {int(partition): offset for partition, offset in fresh.health("consumer")["positions"].items()}
+        assert sorted(positions) == list(range(fresh.settings.partitions)), positions
+        assert all(offset >= 0 for offset in positions.values()), positions
+
+
 def test_down_leaves_no_process_and_no_port(tmp_path):
     settings = Settings().with_free_ports(state_dir=tmp_path)
     stack = Stack(settings).up()
