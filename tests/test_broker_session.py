@@ -18,6 +18,7 @@ from plain import lab_key
 from waiting import wait_until
 
 from labkit import Sender, Settings, Stack
+from labkit.client import Watch
 from labkit.events import PROBE_TYPE
 from labkit.kafka import TailReader, Writer, read_everything
 from labkit.ops.brokers import BROKERS
@@ -180,6 +181,52 @@ async def test_the_topic_stays_bounded_and_a_late_resume_gets_what_remains(small
     assert values == list(range(250, 300))
     assert recovery["recovered"] is False and "trimmed" in recovery["reason"]
     watermarks.close()
+
+
+async def test_a_watch_keeps_every_gap_its_resumes_had(small_retention_stack: Stack, event_type):
+    """A resume that could not get everything back (trimmed) stays in ``Watch.gaps`` after a later whole one."""
+    stack = small_retention_stack
+    opened = asyncio.Event()
+    watch = Watch(types=[event_type], settings=stack.settings, opened=opened, report_gap=False)
+    received: list[float] = []
+
+    async def read() -> None:
+        async for event in watch:
+            received.append(event.value)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        await wait_until(opened.is_set, 10, "the watch did not connect")
+        async with Sender(settings=stack.settings) as sender:
+            await sender.send({"type": event_type, "value": -1, "key": "one"})
+        await wait_until(lambda: received == [-1], 10, "the first event did not arrive")
+
+        async def cut_off_and_back(while_away: int) -> None:
+            resumes = watch.resumes
+            stack.stop_component("gateway")
+            await wait_until(lambda: not opened.is_set(), 10, "the watch did not notice the gateway stopped")
+            if while_away:  # straight to the producer (the gateway is down), more than the topic keeps
+                direct = f"ws://{stack.settings.host}:{stack.settings.producer_port}/"
+                async with Sender(direct, settings=stack.settings) as sender:
+                    acks = await sender.send_many(
+                        [{"type": event_type, "value": i, "key": "one"} for i in range(while_away)], batch=50)
+                _, partition, last_offset = stored(acks[-1])
+                kept_from = last_offset + 1 - stack.settings.retain_events
+                await wait_until(lambda: consumer_health(stack)["kept_from"].get(str(partition), -1) >= kept_from, 30,
+                                 "the consumer did not trim the topic")
+            stack.start_component("gateway")
+            await wait_until(lambda: watch.resumes == resumes + 1, 30, "the watch did not resume")
+
+        await cut_off_and_back(300)
+        assert watch.recovered is False and len(watch.gaps) == 1 and "trimmed" in watch.gaps[0], watch.gaps
+        await wait_until(lambda: received[-1] == 299, 30, "what the topic kept did not arrive")
+        assert received[1:] == list(range(300 - stack.settings.retain_events, 300)), received
+        await cut_off_and_back(0)
+        assert watch.recovered is True  # the last resume was whole...
+        assert len(watch.gaps) == 1 and watch.resumes == 2, watch.gaps  # ...and the earlier gap is still told
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
 
 
 async def test_up_on_a_partly_running_stack_starts_only_what_is_missing(tmp_path, event_type):
