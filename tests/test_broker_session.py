@@ -203,7 +203,7 @@ async def test_a_watch_keeps_every_gap_its_resumes_had(small_retention_stack: St
 
         async def cut_off_and_back(while_away: int) -> None:
             resumes = watch.resumes
-            stack.stop_component("gateway")
+            await asyncio.to_thread(stack.stop_component, "gateway")
             await wait_until(lambda: not opened.is_set(), 10, "the watch did not notice the gateway stopped")
             if while_away:  # straight to the producer (the gateway is down), more than the topic keeps
                 direct = f"ws://{stack.settings.host}:{stack.settings.producer_port}/"
@@ -214,7 +214,7 @@ async def test_a_watch_keeps_every_gap_its_resumes_had(small_retention_stack: St
                 kept_from = last_offset + 1 - stack.settings.retain_events
                 await wait_until(lambda: consumer_health(stack)["kept_from"].get(str(partition), -1) >= kept_from, 30,
                                  "the consumer did not trim the topic")
-            stack.start_component("gateway")
+            await asyncio.to_thread(stack.start_component, "gateway")
             await wait_until(lambda: watch.resumes == resumes + 1, 30, "the watch did not resume")
 
         await cut_off_and_back(300)

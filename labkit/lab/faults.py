@@ -188,7 +188,9 @@ class FaultDrill(w.VBox):
         return result
 
     def _charted(self, kind: str) -> bool:
-        return self.chart is not None and (not self.chart.types or kind in self.chart.types)
+        """A chart that still watches and shows events of ``kind`` (a stopped one would wait in vain)."""
+        return (self.chart is not None and self.chart.running
+                and (not self.chart.types or kind in self.chart.types))
 
     async def _break(self, fault: str, stream: EventStream, receiver: _Receiver, result: FaultResult,
                      kind: str) -> tuple[int, int]:

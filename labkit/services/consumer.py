@@ -132,11 +132,13 @@ class ConsumerService:
         since = int(self.started_at_ms) - REPLAY_LOOKBACK_MS
         wanted = [TopicPartition(topic, p, since) for p in sorted(meta.partitions)]
         try:
-            starts = {tp.partition: tp.offset for tp in self.kafka.offsets_for_times(wanted, timeout=10)}
+            found = self.kafka.offsets_for_times(wanted, timeout=10)
+            # No record since then: start at the partition's end, as a number looked up now.
+            starts = {tp.partition: tp.offset if tp.offset >= 0 else self._end_offset(tp.partition) for tp in found}
         except KafkaException as exc:
             log.warning("could not look up recent offsets (%s); starting at the end", exc)
-            starts = {tp.partition: -1 for tp in wanted}
-        self.reader.assign(topic, {p: offset if offset >= 0 else self._end_offset(p) for p, offset in starts.items()})
+            starts = {tp.partition: OFFSET_END for tp in wanted}
+        self.reader.assign(topic, starts)
         self.assigned = self.reader.partitions
         log.info("reading %s partitions %s", topic, self.assigned)
 
