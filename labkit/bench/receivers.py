@@ -197,13 +197,10 @@ class Arrivals:
                 (seq, event.sent_at, event.received_at, event.kafka_ts, event.delivered_at, arrival))
         self.last_arrival = arrival
 
-    def least(self, tag: str, count: Callable[[Tally], int]) -> int:
-        """The smallest ``count`` over the connections (0 before the tag's first arrival)."""
-        return min((count(t) for t in self.tags.get(tag, [])), default=0)
-
     def reached(self, tag: str, count: Callable[[Tally], int], wanted: int) -> Callable[[], bool]:
-        """A check that every connection's ``count`` of ``tag`` is at least ``wanted``, bound to these values."""
-        return lambda: self.least(tag, count) >= wanted
+        """A check that every connection's ``count`` of ``tag`` is at least ``wanted`` (never before its first
+        arrival), bound to these values."""
+        return lambda: min((count(t) for t in self.tags.get(tag, [])), default=0) >= wanted
 
     def take(self, tag: str) -> TagReport:
         tallies = self.tags.pop(tag, None) or [Tally() for _ in range(self.connections)]
@@ -292,8 +289,9 @@ class LeanWatcher(asyncio.Protocol):
             self.ended.set_result(reason)
 
 
-async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> list[asyncio.Task[None]]:
-    """Every watcher connected (at most ``open_concurrency`` handshakes at once), each on the lean client."""
+async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> None:
+    """Every watcher connected (at most ``open_concurrency`` handshakes at once), each on the lean client; one that
+    ends is filed in ``arrivals.closed`` (no reconnection: a watcher the consumer closes shows, with its losses)."""
     from labkit.client import watch_url
     from labkit.settings import Settings
 
@@ -301,7 +299,7 @@ async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> list[asyncio
     uri, loop = parse_uri(url), asyncio.get_running_loop()
     gate = asyncio.Semaphore(spec.open_concurrency)
 
-    async def one(index: int) -> asyncio.Future[str] | None:
+    async def one(index: int) -> None:
         on_arrival = partial(arrivals.record, index)
         opened: asyncio.Future[None] = loop.create_future()
         ended: asyncio.Future[str] = loop.create_future()
@@ -309,17 +307,12 @@ async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> list[asyncio
             try:
                 await loop.create_connection(lambda: LeanWatcher(url, on_arrival, opened, ended), uri.host, uri.port)
                 await asyncio.wait_for(opened, 30)
-                return ended
             except Exception as exc:  # a refused connection is a result, not a crash
                 arrivals.closed.append(f"{index}: {type(exc).__name__}: {exc}")
-                return None
+                return
+        ended.add_done_callback(lambda end: arrivals.closed.append(f"{index}: {end.result()}"))
 
-    async def closed(index: int, ended: asyncio.Future[str]) -> None:
-        # No reconnection: a watcher the consumer closes must show as closed, with its losses.
-        arrivals.closed.append(f"{index}: {await ended}")
-
-    endings = await asyncio.gather(*(one(i) for i in range(spec.connections)))
-    return [asyncio.create_task(closed(i, ended)) for i, ended in enumerate(endings) if ended is not None]
+    await asyncio.gather(*(one(i) for i in range(spec.connections)))
 
 
 def _read_kafka(spec: ReceiverSpec, arrivals: Arrivals, loop: asyncio.AbstractEventLoop,
@@ -355,9 +348,9 @@ def _read_kafka(spec: ReceiverSpec, arrivals: Arrivals, loop: asyncio.AbstractEv
 async def serve(spec: ReceiverSpec) -> None:
     loop = asyncio.get_running_loop()
     arrivals = Arrivals(spec.connections if spec.kind == "websocket" else 1)
-    stop, reader, tasks = threading.Event(), None, []
+    stop, reader = threading.Event(), None
     if spec.kind == "websocket":
-        tasks = await _open_watchers(spec, arrivals)
+        await _open_watchers(spec, arrivals)
     else:
         assigned = threading.Event()
         reader = threading.Thread(target=_read_kafka, args=(spec, arrivals, loop, assigned, stop), daemon=True)
@@ -386,9 +379,6 @@ async def serve(spec: ReceiverSpec) -> None:
         out.write(reply + b"\n")
         out.flush()
     stop.set()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
     if reader is not None:
         await asyncio.to_thread(reader.join, 5)
 
