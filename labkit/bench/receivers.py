@@ -21,7 +21,6 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -54,8 +53,11 @@ class ReceiverSpec(msgspec.Struct):
 
 
 class ConnectionReport(msgspec.Struct):
-    seqs: list[int]
-    latency_ms: list[float]
+    """One connection's arrivals of one tag: each seq, its latency, and the partitions they came from."""
+
+    seqs: list[int] = []
+    latency_ms: list[float] = []
+    partitions: set[int] = set()
 
 
 Stamps = tuple[int, float, float, float, float, float]  # seq, sent_at, received_at, kafka_ts, delivered_at, arrival
@@ -167,19 +169,12 @@ class Arrival(msgspec.Struct):
     partition: int = -1
 
 
-@dataclass
-class Tally:
-    seqs: list[int] = field(default_factory=list)
-    latency_ms: list[float] = field(default_factory=list)
-    partitions: set[int] = field(default_factory=set)
-
-
 class Arrivals:
     """Every arrival, by tag and connection."""
 
     def __init__(self, connections: int) -> None:
         self.connections = connections
-        self.tags: dict[str, list[Tally]] = {}
+        self.tags: dict[str, list[ConnectionReport]] = {}
         self.stamps: dict[str, list[Stamps]] = {}
         self.last_arrival = 0.0
         self.closed: list[str] = []
@@ -187,7 +182,7 @@ class Arrivals:
     def record(self, index: int, event: Arrival, arrival: float) -> None:
         tag, _, seq_text = event.id.rpartition(".")
         if tag not in self.tags:
-            self.tags[tag], self.stamps[tag] = [Tally() for _ in range(self.connections)], []
+            self.tags[tag], self.stamps[tag] = [ConnectionReport() for _ in range(self.connections)], []
         tally, seq = self.tags[tag][index], int(seq_text)
         tally.seqs.append(seq)
         tally.latency_ms.append(arrival - event.sent_at)
@@ -197,15 +192,14 @@ class Arrivals:
                 (seq, event.sent_at, event.received_at, event.kafka_ts, event.delivered_at, arrival))
         self.last_arrival = arrival
 
-    def reached(self, tag: str, count: Callable[[Tally], int], wanted: int) -> Callable[[], bool]:
+    def reached(self, tag: str, count: Callable[[ConnectionReport], int], wanted: int) -> Callable[[], bool]:
         """A check that every connection's ``count`` of ``tag`` is at least ``wanted`` (never before its first
         arrival), bound to these values."""
         return lambda: min((count(t) for t in self.tags.get(tag, [])), default=0) >= wanted
 
     def take(self, tag: str) -> TagReport:
-        tallies = self.tags.pop(tag, None) or [Tally() for _ in range(self.connections)]
-        return TagReport(tag, [ConnectionReport(t.seqs, t.latency_ms) for t in tallies], self.stamps.pop(tag, []),
-                         list(self.closed))
+        tallies = self.tags.pop(tag, None) or [ConnectionReport() for _ in range(self.connections)]
+        return TagReport(tag, tallies, self.stamps.pop(tag, []), list(self.closed))
 
     async def settled(self, done: Callable[[], bool], quiet_s: float, limit_s: float) -> bool:
         """Wait until ``done()``, or nothing arrived for ``quiet_s``, or ``limit_s`` passed; whether it is done."""

@@ -223,12 +223,6 @@ class BenchRunner:
         self.last_stack: Stack | None = None
         self._tags = itertools.count()
 
-    def _events_per_frame(self, plan: LoadPlan, settings: Settings) -> int:
-        """As many events as fit the producer's frame limit (max_frame_bytes) and batch limit (max_batch)."""
-        # The longest id, +8 for sent_at's decimals (a stamp may print with fewer than 3), +1 for the comma.
-        largest = len(encode(plan.event(plan.total - 1))) + 9
-        return max(1, min(self.config.max_batch, settings.max_batch, (settings.max_frame_bytes - 2) // largest))
-
     async def _prime(self, sender: KafkaLoad | WebSocketLoad, receivers: Receivers, partitions: int,
                      settings: Settings) -> None:
         """Send one event on every key, round after round, until every watcher has seen every partition."""
@@ -264,8 +258,11 @@ class BenchRunner:
                     or (pace.mark_every_s and sampler.elapsed() >= seconds + pace.mark_every_s)):
                 sampler.mark(done)
 
+        # A frame holds as many events as fit the producer's frame limit (max_frame_bytes) and batch limit (max_batch):
+        # the longest id, +8 for sent_at's decimals (a stamp may print with fewer than 3), +1 for the comma.
+        fit = (settings.max_frame_bytes - 2) // (len(encode(plan.event(plan.total - 1))) + 9)
         outcome = await sender.run(plan, cfg.ack_timeout_s,
-                                   max_batch=pace.max_batch or self._events_per_frame(plan, settings),
+                                   max_batch=pace.max_batch or max(1, min(cfg.max_batch, settings.max_batch, fit)),
                                    frame_interval_s=pace.frame_interval_s or cfg.frame_interval_s, on_progress=progress)
         self.on_progress(f"{label}: waiting for deliveries", plan.total, plan.total)
         report = await receivers.drain(plan.tag, len(outcome.acked), cfg.drain_quiet_s, cfg.drain_limit_s)
