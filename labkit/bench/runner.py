@@ -281,7 +281,7 @@ class BenchRunner:
         return result
 
     async def measure(self, path: str, phase: str, rate: float, duration_s: float, watchers: int = 1,
-                       consumers: int = 1, pace: Pace = Pace()) -> PhaseResult:
+                      consumers: int = 1, pace: Pace = Pace()) -> PhaseResult:
         """One phase on a stack of its own: connect, prime, send, drain, sum up.
 
         With ``consumers`` above 1 the stack runs that many consumer replicas, and the
