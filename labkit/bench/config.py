@@ -26,7 +26,7 @@ class BenchConfig:
     rates: tuple[float, ...] = (100.0, 1_000.0, 10_000.0)
     duration_s: float = 3.0
 
-    # Ramp (labkit.bench.search): from the path's fixed rates, up by `ramp_step` until a step is not
+    # Ramp (labkit.bench.runner.StepSearch): from the path's fixed rates, up by `ramp_step` until a step is not
     # carried, then bisect `ramp_refine` times between the last step carried and the first that was not.
     ramp: bool = True
     ramp_step: float = 5_000.0

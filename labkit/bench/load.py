@@ -33,8 +33,7 @@ from labkit.pacing import Schedule, due_ranges
 from labkit.settings import Settings
 from labkit.waiting import until
 
-__all__ = ["LoadPlan", "SendStats", "SendOutcome", "run_open_loop", "WebSocketLoad", "KafkaLoad", "BENCH_TYPE",
-           "split_id"]
+__all__ = ["LoadPlan", "SendOutcome", "run_open_loop", "WebSocketLoad", "KafkaLoad", "BENCH_TYPE", "split_id"]
 
 BENCH_TYPE = "bench"
 
@@ -63,30 +62,20 @@ class LoadPlan:
     def schedule(self) -> Schedule:
         return Schedule(self.rate, self.total, self.start_ms)
 
-    def due_by(self, at_ms: float) -> int:
-        """How many events are due at ``at_ms``."""
-        return self.schedule.due_by(at_ms)
-
     def event(self, seq: int) -> Event:
         return Event(type=BENCH_TYPE, value=seq, id=f"{self.tag}.{seq}", key=f"k{seq % self.keys}",
                      sent_at=round(self.schedule.due_at(seq), 3))
 
 
 @dataclass
-class SendStats:
-    """How well the sending kept its schedule (the client's own share of every latency)."""
+class SendOutcome:
+    """What the sending side knows about one phase, and how well it kept its schedule (the lag: the client's own
+    share of every latency)."""
 
     sent: int = 0
     frames: int = 0
     lag_mean_ms: float = 0.0  # mean time from an event's scheduled time to its frame leaving
     lag_max_ms: float = 0.0
-
-
-@dataclass
-class SendOutcome:
-    """What the sending side knows about one phase."""
-
-    stats: SendStats = field(default_factory=SendStats)
     acked: list[int] = field(default_factory=list)  # seqs Kafka acknowledged
     refused: Counter[str] = field(default_factory=Counter)  # error code -> events
     ack_latency_ms: list[float] = field(default_factory=list)  # ack arrival - scheduled time
@@ -95,9 +84,9 @@ class SendOutcome:
 
 async def run_open_loop(plan: LoadPlan, send_batch: Callable[[list[Event]], Awaitable[None]], *, max_batch: int,
                         frame_interval_s: float, on_progress: Callable[[int], None] | None = None,
-                        stats: SendStats | None = None) -> SendStats:
+                        outcome: SendOutcome | None = None) -> SendOutcome:
     """Send the plan's events when due; ``send_batch`` gets the events due together (one frame)."""
-    stats = stats or SendStats()
+    stats = outcome or SendOutcome()
     lag_total, due_at = 0.0, plan.schedule.due_at
     async with aclosing(due_ranges(plan.schedule, frame_interval_s=frame_interval_s)) as ranges:
         async for first, end in ranges:
@@ -151,9 +140,9 @@ class WebSocketLoad:
             futures.extend(submitted)
 
         try:
-            await run_open_loop(plan, send_batch, stats=outcome.stats, **pacing)  # type: ignore[arg-type]
+            await run_open_loop(plan, send_batch, outcome=outcome, **pacing)  # type: ignore[arg-type]
         except websockets.ConnectionClosed as exc:
-            outcome.stats.sent = len(futures)
+            outcome.sent = len(futures)
             outcome.refused["connection_closed"] += plan.total - len(futures)
             outcome.closed_because = f"the producer closed the connection: {exc}"
         if futures:
@@ -214,14 +203,14 @@ class KafkaLoad:
 
     async def run(self, plan: LoadPlan, ack_timeout_s: float, **pacing: object) -> SendOutcome:
         outcome = self.outcome = SendOutcome()
-        await run_open_loop(plan, lambda events: self.send_now(events, tracked=True), stats=outcome.stats,
+        await run_open_loop(plan, lambda events: self.send_now(events, tracked=True), outcome=outcome,
                             **pacing)  # type: ignore[arg-type]
 
         def answered() -> int:
             return len(outcome.acked) + sum(outcome.refused.values())
 
         try:
-            await until(lambda: answered() >= outcome.stats.sent, "every ack from Kafka", ack_timeout_s)
+            await until(lambda: answered() >= outcome.sent, "every ack from Kafka", ack_timeout_s)
         except TimeoutError:
-            outcome.refused["no_reply"] += outcome.stats.sent - answered()
+            outcome.refused["no_reply"] += outcome.sent - answered()
         return outcome

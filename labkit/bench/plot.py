@@ -27,29 +27,28 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-network
 WIDTH, HEIGHT = 1400, 600
 
 
+def _percentile_lines(fig: go.Figure, runs: list[PhaseResult], x: str, name: str, colour: str, ok: str,
+                      col: int) -> None:
+    """p50, p99 and p99.9 of ``runs`` against their field ``x``; a run whose field ``ok`` is false marked x."""
+    for point, dash in PERCENTILES:
+        fig.add_trace(go.Scatter(
+            x=[getattr(r, x) for r in runs], y=[getattr(r.latency, point) for r in runs], mode="lines+markers",
+            name=f"{name} {point.replace('p999', 'p99.9')}", line={"color": colour, "dash": dash},
+            marker={"symbol": ["circle" if getattr(r, ok) else "x" for r in runs], "size": 8}, legendgroup=name,
+        ), row=1, col=col)
+
+
 def figure(result: BenchResult) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], subplot_titles=(
         "Latency against offered rate (scheduled send -> watcher)", "Fan-out through the gateway"))
     for path in (BASELINE, DIRECT, FULL):
         runs = sorted((p for p in result.phases if p.path == path and p.phase in ("fixed", "ramp") and p.latency.count),
                       key=lambda p: p.offered_rate)
-        if not runs:
-            continue
-        for name, dash in PERCENTILES:
-            fig.add_trace(go.Scatter(
-                x=[r.offered_rate for r in runs], y=[getattr(r.latency, name) for r in runs], mode="lines+markers",
-                name=f"{path} {name.replace('p999', 'p99.9')}", line={"color": COLOURS[path], "dash": dash},
-                marker={"symbol": ["circle" if r.carried else "x" for r in runs], "size": 8},
-                legendgroup=path,
-            ), row=1, col=1)
+        if runs:
+            _percentile_lines(fig, runs, "offered_rate", path, COLOURS[path], "carried", col=1)
     fan = sorted((p for p in result.phases if p.phase == "fanout" and p.latency.count), key=lambda p: p.watchers)
-    for name, dash in PERCENTILES:
-        if fan:
-            fig.add_trace(go.Scatter(
-                x=[r.watchers for r in fan], y=[getattr(r.latency, name) for r in fan], mode="lines+markers",
-                name=f"fan-out {name.replace('p999', 'p99.9')}", line={"color": "#ab63fa", "dash": dash},
-                marker={"symbol": ["circle" if r.clean else "x" for r in fan], "size": 8}, legendgroup="fanout",
-            ), row=1, col=2)
+    if fan:
+        _percentile_lines(fig, fan, "watchers", "fan-out", "#ab63fa", "clean", col=2)
     fig.update_xaxes(type="log", title_text="offered rate (events/s); x: not carried", row=1, col=1)
     fig.update_yaxes(type="log", title_text="latency (ms)", row=1, col=1)
     fig.update_xaxes(type="log", title_text="watchers", row=1, col=2)

@@ -28,11 +28,6 @@ _LINE_NUMBER = re.compile(r":\d+\)$")
 _ENTRY_POINTS = ("(labkit/cli.py)", "(labkit/__main__.py)", "main (labkit/")
 
 
-def _is_labkit_work(name: str) -> bool:
-    """A labkit function below the entry points: where in labkit the time is spent."""
-    return "(labkit/" in name and not any(entry in name for entry in _ENTRY_POINTS)
-
-
 def summarize_collapsed(text: str, top: int = TOP) -> dict[str, Any]:
     """Top functions by self share, and labkit functions by total share, of a collapsed-stack file's samples."""
     own: Counter[str] = Counter()
@@ -49,8 +44,8 @@ def summarize_collapsed(text: str, top: int = TOP) -> dict[str, Any]:
             continue
         samples += count
         own[frames[-1]] += count
-        for name in set(frames):
-            if _is_labkit_work(name):
+        for name in set(frames):  # a labkit function below the entry points: where in labkit the time is spent
+            if "(labkit/" in name and not any(entry in name for entry in _ENTRY_POINTS):
                 anywhere[name] += count
 
     def share(counter: Counter[str]) -> list[list[Any]]:

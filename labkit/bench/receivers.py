@@ -21,7 +21,6 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -54,8 +53,11 @@ class ReceiverSpec(msgspec.Struct):
 
 
 class ConnectionReport(msgspec.Struct):
-    seqs: list[int]
-    latency_ms: list[float]
+    """One connection's arrivals of one tag: each seq, its latency, and the partitions they came from."""
+
+    seqs: list[int] = []
+    latency_ms: list[float] = []
+    partitions: set[int] = set()
 
 
 Stamps = tuple[int, float, float, float, float, float]  # seq, sent_at, received_at, kafka_ts, delivered_at, arrival
@@ -167,19 +169,12 @@ class Arrival(msgspec.Struct):
     partition: int = -1
 
 
-@dataclass
-class Tally:
-    seqs: list[int] = field(default_factory=list)
-    latency_ms: list[float] = field(default_factory=list)
-    partitions: set[int] = field(default_factory=set)
-
-
 class Arrivals:
     """Every arrival, by tag and connection."""
 
     def __init__(self, connections: int) -> None:
         self.connections = connections
-        self.tags: dict[str, list[Tally]] = {}
+        self.tags: dict[str, list[ConnectionReport]] = {}
         self.stamps: dict[str, list[Stamps]] = {}
         self.last_arrival = 0.0
         self.closed: list[str] = []
@@ -187,7 +182,7 @@ class Arrivals:
     def record(self, index: int, event: Arrival, arrival: float) -> None:
         tag, _, seq_text = event.id.rpartition(".")
         if tag not in self.tags:
-            self.tags[tag], self.stamps[tag] = [Tally() for _ in range(self.connections)], []
+            self.tags[tag], self.stamps[tag] = [ConnectionReport() for _ in range(self.connections)], []
         tally, seq = self.tags[tag][index], int(seq_text)
         tally.seqs.append(seq)
         tally.latency_ms.append(arrival - event.sent_at)
@@ -197,18 +192,14 @@ class Arrivals:
                 (seq, event.sent_at, event.received_at, event.kafka_ts, event.delivered_at, arrival))
         self.last_arrival = arrival
 
-    def least(self, tag: str, count: Callable[[Tally], int]) -> int:
-        """The smallest ``count`` over the connections (0 before the tag's first arrival)."""
-        return min((count(t) for t in self.tags.get(tag, [])), default=0)
-
-    def reached(self, tag: str, count: Callable[[Tally], int], wanted: int) -> Callable[[], bool]:
-        """A check that every connection's ``count`` of ``tag`` is at least ``wanted``, bound to these values."""
-        return lambda: self.least(tag, count) >= wanted
+    def reached(self, tag: str, count: Callable[[ConnectionReport], int], wanted: int) -> Callable[[], bool]:
+        """A check that every connection's ``count`` of ``tag`` is at least ``wanted`` (never before its first
+        arrival), bound to these values."""
+        return lambda: min((count(t) for t in self.tags.get(tag, [])), default=0) >= wanted
 
     def take(self, tag: str) -> TagReport:
-        tallies = self.tags.pop(tag, None) or [Tally() for _ in range(self.connections)]
-        return TagReport(tag, [ConnectionReport(t.seqs, t.latency_ms) for t in tallies], self.stamps.pop(tag, []),
-                         list(self.closed))
+        tallies = self.tags.pop(tag, None) or [ConnectionReport() for _ in range(self.connections)]
+        return TagReport(tag, tallies, self.stamps.pop(tag, []), list(self.closed))
 
     async def settled(self, done: Callable[[], bool], quiet_s: float, limit_s: float) -> bool:
         """Wait until ``done()``, or nothing arrived for ``quiet_s``, or ``limit_s`` passed; whether it is done."""
@@ -292,8 +283,9 @@ class LeanWatcher(asyncio.Protocol):
             self.ended.set_result(reason)
 
 
-async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> list[asyncio.Task[None]]:
-    """Every watcher connected (at most ``open_concurrency`` handshakes at once), each on the lean client."""
+async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> None:
+    """Every watcher connected (at most ``open_concurrency`` handshakes at once), each on the lean client; one that
+    ends is filed in ``arrivals.closed`` (no reconnection: a watcher the consumer closes shows, with its losses)."""
     from labkit.client import watch_url
     from labkit.settings import Settings
 
@@ -301,7 +293,7 @@ async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> list[asyncio
     uri, loop = parse_uri(url), asyncio.get_running_loop()
     gate = asyncio.Semaphore(spec.open_concurrency)
 
-    async def one(index: int) -> asyncio.Future[str] | None:
+    async def one(index: int) -> None:
         on_arrival = partial(arrivals.record, index)
         opened: asyncio.Future[None] = loop.create_future()
         ended: asyncio.Future[str] = loop.create_future()
@@ -309,17 +301,12 @@ async def _open_watchers(spec: ReceiverSpec, arrivals: Arrivals) -> list[asyncio
             try:
                 await loop.create_connection(lambda: LeanWatcher(url, on_arrival, opened, ended), uri.host, uri.port)
                 await asyncio.wait_for(opened, 30)
-                return ended
             except Exception as exc:  # a refused connection is a result, not a crash
                 arrivals.closed.append(f"{index}: {type(exc).__name__}: {exc}")
-                return None
+                return
+        ended.add_done_callback(lambda end: arrivals.closed.append(f"{index}: {end.result()}"))
 
-    async def closed(index: int, ended: asyncio.Future[str]) -> None:
-        # No reconnection: a watcher the consumer closes must show as closed, with its losses.
-        arrivals.closed.append(f"{index}: {await ended}")
-
-    endings = await asyncio.gather(*(one(i) for i in range(spec.connections)))
-    return [asyncio.create_task(closed(i, ended)) for i, ended in enumerate(endings) if ended is not None]
+    await asyncio.gather(*(one(i) for i in range(spec.connections)))
 
 
 def _read_kafka(spec: ReceiverSpec, arrivals: Arrivals, loop: asyncio.AbstractEventLoop,
@@ -355,9 +342,9 @@ def _read_kafka(spec: ReceiverSpec, arrivals: Arrivals, loop: asyncio.AbstractEv
 async def serve(spec: ReceiverSpec) -> None:
     loop = asyncio.get_running_loop()
     arrivals = Arrivals(spec.connections if spec.kind == "websocket" else 1)
-    stop, reader, tasks = threading.Event(), None, []
+    stop, reader = threading.Event(), None
     if spec.kind == "websocket":
-        tasks = await _open_watchers(spec, arrivals)
+        await _open_watchers(spec, arrivals)
     else:
         assigned = threading.Event()
         reader = threading.Thread(target=_read_kafka, args=(spec, arrivals, loop, assigned, stop), daemon=True)
@@ -386,9 +373,6 @@ async def serve(spec: ReceiverSpec) -> None:
         out.write(reply + b"\n")
         out.flush()
     stop.set()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
     if reader is not None:
         await asyncio.to_thread(reader.join, 5)
 

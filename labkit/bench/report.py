@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -68,23 +69,19 @@ def _by_component(result: BenchResult, title: str, middle: tuple[str, Any], cell
 
 def _profile_tables(result: BenchResult) -> list[Table]:
     """py-spy summaries of the highest fixed rate of each path (the JSON has every profiled phase)."""
+    def rate(label: str) -> float:  # "<path> @ <rate> ev/s"
+        return float(label.split(" @ ")[1].split()[0].replace(",", ""))
+
     highest: dict[str, str] = {}
-    for label in result.profiles:  # "<path> @ <rate> ev/s"
-        path, rate = label.split(" @ ")[0], float(label.split(" @ ")[1].split()[0].replace(",", ""))
-        if path not in highest or rate > float(highest[path].split(" @ ")[1].split()[0].replace(",", "")):
-            highest[path] = label
-    tables = []
-    for label in highest.values():
-        for service, summary in result.profiles[label].items():
-            if "self_pct" in summary:
-                own, total = summary["self_pct"], summary["total_pct"]
-                rows = [(*(own[i][::-1] if i < len(own) else ("", "")),
-                         *(total[i][::-1] if i < len(total) else ("", "")))
-                        for i in range(max(len(own), len(total)))]
-                tables.append(_table(f"py-spy: {service} during the {label} path ({summary['samples']} samples)",
-                                     ("self %", "function (self)", "total %", "function (labkit, with what it calls)"),
-                                     rows))
-    return tables
+    for label in result.profiles:
+        path = label.split(" @ ")[0]
+        highest[path] = max(highest.get(path, label), label, key=rate)
+    return [_table(f"py-spy: {service} during the {label} path ({summary['samples']} samples)",
+                   ("self %", "function (self)", "total %", "function (labkit, with what it calls)"),
+                   [(*own[::-1], *total[::-1])
+                    for own, total in zip_longest(summary["self_pct"], summary["total_pct"], fillvalue=["", ""])])
+            for label in highest.values() for service, summary in result.profiles[label].items()
+            if "self_pct" in summary]
 
 
 def print_report(result: BenchResult, console: Console) -> None:

@@ -46,10 +46,11 @@ def _machine_busy_s() -> float:
 class ResourceSampler:
     """``begin()`` and ``end()`` bracket one phase: CPU seconds between them, peak RSS sampled every 0.1 s."""
 
-    def __init__(self, stack: Stack, bench_pid: int) -> None:
-        # The bench's own process is measured without its children: it started the stack.
-        self.components = {**stack_processes(stack), "bench sender": [psutil.Process(bench_pid)]}
-        self._lock = threading.Lock()
+    def __init__(self, stack: Stack, bench_pid: int, watcher_pids: list[int]) -> None:
+        # The bench's own process is measured without its children (it started the stack); the phase's
+        # receivers are measured as one component. Only the sampling thread writes the peaks.
+        self.components = {**stack_processes(stack), "bench sender": [psutil.Process(bench_pid)],
+                            "bench watchers": [proc for pid in watcher_pids for proc in family(pid)]}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._peak: dict[str, int] = {}
@@ -57,16 +58,10 @@ class ResourceSampler:
         self._busy_at_begin = self._began = 0.0
         self.timeline: list[tuple[float, int, dict[str, dict[str, float]]]] = []
 
-    def set_processes(self, name: str, pids: list[int]) -> None:
-        """Measure these processes as one component (the receivers of the phase)."""
-        with self._lock:
-            self.components[name] = [proc for pid in pids for proc in family(pid)]
-
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_INTERVAL_S):
-            with self._lock:
-                for name, procs in self.components.items():
-                    self._peak[name] = max(self._peak.get(name, 0), rss(procs))
+            for name, procs in self.components.items():
+                self._peak[name] = max(self._peak.get(name, 0), rss(procs))
 
     def stop(self) -> None:
         """Stop sampling (a phase that failed before its end)."""
@@ -78,23 +73,21 @@ class ResourceSampler:
         return time.monotonic() - self._began
 
     def _cpu(self, name: str) -> float:
-        return max(cpu_seconds(self.components[name]) - self._cpu_at_begin.get(name, 0.0), 0.0)
+        return round(max(cpu_seconds(self.components[name]) - self._cpu_at_begin.get(name, 0.0), 0.0), 3)
 
     def mark(self, sent: int) -> None:
         """Add to :attr:`timeline` where the phase stands: seconds since ``begin()``, events sent, each component's
         CPU seconds since ``begin()`` and resident MB now (an endurance window's end, a soak's memory sample)."""
-        with self._lock:
-            figures = {name: {"cpu_s": round(self._cpu(name), 3), "rss_mb": round(rss(procs) / 2**20, 1)}
-                       for name, procs in self.components.items()}
-            self.timeline.append((round(self.elapsed(), 2), sent, figures))
+        figures = {name: {"cpu_s": self._cpu(name), "rss_mb": round(rss(procs) / 2**20, 1)}
+                   for name, procs in self.components.items()}
+        self.timeline.append((round(self.elapsed(), 2), sent, figures))
 
     def begin(self) -> None:
         """Start counting CPU from now, and sampling RSS in a thread until :meth:`end`."""
-        with self._lock:
-            self.timeline = []
-            self._peak = {name: rss(procs) for name, procs in self.components.items()}
-            self._cpu_at_begin = {name: cpu_seconds(procs) for name, procs in self.components.items()}
-            self._busy_at_begin, self._began = _machine_busy_s(), time.monotonic()
+        self.timeline = []
+        self._peak = {name: rss(procs) for name, procs in self.components.items()}
+        self._cpu_at_begin = {name: cpu_seconds(procs) for name, procs in self.components.items()}
+        self._busy_at_begin, self._began = _machine_busy_s(), time.monotonic()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="bench-resources", daemon=True)
         self._thread.start()
@@ -105,10 +98,8 @@ class ResourceSampler:
         ``other processes`` is the machine's busy CPU time that none of the components used.
         """
         self.stop()
-        with self._lock:
-            figures = {name: {"cpu_s": round(self._cpu(name), 3),
-                              "peak_rss_mb": round(max(self._peak.get(name, 0), rss(procs)) / 2**20, 1)}
-                       for name, procs in self.components.items()}
-            others = _machine_busy_s() - self._busy_at_begin - sum(f["cpu_s"] for f in figures.values())
-            figures[OTHERS] = {"cpu_s": round(max(others, 0.0), 3), "peak_rss_mb": 0.0}
-            return self.elapsed(), figures
+        figures = {name: {"cpu_s": self._cpu(name), "peak_rss_mb": round(max(self._peak[name], rss(procs)) / 2**20, 1)}
+                   for name, procs in self.components.items()}
+        others = _machine_busy_s() - self._busy_at_begin - sum(f["cpu_s"] for f in figures.values())
+        figures[OTHERS] = {"cpu_s": round(max(others, 0.0), 3), "peak_rss_mb": 0.0}
+        return self.elapsed(), figures

@@ -20,7 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -36,7 +36,6 @@ from labkit.bench.load import BENCH_TYPE, KafkaLoad, LoadPlan, WebSocketLoad
 from labkit.bench.profile import ServiceProfiler
 from labkit.bench.receivers import Receivers, ReceiverSpec
 from labkit.bench.resources import ResourceSampler, stack_processes
-from labkit.bench.search import StepSearch
 from labkit.bench.stats import PhaseResult, summarize, windows
 from labkit.client import lab_api_key
 from labkit.errors import LabkitError
@@ -48,9 +47,9 @@ from labkit.procstats import cpu_cores_of
 from labkit.rlimits import raise_open_files_limit
 from labkit.settings import Settings
 
-__all__ = ["BenchRunner", "BenchResult", "Pace", "RampResult", "StackSource", "ProgressHook", "BASELINE_TOPIC",
-           "fresh_stacks", "the_running_stack", "adopted_stack", "limits_for", "run_bench", "build_result",
-           "run_endurance", "run_soak", "run_idle"]
+__all__ = ["BenchRunner", "BenchResult", "Pace", "RampResult", "StepSearch", "StackSource", "ProgressHook",
+           "BASELINE_TOPIC", "fresh_stacks", "the_running_stack", "adopted_stack", "limits_for", "run_bench",
+           "build_result", "run_endurance", "run_soak", "run_idle"]
 
 BASELINE_TOPIC = "labkit-bench-baseline"
 PRIME_ROUNDS = 10
@@ -80,6 +79,7 @@ RUNNING_NOTE = (
 ProgressHook = Callable[[str, int | None, int], None]  # description, total events (None: unknown), done
 StackSource = Callable[..., AbstractAsyncContextManager[Stack]]  # a running stack for one phase (Settings changes)
 StepHook = Callable[[str, int, int], None]  # Stack.up's progress: step text, step, steps
+Tried = tuple[float, bool]  # a ramp step: offered rate, carried
 
 
 def fresh_stacks(settings: Settings | None = None, on_stack_step: StepHook | None = None) -> StackSource:
@@ -160,6 +160,57 @@ class RampResult:
     stopped_because: str = ""
 
 
+@dataclass(frozen=True)
+class StepSearch:
+    """The step search for the highest rate carried with zero loss, a pure function of what was tried (tested
+    without a stack): steps go up from ``start`` by ``step`` (the multiples of ``step`` above the highest rate
+    carried so far, up to ``ceiling``) until one is not carried; then ``refine`` bisections between the last step
+    carried and the first that was not."""
+
+    start: float
+    step: float
+    ceiling: float
+    refine: int = 0
+    resolution: float = 500.0  # bisection stops when the interval is this narrow; rates round to it
+
+    def __post_init__(self) -> None:
+        if self.start <= 0 or self.step <= 0:
+            raise ValueError("the step search needs a start and a step above 0 events per second")
+
+    def bounds(self, tried: Sequence[Tried]) -> tuple[float, float | None]:
+        """The highest rate carried below the lowest rate not carried, and that lowest rate (None: none failed)."""
+        failed = min((rate for rate, carried in tried if not carried), default=None)
+        good = max((rate for rate, carried in tried if carried and (failed is None or rate < failed)), default=0.0)
+        return good, failed
+
+    def next_rate(self, tried: Sequence[Tried]) -> float | None:
+        """The next offered rate to measure, or None when the search is over."""
+        first_failure = next((i for i, (_, carried) in enumerate(tried) if not carried), None)
+        if first_failure is None:
+            if not tried:
+                return min(self.start, self.ceiling)
+            highest = max(rate for rate, _ in tried)
+            if highest >= self.ceiling:
+                return None
+            # The next multiple of the step above what was carried (5k, 10k, ...), the ceiling at the most.
+            return min((highest // self.step + 1) * self.step, self.ceiling)
+        if len(tried) - first_failure - 1 >= self.refine:  # the bisections done
+            return None
+        good, failed = self.bounds(tried)
+        assert failed is not None
+        middle = round((good + failed) / 2 / self.resolution) * self.resolution
+        return middle if good < middle < failed else None
+
+    def best_rate(self, tried: Sequence[Tried]) -> float:
+        return self.bounds(tried)[0]
+
+    def stopped_because(self, tried: Sequence[Tried]) -> str:
+        _, failed = self.bounds(tried)
+        if failed is not None:
+            return f"not carried at {failed:,.0f} ev/s"
+        return f"carried up to the search's ceiling ({self.ceiling:,.0f} ev/s)" if tried else "nothing tried"
+
+
 class BenchRunner:
     """Runs the phases of a :class:`BenchConfig`, each on a stack from ``stacks``."""
 
@@ -171,12 +222,6 @@ class BenchRunner:
         self.profiles: dict[str, Any] = {}
         self.last_stack: Stack | None = None
         self._tags = itertools.count()
-
-    def _events_per_frame(self, plan: LoadPlan, settings: Settings) -> int:
-        """As many events as fit the producer's frame limit (max_frame_bytes) and batch limit (max_batch)."""
-        # The longest id, +8 for sent_at's decimals (a stamp may print with fewer than 3), +1 for the comma.
-        largest = len(encode(plan.event(plan.total - 1))) + 9
-        return max(1, min(self.config.max_batch, settings.max_batch, (settings.max_frame_bytes - 2) // largest))
 
     async def _prime(self, sender: KafkaLoad | WebSocketLoad, receivers: Receivers, partitions: int,
                      settings: Settings) -> None:
@@ -213,8 +258,11 @@ class BenchRunner:
                     or (pace.mark_every_s and sampler.elapsed() >= seconds + pace.mark_every_s)):
                 sampler.mark(done)
 
+        # A frame holds as many events as fit the producer's frame limit (max_frame_bytes) and batch limit (max_batch):
+        # the longest id, +8 for sent_at's decimals (a stamp may print with fewer than 3), +1 for the comma.
+        fit = (settings.max_frame_bytes - 2) // (len(encode(plan.event(plan.total - 1))) + 9)
         outcome = await sender.run(plan, cfg.ack_timeout_s,
-                                   max_batch=pace.max_batch or self._events_per_frame(plan, settings),
+                                   max_batch=pace.max_batch or max(1, min(cfg.max_batch, settings.max_batch, fit)),
                                    frame_interval_s=pace.frame_interval_s or cfg.frame_interval_s, on_progress=progress)
         self.on_progress(f"{label}: waiting for deliveries", plan.total, plan.total)
         report = await receivers.drain(plan.tag, len(outcome.acked), cfg.drain_quiet_s, cfg.drain_limit_s)
@@ -232,8 +280,8 @@ class BenchRunner:
         self.phases.append(result)
         return result
 
-    async def _measure(self, path: str, phase: str, rate: float, duration_s: float, watchers: int = 1,
-                       consumers: int = 1, pace: Pace = Pace()) -> PhaseResult:
+    async def measure(self, path: str, phase: str, rate: float, duration_s: float, watchers: int = 1,
+                      consumers: int = 1, pace: Pace = Pace()) -> PhaseResult:
         """One phase on a stack of its own: connect, prime, send, drain, sum up.
 
         With ``consumers`` above 1 the stack runs that many consumer replicas, and the
@@ -255,10 +303,9 @@ class BenchRunner:
                 spec = ReceiverSpec("websocket", connections=watchers, types=[BENCH_TYPE],
                                     url=s.url(s.consumer_port) if path == DIRECT else s.consume_url)
                 sender = WebSocketLoad(s.url(s.producer_port) if path == DIRECT else s.produce_url, s, lab_api_key(s))
-            sampler = ResourceSampler(stack, os.getpid())
             processes = cfg.watcher_processes if watchers > 1 else 1
             async with Receivers(spec, processes, s.state_dir / "logs") as receivers, sender:
-                sampler.set_processes("bench watchers", receivers.pids)
+                sampler = ResourceSampler(stack, os.getpid(), receivers.pids)
                 await self._prime(sender, receivers, partitions, s)
                 profiler = None
                 if cfg.profile and phase == "fixed":
@@ -272,14 +319,14 @@ class BenchRunner:
                         self.profiles[f"{path} @ {rate:,.0f} ev/s"] = await asyncio.to_thread(profiler.stop)
 
     async def _ramp(self, path: str, fixed: list[PhaseResult]) -> RampResult:
-        """The step search (labkit.bench.search), seeded with the path's fixed rates."""
+        """The step search (:class:`StepSearch`), seeded with the path's fixed rates."""
         cfg = self.config
         search = StepSearch(cfg.ramp_step, cfg.ramp_step, cfg.ramp_max_rate, cfg.ramp_refine)
         tried = [(r.offered_rate, r.carried) for r in sorted(fixed, key=lambda r: r.offered_rate)]
         ramp = RampResult(path)
         while (rate := search.next_rate(tried)) is not None:
             ramp.steps.append(rate)
-            tried.append((rate, (await self._measure(path, "ramp", rate, cfg.ramp_duration_s)).carried))
+            tried.append((rate, (await self.measure(path, "ramp", rate, cfg.ramp_duration_s)).carried))
         ramp.max_rate_carried, ramp.stopped_because = search.best_rate(tried), search.stopped_because(tried)
         return ramp
 
@@ -288,25 +335,21 @@ class BenchRunner:
         1, 2, ... consumer replicas, watchers through the gateway."""
         cfg = self.config
         for path in cfg.paths:
-            fixed = [await self._measure(path, "fixed", rate, cfg.duration_s) for rate in cfg.rates]
+            fixed = [await self.measure(path, "fixed", rate, cfg.duration_s) for rate in cfg.rates]
             if cfg.ramp:
                 self.ramps[path] = await self._ramp(path, fixed)
         for watchers in cfg.fanout:
-            await self._measure(FULL, "fanout", cfg.fanout_rate, cfg.fanout_duration_s, watchers)
+            await self.measure(FULL, "fanout", cfg.fanout_rate, cfg.fanout_duration_s, watchers)
         for consumers in cfg.consumers if cfg.fanout else ():
-            await self._measure(FULL, "consumers", cfg.fanout_rate, cfg.fanout_duration_s, max(cfg.fanout), consumers)
-
-    async def run_long(self, phase: str, rate: float, duration_s: float, watchers: int, pace: Pace) -> PhaseResult:
-        """An endurance or soak phase: the full path, marked as ``pace`` says (windows, memory samples)."""
-        return await self._measure(FULL, phase, rate, duration_s, watchers, pace=pace)
+            await self.measure(FULL, "consumers", cfg.fanout_rate, cfg.fanout_duration_s, max(cfg.fanout), consumers)
 
 
 async def _long(phase: str, stack: Stack, rate: float, seconds: float, watchers: int, pace: Pace,
                 on_progress: ProgressHook | None) -> PhaseResult:
     # A long run drains longer than a phase: it ends with nothing new for 10 s, not 5.
     config = BenchConfig(drain_quiet_s=10.0, drain_limit_s=120.0, ack_timeout_s=120.0, watcher_processes=1)
-    return await BenchRunner(config, the_running_stack(stack), on_progress).run_long(phase, rate, seconds, watchers,
-                                                                                     pace)
+    runner = BenchRunner(config, the_running_stack(stack), on_progress)
+    return await runner.measure(FULL, phase, rate, seconds, watchers, pace=pace)
 
 
 async def run_endurance(stack: Stack, events: int = 50_000, rate: float = 1000.0, window: int = 5_000,

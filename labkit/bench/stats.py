@@ -154,12 +154,12 @@ def _hops(report: TagReport, kafka_only: bool) -> dict[str, Latency]:
 
 
 def summarize(path: str, phase: str, plan: LoadPlan, outcome: SendOutcome, report: TagReport) -> PhaseResult:
-    stats = outcome.stats
     acked_seqs = np.unique(np.asarray(outcome.acked, dtype=np.int64))
     result = PhaseResult(
-        path, phase, plan.rate, plan.duration_s, len(report.connections), sent=stats.sent, acked=int(acked_seqs.size),
-        refused={code: n for code, n in outcome.refused.items() if n}, send_lag_mean_ms=round(stats.lag_mean_ms, 3),
-        send_lag_max_ms=round(stats.lag_max_ms, 3), frames_sent=stats.frames, closed=list(report.closed),
+        path, phase, plan.rate, plan.duration_s, len(report.connections), sent=outcome.sent,
+        acked=int(acked_seqs.size), refused={code: n for code, n in outcome.refused.items() if n},
+        send_lag_mean_ms=round(outcome.lag_mean_ms, 3), send_lag_max_ms=round(outcome.lag_max_ms, 3),
+        frames_sent=outcome.frames, closed=list(report.closed),
     )
     last_arrival = plan.start_ms
     for connection in report.connections:
