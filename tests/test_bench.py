@@ -16,14 +16,23 @@ from rich.console import Console
 
 from labkit import Stack
 from labkit.bench import BenchConfig, the_running_stack
-from labkit.bench.config import BASELINE, FULL, PATHS
+from labkit.bench.config import BASELINE, FULL, PATHS, WARM_UP_JVM_S
 from labkit.bench.goals import check_goals
 from labkit.bench.load import LoadPlan, split_id
 from labkit.bench.plot import write_plot
 from labkit.bench.profile import summarize_collapsed
 from labkit.bench.report import print_report, write_json
-from labkit.bench.runner import BenchRunner, StepSearch, build_result, idle_of_the_goal, run_idle
+from labkit.bench.runner import (
+    BASELINE_TOPIC,
+    PRIME_ROUNDS,
+    BenchRunner,
+    StepSearch,
+    build_result,
+    idle_of_the_goal,
+    run_idle,
+)
 from labkit.bench.stats import HOPS, Latency, PhaseResult
+from labkit.kafka import read_everything
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -192,3 +201,20 @@ def test_idle_cpu_is_measured_per_component_and_the_goal_counts_broker_producer_
     assert {"broker", "producer", "consumer", "gateway"} <= set(cores) and all(used >= 0 for used in cores.values())
     assert idle_of_the_goal(cores) == pytest.approx(cores["broker"] + cores["producer"] + cores["consumer"])
     assert idle_of_the_goal({"broker": 0.01, "gateway": 0.5}) == 0.01  # the gateway is not the goal's
+
+
+def test_a_warm_up_sends_the_phase_traffic_first_and_only_the_phase_is_measured(stack: Stack, tmp_path: Path):
+    """The warm-up's events reach the broker before the phase (more than priming alone could send), and the
+    phase still counts exactly its own plan."""
+    assert BenchConfig().warm_up_on("kafka") == WARM_UP_JVM_S > 0
+    assert BenchConfig().warm_up_on("noida") == 0 and BenchConfig(warm_up_s=2.0).warm_up_on("noida") == 2.0
+    config = BenchConfig.quick(tmp_path, paths=(BASELINE,), fanout=(), warm_up_s=4.0)
+    reader_config = stack.settings.kafka_reader_config()
+    before = len(read_everything(reader_config, BASELINE_TOPIC))
+    runner = BenchRunner(config, the_running_stack(stack))
+    asyncio.run(runner.run())
+    stored = len(read_everything(reader_config, BASELINE_TOPIC)) - before
+    [phase] = runner.phases
+    assert phase.sent == phase.acked == phase.delivered == 50 and phase.lost == 0
+    priming_at_most = PRIME_ROUNDS * config.keys
+    assert stored >= 50 + 200 > 50 + priming_at_most, f"{stored} records stored: the warm-up's 200 were not sent"

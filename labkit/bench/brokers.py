@@ -1,7 +1,7 @@
 """``labkit bench brokers``: the lab's brokers side by side in one run, each on fresh stacks.
 
-Per broker, on one stack: the time from ``up`` to the first ack; after a warm-up phase (a JVM compiles
-its hot paths in its first seconds of work), the full path and the Kafka-only baseline at a few rates
+Per broker, on one stack: the time from ``up`` to the first ack; each after the same unmeasured warm-up (a JVM
+compiles its hot paths in its first seconds of work), the full path and the Kafka-only baseline at a few rates
 (p50, p99 and CPU per event per component, from the one benchmark runner); then idle CPU and memory per
 component. On a fresh stack: how many acked events a ``kill -9`` of the broker loses. Events for the
 crash are sent and read back with plain ``websockets`` and ``confluent_kafka``, not labkit's client.
@@ -77,10 +77,11 @@ async def measure_broker(broker: str, rates: tuple[float, ...], duration_s: floa
     began = time.monotonic()
     async with stacks() as stack:
         figures.up_s, figures.first_ack_ms = round(time.monotonic() - began, 2), round(stack.ready_ms or 0.0, 1)
-        for offered, seconds in (((1000.0,), WARM_UP_S), (rates, duration_s)):  # the warm-up is not measured
-            config = BenchConfig(rates=offered, duration_s=seconds, paths=(BASELINE, FULL), ramp=False, fanout=())
-            runner = BenchRunner(config, the_running_stack(stack))
-            await runner.run()
+        # Both brokers get the same unmeasured warm-up before each phase (a JVM compiles in its first seconds).
+        config = BenchConfig(rates=rates, duration_s=duration_s, paths=(BASELINE, FULL), ramp=False, fanout=(),
+                             warm_up_s=WARM_UP_S)
+        runner = BenchRunner(config, the_running_stack(stack))
+        await runner.run()
         for rate in rates:
             for path in (BASELINE, FULL):
                 if (phase := find_phase(runner.phases, path, "fixed", rate)) is not None:

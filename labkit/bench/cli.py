@@ -100,6 +100,9 @@ def bench(
     watcher_processes: Annotated[int, typer.Option(min=1, help="Processes the fan-out watchers are spread over.")] = 2,
     consumers: Annotated[str, typer.Option(
         help="Consumer process counts to compare at the largest fan-out size (e.g. 1,2); 'none' to skip.")] = "none",
+    warm_up: Annotated[float | None, typer.Option(
+        min=0.0, help="Seconds of unmeasured traffic before each phase [default: 10 on Apache Kafka, 0 on others].",
+        show_default=False)] = None,
     use_running: Annotated[bool, typer.Option(help="Measure the running stack instead of starting one.")] = False,
     state_dir: Annotated[Path | None, typer.Option(help="State folder of the running stack (--use-running).")] = None,
     out_dir: Annotated[Path, typer.Option(help="Where the JSON and the plot go.")] = Path("bench-results"),
@@ -118,8 +121,8 @@ def bench(
         paths=tuple(p.strip() for p in paths.split(",") if p.strip()), rates=_numbers(rates, "--rates"),
         duration_s=duration, ramp=ramp, ramp_step=ramp_step, ramp_max_rate=ramp_max, ramp_p99_limit_ms=ramp_p99_limit,
         fanout=_numbers(fanout, "--fanout", int), fanout_rate=fanout_rate, fanout_duration_s=fanout_duration,
-        watcher_processes=watcher_processes, consumers=_numbers(consumers, "--consumers", int), out_dir=out_dir,
-        png=png, profile=profile)
+        watcher_processes=watcher_processes, consumers=_numbers(consumers, "--consumers", int), warm_up_s=warm_up,
+        out_dir=out_dir, png=png, profile=profile)
     if quick:
         config = BenchConfig.quick(out_dir, paths=config.paths, png=png, profile=profile)
     elif goals:

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BenchConfig", "PATHS", "BASELINE", "DIRECT", "FULL"]
+__all__ = ["BenchConfig", "PATHS", "BASELINE", "DIRECT", "FULL", "WARM_UP_JVM_S"]
 
 BASELINE = "baseline"  # confluent-kafka producer and consumer on the same broker
 DIRECT = "direct"  # WebSocket to the producer's port, watcher on the consumer's port
 FULL = "full"  # through the gateway: /produce-events and /consume-events
 PATHS = (BASELINE, DIRECT, FULL)
+WARM_UP_JVM_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,12 @@ class BenchConfig:
     max_batch: int = 1000
     keys: int = 16
 
+    # Sent at each phase's rate, unmeasured, before the phase: a fresh Apache Kafka JVM compiles its hot code in
+    # its first seconds of traffic, and a phase that includes that measures the compiler, not the path
+    # (docs/performance.md).
+    # None: WARM_UP_JVM_S on a broker that runs in a JVM, 0 on the others.
+    warm_up_s: float | None = None
+
     drain_quiet_s: float = 5.0  # stop waiting for missing events after this long with no arrival
     drain_limit_s: float = 60.0
     ack_timeout_s: float = 60.0
@@ -64,7 +71,8 @@ class BenchConfig:
     def quick(cls, out_dir: Path, **changes: Any) -> BenchConfig:
         """A short, low-rate run that exercises every part (what the tests run)."""
         return replace(cls(rates=(50.0,), duration_s=1.0, ramp=False, fanout=(2,), fanout_rate=50.0,
-                           fanout_duration_s=1.0, drain_quiet_s=2.0, out_dir=out_dir, png=False), **changes)
+                           fanout_duration_s=1.0, drain_quiet_s=2.0, warm_up_s=0.0, out_dir=out_dir, png=False),
+                       **changes)
 
     @classmethod
     def goals(cls, out_dir: Path, **changes: Any) -> BenchConfig:
@@ -72,6 +80,12 @@ class BenchConfig:
         return replace(cls(paths=(BASELINE, FULL), rates=(100.0, 1_000.0, 5_000.0), duration_s=5.0,
                            ramp_max_rate=50_000.0, fanout=(100, 1_000), fanout_duration_s=5.0, consumers=(1, 2),
                            out_dir=out_dir), **changes)
+
+    def warm_up_on(self, broker: str) -> float:
+        """Seconds of unmeasured traffic before each phase on a stack with this broker."""
+        if self.warm_up_s is not None:
+            return self.warm_up_s
+        return WARM_UP_JVM_S if broker == "kafka" else 0.0
 
     def validate(self) -> BenchConfig:
         problems = {
@@ -84,6 +98,7 @@ class BenchConfig:
             "ramp_step must be above 0 events per second": self.ramp_step <= 0,
             "consumer counts must be at least 1": any(count < 1 for count in self.consumers),
             "watcher_processes must be at least 1": self.watcher_processes < 1,
+            "warm_up_s must be 0 or more seconds": (self.warm_up_s or 0.0) < 0,
         }
         for problem in (text for text, found in problems.items() if found):
             raise ValueError(problem)

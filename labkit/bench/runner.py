@@ -32,7 +32,7 @@ import psutil
 
 from labkit.bench.config import BASELINE, DIRECT, FULL, BenchConfig
 from labkit.bench.goals import GoalCheck, check_goals, ratios
-from labkit.bench.load import BENCH_TYPE, KafkaLoad, LoadPlan, WebSocketLoad
+from labkit.bench.load import BENCH_TYPE, KafkaLoad, LoadPlan, SendOutcome, WebSocketLoad
 from labkit.bench.profile import ServiceProfiler
 from labkit.bench.receivers import Receivers, ReceiverSpec
 from labkit.bench.resources import ResourceSampler, stack_processes
@@ -54,7 +54,8 @@ __all__ = ["BenchRunner", "BenchResult", "Pace", "RampResult", "StepSearch", "St
 BASELINE_TOPIC = "labkit-bench-baseline"
 PRIME_ROUNDS = 10
 PRIME_WAIT_S = 3.0
-START_AHEAD_MS = 50.0  # the first event of a phase is due this long after the plan is made
+START_AHEAD_MS = 50.0
+WARM_UP_MAX_RATE = 1_000.0  # the first event of a phase is due this long after the plan is made
 SECRET_HINTS = ("password", "secret", "sasl", "ssl.key", "token")
 NOTES = [
     "Open loop: each event's sent_at is its scheduled send time; every latency counts from it.",
@@ -74,6 +75,11 @@ FRESH_NOTE = (
 RUNNING_NOTE = (
     "Measured on the running stack: the embedded broker gets slower as its topic fills (each fetch that returns "
     "records costs time in proportion to the batches stored), so figures depend on what the stack carried before."
+)
+WARM_UP_NOTE = (
+    "Warm-up: each phase first sent {seconds:g} s of its own traffic (at most 1,000 ev/s) on the {broker} stack, "
+    "delivered and not measured: a fresh JVM compiles its hot code in its first seconds of traffic (--warm-up 0 "
+    "measures that too)."
 )
 
 ProgressHook = Callable[[str, int | None, int], None]  # description, total events (None: unknown), done
@@ -234,6 +240,31 @@ class BenchRunner:
         raise RuntimeError(f"after {PRIME_ROUNDS} rounds the watchers had not seen events on all {partitions} "
                            f"partitions; see the logs in {settings.state_dir / 'logs'}")
 
+    async def _send(self, sender: KafkaLoad | WebSocketLoad, plan: LoadPlan, settings: Settings, pace: Pace,
+                    on_progress: Callable[[int], None] | None = None) -> SendOutcome:
+        cfg = self.config
+        # A frame holds as many events as fit the producer's frame limit (max_frame_bytes) and batch limit (max_batch):
+        # the longest id, +8 for sent_at's decimals (a stamp may print with fewer than 3), +1 for the comma.
+        fit = (settings.max_frame_bytes - 2) // (len(encode(plan.event(plan.total - 1))) + 9)
+        return await sender.run(plan, cfg.ack_timeout_s,
+                                max_batch=pace.max_batch or max(1, min(cfg.max_batch, settings.max_batch, fit)),
+                                frame_interval_s=pace.frame_interval_s or cfg.frame_interval_s, on_progress=on_progress)
+
+    async def _warm_up(self, sender: KafkaLoad | WebSocketLoad, receivers: Receivers, settings: Settings,
+                       rate: float, pace: Pace) -> None:
+        """The phase's traffic for ``warm_up_s``, delivered and not measured (see BenchConfig.warm_up_s).
+
+        At most WARM_UP_MAX_RATE: the compiler wants the code paths run, not volume, and a ramp step's rate
+        may be more than the stack carries.
+        """
+        seconds, rate = self.config.warm_up_on(settings.broker), min(rate, WARM_UP_MAX_RATE)
+        if seconds <= 0:
+            return
+        plan = LoadPlan(f"warm-up-{next(self._tags)}", rate, seconds, now_ms() + START_AHEAD_MS, self.config.keys)
+        label = f"warming up the broker ({seconds:g} s at {rate:,.0f} ev/s, not measured)"
+        outcome = await self._send(sender, plan, settings, pace, lambda done: self.on_progress(label, plan.total, done))
+        await receivers.drain(plan.tag, len(outcome.acked), self.config.drain_quiet_s, self.config.drain_limit_s)
+
     async def _phase(self, path: str, phase: str, sender: KafkaLoad | WebSocketLoad, receivers: Receivers,
                      sampler: ResourceSampler, settings: Settings, rate: float, duration_s: float,
                      pace: Pace) -> PhaseResult:
@@ -258,12 +289,7 @@ class BenchRunner:
                     or (pace.mark_every_s and sampler.elapsed() >= seconds + pace.mark_every_s)):
                 sampler.mark(done)
 
-        # A frame holds as many events as fit the producer's frame limit (max_frame_bytes) and batch limit (max_batch):
-        # the longest id, +8 for sent_at's decimals (a stamp may print with fewer than 3), +1 for the comma.
-        fit = (settings.max_frame_bytes - 2) // (len(encode(plan.event(plan.total - 1))) + 9)
-        outcome = await sender.run(plan, cfg.ack_timeout_s,
-                                   max_batch=pace.max_batch or max(1, min(cfg.max_batch, settings.max_batch, fit)),
-                                   frame_interval_s=pace.frame_interval_s or cfg.frame_interval_s, on_progress=progress)
+        outcome = await self._send(sender, plan, settings, pace, progress)
         self.on_progress(f"{label}: waiting for deliveries", plan.total, plan.total)
         report = await receivers.drain(plan.tag, len(outcome.acked), cfg.drain_quiet_s, cfg.drain_limit_s)
         if pace.mark_every_s:  # memory once everything has arrived, too
@@ -307,6 +333,7 @@ class BenchRunner:
             async with Receivers(spec, processes, s.state_dir / "logs") as receivers, sender:
                 sampler = ResourceSampler(stack, os.getpid(), receivers.pids)
                 await self._prime(sender, receivers, partitions, s)
+                await self._warm_up(sender, receivers, s, rate, pace)
                 profiler = None
                 if cfg.profile and phase == "fixed":
                     profiler = ServiceProfiler(stack.status(), cfg.out_dir / "profiles", f"{path}-{rate:.0f}")
@@ -347,7 +374,9 @@ class BenchRunner:
 async def _long(phase: str, stack: Stack, rate: float, seconds: float, watchers: int, pace: Pace,
                 on_progress: ProgressHook | None) -> PhaseResult:
     # A long run drains longer than a phase: it ends with nothing new for 10 s, not 5.
-    config = BenchConfig(drain_quiet_s=10.0, drain_limit_s=120.0, ack_timeout_s=120.0, watcher_processes=1)
+    # No warm-up: a long run's windows show the start as it is.
+    config = BenchConfig(drain_quiet_s=10.0, drain_limit_s=120.0, ack_timeout_s=120.0, watcher_processes=1,
+                         warm_up_s=0.0)
     runner = BenchRunner(config, the_running_stack(stack), on_progress)
     return await runner.measure(FULL, phase, rate, seconds, watchers, pace=pace)
 
@@ -448,5 +477,7 @@ def run_bench(config: BenchConfig, *, settings: Settings | None = None, use_runn
     runner = BenchRunner(config, stacks, on_progress)
     asyncio.run(runner.run())
     used = runner.last_stack.settings if runner.last_stack is not None else (settings or Settings())
-    return build_result(runner, config, used, not use_running, started,
-                        NOTES + [RUNNING_NOTE if use_running else FRESH_NOTE])
+    notes = NOTES + [RUNNING_NOTE if use_running else FRESH_NOTE]
+    if (warm_up_s := config.warm_up_on(used.broker)) > 0:
+        notes.append(WARM_UP_NOTE.format(seconds=warm_up_s, broker=used.broker))
+    return build_result(runner, config, used, not use_running, started, notes)
