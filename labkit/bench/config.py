@@ -53,9 +53,9 @@ class BenchConfig:
     max_batch: int = 1000
     keys: int = 16
 
-    # Sent at each phase's rate, unmeasured, before the phase: a fresh Apache Kafka JVM compiles its hot code in
-    # its first seconds of traffic, and a phase that includes that measures the compiler, not the path
-    # (docs/performance.md).
+    # Sent at each phase's rate (1,000 ev/s at most), unmeasured, before the phase: a fresh Apache Kafka JVM
+    # compiles its hot code in its first seconds of traffic, and a phase that includes that measures the
+    # compiler, not the path (docs/performance.md).
     # None: WARM_UP_JVM_S on a broker that runs in a JVM, 0 on the others.
     warm_up_s: float | None = None
 

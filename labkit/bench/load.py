@@ -86,7 +86,7 @@ async def run_open_loop(plan: LoadPlan, send_batch: Callable[[list[Event]], Awai
                         frame_interval_s: float, on_progress: Callable[[int], None] | None = None,
                         outcome: SendOutcome | None = None) -> SendOutcome:
     """Send the plan's events when due; ``send_batch`` gets the events due together (one frame)."""
-    stats = outcome or SendOutcome()
+    outcome = outcome or SendOutcome()
     lag_total, due_at = 0.0, plan.schedule.due_at
     async with aclosing(due_ranges(plan.schedule, frame_interval_s=frame_interval_s)) as ranges:
         async for first, end in ranges:
@@ -94,14 +94,14 @@ async def run_open_loop(plan: LoadPlan, send_batch: Callable[[list[Event]], Awai
                 stop_at = min(end, start + max_batch)
                 now = now_ms()
                 lag_total += (stop_at - start) * (now - (due_at(start) + due_at(stop_at - 1)) / 2)
-                stats.lag_max_ms = max(stats.lag_max_ms, now - due_at(start))
+                outcome.lag_max_ms = max(outcome.lag_max_ms, now - due_at(start))
                 await send_batch([plan.event(seq) for seq in range(start, stop_at)])
-                stats.frames += 1
-            stats.sent = end
+                outcome.frames += 1
+            outcome.sent = end
             if on_progress is not None:
                 on_progress(end)
-    stats.lag_mean_ms = lag_total / stats.sent if stats.sent else 0.0
-    return stats
+    outcome.lag_mean_ms = lag_total / outcome.sent if outcome.sent else 0.0
+    return outcome
 
 
 class WebSocketLoad:

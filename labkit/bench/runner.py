@@ -54,8 +54,8 @@ __all__ = ["BenchRunner", "BenchResult", "Pace", "RampResult", "StepSearch", "St
 BASELINE_TOPIC = "labkit-bench-baseline"
 PRIME_ROUNDS = 10
 PRIME_WAIT_S = 3.0
-START_AHEAD_MS = 50.0
-WARM_UP_MAX_RATE = 1_000.0  # the first event of a phase is due this long after the plan is made
+START_AHEAD_MS = 50.0  # the first event of a phase is due this long after the plan is made
+WARM_UP_MAX_RATE = 1_000.0  # events/s at most in a warm-up (BenchRunner._warm_up)
 SECRET_HINTS = ("password", "secret", "sasl", "ssl.key", "token")
 NOTES = [
     "Open loop: each event's sent_at is its scheduled send time; every latency counts from it.",
@@ -77,7 +77,7 @@ RUNNING_NOTE = (
     "records costs time in proportion to the batches stored), so figures depend on what the stack carried before."
 )
 WARM_UP_NOTE = (
-    "Warm-up: each phase first sent {seconds:g} s of its own traffic (at most 1,000 ev/s) on the {broker} stack, "
+    "Warm-up: each phase first sent {seconds:g} s of its own traffic (at most {rate:,.0f} ev/s) on the {broker} stack, "
     "delivered and not measured: a fresh JVM compiles its hot code in its first seconds of traffic (--warm-up 0 "
     "measures that too)."
 )
@@ -479,5 +479,5 @@ def run_bench(config: BenchConfig, *, settings: Settings | None = None, use_runn
     used = runner.last_stack.settings if runner.last_stack is not None else (settings or Settings())
     notes = NOTES + [RUNNING_NOTE if use_running else FRESH_NOTE]
     if (warm_up_s := config.warm_up_on(used.broker)) > 0:
-        notes.append(WARM_UP_NOTE.format(seconds=warm_up_s, broker=used.broker))
+        notes.append(WARM_UP_NOTE.format(seconds=warm_up_s, rate=WARM_UP_MAX_RATE, broker=used.broker))
     return build_result(runner, config, used, not use_running, started, notes)
